@@ -1,0 +1,27 @@
+// Two projects: `unit` needs nothing running; `temporal` (files named *.temporal.test.ts)
+// gets one real Temporal dev server per run, started by its globalSetup.
+const transform = { '^.+\\.tsx?$': ['@swc/jest', { jsc: { target: 'es2022' } }] };
+const common = {
+  transform,
+  testEnvironment: 'node',
+  roots: ['<rootDir>/test'],
+  moduleFileExtensions: ['ts', 'js', 'json'],
+};
+module.exports = {
+  testTimeout: 120_000,
+  projects: [
+    {
+      ...common,
+      displayName: 'unit',
+      testMatch: ['**/*.test.ts'],
+      testPathIgnorePatterns: ['\\.temporal\\.test\\.ts$', '/node_modules/'],
+    },
+    {
+      ...common,
+      displayName: 'temporal',
+      testMatch: ['**/*.temporal.test.ts'],
+      globalSetup: '<rootDir>/test/support/temporal-global-setup.ts',
+      globalTeardown: '<rootDir>/test/support/temporal-global-teardown.ts',
+    },
+  ],
+};
