@@ -1,0 +1,150 @@
+// The hypervisor adapter: what host activities call, whatever the hypervisor is.
+// Two implementations: `lab` (file-backed host for Linux) and `hyperv` (PowerShell + WMI).
+// Everything here is plain JSON-serialisable data so facts can travel through Temporal.
+
+export type VmState = 'running' | 'paused' | 'saved' | 'off';
+export type StorageKind = 'local' | 'csv' | 'smb';
+export type ReplicaRole = 'none' | 'primary' | 'replica';
+export type ClusterGroupState = 'online' | 'offline' | 'partial' | 'failed';
+
+export interface GuestVolume {
+  /** Drive letter or mount point as the guest names it, e.g. "C:" or "/". */
+  name: string;
+  /** NTFS, ReFS, FAT32, ext4, xfs… */
+  fileSystem: string;
+  /** Guest-level dynamic disk (LDM) rather than basic. */
+  dynamicDisk: boolean;
+  /** Volume whose shadow storage holds this volume's shadow copies (undefined = itself). */
+  shadowStorageOn?: string;
+}
+
+export interface VmDisk {
+  /** Stable id of the disk within the VM (controller location, e.g. "scsi0-0"). */
+  diskId: string;
+  /** Path of the disk file the VM writes to now (an AVHDX while a checkpoint exists). */
+  path: string;
+  /** Path of the base disk that holds the data (the VHDX under any checkpoints). */
+  basePath: string;
+  virtualSize: number;
+  storage: StorageKind;
+  /** SMB share server for `storage === 'smb'`, e.g. "fs01". */
+  fileServer?: string;
+  passthrough: boolean;
+  controller: 'ide' | 'scsi';
+  /** Change-tracking id (RCT id) at the last reference point, if any. */
+  changeTrackingId?: string;
+}
+
+export interface VmFacts {
+  vmId: string;
+  name: string;
+  host: string;
+  state: VmState;
+  guestOs: string;
+  /** Guest OS family, as the backup-mode rule needs it. */
+  guestOsFamily: 'windows' | 'linux' | 'other';
+  /** Windows version number string when known, e.g. "10.0.17763" (Server 2019). */
+  guestOsVersion?: string;
+  integrationServices: {
+    /** "VSS" in Get-VMIntegrationService ("Backup (volume shadow copy)" in the GUI). */
+    backup: { enabled: boolean; responding: boolean };
+    heartbeat?: { enabled: boolean; responding: boolean };
+  };
+  volumes: GuestVolume[];
+  disks: VmDisk[];
+  cluster?: { name: string; groupState: ClusterGroupState; ownerNode: string; nodes: string[] };
+  replica: { role: ReplicaRole; primaryServer?: string; replicaServer?: string };
+  /** Folder with the VM's configuration (for restore to the original place). */
+  configPath: string;
+  /** Opaque VM configuration a restore needs to recreate the VM. */
+  config: Record<string, unknown>;
+  /** Backup checkpoints that exist now (left over ones show up here). */
+  checkpoints: { checkpointId: string; createdAt: string; kind: 'backup' | 'standard' }[];
+}
+
+export interface VmSummary {
+  vmId: string;
+  name: string;
+  host: string;
+  state: VmState;
+  cluster?: string;
+}
+
+export type BackupMode = 'online' | 'offline';
+/** How an offline checkpoint makes the VM quiet: save its memory to disk, or just pause it. */
+export type OfflineMethod = 'save' | 'pause';
+
+export interface BackupCheckpoint {
+  checkpointId: string;
+  vmId: string;
+  host: string;
+  mode: BackupMode;
+  createdAt: string;
+  /** Per disk: the frozen image to read (base VHDX chain) and its change-tracking id at this point. */
+  disks: { diskId: string; frozenPath: string; virtualSize: number; changeTrackingId: string }[];
+  /** For offline: how long the VM was unavailable, in milliseconds. */
+  downtimeMs?: number;
+  /** For lab hosts: the guest write-load sequence number at checkpoint time (tests use it). */
+  guestWriteSeq?: number;
+}
+
+export interface ChangedRanges {
+  /** false when change tracking cannot answer (lost, reset, unknown id): read everything. */
+  tracked: boolean;
+  ranges: { offset: number; length: number }[];
+  reason?: string;
+}
+
+/** Reads a frozen disk of a checkpoint. Unallocated space reads as zeros. */
+export interface DiskReader {
+  readonly virtualSize: number;
+  read(offset: number, length: number): Promise<Buffer>;
+  /** Ranges that hold data (a reader may skip the rest), sorted and merged. */
+  allocatedRanges(): Promise<{ offset: number; length: number }[]>;
+  close(): Promise<void>;
+}
+
+export interface HypervisorAdapter {
+  readonly hostName: string;
+  listVms(): Promise<VmSummary[]>;
+  /** Throws VmNotFound if the VM is not on this host. `vm` is an id or a name. */
+  inspectVm(vm: string): Promise<VmFacts>;
+  isVmOnHost(vm: string): Promise<boolean>;
+  createBackupCheckpoint(
+    vmId: string,
+    opts: { mode: BackupMode; offlineMethod?: OfflineMethod; label?: string },
+  ): Promise<BackupCheckpoint>;
+  /**
+   * Releases a backup checkpoint: merges the differencing disks back (lab) or converts it to
+   * a reference point (Hyper-V), and resumes the VM if a pause or save is still in force.
+   * Idempotent: releasing a checkpoint that is already gone succeeds.
+   */
+  releaseCheckpoint(vmId: string, checkpointId: string): Promise<void>;
+  /** Changed ranges of a disk between change-tracking id `sinceId` and the checkpoint. */
+  changedRanges(vmId: string, checkpointId: string, diskId: string, sinceId: string): Promise<ChangedRanges>;
+  openCheckpointDisk(vmId: string, checkpointId: string, diskId: string): Promise<DiskReader>;
+  pauseVm(vmId: string): Promise<void>;
+  saveVm(vmId: string): Promise<void>;
+  resumeVm(vmId: string): Promise<void>;
+}
+
+/** Error names host activities turn into non-retryable Temporal failures. */
+export const HypervisorErrorType = {
+  VmNotFound: 'VmNotFound',
+  VmNotOnHost: 'VmNotOnHost',
+  CheckpointNotFound: 'CheckpointNotFound',
+  ChangeTrackingLost: 'ChangeTrackingLost',
+  HypervisorCommandFailed: 'HypervisorCommandFailed',
+} as const;
+export type HypervisorErrorType = (typeof HypervisorErrorType)[keyof typeof HypervisorErrorType];
+
+export class HypervisorError extends Error {
+  constructor(
+    readonly type: HypervisorErrorType,
+    message: string,
+    readonly details: Record<string, unknown> = {},
+  ) {
+    super(message);
+    this.name = type;
+  }
+}
