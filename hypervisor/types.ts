@@ -107,7 +107,10 @@ export interface DiskReader {
 export interface HypervisorAdapter {
   readonly hostName: string;
   listVms(): Promise<VmSummary[]>;
-  /** Throws VmNotFound if the VM is not on this host. `vm` is an id or a name. */
+  /**
+   * `vm` is an id or a name. Throws VmNotFound if the VM does not exist, VmNotOnHost (details.host =
+   * its owner, when known) if it lives on another host now; every per-VM method below does the same.
+   */
   inspectVm(vm: string): Promise<VmFacts>;
   isVmOnHost(vm: string): Promise<boolean>;
   createBackupCheckpoint(
