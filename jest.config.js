@@ -9,6 +9,7 @@ const common = {
 };
 module.exports = {
   testTimeout: 120_000,
+  reporters: ['default', '<rootDir>/test/support/summary-reporter.js'],
   projects: [
     {
       ...common,

@@ -1,0 +1,2 @@
+// Every workflow the protection server runs. Deterministic code only: no I/O here.
+export * from './self-check';
