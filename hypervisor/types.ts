@@ -59,7 +59,7 @@ export interface VmFacts {
   /** Opaque VM configuration a restore needs to recreate the VM. */
   config: Record<string, unknown>;
   /** Backup checkpoints that exist now (left over ones show up here). */
-  checkpoints: { checkpointId: string; createdAt: string; kind: 'backup' | 'standard' }[];
+  checkpoints: { checkpointId: string; createdAt: string; kind: 'backup' | 'standard'; label?: string }[];
 }
 
 export interface VmSummary {
@@ -115,7 +115,13 @@ export interface HypervisorAdapter {
   isVmOnHost(vm: string): Promise<boolean>;
   createBackupCheckpoint(
     vmId: string,
-    opts: { mode: BackupMode; offlineMethod?: OfflineMethod; label?: string },
+    /**
+     * offlineMethod: how a running VM is made quiet for an offline checkpoint; undefined or
+     * 'none' = do not touch the VM (it is off, saved, paused or a replica).
+     * label: the caller's id (the backup workflow id). A checkpoint with this label that already
+     * exists is returned instead of making a second one, so a retried call is idempotent.
+     */
+    opts: { mode: BackupMode; offlineMethod?: OfflineMethod | 'none'; label?: string },
   ): Promise<BackupCheckpoint>;
   /**
    * Releases a backup checkpoint: merges the differencing disks back (lab) or converts it to
@@ -123,6 +129,8 @@ export interface HypervisorAdapter {
    * Idempotent: releasing a checkpoint that is already gone succeeds.
    */
   releaseCheckpoint(vmId: string, checkpointId: string): Promise<void>;
+  /** Releases every backup checkpoint of the VM carrying `label` (cleanup after a lost reply). */
+  releaseCheckpointsByLabel?(vmId: string, label: string): Promise<string[]>;
   /** Changed ranges of a disk between change-tracking id `sinceId` and the checkpoint. */
   changedRanges(vmId: string, checkpointId: string, diskId: string, sinceId: string): Promise<ChangedRanges>;
   openCheckpointDisk(vmId: string, checkpointId: string, diskId: string): Promise<DiskReader>;
