@@ -1,0 +1,24 @@
+// The one place the chunk compression is chosen. Measured on this machine with 64 KiB-1 MiB
+// buffers (see README "Compression"): zstd level 3 compresses text to ~0.20 (lz4: ~0.42) at
+// ~500 MB/s (lz4: ~420 MB/s) and passes incompressible data at 1.5-4.5 GB/s (lz4: ~300 MB/s),
+// so zstd wins on both ratio and speed for VM disk chunks.
+import { compress, decompress } from 'zstd-napi';
+
+export const CODEC_NONE = 0;
+export const CODEC_ZSTD = 1;
+export type Codec = typeof CODEC_NONE | typeof CODEC_ZSTD;
+
+const ZSTD_LEVEL = 3;
+
+/** Compresses; returns codec none when compression would not save anything. */
+export function encodeChunkPayload(raw: Buffer): { codec: Codec; payload: Buffer } {
+  const z = compress(raw, { compressionLevel: ZSTD_LEVEL });
+  if (z.length < raw.length) return { codec: CODEC_ZSTD, payload: z };
+  return { codec: CODEC_NONE, payload: raw };
+}
+
+export function decodeChunkPayload(codec: number, payload: Buffer): Buffer {
+  if (codec === CODEC_NONE) return payload;
+  if (codec === CODEC_ZSTD) return decompress(payload);
+  throw new Error(`unknown codec ${codec}`);
+}
