@@ -1,2 +1,3 @@
 // Every workflow the protection server runs. Deterministic code only: no I/O here.
 export * from './self-check';
+export * from './backup-vm';

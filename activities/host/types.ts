@@ -1,0 +1,77 @@
+// What the host agents do for a backup, as the workflow sees it (types only: no I/O here).
+import type { BackupCheckpoint, OfflineMethod, ReplicaRole, VmFacts, BackupMode } from '../../hypervisor/types';
+
+export interface VmLocation {
+  host: string;
+  present: boolean;
+  vmId?: string;
+  name?: string;
+  role?: ReplicaRole;
+  cluster?: string;
+}
+
+export interface CheckpointRequest {
+  vmId: string;
+  mode: BackupMode;
+  offlineMethod: OfflineMethod | 'none';
+  /** The backup workflow id: makes a retried request return the same checkpoint. */
+  label: string;
+}
+
+export type TransferKind = 'initial-replica' | 'express-full' | 'consistency-check';
+
+export interface DiskTransferRequest {
+  workflowId: string;
+  dataSource: string;
+  /** Storage session (holds uploaded chunks and index slots against GC until commit). */
+  sessionId: string;
+  vmId: string;
+  checkpointId: string;
+  diskId: string;
+  virtualSize: number;
+  chunkSize: number;
+  /** Change-tracking id of this disk at the checkpoint (the base of the next incremental). */
+  changeTrackingId: string;
+  kind: TransferKind;
+  /** The previous recovery point of this disk, when there is one. */
+  base?: { pointId: string; changeTrackingId?: string; virtualSize: number; chunkSize: number };
+}
+
+export interface DiskTransferResult {
+  diskId: string;
+  /** What was actually done: an express full falls back to a consistency check when tracking is lost. */
+  kind: TransferKind;
+  fallbackReason?: string;
+  indexDigest: string;
+  chunkCount: number;
+  changedChunks: number;
+  bytesRead: number;
+  bytesSent: number;
+  /** Chunks that already were in the repository (dedup) among those read. */
+  chunksDeduplicated: number;
+  resumedFrom: number;
+  durationMs: number;
+}
+
+export interface ReleaseRequest {
+  vmId: string;
+  label: string;
+  checkpointId?: string;
+}
+
+export interface HostActivities {
+  locateVm(vm: string): Promise<VmLocation>;
+  inspectVm(vm: string): Promise<VmFacts>;
+  createBackupCheckpoint(req: CheckpointRequest): Promise<BackupCheckpoint>;
+  transferDisk(req: DiskTransferRequest): Promise<DiskTransferResult>;
+  releaseBackupCheckpoint(req: ReleaseRequest): Promise<{ released: string[] }>;
+}
+
+/** Failure types host activities raise as non-retryable ApplicationFailures. */
+export const HostFailure = {
+  VmNotOnHost: 'VmNotOnHost',
+  VmNotFound: 'VmNotFound',
+  CheckpointNotFound: 'CheckpointNotFound',
+  DiskDamaged: 'DiskDamaged',
+  StorageRefused: 'StorageRefused',
+} as const;
