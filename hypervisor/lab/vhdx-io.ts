@@ -18,7 +18,9 @@ export async function openDisk(path: string, writable: boolean): Promise<VhdxDis
 }
 
 export async function createDisk(path: string, opts: Vhdx.DynamicOptions): Promise<void> {
-  await vhdx().createDynamicVhdx(path, opts);
+  // Leave out undefined options: the library's defaults apply only to absent keys.
+  const o = Object.fromEntries(Object.entries(opts).filter(([, v]) => v !== undefined)) as unknown as Vhdx.DynamicOptions;
+  await vhdx().createDynamicVhdx(path, o);
 }
 
 export async function createChild(childPath: string, parentPath: string): Promise<void> {
