@@ -1,0 +1,440 @@
+// The Hyper-V adapter: HypervisorAdapter over PowerShell (Hyper-V module cmdlets) and WMI
+// (root\virtualization\v2) for backup checkpoints and Resilient Change Tracking (RCT).
+// What each operation runs is in scripts.ts; how output becomes facts is in parse.ts.
+
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import {
+  HypervisorError,
+  type BackupCheckpoint,
+  type BackupMode,
+  type ChangedRanges,
+  type DiskReader,
+  type GuestVolume,
+  type HypervisorAdapter,
+  type OfflineMethod,
+  type VmFacts,
+  type VmSummary,
+} from '../types';
+import { openVhdx } from '../../vhdx';
+import { runPowerShell } from './powershell';
+import { RctStore, type RctStoreEntry } from './rct-store';
+import { buildScript, type ScriptOp } from './scripts';
+import {
+  asArray,
+  isoDate,
+  mergeRanges,
+  num,
+  parseCheckpointDisks,
+  parseInspect,
+  parseReferencePoint,
+  parseVmSummaries,
+  rctIdsByDisk,
+  str,
+  type CheckpointDiskJson,
+  type ReferencePointJson,
+} from './parse';
+
+/** What `openVhdx(path)` of the project's VHDX library returns (sync or async members). */
+export interface VhdxImage {
+  readonly virtualSize: number;
+  read(offset: number, length: number): Promise<Buffer> | Buffer;
+  allocatedRanges(): Promise<{ offset: number; length: number }[]> | { offset: number; length: number }[];
+  close(): Promise<void> | void;
+}
+
+export interface HyperVOptions {
+  /** Name of this Hyper-V host as the rest of hvprotect knows it. Default: os.hostname(). */
+  hostName?: string;
+  /** PowerShell executable (path or name on PATH). Default: found on PATH, see findPowerShell. */
+  powershell?: string;
+  /** Environment for PowerShell (PATH lookup uses it too). Default: process.env. */
+  env?: NodeJS.ProcessEnv;
+  /** Timeout of a query (list, inspect, describe, power). Default 120 s. */
+  timeoutMs?: number;
+  /** Timeout of checkpoint creation and release (guest VSS can take minutes). Default 30 min. */
+  checkpointTimeoutMs?: number;
+  /** Bytes asked of one GetVirtualDiskChanges call. Default 64 GiB. */
+  rctQueryBytes?: number;
+  /** GetVirtualDiskChanges calls one PowerShell process makes before handing back. Default 256. */
+  rctCallsPerProcess?: number;
+  /** Opens a frozen disk file. Default: openVhdx from the project's vhdx library. */
+  openDisk?: (path: string) => Promise<VhdxImage> | VhdxImage;
+  /** Guest volumes when known better than the host-side approximation (see parse.ts). */
+  guestVolumes?: (facts: Omit<VmFacts, 'volumes'>) => GuestVolume[] | undefined;
+  /**
+   * Folder of the RCT store (rct-store.ts). Default: %ProgramData%\hvprotect\hyperv-rct (the OS
+   * temp folder elsewhere). A folder all cluster nodes share keeps tracking across live migration.
+   */
+  stateDir?: string;
+  /** Reference points this adapter made that are kept per VM; older ones are destroyed. Default 4. */
+  referencePointsKept?: number;
+}
+
+/** What releasing a Hyper-V backup checkpoint leaves: a reference point whose RCT ids are the next base. */
+export interface ReleasedCheckpoint {
+  alreadyReleased: boolean;
+  referencePointId?: string;
+  /** Per disk: the RCT id the next incremental starts from (`changedRanges(…, sinceId)`). */
+  disks: { diskId: string; changeTrackingId: string }[];
+  /** 'Resume-VM' or 'Start-VM' when a pause or save was still in force. */
+  resumed?: string;
+}
+
+export interface ReferencePoint {
+  referencePointId: string;
+  kind: 'rct' | 'log' | 'unknown';
+  disks: { diskId: string; changeTrackingId: string }[];
+}
+
+/**
+ * A checkpoint's own RCT id is known only once it has become a reference point (release). Until
+ * then BackupCheckpoint.disks[].changeTrackingId holds this placeholder; changedRanges answers
+ * `tracked: false` for it. The real ids come from releaseCheckpoint() or inspectVm().
+ */
+export const PENDING_RCT_PREFIX = 'hyperv-pending:';
+
+const GUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const MiB = 1024 * 1024;
+
+/**
+ * The PowerShell to use: on Windows powershell.exe first (the Hyper-V and FailoverClusters modules
+ * are Windows PowerShell modules; PowerShell 7 loads FailoverClusters through a compatibility
+ * session), then pwsh; elsewhere pwsh (tests put a fake one on PATH).
+ */
+export function findPowerShell(env: NodeJS.ProcessEnv = process.env, platform = process.platform): string | undefined {
+  const dirs = (env.PATH ?? env.Path ?? '').split(path.delimiter).filter(Boolean);
+  const names = platform === 'win32' ? ['powershell.exe', 'pwsh.exe'] : ['pwsh', 'powershell.exe', 'powershell'];
+  for (const name of names) {
+    for (const dir of dirs) {
+      const candidate = path.join(dir, name);
+      try {
+        fs.accessSync(candidate, platform === 'win32' ? fs.constants.F_OK : fs.constants.X_OK);
+        return candidate;
+      } catch {
+        /* not here */
+      }
+    }
+  }
+  return undefined;
+}
+
+// Read-only: a pending log of the frozen file is replayed in memory, never written back.
+const defaultOpenDisk = (file: string): Promise<VhdxImage> => openVhdx(file, { writable: false });
+
+export class HyperVHypervisor implements HypervisorAdapter {
+  readonly hostName: string;
+  private readonly opts: HyperVOptions;
+  private readonly store: RctStore;
+  private executable?: string;
+
+  constructor(opts: HyperVOptions = {}) {
+    this.opts = opts;
+    this.hostName = opts.hostName ?? os.hostname();
+    const dir = opts.stateDir ?? path.join(process.env.ProgramData ?? os.tmpdir(), 'hvprotect', 'hyperv-rct');
+    this.store = new RctStore(dir, Math.max(1, opts.referencePointsKept ?? 4));
+  }
+
+  private powershell(): string {
+    if (this.executable) return this.executable;
+    const exe = this.opts.powershell ?? findPowerShell(this.opts.env ?? process.env);
+    if (!exe) {
+      throw new HypervisorError(
+        'HypervisorCommandFailed',
+        'no PowerShell found: neither pwsh nor powershell.exe is on PATH (set the powershell option)',
+        { path: (this.opts.env ?? process.env).PATH },
+      );
+    }
+    this.executable = exe;
+    return exe;
+  }
+
+  private async run(op: ScriptOp, params: Record<string, unknown>, long = false): Promise<Record<string, unknown>> {
+    const timeoutMs = long ? this.opts.checkpointTimeoutMs ?? 30 * 60_000 : this.opts.timeoutMs ?? 120_000;
+    // WMI jobs give up a little before the process is killed so that the script can say why.
+    const jobTimeoutSec = Math.max(5, Math.floor(timeoutMs / 1000) - 10);
+    const script = buildScript(op, { ...params, jobTimeoutSec });
+    const result = await runPowerShell(op, script, { executable: this.powershell(), timeoutMs, env: this.opts.env });
+    return (result && typeof result === 'object' ? result : {}) as Record<string, unknown>;
+  }
+
+  private static checkpointGuid(checkpointId: string): string {
+    if (!GUID.test(checkpointId)) {
+      throw new HypervisorError('CheckpointNotFound', `'${checkpointId}' is not a Hyper-V checkpoint id (a GUID)`, { checkpointId });
+    }
+    return checkpointId.toLowerCase();
+  }
+
+  async listVms(): Promise<VmSummary[]> {
+    return parseVmSummaries(await this.run('list', {}), this.hostName);
+  }
+
+  async inspectVm(vm: string): Promise<VmFacts> {
+    const result = await this.run('inspect', { vm });
+    const vmId = String((result.vm as Record<string, unknown> | undefined)?.Id ?? '').toLowerCase();
+    const entries = GUID.test(vmId) ? await this.store.entries(vmId) : [];
+    return parseInspect(result, { fallbackHost: this.hostName, guestVolumes: this.opts.guestVolumes, lastReferencePoint: entries[entries.length - 1] });
+  }
+
+  async isVmOnHost(vm: string): Promise<boolean> {
+    const result = await this.run('locate', { vm });
+    return result.onHost === true;
+  }
+
+  async createBackupCheckpoint(
+    vmId: string,
+    opts: { mode: BackupMode; offlineMethod?: OfflineMethod | 'none'; label?: string },
+  ): Promise<BackupCheckpoint> {
+    const params = {
+      vm: vmId,
+      mode: opts.mode,
+      // undefined or 'none': do not touch the VM (it is off, saved, paused or a replica).
+      offlineMethod: opts.offlineMethod ?? 'none',
+      label: opts.label ?? '',
+      // Msvm_VirtualSystemSnapshotSettingData.ConsistencyLevel: 1 application-consistent (guest VSS),
+      // 2 crash-consistent (offline: the VM is saved or paused, so its disks are quiet anyway).
+      consistencyLevel: opts.mode === 'online' ? 1 : 2,
+    };
+    let result: Record<string, unknown>;
+    try {
+      result = await this.run('create-checkpoint', params, true);
+    } catch (e) {
+      if (opts.mode === 'offline' && e instanceof HypervisorError) await this.resumeAfterFailedOffline(vmId, e);
+      throw e;
+    }
+    const checkpointId = String(result.snapshotInstanceId ?? '').replace(/^Microsoft:/i, '').toLowerCase();
+    if (!GUID.test(checkpointId)) {
+      throw new HypervisorError('HypervisorCommandFailed', `CreateSnapshot returned no usable snapshot id ('${checkpointId}')`, { result });
+    }
+    const trace = asArray<{ step: string; at: string }>(result.trace);
+    const at = (step: string) => {
+      const t = trace.find((s) => s.step === step);
+      return t ? Date.parse(isoDate(t.at)) : undefined;
+    };
+    let downtimeMs: number | undefined;
+    if (str(result.quiesced)) {
+      const from = at('Save-VM') ?? at('Suspend-VM');
+      const to = at('resumed');
+      if (from !== undefined && to !== undefined) downtimeMs = Math.max(0, to - from);
+    }
+    const disks = parseCheckpointDisks(result.disks)
+      .filter((d) => !d.passthrough && d.path)
+      .map((d) => ({
+        diskId: d.diskId,
+        frozenPath: d.path,
+        virtualSize: d.virtualSize,
+        changeTrackingId: `${PENDING_RCT_PREFIX}${checkpointId}`,
+      }));
+    return {
+      checkpointId,
+      vmId: str(result.vmId)?.toLowerCase() ?? vmId,
+      host: this.hostName,
+      mode: opts.mode,
+      createdAt: isoDate(result.creationTime),
+      disks,
+      ...(downtimeMs !== undefined ? { downtimeMs } : {}),
+    };
+  }
+
+  /** An offline checkpoint that failed after quiescing (or was killed) must not leave the VM down. */
+  private async resumeAfterFailedOffline(vmId: string, e: HypervisorError): Promise<void> {
+    const trace = asArray<{ step: string }>(e.details.trace).map((t) => t.step);
+    const leftDown = e.details.timedOut === true || (trace.includes('quiesced') && !trace.includes('resumed'));
+    if (!leftDown) return;
+    try {
+      await this.resumeVm(vmId);
+      e.details.resumedAfterFailure = true;
+    } catch (resumeError) {
+      e.details.resumedAfterFailure = false;
+      e.details.resumeError = (resumeError as Error).message;
+    }
+  }
+
+  /**
+   * ConvertToReferencePoint: the recovery checkpoint becomes a reference point (its AVHDX merges
+   * back) whose RCT ids are returned as the base of the next incremental. A checkpoint that is gone
+   * already is success (alreadyReleased, no ids: the caller takes them from inspectVm or reads all).
+   */
+  async releaseCheckpoint(vmId: string, checkpointId: string): Promise<void> {
+    await this.releaseToReferencePoint(vmId, checkpointId);
+  }
+
+  /** releaseCheckpoint with what it left: the reference point and its RCT ids per disk. */
+  async releaseToReferencePoint(vmId: string, checkpointId: string): Promise<ReleasedCheckpoint> {
+    const ckpt = HyperVHypervisor.checkpointGuid(checkpointId);
+    const result = await this.run('release-checkpoint', { vm: vmId, checkpointId: ckpt }, true);
+    if (result.alreadyReleased === true) {
+      const known = GUID.test(String(result.vmId)) ? await this.store.get(String(result.vmId), ckpt) : undefined;
+      return {
+        alreadyReleased: true,
+        ...(known?.referencePointId ? { referencePointId: known.referencePointId } : {}),
+        disks: Object.entries(known?.disks ?? {}).map(([diskId, changeTrackingId]) => ({ diskId, changeTrackingId })),
+      };
+    }
+    const rp = parseReferencePoint(result.referencePoint as Record<string, unknown> | undefined);
+    const ids = rp ? rctIdsByDisk(rp, asArray(result.diskInstances), asArray(result.drives)) : new Map<string, string>();
+    const released: ReleasedCheckpoint = {
+      alreadyReleased: false,
+      ...(rp ? { referencePointId: rp.InstanceID } : {}),
+      disks: [...ids].map(([diskId, changeTrackingId]) => ({ diskId, changeTrackingId })),
+      ...(str(result.resumed) ? { resumed: str(result.resumed) } : {}),
+    };
+    const vmGuid = String(result.vmId ?? '').toLowerCase();
+    if (rp && GUID.test(vmGuid)) {
+      const dropped = await this.store.put(vmGuid, {
+        checkpointId: ckpt,
+        referencePointId: rp.InstanceID,
+        releasedAt: new Date().toISOString(),
+        disks: Object.fromEntries(ids),
+      });
+      await this.pruneReferencePoints(vmGuid, dropped);
+    }
+    return released;
+  }
+
+  /** Our reference points that fell out of the store are destroyed; failures only delay that. */
+  private async pruneReferencePoints(vmId: string, dropped: RctStoreEntry[]): Promise<void> {
+    for (const entry of dropped) {
+      if (!entry.referencePointId) continue;
+      try {
+        await this.destroyReferencePoint(vmId, entry.referencePointId);
+      } catch {
+        /* a reference point left over costs only metadata; the next prune does not see it again */
+      }
+    }
+  }
+
+  async releaseCheckpointsByLabel(vmId: string, label: string): Promise<string[]> {
+    const result = await this.run('checkpoints-by-label', { vm: vmId, label });
+    const ids = asArray<unknown>(result.checkpointIds).map((id) => String(id).toLowerCase());
+    for (const id of ids) await this.releaseToReferencePoint(vmId, id);
+    return ids;
+  }
+
+  private async checkpointDisk(vmId: string, checkpointId: string, diskId: string): Promise<CheckpointDiskJson & { vmId: string }> {
+    const ckpt = HyperVHypervisor.checkpointGuid(checkpointId);
+    const result = await this.run('describe-checkpoint', { vm: vmId, checkpointId: ckpt });
+    const disk = parseCheckpointDisks(result.disks).find((d) => d.diskId === diskId);
+    if (!disk || disk.passthrough || !disk.path) {
+      throw new HypervisorError('CheckpointNotFound', `checkpoint ${ckpt} of VM ${vmId} has no virtual disk ${diskId}`, {
+        vmId,
+        checkpointId: ckpt,
+        diskId,
+      });
+    }
+    return { ...disk, vmId: String(result.vmId ?? vmId).toLowerCase() };
+  }
+
+  async changedRanges(vmId: string, checkpointId: string, diskId: string, sinceId: string): Promise<ChangedRanges> {
+    const disk = await this.checkpointDisk(vmId, checkpointId, diskId);
+    if (!sinceId) return { tracked: false, ranges: [], reason: 'no change-tracking id to start from' };
+    let limitId = sinceId;
+    if (sinceId.startsWith(PENDING_RCT_PREFIX)) {
+      const base = sinceId.slice(PENDING_RCT_PREFIX.length);
+      const entry = GUID.test(disk.vmId) ? await this.store.get(disk.vmId, base) : undefined;
+      const rct = entry?.disks[diskId];
+      if (!rct) {
+        return {
+          tracked: false,
+          ranges: [],
+          reason: `checkpoint ${base} was not released into a reference point known to this host (${this.store.dir}); its RCT id is unknown`,
+        };
+      }
+      limitId = rct;
+    }
+    const size = disk.virtualSize;
+    // Microsoft documents ByteLength as "less than the size of the virtual disk": never ask for all of it at once.
+    const maxQueryBytes = Math.max(512, Math.min(this.opts.rctQueryBytes ?? 64 * 1024 * MiB, size - Math.min(MiB, size / 2)));
+    const ranges: { offset: number; length: number }[] = [];
+    let offset = 0;
+    while (offset < size) {
+      const result = await this.run('disk-changes', {
+        path: disk.path,
+        limitId,
+        offset,
+        length: size - offset,
+        maxQueryBytes,
+        maxCalls: this.opts.rctCallsPerProcess ?? 256,
+      });
+      const failed = result.failed as Record<string, unknown> | null | undefined;
+      const pages = asArray(result.pages);
+      let expected = offset;
+      for (const page of pages) {
+        const pageOffset = num(page.ByteOffset);
+        const processed = num(page.ProcessedByteLength) ?? 0;
+        const offs = asArray<unknown>(page.ChangedByteOffsets).map(Number);
+        const lens = asArray<unknown>(page.ChangedByteLengths).map(Number);
+        if (pageOffset !== expected || offs.length !== lens.length || offs.some((n) => !Number.isFinite(n)) || lens.some((n) => !Number.isFinite(n))) {
+          return { tracked: false, ranges: [], reason: `GetVirtualDiskChanges answered out of shape at offset ${expected}` };
+        }
+        offs.forEach((o, i) => ranges.push({ offset: o, length: lens[i] }));
+        expected += processed;
+      }
+      if (failed) {
+        return { tracked: false, ranges: [], reason: `GetVirtualDiskChanges failed since '${sinceId}': ${str(failed.message) ?? 'unknown error'}` };
+      }
+      if (expected <= offset) {
+        return { tracked: false, ranges: [], reason: `GetVirtualDiskChanges made no progress at offset ${offset}` };
+      }
+      offset = expected;
+    }
+    return { tracked: true, ranges: mergeRanges(ranges, size) };
+  }
+
+  async openCheckpointDisk(vmId: string, checkpointId: string, diskId: string): Promise<DiskReader> {
+    const disk = await this.checkpointDisk(vmId, checkpointId, diskId);
+    const open = this.opts.openDisk ?? defaultOpenDisk;
+    let image: VhdxImage;
+    try {
+      image = await open(disk.path);
+    } catch (e) {
+      throw new HypervisorError('HypervisorCommandFailed', `cannot open ${disk.path} of checkpoint ${checkpointId}: ${(e as Error).message}`, {
+        path: disk.path,
+        checkpointId,
+        diskId,
+      });
+    }
+    return {
+      virtualSize: image.virtualSize,
+      read: async (offset, length) => image.read(offset, length),
+      allocatedRanges: async () => mergeRanges(await image.allocatedRanges(), image.virtualSize),
+      close: async () => {
+        await image.close();
+      },
+    };
+  }
+
+  async pauseVm(vmId: string): Promise<void> {
+    await this.run('power', { vm: vmId, action: 'pause' });
+  }
+
+  async saveVm(vmId: string): Promise<void> {
+    await this.run('power', { vm: vmId, action: 'save' }, true);
+  }
+
+  async resumeVm(vmId: string): Promise<void> {
+    await this.run('power', { vm: vmId, action: 'resume' }, true);
+  }
+
+  /** Reference points of a VM (ours and any other RCT-based backup product's). */
+  async listReferencePoints(vmId: string): Promise<ReferencePoint[]> {
+    const result = await this.run('list-reference-points', { vm: vmId });
+    const diskInstances = asArray(result.diskInstances);
+    const drives = asArray(result.drives);
+    return asArray(result.referencePoints)
+      .map((r) => parseReferencePoint(r))
+      .filter((r): r is ReferencePointJson => !!r)
+      .map((rp) => ({
+        referencePointId: rp.InstanceID,
+        kind: rp.ReferencePointType === 2 ? ('rct' as const) : rp.ReferencePointType === 1 ? ('log' as const) : ('unknown' as const),
+        disks: [...rctIdsByDisk(rp, diskInstances, drives)].map(([diskId, changeTrackingId]) => ({ diskId, changeTrackingId })),
+      }));
+  }
+
+  /** DestroyReferencePoint; idempotent. Returns false when it was gone already. */
+  async destroyReferencePoint(vmId: string, referencePointId: string): Promise<boolean> {
+    const result = await this.run('destroy-reference-point', { vm: vmId, referencePointId }, true);
+    return result.alreadyGone !== true;
+  }
+}

@@ -1,0 +1,517 @@
+// The PowerShell the adapter runs, one script per operation.
+//
+// Every script starts with the same preamble: strict errors, UTF-8 output, the caller's values
+// decoded from base64 JSON into `$p` (never spliced into the code), helpers to find the VM and to
+// wait for a WMI job, and one `HVPROTECT-JSON:` line at the end (see powershell.ts).
+//
+// WMI (namespace root\virtualization\v2), as documented by Microsoft (learn.microsoft.com,
+// windows/win32/hyperv_v2) and used by Microsoft's backup sample (Virtualization-Documentation,
+// hyperv-samples/taylorb-wmi/xhypervbackup):
+//   Msvm_VirtualSystemSnapshotService.CreateSnapshot(
+//     [in] CIM_ComputerSystem REF AffectedSystem, [in] string SnapshotSettings,
+//     [in] uint16 SnapshotType, [in,out] CIM_VirtualSystemSettingData REF ResultingSnapshot,
+//     [out] CIM_ConcreteJob REF Job)                       0 = done, 4096 = job started
+//     SnapshotSettings = embedded Msvm_VirtualSystemSnapshotSettingData
+//       { ConsistencyLevel: 1 application-consistent | 2 crash-consistent,
+//         IgnoreNonSnapshottableDisks: true }; SnapshotType 32768 = recovery snapshot (the sample's).
+//   Msvm_VirtualSystemSnapshotService.ConvertToReferencePoint(
+//     [in] CIM_VirtualSystemSettingData REF AffectedSnapshot, [in] string ReferencePointSettings,
+//     [in,out] Msvm_VirtualSystemReferencePoint REF ResultingReferencePoint, [out] CIM_ConcreteJob REF Job)
+//     "The snapshot gets deleted as a side effect. Only recovery snapshots can be converted."
+//     (It is a method of the snapshot service, not of Msvm_VirtualSystemReferencePointService.)
+//   Msvm_VirtualSystemReferencePointService.DestroyReferencePoint(
+//     [in] Msvm_VirtualSystemReferencePoint REF AffectedReferencePoint, [out] CIM_ConcreteJob REF Job)
+//   Msvm_VirtualSystemReferencePoint { InstanceID, ReferencePointType (1 log, 2 RCT),
+//     ConsistencyLevel, VirtualSystemIdentifier, VirtualDiskIdentifiers[], ResilientChangeTrackingIdentifiers[] }
+//   Msvm_ImageManagementService.GetVirtualDiskChanges(
+//     [in] string Path, [in] string LimitId, [in] string TargetSnapshotId (VHD Set only),
+//     [in] uint64 ByteOffset, [in] uint64 ByteLength ("must be less than the size of the disk"),
+//     [out] uint64 ProcessedByteLength ("may be equal to ByteLength or less"),
+//     [out] uint64 ChangedByteOffsets[], [out] uint64 ChangedByteLengths[], [out] CIM_ConcreteJob REF Job)
+//   Msvm_ConcreteJob.JobState: 3 Starting, 4 Running, 5 Suspended, 6 Shutting Down, 7 Completed,
+//     8 Terminated, 9 Killed, 10 Exception.
+//   Msvm_KvpExchangeComponent.GuestIntrinsicExchangeItems: XML <INSTANCE CLASSNAME="Msvm_KvpExchangeDataItem">
+//     with PROPERTY Name (OSName, OSVersion, OSPlatformId…) and Data.
+
+import { encodeParams } from './powershell';
+
+export type ScriptOp =
+  | 'list'
+  | 'locate'
+  | 'inspect'
+  | 'create-checkpoint'
+  | 'describe-checkpoint'
+  | 'disk-changes'
+  | 'release-checkpoint'
+  | 'destroy-reference-point'
+  | 'list-reference-points'
+  | 'checkpoints-by-label'
+  | 'power';
+
+const PREAMBLE = String.raw`
+$ErrorActionPreference = 'Stop'
+$ProgressPreference = 'SilentlyContinue'
+$WarningPreference = 'SilentlyContinue'
+try { [Console]::OutputEncoding = New-Object System.Text.UTF8Encoding($false) } catch { }
+# Windows PowerShell 5.1 writes arrays as {"value":[...],"Count":n} while this type data is loaded.
+Remove-TypeData -TypeName System.Array -ErrorAction SilentlyContinue
+$p = [Text.Encoding]::UTF8.GetString([Convert]::FromBase64String('__PARAMS__')) | ConvertFrom-Json
+$ns = 'root\virtualization\v2'
+$script:step = 'start'
+$script:failure = $null
+
+function Write-HvpResult($result) {
+  $json = ConvertTo-Json -InputObject @{ ok = $true; result = $result } -Depth 12 -Compress
+  [Console]::Out.WriteLine('HVPROTECT-JSON:' + $json)
+}
+
+function Stop-Hvp([string]$type, [string]$message, $extra) {
+  $e = @{ type = $type; message = $message; step = $script:step }
+  if ($extra) { foreach ($k in $extra.Keys) { $e[$k] = $extra[$k] } }
+  [Console]::Out.WriteLine('HVPROTECT-JSON:' + (ConvertTo-Json -InputObject @{ ok = $false; error = $e } -Depth 8 -Compress))
+  exit 1
+}
+
+# Throws (so finally blocks run) with details the outer catch adds to the error.
+function Fail-Hvp([string]$message, $extra) {
+  $script:failure = $extra
+  throw $message
+}
+
+function Find-HvpClusterOwner([string]$ref) {
+  if (-not (Get-Command Get-ClusterResource -ErrorAction SilentlyContinue)) { return $null }
+  try {
+    foreach ($r in @(Get-ClusterResource -ErrorAction Stop | Where-Object { [string]$_.ResourceType -eq 'Virtual Machine' })) {
+      $id = [string](Get-ClusterParameter -InputObject $r -Name VmID -ErrorAction Stop).Value
+      if ($id -eq $ref -or [string]$r.OwnerGroup -eq $ref) { return @{ node = [string]$r.OwnerNode; vmId = $id } }
+    }
+  } catch { }
+  return $null
+}
+
+# The VM by id or exact name; a VM of this cluster owned by another node is VmNotOnHost.
+function Find-HvpVm([string]$ref, [switch]$Probe) {
+  $script:step = 'Get-VM'
+  $g = [guid]::Empty
+  if ([guid]::TryParse($ref, [ref]$g)) {
+    $found = @(try { Get-VM -Id $g -ErrorAction Stop } catch { })
+  } else {
+    # Get-VM -Name takes wildcards; an exact comparison keeps '[', '*' and '?' literal.
+    $found = @(Get-VM | Where-Object { $_.Name -eq $ref })
+  }
+  if ($found.Count -gt 1) {
+    Stop-Hvp 'HypervisorCommandFailed' ('{0} VMs on this host are named like that; use the VM id' -f $found.Count) @{ cmdlet = 'Get-VM' }
+  }
+  if ($found.Count -eq 1) { return $found[0] }
+  $script:step = 'Get-ClusterResource'
+  $owner = Find-HvpClusterOwner $ref
+  if ($Probe) { return $owner }
+  if ($owner) {
+    Stop-Hvp 'VmNotOnHost' ('the VM is not on this host; its cluster group is owned by {0}' -f $owner.node) @{ host = $owner.node; vmId = $owner.vmId }
+  }
+  Stop-Hvp 'VmNotFound' 'no such VM on this host' @{ cmdlet = 'Get-VM' }
+}
+
+function Get-HvpComputerSystem($vm) {
+  $script:step = 'Msvm_ComputerSystem'
+  # The id comes from Get-VM (a GUID), not from the caller.
+  Get-CimInstance -Namespace $ns -ClassName Msvm_ComputerSystem -Filter ("Name='{0}'" -f ([string]$vm.Id))
+}
+
+# Waits for the Msvm_ConcreteJob of a method that returned 4096; throws on failure.
+function Wait-HvpCimJob($r, [string]$method) {
+  $script:step = $method
+  $rv = [int]$r.ReturnValue
+  if ($rv -eq 0) { return $null }
+  if ($rv -ne 4096) { Fail-Hvp ('{0} returned {1}' -f $method, $rv) @{ cmdlet = 'Invoke-CimMethod'; method = $method; returnValue = $rv } }
+  $job = $r.Job | Get-CimInstance
+  $deadline = (Get-Date).AddSeconds([double]$p.jobTimeoutSec)
+  while ($job.JobState -in 3, 4, 5, 6) {
+    if ((Get-Date) -gt $deadline) { Fail-Hvp ('{0}: job still running after {1} s' -f $method, $p.jobTimeoutSec) @{ cmdlet = 'Invoke-CimMethod'; method = $method } }
+    Start-Sleep -Milliseconds 500
+    $job = $job | Get-CimInstance
+  }
+  if ($job.JobState -ne 7) {
+    Fail-Hvp ('{0}: job ended in state {1}: {2}' -f $method, $job.JobState, $job.ErrorDescription) @{ cmdlet = 'Invoke-CimMethod'; method = $method; jobState = [int]$job.JobState; errorCode = [int]$job.ErrorCode }
+  }
+  return $job
+}
+
+function Format-HvpReferencePoint($rp) {
+  @{
+    InstanceID = [string]$rp.InstanceID
+    ReferencePointType = [int]$rp.ReferencePointType
+    ConsistencyLevel = [int]$rp.ConsistencyLevel
+    VirtualSystemIdentifier = [string]$rp.VirtualSystemIdentifier
+    VirtualDiskIdentifiers = @($rp.VirtualDiskIdentifiers)
+    ResilientChangeTrackingIdentifiers = @($rp.ResilientChangeTrackingIdentifiers)
+  }
+}
+
+function Get-HvpReferencePoints($cs) {
+  $script:step = 'Msvm_VirtualSystemReferencePoint'
+  @(Get-CimAssociatedInstance -InputObject $cs -ResultClassName Msvm_VirtualSystemReferencePoint -Association Msvm_ReferencePointOfVirtualSystem)
+}
+
+# The VM's virtual hard disks as WMI sees them (Msvm_StorageAllocationSettingData of the active
+# settings): reference points name disks by these InstanceIDs; HostResource[0] is the file.
+function Get-HvpDiskInstances($cs) {
+  $script:step = 'Msvm_StorageAllocationSettingData'
+  $vssd = Get-CimAssociatedInstance -InputObject $cs -ResultClassName Msvm_VirtualSystemSettingData -Association Msvm_SettingsDefineState
+  @(Get-CimAssociatedInstance -InputObject $vssd -ResultClassName Msvm_StorageAllocationSettingData |
+    Where-Object { $_.ResourceSubType -eq 'Microsoft:Hyper-V:Virtual Hard Disk' } |
+    ForEach-Object { @{ InstanceID = [string]$_.InstanceID; Path = [string]@($_.HostResource)[0] } })
+}
+
+function Format-HvpDrive($d) {
+  @{
+    ControllerType = [string]$d.ControllerType
+    ControllerNumber = [int]$d.ControllerNumber
+    ControllerLocation = [int]$d.ControllerLocation
+    Path = [string]$d.Path
+    DiskNumber = $d.DiskNumber
+  }
+}
+
+# Recovery checkpoints are listed only when asked for by type, so ask for both.
+function Get-HvpSnapshots($vm) {
+  $script:step = 'Get-VMSnapshot'
+  $all = @(Get-VMSnapshot -VM $vm) + @(Get-VMSnapshot -VM $vm -SnapshotType Recovery)
+  $seen = @{}
+  foreach ($s in $all) { if (-not $seen.ContainsKey([string]$s.Id)) { $seen[[string]$s.Id] = $s } }
+  @($seen.Values)
+}
+
+# The disks of a checkpoint: Get-VMHardDiskDrive -VMSnapshot names the files the checkpoint froze.
+function Get-HvpCheckpointDisks($snapshot) {
+  $script:step = 'Get-VMHardDiskDrive'
+  @(Get-VMHardDiskDrive -VMSnapshot $snapshot | ForEach-Object {
+    $d = Format-HvpDrive $_
+    if ($d.Path -and $null -eq $d.DiskNumber) {
+      $script:step = 'Get-VHD'
+      $v = Get-VHD -Path $d.Path
+      $d.Size = [uint64]$v.Size
+      $d.VhdType = [string]$v.VhdType
+      $d.ParentPath = [string]$v.ParentPath
+    }
+    $d
+  })
+}
+`;
+
+const MAIN_OPEN = String.raw`
+try {
+`;
+
+const MAIN_CLOSE = String.raw`
+} catch {
+  $err = $_
+  $extra = @{ category = [string]$err.CategoryInfo.Category; errorId = [string]$err.FullyQualifiedErrorId }
+  if ($err.InvocationInfo -and $err.InvocationInfo.MyCommand) { $extra.cmdlet = [string]$err.InvocationInfo.MyCommand.Name }
+  if ($script:failure) { foreach ($k in $script:failure.Keys) { $extra[$k] = $script:failure[$k] } }
+  if (Get-Variable -Name trace -Scope Script -ErrorAction SilentlyContinue) { $extra.trace = @($script:trace) }
+  Stop-Hvp 'HypervisorCommandFailed' $err.Exception.Message $extra
+}
+`;
+
+const BODIES: Record<ScriptOp, string> = {
+  list: String.raw`
+  $script:step = 'Get-VM'
+  $vms = @(Get-VM)
+  $cluster = $null
+  if (@($vms | Where-Object { $_.IsClustered }).Count -gt 0) {
+    $script:step = 'Get-Cluster'
+    try { $cluster = [string](Get-Cluster).Name } catch { }
+  }
+  $out = @($vms | ForEach-Object { @{ Id = [string]$_.Id; Name = [string]$_.Name; State = [string]$_.State; IsClustered = [bool]$_.IsClustered; ComputerName = [string]$_.ComputerName } })
+  Write-HvpResult @{ host = $env:COMPUTERNAME; cluster = $cluster; vms = $out }
+`,
+
+  locate: String.raw`
+  $found = Find-HvpVm ([string]$p.vm) -Probe
+  if ($found -and $found.Id) { Write-HvpResult @{ onHost = $true; vmId = [string]$found.Id } }
+  elseif ($found) { Write-HvpResult @{ onHost = $false; ownerNode = $found.node; vmId = $found.vmId } }
+  else { Write-HvpResult @{ onHost = $false } }
+`,
+
+  inspect: String.raw`
+  $vm = Find-HvpVm ([string]$p.vm)
+  $id = [string]$vm.Id
+  $cs = Get-HvpComputerSystem $vm
+
+  $script:step = 'Get-VMIntegrationService'
+  $is = @(Get-VMIntegrationService -VM $vm | ForEach-Object {
+    @{ Name = [string]$_.Name; Enabled = [bool]$_.Enabled; PrimaryStatusDescription = [string]$_.PrimaryStatusDescription; PrimaryOperationalStatus = [string]$_.PrimaryOperationalStatus }
+  })
+
+  $script:step = 'Get-VMHardDiskDrive'
+  $disks = @(Get-VMHardDiskDrive -VM $vm | ForEach-Object {
+    $d = Format-HvpDrive $_
+    $d.Chain = @()
+    # A passthrough disk has DiskNumber set and a description instead of a file in Path.
+    if ($d.Path -and $null -eq $d.DiskNumber) {
+      $script:step = 'Get-VHD'
+      try {
+        $path = $d.Path
+        for ($i = 0; $i -lt 64 -and $path; $i++) {
+          $v = Get-VHD -Path $path
+          $d.Chain += @{ Path = [string]$v.Path; VhdType = [string]$v.VhdType; VhdFormat = [string]$v.VhdFormat; Size = [uint64]$v.Size; FileSize = [uint64]$v.FileSize; ParentPath = [string]$v.ParentPath }
+          # Follow checkpoint files (.avhdx) down to the disk that holds the data.
+          if ($v.ParentPath -and ($path -match '\.avhdx?$')) { $path = [string]$v.ParentPath } else { $path = $null }
+        }
+      } catch { $d.VhdError = $_.Exception.Message }
+    }
+    $d
+  })
+
+  $script:step = 'Msvm_KvpExchangeComponent'
+  $kvp = @{}
+  try {
+    $kc = Get-CimAssociatedInstance -InputObject $cs -ResultClassName Msvm_KvpExchangeComponent
+    foreach ($item in @($kc.GuestIntrinsicExchangeItems)) {
+      if (-not $item) { continue }
+      $x = [xml]$item
+      $n = $x.SelectSingleNode("/INSTANCE/PROPERTY[@NAME='Name']/VALUE")
+      $v = $x.SelectSingleNode("/INSTANCE/PROPERTY[@NAME='Data']/VALUE")
+      if ($n -and $v) { $kvp[$n.InnerText] = $v.InnerText }
+    }
+  } catch { $kvp['_error'] = $_.Exception.Message }
+
+  $cluster = $null
+  if ($vm.IsClustered) {
+    $script:step = 'Get-ClusterResource'
+    $res = @(Get-ClusterResource | Where-Object { [string]$_.ResourceType -eq 'Virtual Machine' } |
+      Where-Object { [string](Get-ClusterParameter -InputObject $_ -Name VmID).Value -eq $id })
+    if ($res.Count -ge 1) {
+      $script:step = 'Get-ClusterGroup'
+      $g = Get-ClusterGroup -Name ([string]$res[0].OwnerGroup)
+      $cluster = @{ Name = [string](Get-Cluster).Name; GroupName = [string]$g.Name; GroupState = [string]$g.State; OwnerNode = [string]$g.OwnerNode; Nodes = @(Get-ClusterNode | ForEach-Object { [string]$_.Name }) }
+    }
+  }
+
+  $repl = @{ Mode = [string]$vm.ReplicationMode }
+  if ($repl.Mode -and $repl.Mode -ne 'None') {
+    $script:step = 'Get-VMReplication'
+    try {
+      $r = @(Get-VMReplication -VM $vm)[0]
+      $repl.PrimaryServer = [string]$r.PrimaryServer
+      $repl.ReplicaServer = [string]$r.ReplicaServer
+      $repl.State = [string]$r.State
+    } catch { $repl.Error = $_.Exception.Message }
+  }
+
+  $snaps = @(Get-HvpSnapshots $vm | ForEach-Object {
+    @{ Id = [string]$_.Id; Name = [string]$_.Name; SnapshotType = [string]$_.SnapshotType; CreationTime = $_.CreationTime.ToUniversalTime().ToString('o') }
+  })
+  $rps = @(Get-HvpReferencePoints $cs | ForEach-Object { Format-HvpReferencePoint $_ })
+  $diskInstances = Get-HvpDiskInstances $cs
+
+  Write-HvpResult @{
+    host = $env:COMPUTERNAME
+    vm = @{ Id = $id; Name = [string]$vm.Name; State = [string]$vm.State; IsClustered = [bool]$vm.IsClustered; ComputerName = [string]$vm.ComputerName
+      Generation = [int]$vm.Generation; Version = [string]$vm.Version; ProcessorCount = [int]$vm.ProcessorCount; MemoryStartup = [uint64]$vm.MemoryStartup
+      Path = [string]$vm.Path; ConfigurationLocation = [string]$vm.ConfigurationLocation; ReplicationMode = [string]$vm.ReplicationMode }
+    integrationServices = $is; disks = $disks; kvp = $kvp; cluster = $cluster; replication = $repl
+    snapshots = $snaps; referencePoints = $rps; diskInstances = $diskInstances
+  }
+`,
+
+  'create-checkpoint': String.raw`
+  $vm = Find-HvpVm ([string]$p.vm)
+  $cs = Get-HvpComputerSystem $vm
+  $script:step = 'Msvm_VirtualSystemSnapshotService'
+  $svc = Get-CimInstance -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotService
+  $script:step = 'Msvm_VirtualSystemSnapshotSettingData'
+  $settings = Get-CimClass -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotSettingData |
+    New-CimInstance -ClientOnly -Property @{ ConsistencyLevel = [byte]$p.consistencyLevel; IgnoreNonSnapshottableDisks = $true }
+  $ser = [Microsoft.Management.Infrastructure.Serialization.CimSerializer]::Create()
+  $embedded = [Text.Encoding]::Unicode.GetString($ser.Serialize($settings, [Microsoft.Management.Infrastructure.Serialization.InstanceSerializationOptions]::None))
+
+  # Idempotent by label: a retried request finds the checkpoint its first attempt made.
+  if ($p.label) {
+    $existing = @(Get-HvpSnapshots $vm | Where-Object { [string]$_.SnapshotType -eq 'Recovery' -and [string]$_.Name -eq [string]$p.label })[0]
+    if ($existing) {
+      Write-HvpResult @{
+        vmId = [string]$vm.Id; host = $env:COMPUTERNAME; snapshotInstanceId = 'Microsoft:' + [string]$existing.Id; reused = $true
+        creationTime = $existing.CreationTime.ToUniversalTime().ToString('o'); stateBefore = [string]$vm.State; quiesced = $null
+        trace = @(); disks = @(Get-HvpCheckpointDisks $existing) }
+      return
+    }
+  }
+
+  $script:trace = New-Object System.Collections.ArrayList
+  function Add-HvpTrace([string]$s) { [void]$script:trace.Add(@{ step = $s; at = (Get-Date).ToUniversalTime().ToString('o') }) }
+  $stateBefore = [string]$vm.State
+  $quiesced = $null
+  $snap = $null
+  try {
+    # Offline: make the VM quiet, take the checkpoint, bring it back at once (finally).
+    if ($p.mode -eq 'offline' -and $stateBefore -eq 'Running' -and ($p.offlineMethod -eq 'save' -or $p.offlineMethod -eq 'pause')) {
+      if ($p.offlineMethod -eq 'pause') {
+        $script:step = 'Suspend-VM'; Add-HvpTrace 'Suspend-VM'; Suspend-VM -VM $vm; $quiesced = 'pause'
+      } else {
+        $script:step = 'Save-VM'; Add-HvpTrace 'Save-VM'; Save-VM -VM $vm; $quiesced = 'save'
+      }
+      Add-HvpTrace 'quiesced'
+    }
+    $script:step = 'CreateSnapshot'
+    Add-HvpTrace 'CreateSnapshot'
+    $r = Invoke-CimMethod -InputObject $svc -MethodName CreateSnapshot -Arguments @{
+      AffectedSystem = $cs; SnapshotSettings = $embedded; SnapshotType = [uint16]32768 }
+    $job = Wait-HvpCimJob $r 'CreateSnapshot'
+    if ($job) { $snap = @(Get-CimAssociatedInstance -InputObject $job -ResultClassName Msvm_VirtualSystemSettingData)[0] }
+    if (-not $snap -and $r.ResultingSnapshot) { $snap = $r.ResultingSnapshot | Get-CimInstance }
+    if (-not $snap) { Fail-Hvp 'CreateSnapshot finished but named no snapshot' @{ method = 'CreateSnapshot' } }
+    Add-HvpTrace 'snapshot-created'
+  } finally {
+    if ($quiesced -eq 'pause') { $script:step = 'Resume-VM'; Add-HvpTrace 'Resume-VM'; Resume-VM -VM $vm; Add-HvpTrace 'resumed' }
+    elseif ($quiesced -eq 'save') { $script:step = 'Start-VM'; Add-HvpTrace 'Start-VM'; Start-VM -VM $vm; Add-HvpTrace 'resumed' }
+  }
+
+  $snapId = ([string]$snap.InstanceID) -replace '^Microsoft:', ''
+  $script:step = 'Get-VMSnapshot'
+  $vs = @(Get-HvpSnapshots $vm | Where-Object { [string]$_.Id -eq $snapId })[0]
+  if (-not $vs) { Fail-Hvp ('snapshot {0} was created but Get-VMSnapshot does not list it' -f $snapId) @{ } }
+  $labelError = $null
+  if ($p.label) {
+    $script:step = 'Rename-VMSnapshot'
+    try { Rename-VMSnapshot -VMSnapshot $vs -NewName ([string]$p.label) } catch { $labelError = $_.Exception.Message }
+  }
+  Write-HvpResult @{
+    vmId = [string]$vm.Id; host = $env:COMPUTERNAME; snapshotInstanceId = [string]$snap.InstanceID
+    virtualSystemType = [string]$snap.VirtualSystemType; creationTime = $vs.CreationTime.ToUniversalTime().ToString('o')
+    stateBefore = $stateBefore; quiesced = $quiesced; trace = @($script:trace); disks = @(Get-HvpCheckpointDisks $vs)
+    reused = $false; labelError = $labelError
+  }
+`,
+
+  'describe-checkpoint': String.raw`
+  $vm = Find-HvpVm ([string]$p.vm)
+  $ckpt = ([guid][string]$p.checkpointId).ToString()
+  $vs = @(Get-HvpSnapshots $vm | Where-Object { [string]$_.Id -eq $ckpt })[0]
+  if (-not $vs) { Stop-Hvp 'CheckpointNotFound' ('checkpoint {0} does not exist' -f $ckpt) @{ cmdlet = 'Get-VMSnapshot' } }
+  Write-HvpResult @{ vmId = [string]$vm.Id; checkpointId = $ckpt; snapshotType = [string]$vs.SnapshotType; disks = @(Get-HvpCheckpointDisks $vs) }
+`,
+
+  'disk-changes': String.raw`
+  $script:step = 'Msvm_ImageManagementService'
+  $ims = Get-CimInstance -Namespace $ns -ClassName Msvm_ImageManagementService
+  $pages = New-Object System.Collections.ArrayList
+  $off = [uint64]$p.offset
+  $end = $off + [uint64]$p.length
+  $failed = $null
+  try {
+    # GetVirtualDiskChanges may process less than asked (ProcessedByteLength): continue from there.
+    for ($i = 0; $i -lt [int]$p.maxCalls -and $off -lt $end; $i++) {
+      $len = [uint64][math]::Min([double]($end - $off), [double]$p.maxQueryBytes)
+      $script:step = 'GetVirtualDiskChanges'
+      $r = Invoke-CimMethod -InputObject $ims -MethodName GetVirtualDiskChanges -Arguments @{
+        Path = [string]$p.path; LimitId = [string]$p.limitId; TargetSnapshotId = ''; ByteOffset = $off; ByteLength = $len }
+      $null = Wait-HvpCimJob $r 'GetVirtualDiskChanges'
+      $done = [uint64]$r.ProcessedByteLength
+      [void]$pages.Add(@{ ByteOffset = $off; ByteLength = $len; ProcessedByteLength = $done
+        ChangedByteOffsets = @($r.ChangedByteOffsets); ChangedByteLengths = @($r.ChangedByteLengths) })
+      if ($done -eq 0) { break }
+      $off += $done
+    }
+  } catch {
+    # An unknown or reset RCT id fails here: the caller reads everything instead.
+    $failed = @{ message = $_.Exception.Message; details = $script:failure }
+  }
+  Write-HvpResult @{ pages = @($pages); failed = $failed }
+`,
+
+  'release-checkpoint': String.raw`
+  $vm = Find-HvpVm ([string]$p.vm)
+  $cs = Get-HvpComputerSystem $vm
+  $ckpt = ([guid][string]$p.checkpointId).ToString()
+  $script:step = 'Msvm_VirtualSystemSettingData'
+  $snap = Get-CimInstance -Namespace $ns -ClassName Msvm_VirtualSystemSettingData -Filter ("InstanceID='Microsoft:{0}'" -f $ckpt)
+  $state = [string]$vm.State
+  $resumed = $null
+  if (-not $snap) {
+    Write-HvpResult @{ vmId = [string]$vm.Id; alreadyReleased = $true; state = $state }
+    return
+  }
+  if ([string]$snap.VirtualSystemType -ne 'Microsoft:Hyper-V:Snapshot:Recovery') {
+    Fail-Hvp ('checkpoint {0} is a {1}, not a recovery checkpoint; it is not ours to release' -f $ckpt, $snap.VirtualSystemType) @{ }
+  }
+  # A pause or save left by an interrupted offline checkpoint ends here.
+  if ($state -eq 'Paused') { $script:step = 'Resume-VM'; Resume-VM -VM $vm; $resumed = 'Resume-VM' }
+  elseif ($state -eq 'Saved') { $script:step = 'Start-VM'; Start-VM -VM $vm; $resumed = 'Start-VM' }
+  $diskInstances = Get-HvpDiskInstances $cs
+  $script:step = 'Msvm_VirtualSystemSnapshotService'
+  $svc = Get-CimInstance -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotService
+  $script:step = 'ConvertToReferencePoint'
+  $r = Invoke-CimMethod -InputObject $svc -MethodName ConvertToReferencePoint -Arguments @{ AffectedSnapshot = $snap }
+  $job = Wait-HvpCimJob $r 'ConvertToReferencePoint'
+  $rp = $null
+  if ($job) { $rp = @(Get-CimAssociatedInstance -InputObject $job -ResultClassName Msvm_VirtualSystemReferencePoint)[0] }
+  if (-not $rp -and $r.ResultingReferencePoint) { $rp = $r.ResultingReferencePoint | Get-CimInstance }
+  $rpOut = $null
+  if ($rp) { $rpOut = Format-HvpReferencePoint $rp }
+  $script:step = 'Get-VMHardDiskDrive'
+  $drives = @(Get-VMHardDiskDrive -VM $vm | ForEach-Object { Format-HvpDrive $_ })
+  Write-HvpResult @{ vmId = [string]$vm.Id; alreadyReleased = $false; state = $state; resumed = $resumed
+    referencePoint = $rpOut; diskInstances = $diskInstances; drives = $drives }
+`,
+
+  'destroy-reference-point': String.raw`
+  $vm = Find-HvpVm ([string]$p.vm)
+  $cs = Get-HvpComputerSystem $vm
+  $rp = @(Get-HvpReferencePoints $cs | Where-Object { [string]$_.InstanceID -eq [string]$p.referencePointId })[0]
+  if (-not $rp) { Write-HvpResult @{ alreadyGone = $true }; return }
+  $script:step = 'Msvm_VirtualSystemReferencePointService'
+  $svc = Get-CimInstance -Namespace $ns -ClassName Msvm_VirtualSystemReferencePointService
+  $script:step = 'DestroyReferencePoint'
+  $r = Invoke-CimMethod -InputObject $svc -MethodName DestroyReferencePoint -Arguments @{ AffectedReferencePoint = $rp }
+  $null = Wait-HvpCimJob $r 'DestroyReferencePoint'
+  Write-HvpResult @{ alreadyGone = $false }
+`,
+
+  'list-reference-points': String.raw`
+  $vm = Find-HvpVm ([string]$p.vm)
+  $cs = Get-HvpComputerSystem $vm
+  $rps = @(Get-HvpReferencePoints $cs | ForEach-Object { Format-HvpReferencePoint $_ })
+  $script:step = 'Get-VMHardDiskDrive'
+  $drives = @(Get-VMHardDiskDrive -VM $vm | ForEach-Object { Format-HvpDrive $_ })
+  Write-HvpResult @{ vmId = [string]$vm.Id; referencePoints = $rps; diskInstances = (Get-HvpDiskInstances $cs); drives = $drives }
+`,
+
+  'checkpoints-by-label': String.raw`
+  $vm = Find-HvpVm ([string]$p.vm)
+  $ids = @(Get-HvpSnapshots $vm | Where-Object { [string]$_.SnapshotType -eq 'Recovery' -and [string]$_.Name -eq [string]$p.label } | ForEach-Object { [string]$_.Id })
+  Write-HvpResult @{ vmId = [string]$vm.Id; checkpointIds = $ids }
+`,
+
+  power: String.raw`
+  $vm = Find-HvpVm ([string]$p.vm)
+  $before = [string]$vm.State
+  switch ([string]$p.action) {
+    'pause' {
+      if ($before -eq 'Running') { $script:step = 'Suspend-VM'; Suspend-VM -VM $vm }
+      elseif ($before -ne 'Paused') { Fail-Hvp ('cannot pause a VM that is {0}' -f $before) @{ cmdlet = 'Suspend-VM' } }
+    }
+    'save' {
+      if ($before -eq 'Running' -or $before -eq 'Paused') { $script:step = 'Save-VM'; Save-VM -VM $vm }
+      elseif ($before -ne 'Saved') { Fail-Hvp ('cannot save a VM that is {0}' -f $before) @{ cmdlet = 'Save-VM' } }
+    }
+    'resume' {
+      if ($before -eq 'Paused') { $script:step = 'Resume-VM'; Resume-VM -VM $vm }
+      elseif ($before -eq 'Saved') { $script:step = 'Start-VM'; Start-VM -VM $vm }
+      elseif ($before -ne 'Running') { Fail-Hvp ('cannot resume a VM that is {0}' -f $before) @{ cmdlet = 'Resume-VM' } }
+    }
+    default { Fail-Hvp 'unknown power action' @{ } }
+  }
+  $script:step = 'Get-VM'
+  Write-HvpResult @{ vmId = [string]$vm.Id; before = $before; after = [string](Get-VM -Id $vm.Id).State }
+`,
+};
+
+/** The full script for `op`; `params` reach it only as base64 JSON (`$p`). */
+export function buildScript(op: ScriptOp, params: Record<string, unknown>): string {
+  // Base64 cannot contain "'", so the literal cannot be closed early; replace() with a function
+  // so that "$" sequences in the payload are not treated as replacement patterns.
+  const preamble = PREAMBLE.replace('__PARAMS__', () => encodeParams(params));
+  return `# hvprotect-op: ${op}\n${preamble}${MAIN_OPEN}${BODIES[op]}${MAIN_CLOSE}`;
+}
