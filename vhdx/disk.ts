@@ -117,6 +117,7 @@ export class Disk implements VhdxDisk {
       const regions = await readRegionTable(file);
       const meta = await readMetadata(file, regions.metadata);
       const bat = await Bat.read(file, regions.bat, meta);
+      if (writable) checkLogPlace(file, header, regions);
       if (meta.hasParent) parent = await Disk.openParent(file, meta, [...chain, real]);
       return new Disk(path, file, header, regions, meta, bat, parent, opts);
     } catch (e) {
@@ -450,6 +451,15 @@ export class Disk implements VhdxDisk {
 
   get regionTable(): RegionTable { return this.regions; }
   get vhdxFile(): VhdxFile { return this.file; }
+}
+
+/** A writer appends to the log, so it must lie inside the file and apart from the BAT and metadata. */
+function checkLogPlace(file: VhdxFile, h: VhdxHeader, r: RegionTable): void {
+  const end = h.logOffset + h.logLength;
+  if (h.logLength < MIB || end > file.size) file.fail(`log at ${h.logOffset}+${h.logLength} is empty or lies outside the file; cannot write`);
+  for (const region of [r.bat, r.metadata]) {
+    if (h.logOffset < region.fileOffset + region.length && region.fileOffset < end) file.fail('log overlaps the BAT or metadata region; cannot write');
+  }
 }
 
 export function mergeRanges(ranges: ByteRange[]): ByteRange[] {

@@ -43,10 +43,14 @@ export class VhdxFile {
     throw new VhdxError(this.path, defect);
   }
 
-  /** Read exactly `length` bytes of structure `what`; past the end of the file is a defect. */
+  /**
+   * Read exactly `length` bytes of structure `what`; past the end of the file is a defect. Bounded by
+   * the real size, never a replayed LastFileOffset, so no claim in the file makes us allocate more
+   * memory than the file holds.
+   */
   async readStruct(offset: number, length: number, what: string): Promise<Buffer> {
-    if (offset < 0 || length < 0 || offset + length > this.logicalSize) {
-      this.fail(`truncated: ${what} at ${offset}+${length} lies beyond the end of the file (${this.logicalSize} bytes)`);
+    if (offset < 0 || length < 0 || offset + length > this.size) {
+      this.fail(`truncated: ${what} at ${offset}+${length} lies beyond the end of the file (${this.size} bytes)`);
     }
     const buf = Buffer.allocUnsafe(length);
     await this.readInto(buf, 0, length, offset);

@@ -58,7 +58,7 @@ function circular(log: Buffer, pos: number, length: number): Buffer {
   return Buffer.concat([log.subarray(pos), log.subarray(0, length - (log.length - pos))]);
 }
 
-function parseEntry(log: Buffer, pos: number, logGuid: string, logRegion: { offset: number; length: number }): LogEntry | undefined {
+function parseEntry(log: Buffer, pos: number, logGuid: string, logRegion: { offset: number; length: number }, budget: { left: number }): LogEntry | undefined {
   const head = log.subarray(pos, pos + 64);
   if (head.toString('latin1', 0, 4) !== 'loge') return undefined;
   const length = head.readUInt32LE(8);
@@ -70,6 +70,8 @@ function parseEntry(log: Buffer, pos: number, logGuid: string, logRegion: { offs
   if (readGuid(head, 32) !== logGuid) return undefined;
   const descSectors = descriptorSectors(count);
   if (descSectors * LOG_SECTOR > length) return undefined;
+  budget.left -= length;
+  if (budget.left < 0) return undefined;
   const entry = circular(log, pos, length);
   if (checksumWithField(entry, 4) !== head.readUInt32LE(4)) return undefined;
   const writes: LogWrite[] = [];
@@ -119,9 +121,14 @@ export async function findActiveSequence(file: VhdxFile, header: VhdxHeader): Pr
   const log = await file.readStruct(header.logOffset, header.logLength, 'log');
   const region = { offset: header.logOffset, length: header.logLength };
   const byPosition = new Map<number, LogEntry>();
-  for (let pos = 0; pos < log.length; pos += LOG_SECTOR) {
-    const e = parseEntry(log, pos, header.logGuid, region);
+  // Bytes checksummed while searching: entries claiming to overlap could otherwise make it quadratic.
+  const budget = { left: 4 * log.length + 16 * 1024 * 1024 };
+  for (let pos = 0; pos < log.length; ) {
+    const e = parseEntry(log, pos, header.logGuid, region, budget);
+    if (budget.left < 0) file.fail('log search gave up: too many overlapping entries claim to be valid');
     if (e) byPosition.set(pos, e);
+    // A valid entry's own sectors hold no other entry.
+    pos += e && pos + e.length <= log.length ? e.length : LOG_SECTOR;
   }
   const heads = [...byPosition.values()].sort((a, b) => (a.sequenceNumber > b.sequenceNumber ? -1 : 1));
   for (const head of heads) {

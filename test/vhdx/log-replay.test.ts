@@ -1,0 +1,106 @@
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createDynamicVhdx, openVhdx, VhdxError } from '../../vhdx';
+import { firstDifference, MiB, qemuImgStatus, qemuRaw, tempDir } from './oracle';
+
+// A crash after a log entry is durable but before its sectors reached their place: the file's BAT
+// is stale and only the log knows the truth. Readers must replay it (in memory when read-only, on
+// disk when writable) or refuse — never read the stale BAT.
+const t = tempDir('log');
+afterAll(() => t.cleanup());
+
+const SIZE = 8 * MiB;
+const BAT_REGION = { offset: 3 * MiB, length: MiB }; // where createDynamicVhdx puts the BAT
+const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('hex');
+
+/** Make `crashed.vhdx`: two logged writes, the second one's BAT update lost from its place. */
+async function crashImage(): Promise<{ crashed: string; model: Buffer; beforeSecond: Buffer }> {
+  const live = t.file('live.vhdx');
+  await createDynamicVhdx(live, { virtualSize: SIZE, blockSize: MiB });
+  const model = Buffer.alloc(SIZE);
+  const disk = await openVhdx(live, { writable: true });
+  const first = Buffer.alloc(MiB + 4096, 0x41);
+  await disk.write(512 * 1024, first);
+  first.copy(model, 512 * 1024);
+  await disk.flush();
+  const batAfterFirst = readFileSync(live).subarray(BAT_REGION.offset, BAT_REGION.offset + BAT_REGION.length);
+  const beforeSecond = Buffer.from(model);
+  const second = Buffer.alloc(2 * MiB, 0x42);
+  await disk.write(5 * MiB, second);
+  second.copy(model, 5 * MiB);
+  await disk.flush();
+  const image = readFileSync(live);
+  await disk.close();
+  batAfterFirst.copy(image, BAT_REGION.offset);
+  const crashed = t.file('crashed.vhdx');
+  writeFileSync(crashed, image);
+  return { crashed, model, beforeSecond };
+}
+
+describe('log replay after a crash', () => {
+  let img: { crashed: string; model: Buffer; beforeSecond: Buffer };
+  beforeAll(async () => {
+    img = await crashImage();
+  });
+
+  test('qemu-img sees our log as pending and refuses a read-only open', () => {
+    const r = qemuImgStatus('info', '-f', 'vhdx', img.crashed);
+    expect(r.status).not.toBe(0);
+    expect(r.out).toMatch(/log that needs to be replayed/);
+  });
+
+  test('replayLog: false refuses with a clear message', async () => {
+    const e = await openVhdx(img.crashed, { replayLog: false }).catch((x: unknown) => x);
+    expect(e).toBeInstanceOf(VhdxError);
+    expect((e as VhdxError).message).toMatch(/crashed\.vhdx: the log holds 1 entry that must be replayed/);
+  });
+
+  test('a read-only open replays in memory and leaves the file untouched', async () => {
+    const before = sha(img.crashed);
+    const d = await openVhdx(img.crashed);
+    expect(firstDifference(await d.read(0, SIZE), img.model)).toBe(-1);
+    const ranges = await d.allocatedRanges();
+    await d.close();
+    expect(ranges.some((r) => r.offset <= 5 * MiB && r.offset + r.length >= 7 * MiB)).toBe(true);
+    expect(sha(img.crashed)).toBe(before);
+  });
+
+  test('qemu-img check -r all replays our log to the same bytes', async () => {
+    const copy = t.file('qemu-replayed.vhdx');
+    copyFileSync(img.crashed, copy);
+    qemuImgStatus('check', '-r', 'all', '-f', 'vhdx', copy);
+    expect(firstDifference(qemuRaw(copy, t.dir), img.model)).toBe(-1);
+  });
+
+  test('a writable open replays on disk and clears the log', async () => {
+    const copy = t.file('replayed.vhdx');
+    copyFileSync(img.crashed, copy);
+    const d = await openVhdx(copy, { writable: true });
+    await d.close();
+    const check = qemuImgStatus('check', '-f', 'vhdx', copy);
+    expect(check.out).toContain('No errors were found');
+    expect(firstDifference(qemuRaw(copy, t.dir), img.model)).toBe(-1);
+    const again = await openVhdx(copy, { replayLog: false });
+    expect(firstDifference(await again.read(0, SIZE), img.model)).toBe(-1);
+    await again.close();
+  });
+
+  test('a torn log entry is not replayed: the write it carried never happened', async () => {
+    const copy = t.file('torn.vhdx');
+    const image = readFileSync(img.crashed);
+    // The second entry follows the first in the 1 MiB log at 1 MiB; tear its last data sector.
+    const log = image.subarray(MiB, 2 * MiB);
+    const heads: number[] = [];
+    for (let p = 0; p < log.length; p += 4096) if (log.toString('latin1', p, p + 4) === 'loge') heads.push(p);
+    expect(heads.length).toBe(2);
+    const second = heads[1]!;
+    const length = log.readUInt32LE(second + 8);
+    log[second + length - 100]! ^= 0xff;
+    writeFileSync(copy, image);
+    const d = await openVhdx(copy);
+    expect(firstDifference(await d.read(0, SIZE), img.beforeSecond)).toBe(-1);
+    await d.close();
+    qemuImgStatus('check', '-r', 'all', '-f', 'vhdx', copy);
+    expect(firstDifference(qemuRaw(copy, t.dir), img.beforeSecond)).toBe(-1);
+  });
+});
