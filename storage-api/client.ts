@@ -1,0 +1,221 @@
+// Typed client of the storage API, for host agents, the CLI and server activities. Node's fetch
+// (undici) keeps connections alive and opens more as calls run in parallel.
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import type {
+  BackupSession, CommitPointInput, GcReport, PointDeletion, RecoveryPointManifest, RestoreLease, ShadowStorageUsage, VerifyReport,
+} from '../repository';
+import { API_PREFIX, MAX_MISSING_QUERY, encodeSlotPatch } from './protocol';
+import type { ApiErrorBody } from './protocol';
+
+export class StorageApiError extends Error {
+  override readonly name = 'StorageApiError';
+  constructor(
+    readonly status: number,
+    /** The API's error code: UNAUTHENTICATED, INVALID_ARGUMENT, NOT_FOUND, CONFLICT, ... */
+    readonly code: string,
+    message: string,
+    readonly hint?: string,
+    readonly details?: Record<string, unknown>,
+  ) {
+    super(`${message}${hint ? ` (${hint})` : ''}`);
+  }
+}
+
+export interface FixedIndexData {
+  chunkSize: number;
+  virtualSize: number;
+  count: number;
+  checksum: string;
+  /** 32 bytes per slot. */
+  slots: Buffer;
+}
+
+export interface PointRef {
+  dataSource: string;
+  pointId: string;
+}
+
+export interface IndexPatch {
+  virtualSize: number;
+  /** Base point to clone on the first patch of this disk; default the session's; null = none. */
+  basePoint?: string | null;
+  slots: number[];
+  /** 32 bytes per slot, parallel to slots; zero bytes for all-zero chunks. */
+  digests: Buffer;
+}
+
+export class StorageClient {
+  private readonly base: string;
+
+  constructor(
+    url: string,
+    private readonly token: string,
+  ) {
+    this.base = url.replace(/\/+$/, '') + API_PREFIX;
+  }
+
+  private async call(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<Response> {
+    const init: RequestInit = { method, headers: { authorization: `Bearer ${this.token}`, ...headers } };
+    if (Buffer.isBuffer(body)) {
+      init.body = body;
+      (init.headers as Record<string, string>)['content-type'] = 'application/octet-stream';
+    } else if (body !== undefined) {
+      init.body = JSON.stringify(body);
+      (init.headers as Record<string, string>)['content-type'] = 'application/json';
+    }
+    const res = await fetch(this.base + path, init);
+    if (res.ok) return res;
+    let err: ApiErrorBody = { error: `HTTP_${res.status}`, message: res.statusText };
+    try {
+      err = (await res.json()) as ApiErrorBody;
+    } catch {
+      // not JSON: keep the status text
+    }
+    throw new StorageApiError(res.status, err.error, err.message, err.hint, err.details);
+  }
+
+  private async json<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await this.call(method, path, body);
+    if (res.status === 204) return undefined as T;
+    return (await res.json()) as T;
+  }
+
+  // ---- chunks ---------------------------------------------------------------------------
+
+  /** Which of these digests the repository lacks (any number; batched). */
+  async missingChunks(digests: string[]): Promise<string[]> {
+    const out: string[] = [];
+    for (let i = 0; i < digests.length; i += MAX_MISSING_QUERY) {
+      const r = await this.json<{ missing: string[] }>('POST', '/chunks/missing', { digests: digests.slice(i, i + MAX_MISSING_QUERY) });
+      out.push(...r.missing);
+    }
+    return out;
+  }
+
+  async putChunk(digest: string, data: Buffer): Promise<{ written: boolean; storedSize: number }> {
+    return this.json('PUT', `/chunks/${digest}`, data);
+  }
+
+  /** A chunk's plaintext, checked against its digest. */
+  async getChunk(digest: string): Promise<Buffer> {
+    const res = await this.call('GET', `/chunks/${digest}`);
+    const data = Buffer.from(await res.arrayBuffer());
+    if (createHash('sha256').update(data).digest('hex') !== digest) throw new StorageApiError(502, 'CORRUPT', `chunk ${digest} arrived damaged`, 'retry');
+    return data;
+  }
+
+  // ---- backup sessions ------------------------------------------------------------------
+
+  /** Opens a backup session (the GC lease); chunkSize applies only to a new data source. */
+  async beginSession(dataSource: string, opts: { basePoint?: string; chunkSize?: number } = {}): Promise<BackupSession> {
+    return this.json('POST', '/sessions', { dataSource, ...opts });
+  }
+
+  async getSession(sessionId: string): Promise<BackupSession> {
+    return this.json('GET', `/sessions/${sessionId}`);
+  }
+
+  async abortSession(sessionId: string): Promise<void> {
+    await this.json('DELETE', `/sessions/${sessionId}`);
+  }
+
+  /** Writes index slots (the delta form: only changed slots, against the base point). */
+  async putIndex(sessionId: string, diskId: string, patch: IndexPatch): Promise<{ changedChunks: number; addedBytes: number }> {
+    const q = new URLSearchParams({ virtualSize: String(patch.virtualSize) });
+    if (patch.basePoint !== undefined) q.set('base', patch.basePoint === null ? 'none' : patch.basePoint);
+    return this.json('POST', `/sessions/${sessionId}/disks/${encodeURIComponent(diskId)}/slots?${q}`, encodeSlotPatch(patch.slots, patch.digests));
+  }
+
+  /** Writes a whole index (32 bytes per slot). */
+  async putFullIndex(sessionId: string, diskId: string, virtualSize: number, digests: Buffer): Promise<{ changedChunks: number; addedBytes: number }> {
+    return this.json('PUT', `/sessions/${sessionId}/disks/${encodeURIComponent(diskId)}/index?virtualSize=${virtualSize}`, digests);
+  }
+
+  async commitPoint(sessionId: string, input: CommitPointInput): Promise<RecoveryPointManifest> {
+    return this.json('POST', `/sessions/${sessionId}/commit`, input);
+  }
+
+  // ---- recovery points and restore --------------------------------------------------------
+
+  async listPoints(dataSource: string): Promise<RecoveryPointManifest[]> {
+    return (await this.json<{ points: RecoveryPointManifest[] }>('GET', `/datasources/${encodeURIComponent(dataSource)}/points`)).points;
+  }
+
+  async getPoint(point: PointRef): Promise<RecoveryPointManifest> {
+    return this.json('GET', `/datasources/${encodeURIComponent(point.dataSource)}/points/${encodeURIComponent(point.pointId)}`);
+  }
+
+  /** A disk's fixed index, with its checksum checked. */
+  async getIndex(point: PointRef, diskId: string): Promise<FixedIndexData> {
+    const res = await this.call('GET', `/datasources/${encodeURIComponent(point.dataSource)}/points/${encodeURIComponent(point.pointId)}/disks/${encodeURIComponent(diskId)}/index`);
+    const b = Buffer.from(await res.arrayBuffer());
+    const slots = b.subarray(64);
+    const checksum = b.subarray(32, 64).toString('hex');
+    if (b.subarray(0, 8).toString('latin1') !== 'HVPFIDX1' || createHash('sha256').update(slots).digest('hex') !== checksum) {
+      throw new StorageApiError(502, 'CORRUPT', `index of ${point.dataSource}/${point.pointId}/${diskId} arrived damaged`, 'retry; run verify on the server');
+    }
+    return { chunkSize: b.readUInt32LE(12), virtualSize: Number(b.readBigUInt64LE(16)), count: Number(b.readBigUInt64LE(24)), checksum, slots };
+  }
+
+  /** Streams a disk of a point as raw bytes (or a range); the server checks every chunk. */
+  async openDiskStream(point: PointRef, diskId: string, range?: { offset: number; length?: number }): Promise<Readable> {
+    const q = range ? `?offset=${range.offset}${range.length !== undefined ? `&length=${range.length}` : ''}` : '';
+    const res = await this.call('GET', `/datasources/${encodeURIComponent(point.dataSource)}/points/${encodeURIComponent(point.pointId)}/disks/${encodeURIComponent(diskId)}/raw${q}`);
+    if (!res.body) return Readable.from([]);
+    return Readable.fromWeb(res.body as unknown as WebReadableStream<Uint8Array>);
+  }
+
+  /** Keeps the point from deletion for the restore's duration. */
+  async beginRestore(point: PointRef, ttlSeconds?: number): Promise<RestoreLease> {
+    return this.json('POST', `/datasources/${encodeURIComponent(point.dataSource)}/points/${encodeURIComponent(point.pointId)}/restore-leases`, ttlSeconds ? { ttlSeconds } : {});
+  }
+
+  async endRestore(leaseId: string): Promise<void> {
+    await this.json('DELETE', `/restore-leases/${leaseId}`);
+  }
+
+  // ---- management (admin token) -----------------------------------------------------------
+
+  async issueToken(name: string, role: 'agent' | 'admin' = 'agent'): Promise<string> {
+    return (await this.json<{ token: string }>('POST', '/admin/tokens', { name, role })).token;
+  }
+
+  async revokeToken(name: string): Promise<void> {
+    await this.json('DELETE', `/admin/tokens/${encodeURIComponent(name)}`);
+  }
+
+  async listShadowStorage(dataSource?: string): Promise<ShadowStorageUsage[]> {
+    const q = dataSource ? `?dataSource=${encodeURIComponent(dataSource)}` : '';
+    return (await this.json<{ shadowStorage: ShadowStorageUsage[] }>('GET', `/admin/shadowstorage${q}`)).shadowStorage;
+  }
+
+  async addShadowStorage(dataSource: string, maxSize?: string): Promise<ShadowStorageUsage> {
+    return this.json('POST', '/admin/shadowstorage', { dataSource, maxSize });
+  }
+
+  async resizeShadowStorage(dataSource: string, change: { maxSize?: string; maxPoints?: number; retentionRangeDays?: number | null }): Promise<ShadowStorageUsage & { deleted: PointDeletion[] }> {
+    return this.json('PATCH', `/admin/shadowstorage/${encodeURIComponent(dataSource)}`, change);
+  }
+
+  async deleteOldestPoint(dataSource: string): Promise<PointDeletion> {
+    return this.json('POST', `/admin/datasources/${encodeURIComponent(dataSource)}/delete-oldest`, {});
+  }
+
+  async enforceRetention(dataSource: string): Promise<PointDeletion[]> {
+    return (await this.json<{ deleted: PointDeletion[] }>('POST', `/admin/datasources/${encodeURIComponent(dataSource)}/enforce-retention`, {})).deleted;
+  }
+
+  async deletions(): Promise<PointDeletion[]> {
+    return (await this.json<{ deletions: PointDeletion[] }>('GET', '/admin/deletions')).deletions;
+  }
+
+  async collectGarbage(): Promise<GcReport> {
+    return this.json('POST', '/admin/gc', {});
+  }
+
+  async verify(opts: { readData?: boolean; dataSource?: string } = {}): Promise<VerifyReport> {
+    return this.json('POST', '/admin/verify', opts);
+  }
+}

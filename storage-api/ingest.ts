@@ -1,0 +1,188 @@
+// Ingest of one disk into a backup session, for host agents: reads the chunks that changed (or
+// the whole disk), hashes them, asks the server which it lacks, uploads those, and writes the
+// index slots (the delta form, so an incremental sends 40 bytes per changed chunk, not a whole
+// index). Reading the next batch overlaps the upload of the current one; memory stays at about
+// two batches. Progress reports a byte position: give it back as `resumeFrom` to carry on after
+// a retry (slots before it are already in the session's staged index).
+import { createHash } from 'node:crypto';
+import type { StorageClient } from './client';
+
+export type DiskReader = (offset: number, length: number) => Promise<Buffer>;
+
+export interface ByteRangeOfDisk {
+  offset: number;
+  length: number;
+}
+
+export interface IngestProgress {
+  /** Every chunk before this disk offset is in the session. */
+  position: number;
+  bytesRead: number;
+  /** Chunk bytes uploaded (after deduplication, before server-side compression). */
+  bytesSent: number;
+  chunksSent: number;
+  chunksDeduplicated: number;
+  zeroChunks: number;
+  slotsDone: number;
+  slotsTotal: number;
+}
+
+export interface IngestDiskOptions {
+  client: StorageClient;
+  sessionId: string;
+  diskId: string;
+  virtualSize: number;
+  /** The session's chunk size. */
+  chunkSize: number;
+  read: DiskReader;
+  /** Changed byte ranges (e.g. from RCT); absent = read the whole disk. */
+  changedRanges?: ByteRangeOfDisk[];
+  /** Base point cloned for this disk; default the session's; null = start from zeros. */
+  basePoint?: string | null;
+  /** A `position` from an earlier progress report. */
+  resumeFrom?: number;
+  /** Parallel reads and parallel uploads. Default 4. */
+  concurrency?: number;
+  /** Bytes read per batch. Default 16 MiB. */
+  batchBytes?: number;
+  onProgress?: (p: IngestProgress) => void;
+  signal?: AbortSignal;
+}
+
+/** Slots touched by the ranges, ascending, each once. */
+export function* slotsOfRanges(ranges: ByteRangeOfDisk[], chunkSize: number, virtualSize: number): Generator<number> {
+  const sorted = [...ranges].filter((r) => r.length > 0).sort((a, b) => a.offset - b.offset);
+  const count = Math.ceil(virtualSize / chunkSize);
+  let next = 0;
+  for (const r of sorted) {
+    if (r.offset < 0 || r.offset + r.length > virtualSize) throw new Error(`changed range ${r.offset}+${r.length} outside the disk of ${virtualSize} bytes`);
+    const first = Math.max(next, Math.floor(r.offset / chunkSize));
+    const last = Math.min(count - 1, Math.floor((r.offset + r.length - 1) / chunkSize));
+    for (let s = first; s <= last; s++) yield s;
+    next = Math.max(next, last + 1);
+  }
+}
+
+function countSlots(ranges: ByteRangeOfDisk[] | undefined, chunkSize: number, virtualSize: number): number {
+  if (!ranges) return Math.ceil(virtualSize / chunkSize);
+  let n = 0;
+  for (const _ of slotsOfRanges(ranges, chunkSize, virtualSize)) n++;
+  return n;
+}
+
+async function pool<T>(items: T[], concurrency: number, fn: (item: T, i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
+    while (next < items.length) {
+      const i = next++;
+      await fn(items[i], i);
+    }
+  }));
+}
+
+const ZERO = Buffer.alloc(64 * 1024);
+function isZero(b: Buffer): boolean {
+  for (let o = 0; o < b.length; o += ZERO.length) {
+    const e = Math.min(b.length, o + ZERO.length);
+    if (b.compare(ZERO, 0, e - o, o, e) !== 0) return false;
+  }
+  return true;
+}
+
+interface ReadChunk {
+  slot: number;
+  digest: Buffer; // 32 zero bytes for an all-zero chunk
+  data?: Buffer; // kept until the upload decision
+}
+
+export async function ingestDisk(opts: IngestDiskOptions): Promise<IngestProgress> {
+  const { client, sessionId, diskId, virtualSize, chunkSize, read } = opts;
+  const concurrency = opts.concurrency ?? 4;
+  const perBatch = Math.max(1, Math.floor((opts.batchBytes ?? 16 * 1024 * 1024) / chunkSize));
+  const startSlot = Math.floor((opts.resumeFrom ?? 0) / chunkSize);
+  const slotIter = opts.changedRanges
+    ? slotsOfRanges(opts.changedRanges, chunkSize, virtualSize)
+    : (function* () {
+        const count = Math.ceil(virtualSize / chunkSize);
+        for (let s = 0; s < count; s++) yield s;
+      })();
+  const progress: IngestProgress = {
+    position: Math.min(virtualSize, startSlot * chunkSize), bytesRead: 0, bytesSent: 0, chunksSent: 0,
+    chunksDeduplicated: 0, zeroChunks: 0, slotsDone: 0, slotsTotal: countSlots(opts.changedRanges, chunkSize, virtualSize),
+  };
+
+  const nextBatch = (): number[] => {
+    const batch: number[] = [];
+    while (batch.length < perBatch) {
+      const r = slotIter.next();
+      if (r.done) break;
+      if (r.value < startSlot) {
+        progress.slotsDone++;
+        continue;
+      }
+      batch.push(r.value);
+    }
+    return batch;
+  };
+
+  const readBatch = async (slots: number[]): Promise<ReadChunk[]> => {
+    const out = new Array<ReadChunk>(slots.length);
+    await pool(slots, concurrency, async (slot, i) => {
+      opts.signal?.throwIfAborted();
+      const offset = slot * chunkSize;
+      const length = Math.min(chunkSize, virtualSize - offset);
+      const data = await read(offset, length);
+      if (data.length !== length) throw new Error(`disk reader returned ${data.length} bytes at ${offset}, expected ${length}`);
+      progress.bytesRead += length;
+      if (isZero(data)) {
+        out[i] = { slot, digest: Buffer.alloc(32) };
+      } else {
+        out[i] = { slot, digest: createHash('sha256').update(data).digest(), data };
+      }
+    });
+    return out;
+  };
+
+  let first = true;
+  const uploadBatch = async (chunks: ReadChunk[]): Promise<void> => {
+    const nonZero = chunks.filter((c) => c.data);
+    const unique = new Map<string, ReadChunk>();
+    for (const c of nonZero) unique.set(c.digest.toString('hex'), c);
+    const missing = unique.size ? new Set(await opts.client.missingChunks([...unique.keys()])) : new Set<string>();
+    await pool([...missing], concurrency, async (hex) => {
+      opts.signal?.throwIfAborted();
+      const c = unique.get(hex)!;
+      await client.putChunk(hex, c.data!);
+      progress.bytesSent += c.data!.length;
+      progress.chunksSent++;
+    });
+    progress.chunksDeduplicated += nonZero.length - [...missing].length;
+    progress.zeroChunks += chunks.length - nonZero.length;
+    for (const c of chunks) c.data = undefined;
+    const digests = Buffer.alloc(chunks.length * 32);
+    chunks.forEach((c, i) => c.digest.copy(digests, i * 32));
+    await client.putIndex(sessionId, diskId, { virtualSize, basePoint: opts.basePoint, slots: chunks.map((c) => c.slot), digests });
+    first = false;
+    progress.slotsDone += chunks.length;
+    if (chunks.length) progress.position = Math.min(virtualSize, (chunks[chunks.length - 1].slot + 1) * chunkSize);
+    opts.onProgress?.({ ...progress });
+  };
+
+  let uploading: Promise<void> = Promise.resolve();
+  for (;;) {
+    const batch = nextBatch();
+    if (batch.length === 0) break;
+    const chunks = await readBatch(batch);
+    await uploading;
+    uploading = uploadBatch(chunks);
+    uploading.catch(() => undefined); // surfaced by the next await
+  }
+  await uploading;
+  if (first) {
+    // Nothing changed (or all resumed): make sure the disk's staged index exists.
+    await client.putIndex(sessionId, diskId, { virtualSize, basePoint: opts.basePoint, slots: [], digests: Buffer.alloc(0) });
+  }
+  progress.position = opts.changedRanges ? Math.max(progress.position, virtualSize) : virtualSize;
+  opts.onProgress?.({ ...progress });
+  return progress;
+}
