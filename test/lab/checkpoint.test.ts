@@ -1,9 +1,9 @@
 // Backup checkpoints on real VHDX disks while a guest write load (a child process) keeps writing.
 import { promises as fsp } from 'node:fs';
-import { Lab, LabHypervisor, expectedDiskContent, guestWriteRanges, initialDiskContent } from '../../hypervisor/lab';
+import { Lab, LabHypervisor, type WriteLoadResult, expectedDiskContent, guestWriteRanges, initialDiskContent } from '../../hypervisor/lab';
 import { mergeRanges } from '../../hypervisor/lab/change-tracking';
 import { openVhdx } from '../../vhdx';
-import { MiB, readAll, tempLab, waitFor } from './helpers';
+import { MiB, expectSameBytes, readAll, tempLab, waitFor } from './helpers';
 
 const SIZE = 4 * MiB;
 const content = { kind: 'random' as const, seed: 7, fill: 0.6 };
@@ -24,18 +24,19 @@ describe('backup checkpoint with a guest write load', () => {
   it('freezes the parent at checkpoint time, tracks exactly the written ranges, and merges back', async () => {
     const vm = await lab.createVm({ name: 'web01', host: 'hv1', disks: [{ sizeBytes: SIZE, blockSize: MiB, content }] });
     const initial = initialDiskContent(content, SIZE);
-    expect(await lab.readDisk(vm.vmId, 'scsi0-0', 0, SIZE)).toEqual(initial);
+    expectSameBytes(await lab.readDisk(vm.vmId, 'scsi0-0', 0, SIZE), initial, 'initial disk');
 
     // A first backup: its checkpoint, once released, becomes the reference point.
     const c0 = await hv.createBackupCheckpoint(vm.vmId, { mode: 'online' });
     const r0 = await hv.openCheckpointDisk(vm.vmId, c0.checkpointId, 'scsi0-0');
-    expect(await readAll(r0)).toEqual(initial);
+    expectSameBytes(await readAll(r0), initial, 'first checkpoint');
     await r0.close();
     await hv.releaseCheckpoint(vm.vmId, c0.checkpointId);
     const ref = (await hv.inspectVm(vm.vmId)).disks[0].changeTrackingId!;
     expect(ref).toBe(c0.disks[0].changeTrackingId);
 
     const seed = 4242;
+    let result: WriteLoadResult | undefined;
     const load = await lab.startWriteLoad({ vm: vm.vmId, seed, intervalMs: 5, batch: 3 });
     try {
       await waitFor(async () => (await writesOf(vm.vmId)) >= 12, 'first writes');
@@ -52,7 +53,7 @@ describe('backup checkpoint with a guest write load', () => {
       await waitFor(async () => (await writesOf(vm.vmId)) >= ckpt.guestWriteSeq! + 15, 'writes after the checkpoint');
       const reader = await hv.openCheckpointDisk(vm.vmId, ckpt.checkpointId, 'scsi0-0');
       expect(reader.virtualSize).toBe(SIZE);
-      expect((await readAll(reader)).equals(expectedDiskContent(initial, seed, ckpt.guestWriteSeq!))).toBe(true);
+      expectSameBytes(await readAll(reader), expectedDiskContent(initial, seed, ckpt.guestWriteSeq!), 'frozen parent');
       const alloc = await reader.allocatedRanges();
       expect(alloc.length).toBeGreaterThan(0);
       await reader.close();
@@ -65,13 +66,14 @@ describe('backup checkpoint with a guest write load', () => {
       expect((await hv.inspectVm(vm.vmId)).disks[0].path).toMatch(/scsi0-0\.vhdx$/);
       await waitFor(async () => (await writesOf(vm.vmId)) >= ckpt.guestWriteSeq! + 30, 'writes after the merge');
     } finally {
-      var result = await load.stop();
+      result = await load.stop();
     }
+    if (!result) throw new Error('no result');
     expect(result.stopReason).toBe('signal');
     expect(result.writes).toBe(await writesOf(vm.vmId));
     const disk = await openVhdx((await hv.inspectVm(vm.vmId)).disks[0].path);
     try {
-      expect((await disk.read(0, SIZE)).equals(expectedDiskContent(initial, seed, result.writes))).toBe(true);
+      expectSameBytes(await disk.read(0, SIZE), expectedDiskContent(initial, seed, result.writes), 'merged disk');
     } finally {
       await disk.close();
     }

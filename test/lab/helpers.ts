@@ -38,3 +38,12 @@ export async function waitFor(cond: () => Promise<boolean>, what: string, timeou
 export async function readAll(reader: { virtualSize: number; read(o: number, l: number): Promise<Buffer> }): Promise<Buffer> {
   return reader.read(0, reader.virtualSize);
 }
+
+/** Byte-for-byte equality with a useful message (jest's toEqual on MiB-sized buffers is very slow). */
+export function expectSameBytes(actual: Buffer, expected: Buffer, what = 'content'): void {
+  if (actual.length !== expected.length) throw new Error(`${what}: ${actual.length} bytes, expected ${expected.length}`);
+  if (actual.equals(expected)) return;
+  let i = 0;
+  while (actual[i] === expected[i]) i++;
+  throw new Error(`${what}: first difference at byte ${i} (0x${i.toString(16)})`);
+}
