@@ -37,7 +37,7 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
   const settings = loadTemporalSettings({ TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace });
   let server: RunningServer;
   try {
-    server = await startServer({ logger: logger.child({ process: 'server' }), temporal: settings });
+    server = await startServer({ logger: logger.child({ process: 'server' }), temporal: settings, stateDir: path.join(stateDir, 'server') });
   } catch (err) {
     await temporal.stop();
     throw err;

@@ -88,6 +88,8 @@ export interface DevServerOptions {
   searchAttributeFlags?: boolean;
   /** Register our search attributes through the operator API once ready; default true. */
   registerSearchAttributes?: boolean;
+  /** More namespaces to create at start (tests isolate parallel files with them). */
+  extraNamespaces?: string[];
 }
 
 export interface DevServer {
@@ -126,6 +128,7 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     'warn',
     '--namespace',
     namespace,
+    ...(opts.extraNamespaces ?? []).flatMap((n) => ['--namespace', n]),
     ...(opts.searchAttributeFlags === false ? [] : devServerSearchAttributeFlags()),
   ];
   if (opts.headless) args.push('--headless');
@@ -157,7 +160,7 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
     kill: () => stop('SIGKILL'),
   };
   try {
-    await waitUntilReady(server, opts.readyTimeoutMs ?? 90_000, () => exited, logFile, opts.registerSearchAttributes !== false);
+    await waitUntilReady(server, opts.readyTimeoutMs ?? 90_000, () => exited, logFile, opts.registerSearchAttributes !== false, opts.extraNamespaces ?? []);
   } catch (err) {
     await server.stop();
     throw err;
@@ -179,6 +182,7 @@ async function waitUntilReady(
   exited: () => { code: number | null; signal: NodeJS.Signals | null } | undefined,
   logFile: string,
   register: boolean,
+  extraNamespaces: string[],
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let lastError = '';
@@ -193,8 +197,9 @@ async function waitUntilReady(
       const connection = await Connection.connect({ address: server.address, connectTimeout: 2_000 });
       try {
         await connection.workflowService.describeNamespace({ namespace: server.namespace });
-        if (register) {
-          await registerSearchAttributes(connection, server.namespace, { timeoutMs: Math.max(5_000, deadline - Date.now()) });
+        for (const ns of [server.namespace, ...extraNamespaces]) {
+          await connection.workflowService.describeNamespace({ namespace: ns });
+          if (register) await registerSearchAttributes(connection, ns, { timeoutMs: Math.max(5_000, deadline - Date.now()) });
         }
         return;
       } finally {

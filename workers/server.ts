@@ -1,6 +1,8 @@
-// `hvprotect server`: the protection server process. Runs every workflow and the server-side
-// activities on task queue hvprotect-server. (The repository and storage API join it here.)
-import type { Connection } from '@temporalio/client';
+// `hvprotect server`: the protection server process. Owns the repository, serves the storage API
+// to host agents, and runs every workflow plus the server-side activities on hvprotect-server.
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Client, Connection } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import type { Logger } from '../log/logger';
 import { connectClient, connectWorker, loadTemporalSettings, type TemporalSettings } from '../temporal/connection';
@@ -8,17 +10,36 @@ import { SERVER_TASK_QUEUE } from '../temporal/task-queues';
 import { registerSearchAttributes } from '../temporal/search-attributes';
 import { installRuntime } from './runtime';
 import * as selfCheckActivities from '../activities/server/self-check';
+import { createServerActivities } from '../activities/server/backup';
+import { Repository } from '../repository';
+import { TokenStore } from '../storage-api/tokens';
+import { startStorageApi, type StorageApi } from '../storage-api/server';
 
 export interface ServerOptions {
   logger: Logger;
   temporal?: TemporalSettings;
   taskQueue?: string;
+  /** Folder for the repository, tokens and leases (default .hvprotect/server). */
+  stateDir?: string;
+  /** Repository folder (default <stateDir>/repository). */
+  repositoryDir?: string;
+  apiHost?: string;
+  /** Storage API port; 0 = any free port (default 8780). */
+  apiPort?: number;
   /** Register our search attributes before polling (needs operator rights; default true). */
   registerSearchAttributes?: boolean;
+  maxConcurrentWorkflowTasks?: number;
 }
 
 export interface RunningServer {
   taskQueue: string;
+  stateDir: string;
+  repository: Repository;
+  tokens: TokenStore;
+  storageApi: StorageApi;
+  /** The admin token (also in <stateDir>/admin.token, mode 0600). */
+  adminToken: string;
+  client: Client;
   /** Resolves when the worker has stopped (after shutdown() or a fatal error). */
   done: Promise<void>;
   shutdown(): Promise<void>;
@@ -28,33 +49,78 @@ export function workflowsPath(): string {
   return require.resolve('../workflows');
 }
 
+/** The admin token: created once, kept in a 0600 file next to the token store. */
+async function ensureAdminToken(tokens: TokenStore, stateDir: string): Promise<string> {
+  const file = path.join(stateDir, 'admin.token');
+  if (fs.existsSync(file)) {
+    const token = fs.readFileSync(file, 'utf8').trim();
+    if (tokens.authenticate(token)?.role === 'admin') return token;
+  }
+  const token = await tokens.issue('admin', 'admin');
+  fs.writeFileSync(`${file}.tmp`, `${token}\n`, { mode: 0o600 });
+  fs.renameSync(`${file}.tmp`, file);
+  return token;
+}
+
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const { logger } = opts;
   installRuntime({ logger });
   const temporal = opts.temporal ?? loadTemporalSettings();
   const taskQueue = opts.taskQueue ?? SERVER_TASK_QUEUE;
+  const stateDir = path.resolve(opts.stateDir ?? '.hvprotect/server');
+  fs.mkdirSync(stateDir, { recursive: true });
+
+  const client = await connectClient(temporal);
   if (opts.registerSearchAttributes !== false) {
-    const client = await connectClient(temporal);
-    try {
-      const { added } = await registerSearchAttributes(client.connection as Connection, temporal.namespace);
-      if (added.length) logger.info({ added }, 'registered search attributes');
-    } finally {
-      await client.connection.close();
-    }
+    const { added } = await registerSearchAttributes(client.connection as Connection, temporal.namespace);
+    if (added.length) logger.info({ added }, 'registered search attributes');
   }
+  const repository = await Repository.open(opts.repositoryDir ?? path.join(stateDir, 'repository'), {
+    create: true,
+    logger: logger.child({ component: 'repository' }),
+  });
+  const tokens = await TokenStore.open(path.join(stateDir, 'tokens.json'));
+  const adminToken = await ensureAdminToken(tokens, stateDir);
+  const storageApi = await startStorageApi({
+    repository,
+    tokens,
+    host: opts.apiHost ?? '127.0.0.1',
+    port: opts.apiPort ?? 8780,
+    logger: logger.child({ component: 'storage-api' }),
+  });
+  fs.writeFileSync(path.join(stateDir, 'storage-api.url'), `${storageApi.url}\n`);
+
   const connection = await connectWorker(temporal);
   const worker = await Worker.create({
     connection,
     namespace: temporal.namespace,
     taskQueue,
     workflowsPath: workflowsPath(),
-    activities: { ...selfCheckActivities },
+    activities: {
+      ...selfCheckActivities,
+      ...createServerActivities({ repository, tokens, stateDir, temporal: () => client }),
+    },
+    maxConcurrentWorkflowTaskExecutions: opts.maxConcurrentWorkflowTasks,
     shutdownGraceTime: '30 seconds',
   });
-  logger.info({ address: temporal.address, namespace: temporal.namespace, taskQueue }, 'protection server polling');
-  const done = worker.run().finally(() => connection.close());
+  logger.info(
+    { address: temporal.address, namespace: temporal.namespace, taskQueue, storageApi: storageApi.url, repository: repository.root },
+    'protection server running',
+  );
+  const done = worker.run().finally(async () => {
+    await storageApi.close().catch(() => undefined);
+    await repository.close().catch(() => undefined);
+    await connection.close().catch(() => undefined);
+    await client.connection.close().catch(() => undefined);
+  });
   return {
     taskQueue,
+    stateDir,
+    repository,
+    tokens,
+    storageApi,
+    adminToken,
+    client,
     done,
     shutdown: async () => {
       if (worker.getState() === 'RUNNING') worker.shutdown();

@@ -35,7 +35,7 @@ import type { DiskTransferResult, HostActivities, TransferKind, VmLocation } fro
 import type { BackupPlan, CommittedPoint, ServerActivities } from '../activities/server/types';
 import { decideBackupMode, BackupModeRefused, type BackupModeDecision, type BackupModePolicy } from '../protection/backup-mode';
 import { SA } from '../temporal/search-attribute-keys';
-import { SERVER_TASK_QUEUE, hostTaskQueue } from '../temporal/task-queues';
+import { SERVER_TASK_QUEUE, hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
 
 export interface BackupVmInput {
   dataSource: string;
@@ -51,7 +51,7 @@ export interface BackupVmInput {
     hostWaitTimeout?: string;
   };
   /** Tests shorten these; defaults suit production. */
-  timing?: { heartbeatTimeout?: string; hostScheduleToStart?: string; locateTimeout?: string };
+  timing?: { heartbeatTimeout?: string; hostScheduleToStart?: string; transferScheduleToStart?: string; locateTimeout?: string };
 }
 
 export interface DiskProgress {
@@ -117,6 +117,8 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
   const timing = {
     heartbeatTimeout: input.timing?.heartbeatTimeout ?? '60 seconds',
     hostScheduleToStart: input.timing?.hostScheduleToStart ?? '2 minutes',
+    // Transfers may wait behind the host's limit of concurrent transfers: be patient.
+    transferScheduleToStart: input.timing?.transferScheduleToStart ?? '1 hour',
     locateTimeout: input.timing?.locateTimeout ?? '20 seconds',
     hostWaitTimeoutMs: msOf(input.policy?.hostWaitTimeout ?? '30 minutes'),
   };
@@ -275,10 +277,11 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
         const planned = plan.disks.find((p) => p.diskId === disk.diskId);
         if (!planned) throw ApplicationFailure.nonRetryable(`disk ${disk.diskId} appeared after planning`, 'DiskSetChanged');
         step(`transferring disk ${disk.diskId} (${planned.kind})`);
-        const result = await onOwner(`transfer ${disk.diskId}`, (taskQueue, h) =>
+        const result = await onOwner(`transfer ${disk.diskId}`, (_queue, h) =>
           host.transferDisk.executeWithOptions(
             {
-              taskQueue,
+              taskQueue: hostTransferQueue(h),
+              scheduleToStartTimeout: timing.transferScheduleToStart,
               summary: `${planned.kind} of ${facts.name} disk ${disk.diskId} from ${h}`,
               startToCloseTimeout: '24 hours',
               heartbeatTimeout: timing.heartbeatTimeout,
@@ -315,7 +318,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
         dataSource: input.dataSource,
         sessionId: plan.sessionId,
         workflowId,
-        vm: { vmId: facts.vmId, name: facts.name, host: owner!.host, cluster: facts.cluster?.name, config: facts.config, configPath: facts.configPath },
+        vm: { vmId: facts.vmId, name: facts.name, host: owner!.host, cluster: facts.cluster?.name, config: facts.config, configPath: facts.configPath, guestWriteSeq: ckpt.guestWriteSeq },
         mode: decision.mode,
         kind,
         modeReasons: decision.reasons,

@@ -42,7 +42,6 @@ export interface DiskTransferResult {
   /** What was actually done: an express full falls back to a consistency check when tracking is lost. */
   kind: TransferKind;
   fallbackReason?: string;
-  indexDigest: string;
   chunkCount: number;
   changedChunks: number;
   bytesRead: number;

@@ -29,7 +29,7 @@ export interface CommitRequest {
   dataSource: string;
   sessionId: string;
   workflowId: string;
-  vm: { vmId: string; name: string; host: string; cluster?: string; config: Record<string, unknown>; configPath: string };
+  vm: { vmId: string; name: string; host: string; cluster?: string; config: Record<string, unknown>; configPath: string; guestWriteSeq?: number };
   mode: BackupMode;
   kind: TransferKind;
   modeReasons: string[];

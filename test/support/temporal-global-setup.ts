@@ -10,6 +10,8 @@ declare global {
   var __HVP_TEMPORAL__: { server: DevServer; dir: string } | undefined;
 }
 
+export const TEST_NAMESPACES = Array.from({ length: 8 }, (_, i) => `hvp-test-${i + 1}`);
+
 export default async function globalSetup(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hvp-test-temporal-'));
   const port = await freePort();
@@ -18,6 +20,8 @@ export default async function globalSetup(): Promise<void> {
     port,
     uiPort: await freePort(),
     readyTimeoutMs: 120_000,
+    // One namespace per jest worker: parallel test files never share task queues.
+    extraNamespaces: TEST_NAMESPACES,
   });
   globalThis.__HVP_TEMPORAL__ = { server, dir };
   process.env.TEMPORAL_ADDRESS = server.address;

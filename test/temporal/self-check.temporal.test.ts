@@ -13,7 +13,11 @@ const taskQueue = `hvprotect-server-test-${randomUUID().slice(0, 8)}`;
 
 beforeAll(async () => {
   client = await connectClient();
-  server = await startServer({ logger: createLogger({ name: 'test', level: 'warn' }), taskQueue });
+  const os = await import('node:os');
+  const fs = await import('node:fs');
+  const path = await import('node:path');
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'hvp-selfcheck-'));
+  server = await startServer({ logger: createLogger({ name: 'test', level: 'warn' }), taskQueue, stateDir, apiPort: 0 });
 });
 
 afterAll(async () => {

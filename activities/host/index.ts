@@ -1,0 +1,214 @@
+// Host activities: what a protection agent does on its Hyper-V host, through the hypervisor
+// adapter, pushing disk data to the protection server's storage API. Idempotent, heartbeating,
+// and every step first checks that the VM is still here (VmNotOnHost otherwise).
+import { ApplicationFailure, Context, CancelledFailure } from '@temporalio/activity';
+import { HypervisorError, type HypervisorAdapter, type VmFacts } from '../../hypervisor/types';
+import { StorageApiError, type StorageClient } from '../../storage-api/client';
+import { allSlots, slotsOfRanges, transferDiskSlots, type TransferPosition } from './transfer';
+import type {
+  CheckpointRequest,
+  DiskTransferRequest,
+  DiskTransferResult,
+  HostActivities,
+  ReleaseRequest,
+  VmLocation,
+} from './types';
+import type { TransferProgressSignal } from '../../workflows/backup-vm';
+
+export interface HostActivityDeps {
+  adapter: HypervisorAdapter;
+  storage: StorageClient;
+  /** Sends transfer progress to the backup workflow (for its progress query); best effort. */
+  signalProgress?: (workflowId: string, p: TransferProgressSignal) => Promise<void>;
+  /** How often progress is signalled, ms (default 2000). */
+  progressIntervalMs?: number;
+  /** Slots per batch (tests make batches small to kill mid-transfer). */
+  batchSlots?: number;
+}
+
+const NON_RETRYABLE_HYPERVISOR = new Set(['VmNotOnHost', 'VmNotFound', 'CheckpointNotFound']);
+
+/** Turns domain errors into failures the workflow branches on by type. */
+export function toFailure(err: unknown): never {
+  if (err instanceof ApplicationFailure || err instanceof CancelledFailure) throw err;
+  if (err instanceof HypervisorError) {
+    const f = NON_RETRYABLE_HYPERVISOR.has(err.type)
+      ? ApplicationFailure.nonRetryable(err.message, err.type, err.details)
+      : ApplicationFailure.retryable(err.message, err.type, err.details);
+    throw f;
+  }
+  if (err instanceof StorageApiError) {
+    // 4xx other than conflicts and throttling will not get better by retrying.
+    const permanent = err.status >= 400 && err.status < 500 && err.status !== 409 && err.status !== 429 && err.status !== 423;
+    throw permanent
+      ? ApplicationFailure.nonRetryable(`storage API refused: ${err.message}`, 'StorageRefused', { status: err.status, code: err.code })
+      : ApplicationFailure.retryable(`storage API: ${err.message}`, 'StorageUnavailable', { status: err.status, code: err.code });
+  }
+  const e = err as Error;
+  if (e?.name === 'VhdxError') throw ApplicationFailure.nonRetryable(`disk damaged: ${e.message}`, 'DiskDamaged');
+  throw err;
+}
+
+export function createHostActivities(deps: HostActivityDeps): HostActivities {
+  const { adapter, storage } = deps;
+
+  async function ensureHere(vm: string): Promise<void> {
+    if (!(await adapter.isVmOnHost(vm))) {
+      throw ApplicationFailure.nonRetryable(`VM ${vm} is not on host ${adapter.hostName}`, 'VmNotOnHost', { host: adapter.hostName });
+    }
+  }
+
+  return {
+    async locateVm(vm: string): Promise<VmLocation> {
+      try {
+        if (!(await adapter.isVmOnHost(vm))) return { host: adapter.hostName, present: false };
+        const f: VmFacts = await adapter.inspectVm(vm);
+        return { host: adapter.hostName, present: true, vmId: f.vmId, name: f.name, role: f.replica.role, cluster: f.cluster?.name };
+      } catch (err) {
+        if (err instanceof HypervisorError && (err.type === 'VmNotOnHost' || err.type === 'VmNotFound')) {
+          return { host: adapter.hostName, present: false };
+        }
+        return toFailure(err);
+      }
+    },
+
+    async inspectVm(vm: string): Promise<VmFacts> {
+      try {
+        return await adapter.inspectVm(vm);
+      } catch (err) {
+        return toFailure(err);
+      }
+    },
+
+    async createBackupCheckpoint(req: CheckpointRequest) {
+      try {
+        await ensureHere(req.vmId);
+        // 'none': the VM is already quiet (off, saved, paused, replica): leave it as it is.
+        const offlineMethod = req.offlineMethod === 'none' ? undefined : req.offlineMethod;
+        const ckpt = await adapter.createBackupCheckpoint(req.vmId, { mode: req.mode, offlineMethod, label: req.label });
+        Context.current().log.info('backup checkpoint created', { vmId: req.vmId, checkpointId: ckpt.checkpointId, mode: req.mode, downtimeMs: ckpt.downtimeMs });
+        return ckpt;
+      } catch (err) {
+        return toFailure(err);
+      }
+    },
+
+    async transferDisk(req: DiskTransferRequest): Promise<DiskTransferResult> {
+      const ctx = Context.current();
+      const started = Date.now();
+      try {
+        await ensureHere(req.vmId);
+        const resume = ctx.info.heartbeatDetails as (TransferPosition & { kind: DiskTransferResult['kind']; fallbackReason?: string }) | undefined;
+        const reader = await adapter.openCheckpointDisk(req.vmId, req.checkpointId, req.diskId);
+        try {
+          // What to read: decided once, and again identically on a retry.
+          let kind = resume?.kind ?? req.kind;
+          let fallbackReason = resume?.fallbackReason;
+          let slots: number[];
+          if (kind === 'express-full') {
+            const changes = req.base?.changeTrackingId
+              ? await adapter.changedRanges(req.vmId, req.checkpointId, req.diskId, req.base.changeTrackingId)
+              : { tracked: false, ranges: [], reason: 'no change-tracking id recorded for the base point' };
+            if (changes.tracked) slots = slotsOfRanges(changes.ranges, req.chunkSize, req.virtualSize);
+            else {
+              kind = 'consistency-check';
+              fallbackReason = `change tracking lost (${changes.reason ?? 'unknown'}): consistency check`;
+              ctx.log.warn(fallbackReason, { diskId: req.diskId });
+            }
+          }
+          let baseSlots: Buffer | undefined;
+          if (kind === 'consistency-check' && req.base) {
+            baseSlots = (await storage.getIndex({ dataSource: req.dataSource, pointId: req.base.pointId }, req.diskId)).slots;
+          }
+          if (kind !== 'express-full') {
+            // Never-written space reads as zeros; skip it unless the base had data there.
+            const allocated = await reader.allocatedRanges();
+            slots = slotsOfRanges(allocated, req.chunkSize, req.virtualSize);
+            if (baseSlots) slots = mergeSlots(slots, nonZeroSlots(baseSlots, req.chunkSize, req.virtualSize));
+          }
+          const allSlotsCount = allSlots(req.virtualSize, req.chunkSize).length;
+          let lastSignal = 0;
+          const pos = await transferDiskSlots({
+            reader,
+            storage,
+            sessionId: req.sessionId,
+            diskId: req.diskId,
+            chunkSize: req.chunkSize,
+            kind,
+            basePointId: req.base?.pointId,
+            baseSlots,
+            slots: slots!,
+            resume: resume && resume.nextSlot !== undefined ? resume : undefined,
+            batchSlots: deps.batchSlots,
+            onBatch: async (p, diskOffset) => {
+              ctx.heartbeat({ ...p, kind, fallbackReason });
+              if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled');
+              await ensureHere(req.vmId);
+              const now = Date.now();
+              if (deps.signalProgress && now - lastSignal >= (deps.progressIntervalMs ?? 2000)) {
+                lastSignal = now;
+                await deps
+                  .signalProgress(req.workflowId, { diskId: req.diskId, position: diskOffset, bytesRead: p.bytesRead, bytesSent: p.bytesSent, at: now })
+                  .catch(() => undefined);
+              }
+            },
+          });
+          const result: DiskTransferResult = {
+            diskId: req.diskId,
+            kind,
+            fallbackReason,
+            chunkCount: allSlotsCount,
+            changedChunks: pos.changedChunks,
+            bytesRead: pos.bytesRead,
+            bytesSent: pos.bytesSent,
+            chunksDeduplicated: pos.chunksDeduplicated,
+            resumedFrom: resume?.nextSlot ?? 0,
+            durationMs: Date.now() - started,
+          };
+          ctx.log.info('disk transferred', { ...result });
+          return result;
+        } finally {
+          await reader.close();
+        }
+      } catch (err) {
+        return toFailure(err);
+      }
+    },
+
+    async releaseBackupCheckpoint(req: ReleaseRequest) {
+      try {
+        await ensureHere(req.vmId);
+        const released: string[] = [];
+        if (req.checkpointId) {
+          await adapter.releaseCheckpoint(req.vmId, req.checkpointId);
+          released.push(req.checkpointId);
+        }
+        if (adapter.releaseCheckpointsByLabel) {
+          for (const id of await adapter.releaseCheckpointsByLabel(req.vmId, req.label)) if (!released.includes(id)) released.push(id);
+        }
+        Context.current().log.info('backup checkpoint released', { vmId: req.vmId, released });
+        return { released };
+      } catch (err) {
+        return toFailure(err);
+      }
+    },
+  };
+}
+
+function nonZeroSlots(index: Buffer, chunkSize: number, virtualSize: number): number[] {
+  const n = Math.min(index.length / 32, Math.ceil(virtualSize / chunkSize));
+  const out: number[] = [];
+  for (let s = 0; s < n; s++) {
+    for (let b = s * 32; b < (s + 1) * 32; b++) {
+      if (index[b] !== 0) {
+        out.push(s);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+function mergeSlots(a: number[], b: number[]): number[] {
+  return [...new Set([...a, ...b])].sort((x, y) => x - y);
+}

@@ -1,0 +1,176 @@
+// DiskTransfer: reads a frozen checkpoint disk in chunk-aligned slots and pushes what the
+// repository lacks to the storage API, writing index slots into the backup session batch by
+// batch. Because each batch's slots are in the session before the position is heartbeated, a
+// retry resumes at the heartbeated slot and re-sends at most one batch.
+//
+//   initial replica    slots of allocated ranges (the rest stay zero in the new index)
+//   express full       slots touched by the changed ranges since the base point's tracking id
+//   consistency check  every slot; only slots whose digest differs from the base index are sent
+import { createHash } from 'node:crypto';
+import type { DiskReader } from '../../hypervisor/types';
+import type { StorageClient } from '../../storage-api/client';
+import type { TransferKind } from './types';
+
+const DIGEST_BYTES = 32;
+const ZERO_DIGEST = Buffer.alloc(DIGEST_BYTES);
+
+export interface ByteRange {
+  offset: number;
+  length: number;
+}
+
+export interface TransferPosition {
+  /** Next slot index in `slots` order (not the disk slot number). */
+  nextSlot: number;
+  bytesRead: number;
+  bytesSent: number;
+  changedChunks: number;
+  chunksDeduplicated: number;
+}
+
+export interface DiskTransferOptions {
+  reader: DiskReader;
+  storage: StorageClient;
+  sessionId: string;
+  diskId: string;
+  chunkSize: number;
+  kind: TransferKind;
+  /** Base point to clone for this disk (undefined = start from an empty index). */
+  basePointId?: string;
+  /** Base index slots (consistency check compares against them). */
+  baseSlots?: Buffer;
+  /** Disk slot numbers to process, ascending. */
+  slots: number[];
+  resume?: TransferPosition;
+  /** Slots per batch: one index patch and one heartbeat each. */
+  batchSlots?: number;
+  uploadConcurrency?: number;
+  /** Called after each batch is in the session; throws to stop (cancellation, VM moved). */
+  onBatch?: (pos: TransferPosition, diskOffset: number) => Promise<void> | void;
+}
+
+/** Slot numbers covering the ranges, ascending and unique. */
+export function slotsOfRanges(ranges: ByteRange[], chunkSize: number, virtualSize: number): number[] {
+  const total = Math.ceil(virtualSize / chunkSize);
+  const out: number[] = [];
+  const sorted = [...ranges].filter((r) => r.length > 0).sort((a, b) => a.offset - b.offset);
+  let last = -1;
+  for (const r of sorted) {
+    const first = Math.max(Math.floor(r.offset / chunkSize), last + 1);
+    const end = Math.min(Math.ceil((r.offset + r.length) / chunkSize), total);
+    for (let s = first; s < end; s++) out.push(s);
+    if (end - 1 > last) last = end - 1;
+  }
+  return out;
+}
+
+export function allSlots(virtualSize: number, chunkSize: number): number[] {
+  return Array.from({ length: Math.ceil(virtualSize / chunkSize) }, (_, i) => i);
+}
+
+function isZero(buf: Buffer): boolean {
+  // Compare 8 bytes at a time; chunk buffers are large, this is the hot loop for sparse disks.
+  const words = Math.floor(buf.length / 8);
+  for (let i = 0; i < words; i++) if (buf.readBigUInt64LE(i * 8) !== 0n) return false;
+  for (let i = words * 8; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
+async function mapLimit<T>(items: T[], limit: number, fn: (t: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+interface ReadBatch {
+  slots: number[];
+  digests: Buffer;
+  data: Map<string, Buffer>;
+  bytes: number;
+}
+
+/** Reads one batch, coalescing runs of adjacent slots into single reads. */
+async function readBatch(o: DiskTransferOptions, slots: number[]): Promise<ReadBatch> {
+  const { reader, chunkSize } = o;
+  const digests = Buffer.alloc(slots.length * DIGEST_BYTES);
+  const data = new Map<string, Buffer>();
+  let bytes = 0;
+  let i = 0;
+  while (i < slots.length) {
+    let j = i + 1;
+    while (j < slots.length && slots[j] === slots[j - 1] + 1) j++;
+    const offset = slots[i] * chunkSize;
+    const length = Math.min((slots[j - 1] + 1) * chunkSize, reader.virtualSize) - offset;
+    const buf = await reader.read(offset, length);
+    bytes += length;
+    for (let k = i; k < j; k++) {
+      const start = (slots[k] - slots[i]) * chunkSize;
+      const chunk = buf.subarray(start, Math.min(start + chunkSize, buf.length));
+      if (isZero(chunk)) continue; // zero digest = all-zero chunk, never stored
+      const digest = createHash('sha256').update(chunk).digest();
+      digest.copy(digests, k * DIGEST_BYTES);
+      data.set(digest.toString('hex'), chunk);
+    }
+    i = j;
+  }
+  return { slots, digests, data, bytes };
+}
+
+export async function transferDiskSlots(o: DiskTransferOptions): Promise<TransferPosition> {
+  const batchSlots = o.batchSlots ?? Math.max(1, Math.floor((32 * 1024 * 1024) / o.chunkSize));
+  const pos: TransferPosition = o.resume ? { ...o.resume } : { nextSlot: 0, bytesRead: 0, bytesSent: 0, changedChunks: 0, chunksDeduplicated: 0 };
+  const basePoint = o.basePointId ?? null;
+
+  const send = async (batch: ReadBatch): Promise<void> => {
+    // Consistency check: only slots whose content differs from the base point's index.
+    let slots = batch.slots;
+    let digests = batch.digests;
+    if (o.kind === 'consistency-check' && o.baseSlots) {
+      const keep: number[] = [];
+      for (let k = 0; k < slots.length; k++) {
+        const s = slots[k];
+        const b = s * DIGEST_BYTES < o.baseSlots.length ? o.baseSlots.subarray(s * DIGEST_BYTES, (s + 1) * DIGEST_BYTES) : ZERO_DIGEST;
+        if (!b.equals(digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES))) keep.push(k);
+      }
+      slots = keep.map((k) => batch.slots[k]);
+      digests = Buffer.concat(keep.map((k) => batch.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)));
+    }
+    if (slots.length > 0) {
+      const wanted = [...new Set(Array.from({ length: slots.length }, (_, k) => digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES).toString('hex')))]
+        .filter((h) => batch.data.has(h));
+      const missing = wanted.length ? await o.storage.missingChunks(wanted) : [];
+      pos.chunksDeduplicated += wanted.length - missing.length;
+      await mapLimit(missing, o.uploadConcurrency ?? 4, async (h) => {
+        const chunk = batch.data.get(h)!;
+        await o.storage.putChunk(h, chunk);
+        pos.bytesSent += chunk.length;
+      });
+      await o.storage.putIndex(o.sessionId, o.diskId, { virtualSize: o.reader.virtualSize, basePoint, slots, digests });
+      pos.changedChunks += slots.length;
+    }
+  };
+
+  // Read batch n+1 while batch n is being sent: the disk and the network overlap.
+  let inFlight: Promise<void> | undefined;
+  let inFlightEnd = pos.nextSlot;
+  for (let start = pos.nextSlot; start < o.slots.length; start += batchSlots) {
+    const slots = o.slots.slice(start, start + batchSlots);
+    const batch = await readBatch(o, slots);
+    if (inFlight) {
+      await inFlight;
+      pos.nextSlot = inFlightEnd;
+      await o.onBatch?.(pos, o.slots[inFlightEnd - 1] !== undefined ? (o.slots[inFlightEnd - 1] + 1) * o.chunkSize : 0);
+    }
+    pos.bytesRead += batch.bytes;
+    inFlightEnd = start + slots.length;
+    inFlight = send(batch);
+  }
+  if (inFlight) {
+    await inFlight;
+    pos.nextSlot = inFlightEnd;
+    await o.onBatch?.(pos, o.reader.virtualSize);
+  }
+  return pos;
+}

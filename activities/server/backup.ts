@@ -1,0 +1,197 @@
+// Server-side steps of a backup: plan against the repository, commit, retention, the one-backup-
+// at-a-time lease. They run in the protection server process, next to its repository.
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { ApplicationFailure, Context } from '@temporalio/activity';
+import type { Client } from '@temporalio/client';
+import { Repository, RepositoryError, type RecoveryPointManifest } from '../../repository';
+import type { TokenStore } from '../../storage-api/tokens';
+import type { TransferKind } from '../host/types';
+import type {
+  BackupPlan,
+  BackupPlanRequest,
+  CommitRequest,
+  CommittedPoint,
+  RetentionResult,
+  ServerActivities,
+} from './types';
+
+export interface ServerActivityDeps {
+  repository: Repository;
+  tokens: TokenStore;
+  /** Folder for the server's own state (backup leases). */
+  stateDir: string;
+  /** To ask whether the holder of a lease still runs. */
+  temporal: () => Client;
+}
+
+interface LeaseRecord {
+  dataSource: string;
+  workflowId: string;
+  runId: string;
+  at: string;
+}
+
+/** Converts repository errors into failures the workflow branches on. */
+function asFailure(err: unknown): never {
+  if (err instanceof RepositoryError) {
+    const msg = err.hint ? `${err.message}: ${err.hint}` : err.message;
+    if (err.code === 'SHADOW_STORAGE_FULL') throw ApplicationFailure.nonRetryable(msg, 'ShadowStorageFull', err.details);
+    if (err.code === 'INVALID_ARGUMENT' || err.code === 'CORRUPT') throw ApplicationFailure.nonRetryable(msg, `Repository${err.code}`, err.details);
+    throw ApplicationFailure.retryable(msg, `Repository${err.code}`, err.details);
+  }
+  throw err;
+}
+
+/** Change-tracking ids recorded per disk in a point's vm record. */
+export function pointChangeTracking(point: RecoveryPointManifest): Record<string, string> {
+  const ct = (point.vm as { changeTracking?: Record<string, string> }).changeTracking;
+  return ct && typeof ct === 'object' ? ct : {};
+}
+
+export function createServerActivities(deps: ServerActivityDeps): ServerActivities {
+  const { repository } = deps;
+  const leaseDir = path.join(deps.stateDir, 'backup-leases');
+  const leaseFile = (ds: string) => path.join(leaseDir, `${ds}.json`);
+
+  async function readLease(ds: string): Promise<LeaseRecord | undefined> {
+    try {
+      return JSON.parse(await fs.readFile(leaseFile(ds), 'utf8')) as LeaseRecord;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw err;
+    }
+  }
+
+  async function holderRuns(lease: LeaseRecord): Promise<boolean> {
+    try {
+      const d = await deps.temporal().workflow.getHandle(lease.workflowId, lease.runId).describe();
+      return d.status.name === 'RUNNING';
+    } catch (err) {
+      if ((err as Error).name === 'WorkflowNotFoundError') return false;
+      throw err;
+    }
+  }
+
+  return {
+    async listHosts() {
+      return deps.tokens
+        .list()
+        .filter((t) => t.role === 'agent' && !t.revokedAt)
+        .map((t) => t.name)
+        .sort();
+    },
+
+    async acquireBackupLease({ dataSource, workflowId, runId }) {
+      await repository.ensureDataSource(dataSource).catch(asFailure);
+      await fs.mkdir(leaseDir, { recursive: true });
+      const current = await readLease(dataSource);
+      if (current && current.workflowId !== workflowId && (await holderRuns(current))) {
+        throw ApplicationFailure.nonRetryable(
+          `a backup of ${dataSource} is already running (workflow ${current.workflowId}, since ${current.at}); ` +
+            'two backups of one VM never run at once: wait for it or cancel it in the Web UI',
+          'BackupAlreadyRunning',
+          current,
+        );
+      }
+      const record: LeaseRecord = { dataSource, workflowId, runId, at: new Date().toISOString() };
+      const tmp = `${leaseFile(dataSource)}.${process.pid}.tmp`;
+      await fs.writeFile(tmp, JSON.stringify(record));
+      await fs.rename(tmp, leaseFile(dataSource));
+    },
+
+    async releaseBackupLease({ dataSource, workflowId }) {
+      const current = await readLease(dataSource);
+      if (current?.workflowId === workflowId) await fs.rm(leaseFile(dataSource), { force: true });
+    },
+
+    async planBackup(req: BackupPlanRequest): Promise<BackupPlan> {
+      try {
+        const settings = await repository.ensureDataSource(req.dataSource);
+        const points = await repository.listPoints(req.dataSource);
+        const last = points[points.length - 1];
+        const tracking = last ? pointChangeTracking(last) : {};
+        const session = await repository.beginSession(req.dataSource, { basePoint: last?.pointId, chunkSize: settings.chunkSize });
+        Context.current().heartbeat();
+        let kind: TransferKind;
+        let reason: string;
+        if (!last) {
+          kind = 'initial-replica';
+          reason = 'no recovery point yet: full read of every disk';
+        } else if (req.requestedKind === 'consistency-check') {
+          kind = 'consistency-check';
+          reason = 'consistency check requested: read everything, send only what differs';
+        } else {
+          kind = 'express-full';
+          reason = `changes since ${last.pointId} from change tracking`;
+        }
+        const disks = req.disks.map((d) => {
+          const baseDisk = last?.disks.find((b) => b.diskId === d.diskId);
+          const base = baseDisk && last
+            ? { pointId: last.pointId, changeTrackingId: tracking[d.diskId], virtualSize: baseDisk.virtualSize, chunkSize: baseDisk.chunkSize }
+            : undefined;
+          let diskKind: TransferKind = kind;
+          if (kind === 'express-full' && (!base || !base.changeTrackingId || base.virtualSize !== d.virtualSize || base.chunkSize !== settings.chunkSize)) {
+            diskKind = 'consistency-check'; // a new or resized disk has no usable tracking base
+          }
+          return { diskId: d.diskId, chunkSize: settings.chunkSize, kind: diskKind, base };
+        });
+        return { kind, reason, sessionId: session.sessionId, disks };
+      } catch (err) {
+        return asFailure(err);
+      }
+    },
+
+    async commitRecoveryPoint(req: CommitRequest): Promise<CommittedPoint> {
+      // A retry after a lost reply finds its point already there: return it.
+      const existing = (await repository.listPoints(req.dataSource).catch(asFailure)).find(
+        (p) => (p.vm as { workflowId?: string }).workflowId === req.workflowId,
+      );
+      const toResult = (p: RecoveryPointManifest): CommittedPoint => ({ pointId: p.pointId, createdAt: p.createdAt, storedBytes: p.ownedBytes });
+      if (existing) return toResult(existing);
+      try {
+        const point = await repository.commitPoint(req.sessionId, {
+          kind: req.kind,
+          mode: req.mode,
+          createdAt: req.checkpointCreatedAt,
+          disks: req.disks.map((d) => ({ diskId: d.diskId, fileName: d.fileName, virtualSize: d.virtualSize })),
+          vm: {
+            ...req.vm,
+            workflowId: req.workflowId,
+            modeReasons: req.modeReasons,
+            downtimeMs: req.downtimeMs,
+            changeTracking: Object.fromEntries(req.disks.map((d) => [d.diskId, d.changeTrackingId])),
+            transfer: req.disks.map((d) => ({
+              diskId: d.diskId,
+              kind: d.kind,
+              fallbackReason: d.fallbackReason,
+              bytesRead: d.bytesRead,
+              bytesSent: d.bytesSent,
+              changedChunks: d.changedChunks,
+              durationMs: d.durationMs,
+            })),
+          },
+        });
+        return toResult(point);
+      } catch (err) {
+        return asFailure(err);
+      }
+    },
+
+    async abortSession({ sessionId }) {
+      await repository.abortSession(sessionId).catch((err) => {
+        if (err instanceof RepositoryError && err.code === 'NOT_FOUND') return;
+        throw err;
+      });
+    },
+
+    async enforceRetention({ dataSource }): Promise<RetentionResult> {
+      try {
+        const deleted = await repository.enforceRetention(dataSource);
+        return { deleted: deleted.map((d) => ({ pointId: d.pointId, reason: d.reason })) };
+      } catch (err) {
+        return asFailure(err);
+      }
+    },
+  };
+}
