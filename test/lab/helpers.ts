@@ -47,3 +47,26 @@ export function expectSameBytes(actual: Buffer, expected: Buffer, what = 'conten
   while (actual[i] === expected[i]) i++;
   throw new Error(`${what}: first difference at byte ${i} (0x${i.toString(16)})`);
 }
+
+/** Run `main(argv)` of a TypeScript file in a child process (transpiled on the fly, as jest does). */
+export function spawnTsMain(file: string, args: string[]): import('node:child_process').ChildProcess {
+  const entry = `
+    const fs = require('fs'); const swc = require(process.env.HVP_LAB_SWC);
+    require.extensions['.ts'] = (m, f) => m._compile(swc.transformSync(fs.readFileSync(f, 'utf8'), { filename: f,
+      jsc: { target: 'es2022', parser: { syntax: 'typescript' } }, module: { type: 'commonjs' } }).code, f);
+    const script = process.argv[1]; process.argv.splice(1, 1);
+    require(script).main(process.argv.slice(1)).then((c) => process.exit(c), (e) => { console.error(e); process.exit(1); });`;
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { spawn } = require('node:child_process') as typeof import('node:child_process');
+  return spawn(process.execPath, ['-e', entry, file, ...args], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+    env: { ...process.env, HVP_LAB_SWC: require.resolve('@swc/core') },
+  });
+}
+
+export function exitOf(child: import('node:child_process').ChildProcess): Promise<number | string> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve(child.exitCode ?? child.signalCode!);
+    child.on('exit', (code, signal) => resolve(code ?? signal!));
+  });
+}
