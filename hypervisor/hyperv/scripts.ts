@@ -439,7 +439,6 @@ const BODIES: Record<ScriptOp, string> = {
   # A pause or save left by an interrupted offline checkpoint ends here.
   if ($state -eq 'Paused') { $script:step = 'Resume-VM'; Resume-VM -VM $vm; $resumed = 'Resume-VM' }
   elseif ($state -eq 'Saved') { $script:step = 'Start-VM'; Start-VM -VM $vm; $resumed = 'Start-VM' }
-  $diskInstances = Get-HvpDiskInstances $cs
   $script:step = 'Msvm_VirtualSystemSnapshotService'
   $svc = Get-CimInstance -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotService
   $script:step = 'ConvertToReferencePoint'
@@ -450,6 +449,8 @@ const BODIES: Record<ScriptOp, string> = {
   if (-not $rp -and $r.ResultingReferencePoint) { $rp = $r.ResultingReferencePoint | Get-CimInstance }
   $rpOut = $null
   if ($rp) { $rpOut = Format-HvpReferencePoint $rp }
+  # After the merge: disk instances (stable ids) and drives both name the base files now.
+  $diskInstances = Get-HvpDiskInstances $cs
   $script:step = 'Get-VMHardDiskDrive'
   $drives = @(Get-VMHardDiskDrive -VM $vm | ForEach-Object { Format-HvpDrive $_ })
   Write-HvpResult @{ vmId = [string]$vm.Id; alreadyReleased = $false; state = $state; resumed = $resumed
