@@ -458,7 +458,7 @@ export class Lab {
 
     // Validate against the current state and lay out the disks; files are made outside the lock.
     const s0 = await this.state();
-    if (!s0.hosts[spec.host]) throw new LabError(`no lab host ${JSON.stringify(spec.host)}`);
+    if (!isSafeName(spec.host) || !s0.hosts[spec.host]) throw new LabError(`no lab host ${JSON.stringify(spec.host)}`);
     if (s0.vms[vmId]) throw new LabError(`VM id ${vmId} exists already`);
     const vmStorage = this.resolveStorage(s0, spec.host, spec.storage);
     const seen = new Set<string>();
@@ -831,15 +831,29 @@ export class Lab {
         rec.checkpoint = ck;
         await this.save(s);
       }
-      for (const d of rec.disks) {
-        const folder = this.paths.diskFolder(rec, d);
-        const frozenFile = d.chain.length ? d.chain[d.chain.length - 1] : d.fileName;
-        const childFile = `${d.diskId}-${checkpointId.slice(0, 8)}.avhdx`;
-        const point = await currentTrackingPoint(this.paths.trackingLog(rec, d));
-        await vhdx.createChild(path.join(folder, childFile), path.join(folder, frozenFile));
-        d.chain.push(childFile);
-        d.generation += 1;
-        ck.disks.push({ diskId: d.diskId, frozenFile, childFile, changeTrackingId: formatTrackingId(point), virtualSize: d.virtualSize });
+      try {
+        for (const d of rec.disks) {
+          const folder = this.paths.diskFolder(rec, d);
+          const frozenFile = d.chain.length ? d.chain[d.chain.length - 1] : d.fileName;
+          const childFile = `${d.diskId}-${checkpointId.slice(0, 8)}.avhdx`;
+          const point = await currentTrackingPoint(this.paths.trackingLog(rec, d));
+          await vhdx.createChild(path.join(folder, childFile), path.join(folder, frozenFile));
+          d.chain.push(childFile);
+          d.generation += 1;
+          ck.disks.push({ diskId: d.diskId, frozenFile, childFile, changeTrackingId: formatTrackingId(point), virtualSize: d.virtualSize });
+        }
+      } catch (e) {
+        // Undo: no half checkpoint, and a VM quieted for it runs again.
+        for (const c of ck.disks) {
+          const d = this.disk(rec, c.diskId);
+          d.chain.pop();
+          d.generation += 1;
+          await fsp.rm(path.join(this.paths.diskFolder(rec, d), c.childFile), { force: true });
+        }
+        if (ck.resumeTo) rec.state = ck.resumeTo;
+        delete rec.checkpoint;
+        await this.save(s);
+        throw failed(`cannot create a backup checkpoint of VM ${rec.name}: ${(e as Error).message}`, { vmId: rec.vmId });
       }
       if (rec.writeLoad) ck.guestWriteSeq = rec.writeLoad.writes;
       rec.checkpoint = ck;

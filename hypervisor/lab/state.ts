@@ -116,8 +116,11 @@ export interface LabState {
 /** Names that become folder names: no separators, no dot-dot, nothing a shell would mangle. */
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 
+/** Keys that would reach Object.prototype through a plain-object lookup. */
+const RESERVED = new Set(['__proto__', 'constructor', 'prototype', 'hasOwnProperty', 'toString', 'valueOf']);
+
 export function isSafeName(s: unknown): s is string {
-  return typeof s === 'string' && NAME_RE.test(s) && !s.includes('..');
+  return typeof s === 'string' && NAME_RE.test(s) && !s.includes('..') && !RESERVED.has(s);
 }
 
 export class LabPaths {

@@ -143,6 +143,17 @@ describe('restore, properties and hostile input', () => {
     expect(nc.cluster).toBeUndefined();
   });
 
+  it('rolls a failed checkpoint back and resumes the VM it quieted', async () => {
+    const vm = await lab.createVm({ name: 'half', host: 'hv1', disks: [{ sizeBytes: MiB }, { sizeBytes: MiB }] });
+    await fsp.writeFile(vm.disks[1].path, 'no longer a vhdx');
+    await expectHvError(hv1.createBackupCheckpoint(vm.vmId, { mode: 'offline' }), 'HypervisorCommandFailed', /cannot create a backup checkpoint of VM half/);
+    const f = await hv1.inspectVm(vm.vmId);
+    expect(f.state).toBe('running');
+    expect(f.checkpoints).toEqual([]);
+    expect(f.disks[0].path).toBe(vm.disks[0].path);
+    expect((await fsp.readdir(f.configPath)).filter((n) => n.endsWith('.avhdx'))).toEqual([]);
+  });
+
   it('answers hostile input with clear errors', async () => {
     const vm = await lab.createVm({ name: 'target', host: 'hv1', disks: [{ sizeBytes: MiB }] });
     for (const bad of ['nope', '', '../../etc/passwd', 'x'.repeat(10_000), 42 as unknown as string, null as unknown as string, '__proto__', 'constructor']) {
@@ -152,6 +163,8 @@ describe('restore, properties and hostile input', () => {
     }
     await expect(LabHypervisor.open(lab, 'nohost')).rejects.toThrow(/no lab host "nohost"/);
     await expect(LabHypervisor.open(lab, '__proto__')).rejects.toThrow(HypervisorError);
+    await expect(lab.createVm({ name: 'x', host: '__proto__', disks: [] })).rejects.toThrow(/no lab host/);
+    await expect(lab.createHost('constructor')).rejects.toThrow(/bad host name/);
 
     await expectHvError(hv1.createBackupCheckpoint(vm.vmId, { mode: 'sideways' as never }), 'HypervisorCommandFailed', /bad backup mode/);
     const ck = await hv1.createBackupCheckpoint(vm.vmId, { mode: 'online', label: 'a' });
