@@ -159,6 +159,12 @@ export function runPowerShell(op: string, script: string, opts: PowerShellOption
           );
           return;
         }
+        // The result line is authoritative: with -Command - the exit code only mirrors $? of the
+        // last statement, which a handled error inside the script can leave false.
+        if (env && env.ok === true) {
+          resolve(env.result);
+          return;
+        }
         if (code !== 0 || !env) {
           const why = code !== 0 ? `exit code ${code ?? signal}` : 'no result line in its output';
           const detail = firstLines(stderr) || firstLines(stdout);

@@ -24,7 +24,7 @@
 //   Msvm_VirtualSystemReferencePoint { InstanceID, ReferencePointType (1 log, 2 RCT),
 //     ConsistencyLevel, VirtualSystemIdentifier, VirtualDiskIdentifiers[], ResilientChangeTrackingIdentifiers[] }
 //   Msvm_ImageManagementService.GetVirtualDiskChanges(
-//     [in] string Path, [in] string LimitId, [in] string TargetSnapshotId (VHD Set only),
+//     [in] string Path, [in] string LimitId, [in] string TargetSnapshotId (VHD Set only: not passed),
 //     [in] uint64 ByteOffset, [in] uint64 ByteLength ("must be less than the size of the disk"),
 //     [out] uint64 ProcessedByteLength ("may be equal to ByteLength or less"),
 //     [out] uint64 ChangedByteOffsets[], [out] uint64 ChangedByteLengths[], [out] CIM_ConcreteJob REF Job)
@@ -406,7 +406,7 @@ const BODIES: Record<ScriptOp, string> = {
       $len = [uint64][math]::Min([double]($end - $off), [double]$p.maxQueryBytes)
       $script:step = 'GetVirtualDiskChanges'
       $r = Invoke-CimMethod -InputObject $ims -MethodName GetVirtualDiskChanges -Arguments @{
-        Path = [string]$p.path; LimitId = [string]$p.limitId; TargetSnapshotId = ''; ByteOffset = $off; ByteLength = $len }
+        Path = [string]$p.path; LimitId = [string]$p.limitId; ByteOffset = $off; ByteLength = $len }
       $null = Wait-HvpCimJob $r 'GetVirtualDiskChanges'
       $done = [uint64]$r.ProcessedByteLength
       [void]$pages.Add(@{ ByteOffset = $off; ByteLength = $len; ProcessedByteLength = $done

@@ -417,7 +417,7 @@ describe('changedRanges (Resilient Change Tracking)', () => {
       {
         op: 'disk-changes',
         expectParams: { path: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01.vhdx', limitId: 'rctX:base:1', offset: 0, length: GiB, maxQueryBytes: GiB - MiB },
-        expectCmdlets: ['Msvm_ImageManagementService', '-MethodName GetVirtualDiskChanges', 'ProcessedByteLength', "TargetSnapshotId = ''"],
+        expectCmdlets: ['Msvm_ImageManagementService', '-MethodName GetVirtualDiskChanges', 'ProcessedByteLength', 'LimitId = [string]$p.limitId'],
         result: { pages: { ByteOffset: 0, ByteLength: GiB - MiB, ProcessedByteLength: 256 * MiB, ChangedByteOffsets: [0, 64 * MiB], ChangedByteLengths: [MiB, 2 * MiB] }, failed: null },
       },
       {
@@ -576,6 +576,11 @@ describe('failures', () => {
     expect(e.message).toContain('exit code 1');
     expect(e.message).toContain("The term 'Get-VM' is not recognized");
     expect(String(e.details.stderr).split('\n')).toHaveLength(5);
+  });
+
+  test('a result line with ok wins over a non-zero exit code (-Command - mirrors $?)', async () => {
+    const f = fakeHost([{ op: 'list', fixture: 'list-single.json', exitCode: 1 }]);
+    expect(await f.adapter.listVms()).toHaveLength(1);
   });
 
   test('garbage instead of the result line is a failure, not a crash', async () => {
