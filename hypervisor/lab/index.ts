@@ -19,3 +19,6 @@ export { expectedDiskContent, guestWrite, guestWriteRanges, initialDiskContent, 
 export { formatTrackingId, parseTrackingId } from './change-tracking';
 export { LabLockTimeout } from './lock';
 export type { DiskLocation, LabState, VmRecord } from './state';
+export { createSampleLab } from './sample';
+export type { SampleLab, SampleLabOptions } from './sample';
+export { labCommand } from './cli';
