@@ -80,6 +80,8 @@ export interface ReleasedCheckpoint {
   disks: { diskId: string; changeTrackingId: string }[];
   /** 'Resume-VM' or 'Start-VM' when a pause or save was still in force. */
   resumed?: string;
+  /** Set when the ids could not be recorded: the next backup of the VM reads all its disks. */
+  warning?: string;
 }
 
 export interface ReferencePoint {
@@ -173,7 +175,8 @@ export class HyperVHypervisor implements HypervisorAdapter {
   async inspectVm(vm: string): Promise<VmFacts> {
     const result = await this.run('inspect', { vm });
     const vmId = String((result.vm as Record<string, unknown> | undefined)?.Id ?? '').toLowerCase();
-    const entries = GUID.test(vmId) ? await this.store.entries(vmId) : [];
+    // A damaged store costs change tracking (reported as unknown), never the inspection.
+    const entries = GUID.test(vmId) ? await this.store.entries(vmId).catch(() => []) : [];
     return parseInspect(result, { fallbackHost: this.hostName, guestVolumes: this.opts.guestVolumes, lastReferencePoint: entries[entries.length - 1] });
   }
 
@@ -265,7 +268,7 @@ export class HyperVHypervisor implements HypervisorAdapter {
     const ckpt = HyperVHypervisor.checkpointGuid(checkpointId);
     const result = await this.run('release-checkpoint', { vm: vmId, checkpointId: ckpt }, true);
     if (result.alreadyReleased === true) {
-      const known = GUID.test(String(result.vmId)) ? await this.store.get(String(result.vmId), ckpt) : undefined;
+      const known = GUID.test(String(result.vmId)) ? await this.store.get(String(result.vmId), ckpt).catch(() => undefined) : undefined;
       return {
         alreadyReleased: true,
         ...(known?.referencePointId ? { referencePointId: known.referencePointId } : {}),
@@ -282,12 +285,18 @@ export class HyperVHypervisor implements HypervisorAdapter {
     };
     const vmGuid = String(result.vmId ?? '').toLowerCase();
     if (rp && GUID.test(vmGuid)) {
-      const dropped = await this.store.put(vmGuid, {
-        checkpointId: ckpt,
-        referencePointId: rp.InstanceID,
-        releasedAt: new Date().toISOString(),
-        disks: Object.fromEntries(ids),
-      });
+      let dropped: RctStoreEntry[] = [];
+      try {
+        dropped = await this.store.put(vmGuid, {
+          checkpointId: ckpt,
+          referencePointId: rp.InstanceID,
+          releasedAt: new Date().toISOString(),
+          disks: Object.fromEntries(ids),
+        });
+      } catch (e) {
+        // The checkpoint is gone either way; failing here would only make a retry lose the ids too.
+        released.warning = `RCT ids not recorded in ${this.store.dir}: ${(e as Error).message}`;
+      }
       await this.pruneReferencePoints(vmGuid, dropped);
     }
     return released;
@@ -332,7 +341,7 @@ export class HyperVHypervisor implements HypervisorAdapter {
     let limitId = sinceId;
     if (sinceId.startsWith(PENDING_RCT_PREFIX)) {
       const base = sinceId.slice(PENDING_RCT_PREFIX.length);
-      const entry = GUID.test(disk.vmId) ? await this.store.get(disk.vmId, base) : undefined;
+      const entry = GUID.test(disk.vmId) ? await this.store.get(disk.vmId, base).catch(() => undefined) : undefined;
       const rct = entry?.disks[diskId];
       if (!rct) {
         return {
@@ -344,6 +353,7 @@ export class HyperVHypervisor implements HypervisorAdapter {
       limitId = rct;
     }
     const size = disk.virtualSize;
+    if (!(size > 0)) return { tracked: false, ranges: [], reason: `size of ${disk.path} unknown` };
     // Microsoft documents ByteLength as "less than the size of the virtual disk": never ask for all of it at once.
     const maxQueryBytes = Math.max(512, Math.min(this.opts.rctQueryBytes ?? 64 * 1024 * MiB, size - Math.min(MiB, size / 2)));
     const ranges: { offset: number; length: number }[] = [];

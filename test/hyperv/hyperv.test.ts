@@ -619,3 +619,25 @@ describe('failures', () => {
     expect((await rejection(b.listVms())).message).toMatch(/cannot run PowerShell/);
   });
 });
+
+describe('the RCT store going wrong never makes up changes', () => {
+  test('a damaged store: inspect reports no base, a placeholder reads everything', async () => {
+    const f = fakeHost([
+      { op: 'inspect', fixture: 'inspect-windows.json' },
+      { op: 'describe-checkpoint', fixture: 'describe-checkpoint.json' },
+    ]);
+    fs.mkdirSync(path.join(f.dir, 'rct'), { recursive: true });
+    fs.writeFileSync(path.join(f.dir, 'rct', `${WIN_VM}.json`), '{"version":1,"entr');
+    const facts = await f.adapter.inspectVm(WIN_VM);
+    expect(facts.disks.every((d) => d.changeTrackingId === undefined)).toBe(true);
+    const r = await f.adapter.changedRanges(WIN_VM, CKPT, 'scsi0-0', `${PENDING_RCT_PREFIX}${CKPT}`);
+    expect(r.tracked).toBe(false);
+  });
+
+  test('a disk of unknown size is not "unchanged"', async () => {
+    const describe = JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', 'describe-checkpoint.json'), 'utf8'));
+    delete describe.disks[0].Size;
+    const f = fakeHost([{ op: 'describe-checkpoint', result: describe }]);
+    expect(await f.adapter.changedRanges(WIN_VM, CKPT, 'scsi0-0', 'rctX:1')).toMatchObject({ tracked: false });
+  });
+});
