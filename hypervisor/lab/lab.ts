@@ -287,7 +287,9 @@ export class Lab {
     const named = Object.values(s.vms).filter((v) => v.name === vm);
     if (named.length === 0) throw notFound(vm, this.root);
     const here = preferHost ? named.filter((v) => v.host === preferHost) : [];
-    const pick = here.length ? here : named;
+    // A Hyper-V Replica pair shares its name: without a host, the name means the primary.
+    const primaries = named.filter((v) => v.replica.role !== 'replica');
+    const pick = here.length ? here : primaries.length === 1 ? primaries : named;
     if (pick.length > 1) {
       throw failed(`VM name ${JSON.stringify(vm)} is ambiguous (${pick.map((v) => v.vmId).join(', ')}); use the VM id`, { vm });
     }
@@ -759,9 +761,9 @@ export class Lab {
         const line = out.slice(0, nl);
         out = out.slice(nl + 1);
         try {
-          const ev = JSON.parse(line) as { event: string } & Record<string, unknown>;
-          if (ev.event === 'started') onStarted(ev as unknown as { vmId: string; diskId: string });
-          if (ev.event === 'stopped') result = ev as unknown as WriteLoadResult;
+          const { event, ...ev } = JSON.parse(line) as { event: string } & Record<string, unknown>;
+          if (event === 'started') onStarted(ev as unknown as { vmId: string; diskId: string });
+          if (event === 'stopped') result = ev as unknown as WriteLoadResult;
         } catch {
           /* not ours */
         }

@@ -129,6 +129,7 @@ describe('migration', () => {
     // By name, each host sees its own VM.
     expect((await n1.inspectVm('repl')).vmId).toBe(rep.vmId);
     expect((await solo.inspectVm('repl')).vmId).toBe(vm.vmId);
+    expect((await lab.inspectVm('repl')).vmId).toBe(vm.vmId); // without a host: the primary
     const ck = await n1.createBackupCheckpoint(rep.vmId, { mode: 'online' });
     const r = await n1.openCheckpointDisk(rep.vmId, ck.checkpointId, 'scsi0-0');
     expectSameBytes(await readAll(r), initialDiskContent(content, SIZE));
