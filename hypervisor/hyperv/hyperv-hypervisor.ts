@@ -177,7 +177,7 @@ export class HyperVHypervisor implements HypervisorAdapter {
     const vmId = String((result.vm as Record<string, unknown> | undefined)?.Id ?? '').toLowerCase();
     // A damaged store costs change tracking (reported as unknown), never the inspection.
     const entries = GUID.test(vmId) ? await this.store.entries(vmId).catch(() => []) : [];
-    return parseInspect(result, { fallbackHost: this.hostName, guestVolumes: this.opts.guestVolumes, lastReferencePoint: entries[entries.length - 1] });
+    return parseInspect(result, { hostName: this.hostName, guestVolumes: this.opts.guestVolumes, lastReferencePoint: entries[entries.length - 1] });
   }
 
   async isVmOnHost(vm: string): Promise<boolean> {

@@ -150,13 +150,17 @@ function integration(list: Json[], names: string[]): { enabled: boolean; respond
   return { enabled: svc.Enabled === true || svc.Enabled === 'True', responding: responding && svc.Enabled !== false };
 }
 
-export function parseVmSummaries(result: Json, fallbackHost: string): VmSummary[] {
-  const host = str(result.host) ?? fallbackHost;
+/**
+ * `hostName` is the agent's name for this host (its task queue is named by it), used rather than
+ * Get-VM's ComputerName, which may differ in case or form; configure agents of cluster nodes with
+ * the node names so that VmNotOnHost's owner node names an agent.
+ */
+export function parseVmSummaries(result: Json, hostName: string): VmSummary[] {
   const cluster = str(result.cluster);
   return asArray(result.vms).map((v) => ({
     vmId: String(v.Id).toLowerCase(),
     name: String(v.Name),
-    host: str(v.ComputerName) ?? host,
+    host: hostName,
     state: vmState(v.State),
     ...(v.IsClustered === true && cluster ? { cluster } : {}),
   }));
@@ -201,7 +205,8 @@ export function rctIdsByDisk(rp: ReferencePointJson, diskInstances: Json[], driv
 }
 
 export interface InspectOptions {
-  fallbackHost: string;
+  /** The agent's name for this host (see parseVmSummaries). */
+  hostName: string;
   /** Guest volumes when the caller knows better than the host-side approximation. */
   guestVolumes?: (facts: Omit<VmFacts, 'volumes'>) => GuestVolume[] | undefined;
   /** The newest reference point this adapter made of the VM (from the RCT store). */
@@ -277,7 +282,7 @@ export function parseInspect(result: Json, opts: InspectOptions): VmFacts {
   const facts: Omit<VmFacts, 'volumes'> = {
     vmId: String(vm.Id).toLowerCase(),
     name: String(vm.Name),
-    host: str(vm.ComputerName) ?? str(result.host) ?? opts.fallbackHost,
+    host: opts.hostName,
     state: vmState(vm.State),
     guestOs,
     guestOsFamily: family,

@@ -58,7 +58,7 @@ describe('listVms', () => {
 
   test('one VM comes back as an object, not an array', async () => {
     const f = fakeHost([{ op: 'list', fixture: 'list-single.json' }]);
-    expect(await f.adapter.listVms()).toEqual([{ vmId: WIN_VM, name: 'SQL01', host: 'HV02', state: 'running' }]);
+    expect(await f.adapter.listVms()).toEqual([{ vmId: WIN_VM, name: 'SQL01', host: 'HV01', state: 'running' }]);
   });
 
   test('the configured executable is used instead of PATH', async () => {
@@ -193,7 +193,7 @@ describe('inspectVm', () => {
     const facts = await f.adapter.inspectVm('WEB01');
     expect(facts.replica).toEqual({ role: 'replica', primaryServer: 'HV01.corp.example', replicaServer: 'HVDR1.corp.example' });
     expect(facts.state).toBe('off');
-    expect(facts.host).toBe('HVDR1');
+    expect(facts.host).toBe('HV01'); // the agent's name for the host, not Get-VM's ComputerName
     // Off: no KVP data, so the guest is unknown, and the VSS service does not respond.
     expect(facts.guestOs).toBe('unknown');
     expect(facts.guestOsFamily).toBe('other');
