@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -88,5 +89,26 @@ describe('change-tracking log', () => {
 
   it('merges ranges', () => {
     expect(mergeRanges([{ offset: 10, length: 5 }, { offset: 0, length: 10 }, { offset: 20, length: 0 }, { offset: 12, length: 1 }])).toEqual([{ offset: 0, length: 15 }]);
+  });
+
+  it('answers any pair of points with the union of the ranges appended between them (property)', async () => {
+    const range = fc.record({ offset: fc.integer({ min: 0, max: 1 << 20 }), length: fc.integer({ min: 1, max: 1 << 16 }) });
+    let run = 0;
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.array(range, { maxLength: 5 }), { minLength: 1, maxLength: 12 }), fc.nat(), fc.nat(), async (batches, a, b) => {
+        const f = path.join(dir, `prop-${run++}.rct`);
+        const epoch = await resetTrackingLog(f);
+        const all: { offset: number; length: number }[] = [];
+        for (const batch of batches) {
+          await appendWrites(f, batch);
+          all.push(...batch);
+        }
+        const [from, to] = [a % (all.length + 1), b % (all.length + 1)].sort((x, y) => x - y);
+        const r = await changesBetween(f, { epoch, seq: from }, { epoch, seq: to });
+        expect(r).toEqual({ tracked: true, ranges: mergeRanges(all.slice(from, to)) });
+        await fsp.rm(f);
+      }),
+      { numRuns: 60 },
+    );
   });
 });

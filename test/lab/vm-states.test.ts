@@ -101,4 +101,29 @@ describe('VM states and offline checkpoints', () => {
     expect(b.writes).toBe(13);
     expectSameBytes(await lab.readDisk(vm.vmId, 'scsi0-0', 0, SIZE), expectedDiskContent(Buffer.alloc(SIZE), 5, 13));
   });
+
+  it('release resumes a VM left quiet by an offline checkpoint cut off before it could resume', async () => {
+    const vm = await lab.createVm({ name: 'cut-off', host: 'hv1', disks: [{ sizeBytes: MiB }] });
+    const ck = await hv.createBackupCheckpoint(vm.vmId, { mode: 'offline', offlineMethod: 'save' });
+    // What lab.json holds when the process dies between quieting the VM and resuming it.
+    await lab.mutate('test', async (s) => {
+      s.vms[vm.vmId].state = 'saved';
+      s.vms[vm.vmId].checkpoint!.resumeTo = 'running';
+    });
+    await hv.releaseCheckpoint(vm.vmId, ck.checkpointId);
+    expect((await hv.inspectVm(vm.vmId)).state).toBe('running');
+  });
+
+  it('the write-load process refuses bad arguments and unknown VMs', async () => {
+    const { main } = await import('../../hypervisor/lab/guest-write-load');
+    const err = jest.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    try {
+      expect(await main(['--lab', lab.root, '--vm', 'x'])).not.toBe(0); // no seed
+      expect(await main(['--lab', lab.root, '--vm', 'x', '--seed', 'abc'])).not.toBe(0);
+      expect(await main(['--lab', lab.root, '--vm', 'no-such-vm', '--seed', '1'])).toBe(1);
+      expect(err.mock.calls.map((c) => String(c[0])).join('')).toMatch(/no VM "no-such-vm"/);
+    } finally {
+      err.mockRestore();
+    }
+  });
 });
