@@ -207,7 +207,12 @@ const MAIN_CLOSE = String.raw`
 } catch {
   $err = $_
   $extra = @{ category = [string]$err.CategoryInfo.Category; errorId = [string]$err.FullyQualifiedErrorId }
-  if ($err.InvocationInfo -and $err.InvocationInfo.MyCommand) { $extra.cmdlet = [string]$err.InvocationInfo.MyCommand.Name }
+  # The cmdlet that threw; for our own throws (Fail-Hvp and friends) the step we were in.
+  $extra.cmdlet = $script:step
+  if ($err.InvocationInfo -and $err.InvocationInfo.MyCommand) {
+    $name = [string]$err.InvocationInfo.MyCommand.Name
+    if ($name -and $name -notlike '*-Hvp*') { $extra.cmdlet = $name }
+  }
   if ($script:failure) { foreach ($k in $script:failure.Keys) { $extra[$k] = $script:failure[$k] } }
   if (Get-Variable -Name trace -Scope Script -ErrorAction SilentlyContinue) { $extra.trace = @($script:trace) }
   Stop-Hvp 'HypervisorCommandFailed' $err.Exception.Message $extra
