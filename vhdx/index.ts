@@ -6,3 +6,4 @@ export type { ByteRange, VhdxDisk, OpenOptions } from './disk';
 export { createDynamicVhdx, createDifferencingVhdx, writeRawAsDynamicVhdx } from './create';
 export type { DynamicOptions } from './create';
 export { mergeDifferencingIntoParent } from './merge';
+export type { MergeOptions } from './merge';

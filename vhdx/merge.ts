@@ -7,6 +7,11 @@ import { newGuid, readGuid } from './guid';
 
 const COPY_CHUNK = 8 * 1024 * 1024;
 
+export interface MergeOptions {
+  /** Called after each chunk reaches the parent (for heartbeats); throwing aborts the merge, which can be run again. */
+  onProgress?: (bytesMerged: number, bytesTotal: number) => void;
+}
+
 /**
  * Merge a differencing disk into its parent — what releasing a checkpoint does — after which the
  * child can be deleted. Crash-safe and repeatable:
@@ -17,7 +22,7 @@ const COPY_CHUNK = 8 * 1024 * 1024;
  * A crash anywhere leaves the child readable with the same contents (its sectors win over a
  * partly merged parent), and running the merge again finishes it.
  */
-export async function mergeDifferencingIntoParent(childPath: string): Promise<void> {
+export async function mergeDifferencingIntoParent(childPath: string, opts: MergeOptions = {}): Promise<void> {
   const next = newGuid();
   const writableChild = await Disk.open(childPath, { writable: true, replayLog: true }, []);
   try {
@@ -32,17 +37,18 @@ export async function mergeDifferencingIntoParent(childPath: string): Promise<vo
     const parent = await Disk.open(parentPath, { writable: true, replayLog: true, nextDataWriteGuid: next }, []);
     try {
       const { data, zeros } = await child.mergeSource();
-      for (const r of data) {
-        for (let o = r.offset; o < r.offset + r.length; o += COPY_CHUNK) {
-          const n = Math.min(COPY_CHUNK, r.offset + r.length - o);
-          await parent.write(o, await child.read(o, n));
-        }
-      }
       // Blocks the child declared zero only matter where the parent holds data.
-      for (const r of intersectRanges(await parent.allocatedRanges(), zeros)) {
-        for (let o = r.offset; o < r.offset + r.length; o += COPY_CHUNK) {
-          const n = Math.min(COPY_CHUNK, r.offset + r.length - o);
-          await parent.write(o, Buffer.alloc(n));
+      const zeroed = intersectRanges(await parent.allocatedRanges(), zeros);
+      const total = [...data, ...zeroed].reduce((s, r) => s + r.length, 0);
+      let merged = 0;
+      for (const [ranges, fromChild] of [[data, true], [zeroed, false]] as const) {
+        for (const r of ranges) {
+          for (let o = r.offset; o < r.offset + r.length; o += COPY_CHUNK) {
+            const n = Math.min(COPY_CHUNK, r.offset + r.length - o);
+            await parent.write(o, fromChild ? await child.read(o, n) : Buffer.alloc(n));
+            merged += n;
+            opts.onProgress?.(merged, total);
+          }
         }
       }
       await parent.flush();
