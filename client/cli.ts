@@ -1,12 +1,38 @@
 #!/usr/bin/env node
 // hvprotect: the command-line tool and the two processes (server, agent).
-import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import fs from 'node:fs';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { createLogger } from '../log/logger';
 import { connectClient, loadTemporalSettings } from '../temporal/connection';
 import { SERVER_TASK_QUEUE } from '../temporal/task-queues';
 import { startServer } from '../workers/server';
 import { startDevStack } from './dev';
-import { EXIT_USAGE, reportAndExit } from './errors';
+import { EXIT_USAGE, UsageError, reportAndExit } from './errors';
+import { startAgent } from '../workers/agent';
+import { LabHypervisor } from '../hypervisor/lab';
+import { HyperVHypervisor } from '../hypervisor/hyperv';
+
+function portOrZero(value: string): number {
+  return value === '0' ? 0 : port(value);
+}
+
+function positiveInt(value: string): number {
+  if (!/^[1-9]\d{0,8}$/.test(value)) throw new InvalidArgumentError('a whole number of 1 or more.');
+  return Number(value);
+}
+
+function hypervisorKind(value: string): 'lab' | 'hyperv' {
+  if (value !== 'lab' && value !== 'hyperv') throw new InvalidArgumentError('lab or hyperv.');
+  return value;
+}
+
+function readSecretFile(file: string, flag: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    throw new UsageError(`${flag} ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
+  }
+}
 
 function port(value: string): number {
   const n = Number(value);
@@ -67,12 +93,54 @@ export function buildProgram(): Command {
 
   program
     .command('server')
-    .description('Run the protection server: workflows and server activities on task queue hvprotect-server')
-    .addHelpText('after', '\nConnection: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, TEMPORAL_PROFILE.\n\nExample:\n  TEMPORAL_ADDRESS=temporal.example.com:7233 hvprotect server\n')
-    .action(async () => {
+    .description('Run the protection server: repository, storage API, workflows and server activities (task queue hvprotect-server)')
+    .option('--state-dir <dir>', 'repository, agent tokens and leases', '.hvprotect/server')
+    .option('--repository <dir>', 'repository folder (default <state-dir>/repository)')
+    .option('--api-host <host>', 'storage API listen address', '127.0.0.1')
+    .option('--api-port <port>', 'storage API port (0 = any free port)', portOrZero, 8780)
+    .addHelpText(
+      'after',
+      '\nConnection: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, TEMPORAL_PROFILE.\n' +
+        'The admin token is written to <state-dir>/admin.token (mode 0600).\n\nExamples:\n' +
+        '  hvprotect server\n  TEMPORAL_ADDRESS=temporal.example.com:7233 hvprotect server --api-host 0.0.0.0 --state-dir /srv/hvprotect\n',
+    )
+    .action(async (o) => {
       const logger = createLogger({ name: 'hvprotect-server' });
-      const server = await startServer({ logger });
+      const server = await startServer({ logger, stateDir: o.stateDir, repositoryDir: o.repository, apiHost: o.apiHost, apiPort: o.apiPort });
+      process.stdout.write(`storage API ${server.storageApi.url}\n`);
       await Promise.race([server.done, untilSignal(() => server.shutdown(), (m) => logger.info(m))]);
+    });
+
+  program
+    .command('agent')
+    .description('Run the protection agent of one Hyper-V host: host activities on hvprotect-host-NAME')
+    .requiredOption('--host <name>', 'this host\'s name (as the cluster and hvprotect know it)')
+    .option('--hypervisor <kind>', 'lab | hyperv', hypervisorKind, 'lab')
+    .option('--lab-root <dir>', 'the lab folder (for --hypervisor lab)', '.hvprotect/dev/lab')
+    .option('--powershell <path>', 'PowerShell to run (for --hypervisor hyperv; default pwsh or powershell.exe on PATH)')
+    .option('--storage-url <url>', 'the protection server\'s storage API', process.env.HVPROTECT_STORAGE_URL ?? 'http://127.0.0.1:8780')
+    .option('--token-file <file>', 'file with this agent\'s token (default: $HVPROTECT_AGENT_TOKEN)')
+    .option('--max-transfers <n>', 'disk transfers at once on this host (DPM default 3)', positiveInt, 3)
+    .option('--throttle <MBps>', 'read bandwidth limit per disk transfer, MB/s', positiveInt)
+    .addOption(new Option('--batch-slots <n>', 'chunks per transfer batch (tests)').argParser(positiveInt).hideHelp())
+    .addOption(new Option('--progress-ms <n>', 'progress signal interval (tests)').argParser(positiveInt).hideHelp())
+    .addHelpText(
+      'after',
+      '\nThe token comes from `hvprotect token issue --host NAME` on the server side.\n\nExamples:\n' +
+        '  HVPROTECT_AGENT_TOKEN=hvp_... hvprotect agent --host hv01 --hypervisor hyperv --storage-url http://dpm01:8780\n' +
+        '  hvprotect agent --host lab1 --lab-root .hvprotect/dev/lab --token-file .hvprotect/dev/agents/lab1.token\n',
+    )
+    .action(async (o) => {
+      const logger = createLogger({ name: 'hvprotect-agent' });
+      const token = o.tokenFile ? readSecretFile(o.tokenFile, '--token-file') : process.env.HVPROTECT_AGENT_TOKEN;
+      if (!token) throw new UsageError('the agent needs its token: --token-file FILE or HVPROTECT_AGENT_TOKEN (from `hvprotect token issue --host NAME`)');
+      const adapter =
+        o.hypervisor === 'lab'
+          ? await LabHypervisor.open(o.labRoot, o.host)
+          : new HyperVHypervisor({ hostName: o.host, powershell: o.powershell });
+      const agent = await startAgent({ logger, adapter, storageUrl: o.storageUrl, token, maxConcurrentTransfers: o.maxTransfers, batchSlots: o.batchSlots,
+        throttleBytesPerSecond: o.throttle ? o.throttle * 1_000_000 : undefined, progressIntervalMs: o.progressMs });
+      await Promise.race([agent.done, untilSignal(() => agent.shutdown(), (m) => logger.info(m))]);
     });
 
   program

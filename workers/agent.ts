@@ -22,6 +22,8 @@ export interface AgentOptions {
   /** Backup transfers at once on this host (DPM's default is 3 per host). */
   maxConcurrentTransfers?: number;
   batchSlots?: number;
+  throttleBytesPerSecond?: number;
+  progressIntervalMs?: number;
 }
 
 export interface RunningAgent {
@@ -42,6 +44,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     adapter,
     storage,
     batchSlots: opts.batchSlots,
+    throttleBytesPerSecond: opts.throttleBytesPerSecond,
+    progressIntervalMs: opts.progressIntervalMs,
     signalProgress: (workflowId, p) => client.workflow.getHandle(workflowId).signal(transferProgressSignal, p),
   });
   const connection = await connectWorker(temporal);

@@ -162,8 +162,13 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     for (let round = 0; ; round++) {
       step(`locating VM (${reason})`);
       const hosts = await server.listHosts();
-      const probes = await Promise.all(
-        hosts.map((h) =>
+      // Ask every agent at once; answer as soon as the copy we protect is found, so a host
+      // that is down costs nothing unless the VM is nowhere else.
+      const probes: VmLocation[] = [];
+      await new Promise<void>((resolve) => {
+        let pending = hosts.length;
+        if (pending === 0) resolve();
+        for (const h of hosts) {
           host.locateVm
             .executeWithOptions(
               {
@@ -175,9 +180,15 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
               } as ActivityOptions,
               [input.vm],
             )
-            .catch((): VmLocation => ({ host: h, present: false })),
-        ),
-      );
+            .catch((): VmLocation => ({ host: h, present: false }))
+            .then((loc) => {
+              probes.push(loc);
+              pending--;
+              const decisive = loc.present && (input.role === 'replica') === (loc.role === 'replica');
+              if (pending === 0 || decisive) resolve();
+            });
+        }
+      });
       const found = pickOwner(probes, input.role);
       if (found) {
         if (owner && owner.host !== found.host) log.info('VM moved', { from: owner.host, to: found.host });

@@ -24,6 +24,8 @@ export interface HostActivityDeps {
   progressIntervalMs?: number;
   /** Slots per batch (tests make batches small to kill mid-transfer). */
   batchSlots?: number;
+  /** Read bandwidth limit per transfer, bytes per second. */
+  throttleBytesPerSecond?: number;
 }
 
 const NON_RETRYABLE_HYPERVISOR = new Set(['VmNotOnHost', 'VmNotFound', 'CheckpointNotFound']);
@@ -140,6 +142,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
             slots: slots!,
             resume: resume && resume.nextSlot !== undefined ? resume : undefined,
             batchSlots: deps.batchSlots,
+            throttleBytesPerSecond: deps.throttleBytesPerSecond,
             onBatch: async (p, diskOffset) => {
               ctx.heartbeat({ ...p, kind, fallbackReason });
               if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled');

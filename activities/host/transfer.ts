@@ -45,6 +45,8 @@ export interface DiskTransferOptions {
   /** Slots per batch: one index patch and one heartbeat each. */
   batchSlots?: number;
   uploadConcurrency?: number;
+  /** Bandwidth throttle for reads (bytes per second), as DPM offers per host; undefined = none. */
+  throttleBytesPerSecond?: number;
   /** Called after each batch is in the session; throws to stop (cancellation, VM moved). */
   onBatch?: (pos: TransferPosition, diskOffset: number) => Promise<void> | void;
 }
@@ -155,9 +157,16 @@ export async function transferDiskSlots(o: DiskTransferOptions): Promise<Transfe
   // Read batch n+1 while batch n is being sent: the disk and the network overlap.
   let inFlight: Promise<void> | undefined;
   let inFlightEnd = pos.nextSlot;
+  const throttleStart = Date.now();
+  let throttled = 0;
   for (let start = pos.nextSlot; start < o.slots.length; start += batchSlots) {
     const slots = o.slots.slice(start, start + batchSlots);
     const batch = await readBatch(o, slots);
+    if (o.throttleBytesPerSecond) {
+      throttled += batch.bytes;
+      const due = throttleStart + (1000 * throttled) / o.throttleBytesPerSecond;
+      if (due > Date.now()) await new Promise((r) => setTimeout(r, due - Date.now()));
+    }
     if (inFlight) {
       await inFlight;
       pos.nextSlot = inFlightEnd;

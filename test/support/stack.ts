@@ -1,6 +1,7 @@
 // A whole hvprotect stack for a test file: a protection server (repository + storage API +
 // workflows) and lab host agents, on the run's real Temporal dev server, in this jest worker's
 // own namespace. Agents run in-process unless a test spawns them as processes to kill them.
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -19,6 +20,8 @@ export interface TestStack {
   client: Client;
   temporal: TemporalSettings;
   startAgent(host: string): Promise<RunningAgent>;
+  /** The agent as its own process (`hvprotect agent`), to kill -9. */
+  spawnAgent(host: string, extraArgs?: string[]): Promise<ChildProcess>;
   stopAgent(host: string): Promise<void>;
   agentToken(host: string): Promise<string>;
   stop(): Promise<void>;
@@ -28,16 +31,27 @@ export function testNamespace(): string {
   return `hvp-test-${process.env.JEST_WORKER_ID ?? '1'}`;
 }
 
-export async function startTestStack(opts: { hosts: string[]; cluster?: { name: string; nodes: string[] }; batchSlots?: number; agents?: string[] }): Promise<TestStack> {
+export interface TestStackOptions {
+  hosts: string[];
+  cluster?: { name: string; nodes: string[] };
+  batchSlots?: number;
+  /** Hosts that get an in-process agent (default all). */
+  agents?: string[];
+  throttleBytesPerSecond?: number;
+  temporal?: TemporalSettings;
+}
+
+export async function startTestStack(opts: TestStackOptions): Promise<TestStack> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hvp-stack-'));
   const logger = createLogger({ name: 'test', level: process.env.HVP_TEST_LOG_LEVEL ?? 'warn', format: 'json', destination: path.join(dir, 'log.jsonl') });
-  const temporal = loadTemporalSettings({ TEMPORAL_ADDRESS: process.env.TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE: testNamespace() });
+  const temporal = opts.temporal ?? loadTemporalSettings({ TEMPORAL_ADDRESS: process.env.TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE: testNamespace() });
   const lab = await Lab.open(path.join(dir, 'lab'));
   for (const h of opts.hosts) await lab.createHost(h);
   if (opts.cluster) await lab.createCluster(opts.cluster.name, opts.cluster.nodes);
   const server = await startServer({ logger, temporal, stateDir: path.join(dir, 'server'), apiPort: 0, registerSearchAttributes: false });
   const agents = new Map<string, RunningAgent>();
   const tokens = new Map<string, string>();
+  const children: ChildProcess[] = [];
   const agentToken = async (host: string) => {
     if (!tokens.has(host)) tokens.set(host, await server.tokens.issue(host, 'agent'));
     return tokens.get(host)!;
@@ -58,15 +72,33 @@ export async function startTestStack(opts: { hosts: string[]; cluster?: { name: 
         token: await agentToken(host),
         temporal,
         batchSlots: opts.batchSlots,
+        throttleBytesPerSecond: opts.throttleBytesPerSecond,
+        progressIntervalMs: 100,
       });
       agents.set(host, agent);
       return agent;
+    },
+    async spawnAgent(host, extraArgs = []) {
+      const tokenFile = path.join(dir, `${host}.token`);
+      fs.writeFileSync(tokenFile, await agentToken(host), { mode: 0o600 });
+      const cli = path.resolve(__dirname, '..', '..', 'dist', 'client', 'cli.js');
+      const child = spawn(
+        process.execPath,
+        [cli, 'agent', '--host', host, '--lab-root', lab.root, '--storage-url', server.storageApi.url, '--token-file', tokenFile, '--progress-ms', '100', ...extraArgs],
+        {
+          env: { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, HVPROTECT_LOG_FORMAT: 'json' },
+          stdio: ['ignore', fs.openSync(path.join(dir, `agent-${host}.log`), 'a'), fs.openSync(path.join(dir, `agent-${host}.log`), 'a')],
+        },
+      );
+      children.push(child);
+      return child;
     },
     async stopAgent(host) {
       await agents.get(host)?.shutdown();
       agents.delete(host);
     },
     async stop() {
+      for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
       for (const a of agents.values()) await a.shutdown().catch(() => undefined);
       await server.shutdown().catch(() => undefined);
       if (!process.env.HVP_KEEP_TEST_STATE) fs.rmSync(dir, { recursive: true, force: true });

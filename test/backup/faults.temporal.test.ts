@@ -1,0 +1,141 @@
+// Backups that finish by themselves: live migration mid-transfer, a kill -9 of the agent
+// mid-transfer, and a failure after the checkpoint that must leave no checkpoint behind.
+import { randomUUID } from 'node:crypto';
+import type { WorkflowHandle } from '@temporalio/client';
+import { startTestStack, type TestStack } from '../support/stack';
+import { initialDiskContent } from '../../hypervisor/lab';
+import { openDiskStream } from '../../repository';
+import { backupProgressQuery, type BackupVmInput, type BackupVmResult } from '../../workflows/backup-vm';
+import { SERVER_TASK_QUEUE } from '../../temporal/task-queues';
+
+const MiB = 1024 * 1024;
+let stack: TestStack;
+
+beforeAll(async () => {
+  // Small batches and a throttle so a transfer lasts long enough to be interrupted.
+  stack = await startTestStack({
+    hosts: ['hv01', 'hv02', 'hv03', 'hv04'],
+    cluster: { name: 'clu1', nodes: ['hv01', 'hv02'] },
+    agents: ['hv01', 'hv02', 'hv03'],
+    batchSlots: 4,
+    throttleBytesPerSecond: 8 * MiB,
+  });
+});
+afterAll(async () => {
+  await stack?.stop();
+});
+
+async function restoredBytes(ds: string, pointId: string, diskId: string): Promise<Buffer> {
+  const { stream } = await openDiskStream(stack.server.repository, ds, pointId, diskId);
+  const parts: Buffer[] = [];
+  for await (const c of stream) parts.push(c as Buffer);
+  return Buffer.concat(parts);
+}
+
+function startBackup(input: BackupVmInput): Promise<WorkflowHandle> {
+  return stack.client.workflow.start('backupVm', {
+    taskQueue: SERVER_TASK_QUEUE,
+    workflowId: `backup/${input.dataSource}/${new Date().toISOString()}-${randomUUID().slice(0, 4)}`,
+    args: [{ ...input, timing: { heartbeatTimeout: '5 seconds', locateTimeout: '3 seconds', hostScheduleToStart: '20 seconds', ...input.timing } }],
+  });
+}
+
+async function waitForTransfer(handle: WorkflowHandle, minBytes: number): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const p = await handle.query(backupProgressQuery);
+    if (p.bytesRead >= minBytes && p.disks.some((d) => !d.done)) return;
+    if (Date.now() > deadline) throw new Error(`transfer did not start: ${JSON.stringify(p)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+test('live migration within the cluster mid-transfer: the backup finishes on the new owner', async () => {
+  const content = { kind: 'random' as const, seed: 21, fill: 1 };
+  const facts = await stack.lab.createVm({ name: 'csv-vm', host: 'hv01', storage: 'csv', disks: [{ sizeBytes: 32 * MiB, content }] });
+  const handle = await startBackup({ dataSource: 'csv-vm', vm: facts.vmId });
+  await waitForTransfer(handle, 2 * MiB);
+  const moved = await stack.lab.migrateVm('csv-vm', 'hv02');
+  expect(moved.withinCluster).toBe(true);
+  const r = (await handle.result()) as BackupVmResult;
+  expect(r.host).toBe('hv02');
+  expect(r.relocations).toBeGreaterThanOrEqual(1);
+  expect((await restoredBytes('csv-vm', r.pointId, facts.disks[0].diskId)).equals(initialDiskContent(content, 32 * MiB))).toBe(true);
+  const after = await stack.lab.inspectVm('csv-vm');
+  expect(after.host).toBe('hv02');
+  expect(after.checkpoints).toEqual([]);
+});
+
+test('migration outside the cluster mid-transfer of an express full: finishes as a consistency check', async () => {
+  const content = { kind: 'random' as const, seed: 22, fill: 1 };
+  const facts = await stack.lab.createVm({ name: 'roamer', host: 'hv01', disks: [{ sizeBytes: 32 * MiB, content }] });
+  const diskId = facts.disks[0].diskId;
+  const first = (await (await startBackup({ dataSource: 'roamer', vm: facts.vmId })).result()) as BackupVmResult;
+  expect(first.kind).toBe('initial-replica');
+  // Change 8 MiB, then back up again (express full) and move the VM outside the cluster mid-way.
+  const patch = Buffer.alloc(4 * MiB, 0xab);
+  await stack.lab.writeDisk('roamer', diskId, 3 * MiB, patch);
+  await stack.lab.writeDisk('roamer', diskId, 20 * MiB, patch);
+  const handle = await startBackup({ dataSource: 'roamer', vm: facts.vmId });
+  await waitForTransfer(handle, MiB);
+  const moved = await stack.lab.migrateVm('roamer', 'hv03');
+  expect(moved.withinCluster).toBe(false);
+  const r = (await handle.result()) as BackupVmResult;
+  expect(r.host).toBe('hv03');
+  expect(r.kind).toBe('consistency-check');
+  expect(r.disks[0].fallbackReason).toMatch(/change tracking lost/);
+  const expected = initialDiskContent(content, 32 * MiB);
+  patch.copy(expected, 3 * MiB);
+  patch.copy(expected, 20 * MiB);
+  expect((await restoredBytes('roamer', r.pointId, diskId)).equals(expected)).toBe(true);
+  // Only what differs was sent: the 8 changed MiB, not the 32 MiB disk.
+  expect(r.disks[0].bytesSent).toBeLessThanOrEqual(9 * MiB);
+
+  // The next backup after the move cannot trust change tracking: it falls back on its own.
+  const third = (await (await startBackup({ dataSource: 'roamer', vm: facts.vmId })).result()) as BackupVmResult;
+  expect(third.kind).toBe('consistency-check');
+  expect(third.disks[0].fallbackReason).toMatch(/change tracking lost/);
+  expect((await restoredBytes('roamer', third.pointId, diskId)).equals(expected)).toBe(true);
+});
+
+test('kill -9 of the agent mid-transfer: the backup finishes after the agent restarts, without starting over', async () => {
+  const content = { kind: 'random' as const, seed: 23, fill: 1 };
+  const facts = await stack.lab.createVm({ name: 'killme', host: 'hv04', disks: [{ sizeBytes: 40 * MiB, content }] });
+  let agent = await stack.spawnAgent('hv04', ['--batch-slots', '4', '--throttle', '8']);
+  const handle = await startBackup({ dataSource: 'killme', vm: facts.vmId });
+  await waitForTransfer(handle, 8 * MiB);
+  agent.kill('SIGKILL');
+  await new Promise((r) => agent.once('exit', r));
+  agent = await stack.spawnAgent('hv04', ['--batch-slots', '4']);
+  const r = (await handle.result()) as BackupVmResult;
+  expect(r.disks[0].resumedFrom).toBeGreaterThan(0);
+  expect((await restoredBytes('killme', r.pointId, facts.disks[0].diskId)).equals(initialDiskContent(content, 40 * MiB))).toBe(true);
+  expect((await stack.lab.inspectVm('killme')).checkpoints).toEqual([]);
+  agent.kill('SIGTERM');
+});
+
+test('a failure after the checkpoint (shadow storage too small) leaves no checkpoint and no point', async () => {
+  const facts = await stack.lab.createVm({ name: 'toobig', host: 'hv01', disks: [{ sizeBytes: 16 * MiB, content: { kind: 'random', seed: 24, fill: 1 } }] });
+  await stack.server.repository.ensureDataSource('toobig');
+  await stack.server.repository.addShadowStorage('toobig', '1MB');
+  const handle = await startBackup({ dataSource: 'toobig', vm: facts.vmId });
+  await expect(handle.result()).rejects.toThrow();
+  const desc = await handle.describe();
+  expect(desc.status.name).toBe('FAILED');
+  const after = await stack.lab.inspectVm('toobig');
+  expect(after.checkpoints).toEqual([]);
+  expect(after.state).toBe('running');
+  expect(await stack.server.repository.listPoints('toobig')).toEqual([]);
+});
+
+test('cancelling a backup mid-transfer releases its checkpoint', async () => {
+  const facts = await stack.lab.createVm({ name: 'cancelme', host: 'hv02', storage: 'csv', disks: [{ sizeBytes: 32 * MiB, content: { kind: 'random', seed: 25, fill: 1 } }] });
+  const handle = await startBackup({ dataSource: 'cancelme', vm: facts.vmId });
+  await waitForTransfer(handle, 2 * MiB);
+  await handle.cancel();
+  await expect(handle.result()).rejects.toThrow();
+  const deadline = Date.now() + 20_000;
+  while ((await stack.lab.inspectVm('cancelme')).checkpoints.length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
+  expect((await stack.lab.inspectVm('cancelme')).checkpoints).toEqual([]);
+  expect(await stack.server.repository.listPoints('cancelme')).toEqual([]);
+});
