@@ -1,20 +1,23 @@
 // Deterministic disk content for lab VMs: the initial content of a new disk and the guest's
 // writes are pure functions of a seed, so a test can recompute exactly what a disk held at any
 // point (see expectedDiskContent).
+import { endianness } from 'node:os';
 
 /** What a new lab disk holds. `fill` is the share (0..1) of its 1 MiB regions that hold data. */
 export type InitialContent = { kind: 'zeros' } | { kind: 'random'; seed: number; fill?: number };
 
 export const REGION_SIZE = 1024 * 1024;
 const PAGE = 4096;
+// A module-level binding: global lookups are slow inside jest's vm context (30x on this loop).
+const imul = Math.imul;
 
 function mix(a: number, b: number): number {
   // murmur3's finaliser over the two words: consecutive inputs give unrelated streams.
-  let h = Math.imul(a ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(b + 0x632be5ab, 0xc2b2ae35);
+  let h = imul(a ^ 0x9e3779b9, 0x85ebca6b) ^ imul(b + 0x632be5ab, 0xc2b2ae35);
   h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b);
+  h = imul(h, 0x85ebca6b);
   h ^= h >>> 13;
-  h = Math.imul(h, 0xc2b2ae35);
+  h = imul(h, 0xc2b2ae35);
   h ^= h >>> 16;
   return h >>> 0;
 }
@@ -25,15 +28,23 @@ function rng(seed: number): () => number {
   return () => {
     s = (s + 0x6d2b79f5) >>> 0;
     let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    t = imul(t ^ (t >>> 15), t | 1);
+    t ^= t + imul(t ^ (t >>> 7), t | 61);
     return (t ^ (t >>> 14)) >>> 0;
   };
 }
 
+const LITTLE_ENDIAN = endianness() === 'LE';
+
+/** Fill with the generator's words, little-endian, the same bytes on every platform. */
 function fillRandom(buf: Buffer, next: () => number): void {
   const words = buf.length >>> 2;
-  for (let i = 0; i < words; i++) buf.writeUInt32LE(next(), i * 4);
+  if (LITTLE_ENDIAN && buf.byteOffset % 4 === 0) {
+    const u32 = new Uint32Array(buf.buffer, buf.byteOffset, words); // ten times faster than writeUInt32LE
+    for (let i = 0; i < words; i++) u32[i] = next();
+  } else {
+    for (let i = 0; i < words; i++) buf.writeUInt32LE(next(), i * 4);
+  }
   for (let i = words * 4; i < buf.length; i++) buf[i] = next() & 0xff;
 }
 
