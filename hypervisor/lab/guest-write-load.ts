@@ -93,17 +93,22 @@ export async function main(argv: string[]): Promise<number> {
     .option('--interval-ms <n>', 'pause between batches', int('--interval-ms', 0), 20)
     .option('--batch <n>', 'writes per batch', int('--batch', 1), 4)
     .option('--max-writes <n>', 'stop after this many writes', int('--max-writes', 0))
+    .option('--stop-with-parent', 'stop when stdin closes (the parent that started it is gone)')
     .exitOverride();
   try {
     program.parse(argv, { from: 'user' });
   } catch (e) {
     return (e as { exitCode?: number }).exitCode ?? 2;
   }
-  const o = program.opts<{ lab: string; vm: string; seed: number; disk?: string; intervalMs: number; batch: number; maxWrites?: number }>();
+  const o = program.opts<{ lab: string; vm: string; seed: number; disk?: string; intervalMs: number; batch: number; maxWrites?: number; stopWithParent?: boolean }>();
   const ac = new AbortController();
   const stop = () => ac.abort();
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
+  if (o.stopWithParent) {
+    // No orphaned guests writing on after a test run or `npm start` died.
+    process.stdin.on('close', stop).on('end', stop).on('error', stop).resume();
+  }
   try {
     const r = await runGuestWriteLoad({
       labRoot: o.lab,
@@ -124,6 +129,7 @@ export async function main(argv: string[]): Promise<number> {
   } finally {
     process.off('SIGTERM', stop);
     process.off('SIGINT', stop);
+    if (o.stopWithParent) process.stdin.off('close', stop).off('end', stop).off('error', stop).pause();
   }
 }
 

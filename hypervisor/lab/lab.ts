@@ -737,9 +737,9 @@ export class Lab {
     });
   }
 
-  /** Run a guest write load as a child process (see guest-write-load.ts); resolves once it writes. */
+  /** Run a guest write load as a child process (see guest-write-load.ts); resolves once it writes. It stops with this process. */
   async startWriteLoad(opts: StartWriteLoadOptions): Promise<WriteLoadProcess> {
-    const args = ['--lab', this.root, '--vm', opts.vm, '--seed', String(opts.seed)];
+    const args = ['--lab', this.root, '--vm', opts.vm, '--seed', String(opts.seed), '--stop-with-parent'];
     if (opts.diskId !== undefined) args.push('--disk', opts.diskId);
     if (opts.intervalMs !== undefined) args.push('--interval-ms', String(opts.intervalMs));
     if (opts.batch !== undefined) args.push('--batch', String(opts.batch));
@@ -747,7 +747,7 @@ export class Lab {
     const js = path.join(__dirname, 'guest-write-load.js');
     const nodeArgs = existsSync(js) ? [js, ...args] : ['-e', TS_ENTRY, path.join(__dirname, 'guest-write-load.ts'), ...args];
     const env = existsSync(js) ? process.env : { ...process.env, HVP_LAB_SWC: require.resolve('@swc/core') };
-    const child = spawn(process.execPath, nodeArgs, { stdio: ['ignore', 'pipe', 'pipe'], env });
+    const child = spawn(process.execPath, nodeArgs, { stdio: ['pipe', 'pipe', 'pipe'], env });
     let stderr = '';
     child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr = (stderr + c).slice(-4000)));
     let out = '';

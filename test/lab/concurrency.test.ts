@@ -137,4 +137,26 @@ describe('write loads racing checkpoints, merges and migrations', () => {
     expect(res.stopReason).toBe('max-writes');
     expectSameBytes(await lab.readDisk(vm.vmId, 'scsi0-0', 0, SIZE), expectedDiskContent(Buffer.alloc(SIZE), 9, res.writes));
   });
+
+  it('a write load stops by itself when the process that started it dies', async () => {
+    const vm = await lab.createVm({ name: 'orphan', host: 'a', disks: [{ sizeBytes: MiB }] });
+    const parent = spawnTsMain(path.join(__dirname, 'fixtures', 'orphan-parent.ts'), [lab.root, vm.vmId], ['ignore', 'pipe', 'inherit']);
+    let out = '';
+    parent.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+    expect(await exitOf(parent)).toBe(0);
+    const pid = Number(out.trim());
+    expect(pid).toBeGreaterThan(0);
+    const alive = () => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    await waitFor(async () => !alive(), 'the orphaned write load to stop', 10_000);
+    const writes = (await lab.getVm(vm.vmId)).writeLoad!.writes;
+    await new Promise((r) => setTimeout(r, 100));
+    expect((await lab.getVm(vm.vmId)).writeLoad!.writes).toBe(writes);
+  });
 });

@@ -49,7 +49,11 @@ export function expectSameBytes(actual: Buffer, expected: Buffer, what = 'conten
 }
 
 /** Run `main(argv)` of a TypeScript file in a child process (transpiled on the fly, as jest does). */
-export function spawnTsMain(file: string, args: string[]): import('node:child_process').ChildProcess {
+export function spawnTsMain(
+  file: string,
+  args: string[],
+  stdio: import('node:child_process').StdioOptions = ['ignore', 'inherit', 'inherit'],
+): import('node:child_process').ChildProcess {
   const entry = `
     const fs = require('fs'); const swc = require(process.env.HVP_LAB_SWC);
     require.extensions['.ts'] = (m, f) => m._compile(swc.transformSync(fs.readFileSync(f, 'utf8'), { filename: f,
@@ -59,7 +63,7 @@ export function spawnTsMain(file: string, args: string[]): import('node:child_pr
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { spawn } = require('node:child_process') as typeof import('node:child_process');
   return spawn(process.execPath, ['-e', entry, file, ...args], {
-    stdio: ['ignore', 'inherit', 'inherit'],
+    stdio,
     env: { ...process.env, HVP_LAB_SWC: require.resolve('@swc/core') },
   });
 }
