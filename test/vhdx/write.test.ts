@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import { createDynamicVhdx, openVhdx, VhdxError, writeRawAsDynamicVhdx } from '../../vhdx';
-import { firstDifference, mixedContent, MiB, pyvhdiRaw, qemuImgStatus, qemuRaw, tempDir } from './oracle';
+import { firstDifference, mixedContent, MiB, pyvhdiRaw, qemuImg, qemuImgStatus, qemuRaw, tempDir } from './oracle';
 
 // Disks we write must pass `qemu-img check` and convert to the bytes we wrote. Debian's qemu 7.2
 // refuses 4096-byte logical sectors (ENOTSUP), so those disks are read back through libvhdi instead.
@@ -71,6 +71,22 @@ describe('writing dynamic disks', () => {
       checkWithOracles(file, c.logical, model);
     });
   }
+
+  test('disks qemu-img made, dynamic and fixed, written by us', async () => {
+    for (const subformat of ['dynamic', 'fixed']) {
+      const file = t.file(`qemu-${subformat}.vhdx`);
+      qemuImg('create', '-f', 'vhdx', '-o', `subformat=${subformat},block_size=2M,log_size=1M`, file, '12M');
+      const model = Buffer.alloc(12 * MiB);
+      const disk = await openVhdx(file, { writable: true });
+      expect(disk.kind).toBe(subformat);
+      for (const w of writePlan(12 * MiB, 512, subformat.length, 8)) {
+        await disk.write(w.offset, w.data);
+        w.data.copy(model, w.offset);
+      }
+      await disk.close();
+      checkWithOracles(file, 512, model);
+    }
+  });
 
   test('writes must be sector aligned and inside the disk; read-only disks refuse writes', async () => {
     const file = t.file('align.vhdx');
