@@ -680,10 +680,10 @@ export class Lab {
 
   /** What the guest sees now on a disk (through any checkpoint's AVHDX). */
   async readDisk(vm: string, diskId: string, offset: number, length: number): Promise<Buffer> {
-    const s = await this.state();
-    const rec = this.findVm(s, vm);
-    const d = this.disk(rec, diskId);
-    return withLock(this.paths.lockFile, () => vhdx.readDisk(this.paths.topPath(rec, d), offset, length), { purpose: 'readDisk' });
+    return this.locked('readDisk', async (s) => {
+      const rec = this.findVm(s, vm);
+      return vhdx.readDisk(this.paths.topPath(rec, this.disk(rec, diskId)), offset, length);
+    });
   }
 
   private disk(rec: VmRecord, diskId: unknown): DiskRecord {
@@ -933,8 +933,16 @@ export class Lab {
     });
   }
 
+  /** Under the lock (as openCheckpointDisk): a migration must not move or reset the files mid-read. */
+  private async locked<T>(purpose: string, fn: (s: LabState) => Promise<T>): Promise<T> {
+    return withLock(this.paths.lockFile, async () => fn(await this.state()), { purpose });
+  }
+
   async changedRanges(host: string, vm: string, checkpointId: string, diskId: string, sinceId: string): Promise<ChangedRanges> {
-    const s = await this.state();
+    return this.locked('changedRanges', (s) => this.changedRangesIn(s, host, vm, checkpointId, diskId, sinceId));
+  }
+
+  private async changedRangesIn(s: LabState, host: string, vm: string, checkpointId: string, diskId: string, sinceId: string): Promise<ChangedRanges> {
     const { rec, ck } = this.checkpointFor(s, host, vm, checkpointId, diskId);
     const d = this.disk(rec, diskId);
     const c = ck.disks.find((x) => x.diskId === diskId);
@@ -950,7 +958,10 @@ export class Lab {
   }
 
   async openCheckpointDisk(host: string, vm: string, checkpointId: string, diskId: string): Promise<DiskReader> {
-    const s = await this.state();
+    return this.locked('openCheckpointDisk', (s) => this.openCheckpointDiskIn(s, host, vm, checkpointId, diskId));
+  }
+
+  private async openCheckpointDiskIn(s: LabState, host: string, vm: string, checkpointId: string, diskId: string): Promise<DiskReader> {
     const { rec, ck } = this.checkpointFor(s, host, vm, checkpointId, diskId);
     const c = ck.disks.find((x) => x.diskId === diskId);
     if (!c) throw failed(`backup checkpoint ${checkpointId} of VM ${rec.name} has no disk ${JSON.stringify(String(diskId).slice(0, 100))}`, { vmId: rec.vmId, diskId });
