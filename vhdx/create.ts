@@ -109,6 +109,28 @@ export async function createDynamicVhdx(file: string, o: DynamicOptions): Promis
 }
 
 /**
+ * A fixed disk: every block FULLY_PRESENT at its place in the file, LeaveBlocksAllocated set. The
+ * payload is a sparse extension of the file on Linux; it reads as zeros.
+ */
+export async function createFixedVhdx(file: string, o: DynamicOptions): Promise<void> {
+  const r = checkOptions(file, o);
+  const meta = { ...r, leaveBlocksAllocated: true, hasParent: false, virtualDiskId: newGuid() };
+  const g = batGeometry(meta);
+  await createAtomically(file, async (fh) => {
+    const { dataStart } = await writeSkeleton(fh, { meta });
+    const bat = Buffer.alloc(g.totalEntries * 8);
+    for (let block = 0; block < g.payloadBlocks; block++) {
+      const index = block + Math.floor(block / g.chunkRatio);
+      const mb = (dataStart + block * r.blockSize) / MIB;
+      bat.writeUInt32LE((((mb % 4096) << 20) | PAYLOAD.FULLY_PRESENT) >>> 0, index * 8);
+      bat.writeUInt32LE(Math.floor(mb / 4096), index * 8 + 4);
+    }
+    await fh.write(bat, 0, bat.length, BAT_OFFSET);
+    await fh.truncate(dataStart + g.payloadBlocks * r.blockSize);
+  });
+}
+
+/**
  * An AVHDX child of `parentPath`: same size, sector sizes and disk identity, 2 MiB blocks (as
  * Hyper-V makes checkpoints), a parent locator with the parent's DataWriteGuid and its path
  * relative to the child and absolute.

@@ -359,9 +359,10 @@ export class Disk implements VhdxDisk {
         const at = await this.allocate(blockSize);
         dataWrites.push(this.file.write(at + inBlock, chunk));
         if (fromParent && !wholeBlock) {
-          // The rest of the block still comes from the parent: say which sectors are ours.
-          this.bat.set(index, PAYLOAD.PARTIALLY_PRESENT, at);
+          // The rest of the block still comes from the parent: say which sectors are ours. The
+          // bitmap exists before the BAT names the block partial, so a concurrent read finds it.
           await this.markSectors(block, inBlock, n, dirtyBat, dirtyBitmapSectors);
+          this.bat.set(index, PAYLOAD.PARTIALLY_PRESENT, at);
           touchedBitmapBlocks.push(block);
         } else {
           // A fresh block reads as zeros where not written, which is what ZERO/NOT_PRESENT meant here.

@@ -3,7 +3,7 @@
 export { VhdxError } from './errors';
 export { openVhdx } from './disk';
 export type { ByteRange, VhdxDisk, OpenOptions } from './disk';
-export { createDynamicVhdx, createDifferencingVhdx, writeRawAsDynamicVhdx } from './create';
+export { createDynamicVhdx, createFixedVhdx, createDifferencingVhdx, writeRawAsDynamicVhdx } from './create';
 export type { DynamicOptions } from './create';
 export { mergeDifferencingIntoParent } from './merge';
 export type { MergeOptions } from './merge';

@@ -1,5 +1,5 @@
 import { Readable } from 'node:stream';
-import { createDynamicVhdx, openVhdx, VhdxError, writeRawAsDynamicVhdx } from '../../vhdx';
+import { createDynamicVhdx, createFixedVhdx, openVhdx, VhdxError, writeRawAsDynamicVhdx } from '../../vhdx';
 import { firstDifference, mixedContent, MiB, pyvhdiRaw, qemuImg, qemuImgStatus, qemuRaw, tempDir } from './oracle';
 
 // Disks we write must pass `qemu-img check` and convert to the bytes we wrote. Debian's qemu 7.2
@@ -85,6 +85,25 @@ describe('writing dynamic disks', () => {
       }
       await disk.close();
       checkWithOracles(file, 512, model);
+    }
+  });
+
+  test('fixed disks we create, written in place', async () => {
+    for (const logical of [512, 4096] as const) {
+      const file = t.file(`fixed-${logical}.vhdx`);
+      const size = 9 * MiB + 3 * 4096;
+      await createFixedVhdx(file, { virtualSize: size, blockSize: 2 * MiB, logicalSectorSize: logical });
+      const model = Buffer.alloc(size);
+      checkWithOracles(file, logical, model);
+      const disk = await openVhdx(file, { writable: true });
+      expect(disk.kind).toBe('fixed');
+      expect(await disk.allocatedRanges()).toEqual([{ offset: 0, length: size }]);
+      for (const w of writePlan(size, logical, 99, 6)) {
+        await disk.write(w.offset, w.data);
+        w.data.copy(model, w.offset);
+      }
+      await disk.close();
+      checkWithOracles(file, logical, model);
     }
   });
 
