@@ -134,6 +134,13 @@ export interface HypervisorAdapter {
   /** Changed ranges of a disk between change-tracking id `sinceId` and the checkpoint. */
   changedRanges(vmId: string, checkpointId: string, diskId: string, sinceId: string): Promise<ChangedRanges>;
   openCheckpointDisk(vmId: string, checkpointId: string, diskId: string): Promise<DiskReader>;
+  /**
+   * Restore: registers a VM on this host from its backed-up config and restored VHDX files, off.
+   * `replace` restores to the original place over the VM of the same id (which must be off).
+   * Optional: an adapter without it can still export disks.
+   */
+  importVm?(opts: { config: unknown; disks: { diskId: string; path: string }[]; vmId?: string; name?: string; replace?: boolean }): Promise<VmFacts>;
+  startVm?(vmId: string): Promise<void>;
   pauseVm(vmId: string): Promise<void>;
   saveVm(vmId: string): Promise<void>;
   resumeVm(vmId: string): Promise<void>;

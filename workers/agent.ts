@@ -10,6 +10,7 @@ import { connectClient, connectWorker, loadTemporalSettings, type TemporalSettin
 import { hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
 import { StorageClient } from '../storage-api/client';
 import { createHostActivities } from '../activities/host';
+import { createRestoreHostActivities } from '../activities/host/restore';
 import { transferProgressSignal } from '../workflows/backup-vm';
 import { installRuntime } from './runtime';
 
@@ -51,7 +52,9 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const connection = await connectWorker(temporal);
   // Two workers: the light steps (locate, inspect, checkpoint, release) never queue behind
   // disk transfers, and transfers have their own per-host limit.
-  const { transferDisk, ...light } = activities;
+  const { restoreDisks, ...restoreLight } = createRestoreHostActivities({ adapter, storage });
+  const { transferDisk, ...backupLight } = activities;
+  const light = { ...backupLight, ...restoreLight };
   const worker = await Worker.create({
     connection,
     namespace: temporal.namespace,
@@ -65,7 +68,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     connection,
     namespace: temporal.namespace,
     taskQueue: transferQueue,
-    activities: { transferDisk },
+    activities: { transferDisk, restoreDisks },
     maxConcurrentActivityTaskExecutions: opts.maxConcurrentTransfers ?? 3,
     shutdownGraceTime: '20 seconds',
   });

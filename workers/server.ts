@@ -11,6 +11,7 @@ import { registerSearchAttributes } from '../temporal/search-attributes';
 import { installRuntime } from './runtime';
 import * as selfCheckActivities from '../activities/server/self-check';
 import { createServerActivities } from '../activities/server/backup';
+import { createRestoreServerActivities } from '../activities/server/restore';
 import { Repository } from '../repository';
 import { TokenStore } from '../storage-api/tokens';
 import { startStorageApi, type StorageApi } from '../storage-api/server';
@@ -99,6 +100,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     activities: {
       ...selfCheckActivities,
       ...createServerActivities({ repository, tokens, stateDir, temporal: () => client }),
+      ...createRestoreServerActivities({ repository }),
     },
     maxConcurrentWorkflowTaskExecutions: opts.maxConcurrentWorkflowTasks,
     shutdownGraceTime: '30 seconds',

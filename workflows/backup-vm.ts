@@ -24,7 +24,6 @@ import {
   proxyActivities,
   setCurrentDetails,
   setHandler,
-  sleep,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -35,6 +34,8 @@ import type { DiskTransferResult, HostActivities, TransferKind, VmLocation } fro
 import type { BackupPlan, CommittedPoint, ServerActivities } from '../activities/server/types';
 import { decideBackupMode, BackupModeRefused, type BackupModeDecision, type BackupModePolicy } from '../protection/backup-mode';
 import { SA } from '../temporal/search-attribute-keys';
+import { locateVmOwner } from './locate';
+export { pickOwner } from './locate';
 import { SERVER_TASK_QUEUE, hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
 
 export interface BackupVmInput {
@@ -158,58 +159,21 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
   let owner: VmLocation | undefined;
 
   async function resolveOwner(reason: string): Promise<VmLocation> {
-    const waitedSince = Date.now();
-    for (let round = 0; ; round++) {
-      step(`locating VM (${reason})`);
-      const hosts = await server.listHosts();
-      // Ask every agent at once; answer as soon as the copy we protect is found, so a host
-      // that is down costs nothing unless the VM is nowhere else.
-      const probes: VmLocation[] = [];
-      await new Promise<void>((resolve) => {
-        let pending = hosts.length;
-        if (pending === 0) resolve();
-        for (const h of hosts) {
-          host.locateVm
-            .executeWithOptions(
-              {
-                taskQueue: hostTaskQueue(h),
-                scheduleToStartTimeout: timing.locateTimeout,
-                startToCloseTimeout: '30 seconds',
-                retry: { maximumAttempts: 1 },
-                summary: `is ${input.vm} on ${h}?`,
-              } as ActivityOptions,
-              [input.vm],
-            )
-            .catch((): VmLocation => ({ host: h, present: false }))
-            .then((loc) => {
-              probes.push(loc);
-              pending--;
-              const decisive = loc.present && (input.role === 'replica') === (loc.role === 'replica');
-              if (pending === 0 || decisive) resolve();
-            });
-        }
-      });
-      const found = pickOwner(probes, input.role);
-      if (found) {
-        if (owner && owner.host !== found.host) log.info('VM moved', { from: owner.host, to: found.host });
-        owner = found;
-        progress.host = found.host;
-        upsertSearchAttributes([
-          { key: SA.host, value: found.host },
-          ...(found.cluster ? [{ key: SA.cluster, value: found.cluster }] : []),
-        ]);
-        return found;
-      }
-      if (Date.now() - waitedSince > timing.hostWaitTimeoutMs) {
-        throw ApplicationFailure.nonRetryable(
-          `VM ${input.vm} was not found on any of the hosts with a running agent (${hosts.join(', ') || 'none'}) ` +
-            `for ${Math.round(timing.hostWaitTimeoutMs / 60000)} min: its host may be down for good or the VM deleted; ` +
-            'start the agent on the VM\'s host or remove the protection',
-          'VmUnreachable',
-        );
-      }
-      await sleep(Math.min(30_000, 2_000 * 2 ** Math.min(round, 4)));
-    }
+    const found = await locateVmOwner(host, server, {
+      vm: input.vm,
+      role: input.role,
+      locateTimeout: timing.locateTimeout,
+      waitTimeoutMs: timing.hostWaitTimeoutMs,
+      onRound: (round) => step(`locating VM (${reason}${round ? `, try ${round + 1}` : ''})`),
+    });
+    if (owner && owner.host !== found.host) log.info('VM moved', { from: owner.host, to: found.host });
+    owner = found;
+    progress.host = found.host;
+    upsertSearchAttributes([
+      { key: SA.host, value: found.host },
+      ...(found.cluster ? [{ key: SA.cluster, value: found.cluster }] : []),
+    ]);
+    return found;
   }
 
   /** Runs a host step on the owner; follows the VM if it moved or its host stopped answering. */
@@ -390,13 +354,6 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
 }
 
 // ---- pure helpers -------------------------------------------------------------------------------
-
-/** Prefers the copy the data source protects: the replica server for 'replica', else the primary. */
-export function pickOwner(probes: VmLocation[], role?: 'primary' | 'replica'): VmLocation | undefined {
-  const present = probes.filter((p) => p.present);
-  if (role === 'replica') return present.find((p) => p.role === 'replica');
-  return present.find((p) => p.role !== 'replica') ?? (role === undefined ? present[0] : undefined);
-}
 
 function overallKind(planned: TransferKind, results: DiskTransferResult[]): TransferKind {
   if (planned === 'initial-replica') return planned;

@@ -39,6 +39,12 @@ export function toFailure(err: unknown): never {
       : ApplicationFailure.retryable(err.message, err.type, err.details);
     throw f;
   }
+  if (err instanceof StorageApiError && err.code === 'CORRUPT') {
+    throw ApplicationFailure.nonRetryable(
+      `the repository reports damaged data: ${err.message}; run \`hvprotect verify --read-data\`, then a consistency check (\`hvprotect check VM\`) repairs it from the source`,
+      'RecoveryPointDamaged',
+    );
+  }
   if (err instanceof StorageApiError) {
     // 4xx other than conflicts and throttling will not get better by retrying.
     const permanent = err.status >= 400 && err.status < 500 && err.status !== 409 && err.status !== 429 && err.status !== 423;

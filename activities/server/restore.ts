@@ -1,0 +1,55 @@
+// Server side of a restore: a lease that keeps the point from eviction while it is read.
+import { ApplicationFailure } from '@temporalio/activity';
+import { RepositoryError, type Repository } from '../../repository';
+
+export interface RestoreLeaseResult {
+  leaseId: string;
+  pointId: string;
+  createdAt: string;
+  kind: string;
+  disks: { diskId: string; virtualSize: number; chunkSize: number; fileName: string }[];
+  vm: { vmId?: string; name?: string; host?: string; config?: unknown };
+}
+
+export interface RestoreServerActivities {
+  beginRestoreLease(req: { dataSource: string; pointId?: string }): Promise<RestoreLeaseResult>;
+  endRestoreLease(req: { leaseId: string }): Promise<void>;
+}
+
+export function createRestoreServerActivities(deps: { repository: Repository }): RestoreServerActivities {
+  const { repository } = deps;
+  return {
+    async beginRestoreLease({ dataSource, pointId }) {
+      try {
+        const points = await repository.listPoints(dataSource);
+        const point = pointId ? points.find((p) => p.pointId === pointId) : points[points.length - 1];
+        if (!point) {
+          throw ApplicationFailure.nonRetryable(
+            pointId
+              ? `no recovery point ${pointId} of ${dataSource}; \`hvprotect rp list ${dataSource}\` lists them`
+              : `${dataSource} has no recovery point yet`,
+            'UnknownRecoveryPoint',
+          );
+        }
+        const lease = await repository.beginRestore(dataSource, point.pointId);
+        const vm = point.vm as RestoreLeaseResult['vm'];
+        return {
+          leaseId: lease.leaseId,
+          pointId: point.pointId,
+          createdAt: point.createdAt,
+          kind: point.kind,
+          disks: point.disks.map((d) => ({ diskId: d.diskId, virtualSize: d.virtualSize, chunkSize: d.chunkSize, fileName: d.fileName })),
+          vm: { vmId: vm.vmId, name: vm.name, host: vm.host, config: vm.config },
+        };
+      } catch (err) {
+        if (err instanceof RepositoryError && err.code === 'NOT_FOUND') {
+          throw ApplicationFailure.nonRetryable(`${err.message}${err.hint ? `: ${err.hint}` : ''}`, 'UnknownDataSource');
+        }
+        throw err;
+      }
+    },
+    async endRestoreLease({ leaseId }) {
+      await repository.endRestore(leaseId).catch(() => undefined);
+    },
+  };
+}

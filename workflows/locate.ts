@@ -1,0 +1,72 @@
+// Where is the VM now? Asks every agent at once (each probe bounded by a schedule-to-start
+// timeout, so a host that is down costs nothing unless the VM is nowhere else) and answers as
+// soon as the copy the protection is about answers.
+import { ApplicationFailure, sleep } from '@temporalio/workflow';
+import type { ActivityOptions } from '@temporalio/workflow';
+import type { HostActivities, VmLocation } from '../activities/host/types';
+import type { ServerActivities } from '../activities/server/types';
+import { hostTaskQueue } from '../temporal/task-queues';
+
+/** Prefers the copy the data source protects: the replica server for 'replica', else the primary. */
+export function pickOwner(probes: VmLocation[], role?: 'primary' | 'replica'): VmLocation | undefined {
+  const present = probes.filter((p) => p.present);
+  if (role === 'replica') return present.find((p) => p.role === 'replica');
+  return present.find((p) => p.role !== 'replica') ?? (role === undefined ? present[0] : undefined);
+}
+
+export interface LocateOptions {
+  vm: string;
+  role?: 'primary' | 'replica';
+  locateTimeout: string;
+  /** Give up after this long without finding the VM (ms). */
+  waitTimeoutMs: number;
+  onRound?: (round: number) => void;
+}
+
+export async function locateVmOwner(
+  host: Pick<HostActivities, 'locateVm'> & { locateVm: HostActivities['locateVm'] & { executeWithOptions: (o: ActivityOptions, a: [string]) => Promise<VmLocation> } },
+  server: Pick<ServerActivities, 'listHosts'>,
+  o: LocateOptions,
+): Promise<VmLocation> {
+  const since = Date.now();
+  for (let round = 0; ; round++) {
+    o.onRound?.(round);
+    const hosts = await server.listHosts();
+    const probes: VmLocation[] = [];
+    await new Promise<void>((resolve) => {
+      let pending = hosts.length;
+      if (pending === 0) resolve();
+      for (const h of hosts) {
+        host.locateVm
+          .executeWithOptions(
+            {
+              taskQueue: hostTaskQueue(h),
+              scheduleToStartTimeout: o.locateTimeout,
+              startToCloseTimeout: '30 seconds',
+              retry: { maximumAttempts: 1 },
+              summary: `is ${o.vm} on ${h}?`,
+            } as ActivityOptions,
+            [o.vm],
+          )
+          .catch((): VmLocation => ({ host: h, present: false }))
+          .then((loc) => {
+            probes.push(loc);
+            pending--;
+            const decisive = loc.present && (o.role === 'replica') === (loc.role === 'replica');
+            if (pending === 0 || decisive) resolve();
+          });
+      }
+    });
+    const found = pickOwner(probes, o.role);
+    if (found) return found;
+    if (Date.now() - since > o.waitTimeoutMs) {
+      throw ApplicationFailure.nonRetryable(
+        `VM ${o.vm} was not found on any of the hosts with a running agent (${hosts.join(', ') || 'none'}) ` +
+          `for ${Math.round(o.waitTimeoutMs / 60000)} min: its host may be down for good or the VM deleted; ` +
+          "start the agent on the VM's host or remove the protection",
+        'VmUnreachable',
+      );
+    }
+    await sleep(Math.min(30_000, 2_000 * 2 ** Math.min(round, 4)));
+  }
+}
