@@ -49,12 +49,16 @@ export class LabHypervisor implements HypervisorAdapter {
     }
   }
 
-  createBackupCheckpoint(vmId: string, opts: { mode: BackupMode; offlineMethod?: OfflineMethod; label?: string }): Promise<BackupCheckpoint> {
+  createBackupCheckpoint(vmId: string, opts: { mode: BackupMode; offlineMethod?: OfflineMethod | 'none'; label?: string }): Promise<BackupCheckpoint> {
     return this.lab.createBackupCheckpoint(this.hostName, vmId, opts);
   }
 
   releaseCheckpoint(vmId: string, checkpointId: string): Promise<void> {
     return this.lab.releaseCheckpoint(this.hostName, vmId, checkpointId);
+  }
+
+  releaseCheckpointsByLabel(vmId: string, label: string): Promise<string[]> {
+    return this.lab.releaseCheckpointsByLabel(this.hostName, vmId, label);
   }
 
   changedRanges(vmId: string, checkpointId: string, diskId: string, sinceId: string): Promise<ChangedRanges> {

@@ -368,7 +368,16 @@ export class Lab {
       replica: structuredClone(vm.replica),
       configPath: this.paths.vmFolder(vm.configLocation, vm.host, vm.vmId),
       config: this.config(vm) as unknown as Record<string, unknown>,
-      checkpoints: vm.checkpoint ? [{ checkpointId: vm.checkpoint.checkpointId, createdAt: vm.checkpoint.createdAt, kind: 'backup' }] : [],
+      checkpoints: vm.checkpoint
+        ? [
+            {
+              checkpointId: vm.checkpoint.checkpointId,
+              createdAt: vm.checkpoint.createdAt,
+              kind: 'backup' as const,
+              ...(vm.checkpoint.label !== undefined ? { label: vm.checkpoint.label } : {}),
+            },
+          ]
+        : [],
     };
   }
 
@@ -796,11 +805,12 @@ export class Lab {
   async createBackupCheckpoint(
     host: string,
     vm: string,
-    opts: { mode: BackupMode; offlineMethod?: OfflineMethod; label?: string },
+    opts: { mode: BackupMode; offlineMethod?: OfflineMethod | 'none'; label?: string },
   ): Promise<BackupCheckpoint> {
     if (!opts || (opts.mode !== 'online' && opts.mode !== 'offline')) throw failed(`bad backup mode ${JSON.stringify(opts?.mode)}`);
-    const method = opts.offlineMethod ?? 'save';
-    if (method !== 'save' && method !== 'pause') throw failed(`bad offline method ${JSON.stringify(method)}`);
+    // undefined or 'none': leave the VM as it is (it is off, saved, paused or a replica).
+    const method = opts.offlineMethod ?? 'none';
+    if (method !== 'save' && method !== 'pause' && method !== 'none') throw failed(`bad offline method ${JSON.stringify(method)}`);
     return this.mutate('createBackupCheckpoint', async (s) => {
       const rec = this.findVmOnHost(s, vm, host);
       if (rec.checkpoint) {
@@ -826,7 +836,7 @@ export class Lab {
         disks: [],
       };
       let quietSince: number | undefined;
-      if (opts.mode === 'offline' && rec.state === 'running') {
+      if (opts.mode === 'offline' && method !== 'none' && rec.state === 'running') {
         quietSince = performance.now();
         rec.state = method === 'save' ? 'saved' : 'paused';
         ck.resumeTo = 'running';
@@ -936,6 +946,16 @@ export class Lab {
   /** Under the lock (as openCheckpointDisk): a migration must not move or reset the files mid-read. */
   private async locked<T>(purpose: string, fn: (s: LabState) => Promise<T>): Promise<T> {
     return withLock(this.paths.lockFile, async () => fn(await this.state()), { purpose });
+  }
+
+  /** Release every backup checkpoint of the VM carrying `label`; returns their ids. */
+  async releaseCheckpointsByLabel(host: string, vm: string, label: string): Promise<string[]> {
+    return this.locked('releaseCheckpointsByLabel', async (s) => {
+      const ck = this.findVmOnHost(s, vm, host).checkpoint;
+      if (!ck || typeof label !== 'string' || ck.label !== label) return [];
+      await this.releaseCheckpoint(host, vm, ck.checkpointId); // re-entrant: same lock, rereads lab.json
+      return [ck.checkpointId];
+    });
   }
 
   async changedRanges(host: string, vm: string, checkpointId: string, diskId: string, sinceId: string): Promise<ChangedRanges> {

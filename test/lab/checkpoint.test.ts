@@ -47,7 +47,7 @@ describe('backup checkpoint with a guest write load', () => {
       const facts = await hv.inspectVm(vm.vmId);
       expect(facts.disks[0].path).toMatch(/\.avhdx$/);
       expect(facts.disks[0].basePath).toBe(ckpt.disks[0].frozenPath);
-      expect(facts.checkpoints).toEqual([{ checkpointId: ckpt.checkpointId, createdAt: ckpt.createdAt, kind: 'backup' }]);
+      expect(facts.checkpoints).toEqual([{ checkpointId: ckpt.checkpointId, createdAt: ckpt.createdAt, kind: 'backup', label: 'backup/web01/1' }]);
 
       // The guest keeps writing, into the AVHDX.
       await waitFor(async () => (await writesOf(vm.vmId)) >= ckpt.guestWriteSeq! + 15, 'writes after the checkpoint');
@@ -61,7 +61,9 @@ describe('backup checkpoint with a guest write load', () => {
       const changed = await hv.changedRanges(vm.vmId, ckpt.checkpointId, 'scsi0-0', ref);
       expect(changed).toEqual({ tracked: true, ranges: mergeRanges(guestWriteRanges(seed, 0, ckpt.guestWriteSeq!, SIZE)) });
 
-      await hv.releaseCheckpoint(vm.vmId, ckpt.checkpointId);
+      expect(await hv.releaseCheckpointsByLabel(vm.vmId, 'backup/web01/other')).toEqual([]);
+      expect(await hv.releaseCheckpointsByLabel(vm.vmId, 'backup/web01/1')).toEqual([ckpt.checkpointId]);
+      expect(await hv.releaseCheckpointsByLabel(vm.vmId, 'backup/web01/1')).toEqual([]);
       await hv.releaseCheckpoint(vm.vmId, ckpt.checkpointId); // idempotent
       expect((await hv.inspectVm(vm.vmId)).disks[0].path).toMatch(/scsi0-0\.vhdx$/);
       await waitFor(async () => (await writesOf(vm.vmId)) >= ckpt.guestWriteSeq! + 30, 'writes after the merge');

@@ -146,7 +146,7 @@ describe('restore, properties and hostile input', () => {
   it('rolls a failed checkpoint back and resumes the VM it quieted', async () => {
     const vm = await lab.createVm({ name: 'half', host: 'hv1', disks: [{ sizeBytes: MiB }, { sizeBytes: MiB }] });
     await fsp.writeFile(vm.disks[1].path, 'no longer a vhdx');
-    await expectHvError(hv1.createBackupCheckpoint(vm.vmId, { mode: 'offline' }), 'HypervisorCommandFailed', /cannot create a backup checkpoint of VM half/);
+    await expectHvError(hv1.createBackupCheckpoint(vm.vmId, { mode: 'offline', offlineMethod: 'save' }), 'HypervisorCommandFailed', /cannot create a backup checkpoint of VM half/);
     const f = await hv1.inspectVm(vm.vmId);
     expect(f.state).toBe('running');
     expect(f.checkpoints).toEqual([]);

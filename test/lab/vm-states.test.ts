@@ -61,9 +61,20 @@ describe('VM states and offline checkpoints', () => {
     expect((await hv.inspectVm(vm.vmId)).checkpoints).toEqual([]);
   });
 
+  it("an offline checkpoint with offlineMethod none (or none given) leaves a running VM alone", async () => {
+    const vm = await lab.createVm({ name: 'replica-like', host: 'hv1', disks: [{ sizeBytes: SIZE }] });
+    for (const offlineMethod of ['none', undefined] as const) {
+      const ckpt = await hv.createBackupCheckpoint(vm.vmId, { mode: 'offline', offlineMethod });
+      expect(ckpt.downtimeMs).toBe(0);
+      expect((await hv.inspectVm(vm.vmId)).state).toBe('running');
+      await hv.releaseCheckpoint(vm.vmId, ckpt.checkpointId);
+    }
+    await expectHvError(hv.createBackupCheckpoint(vm.vmId, { mode: 'offline', offlineMethod: 'hibernate' as never }), 'HypervisorCommandFailed', /bad offline method/);
+  });
+
   it('an offline checkpoint of a VM that is off or paused changes nothing and costs no downtime', async () => {
     const vm = await lab.createVm({ name: 'off-already', host: 'hv1', state: 'paused', disks: [{ sizeBytes: SIZE }] });
-    const ckpt = await hv.createBackupCheckpoint(vm.vmId, { mode: 'offline' });
+    const ckpt = await hv.createBackupCheckpoint(vm.vmId, { mode: 'offline', offlineMethod: 'save' });
     expect(ckpt.downtimeMs).toBe(0);
     expect((await hv.inspectVm(vm.vmId)).state).toBe('paused');
     await hv.releaseCheckpoint(vm.vmId, ckpt.checkpointId);
