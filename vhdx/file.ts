@@ -27,8 +27,11 @@ export class VhdxFile {
   static async open(path: string, writable: boolean): Promise<VhdxFile> {
     let handle: fsp.FileHandle;
     try {
+      // Checked before opening: opening a FIFO a locator names would block forever.
+      if (!(await fsp.stat(path)).isFile()) throw new VhdxError(path, 'not a regular file');
       handle = await fsp.open(path, writable ? 'r+' : 'r');
     } catch (e) {
+      if (e instanceof VhdxError) throw e;
       throw new VhdxError(path, `cannot open: ${(e as Error).message}`);
     }
     const st = await handle.stat();

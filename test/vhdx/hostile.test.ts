@@ -182,6 +182,17 @@ describe('hostile input', () => {
     expect(fallback.dataWriteGuid).not.toBe(high.dataWriteGuid);
   });
 
+  test('a parent locator naming a FIFO or a folder is refused, not waited on', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { mkdirSync } = await import('node:fs');
+    const fifo = t.file('fifo-parent.vhdx');
+    execFileSync('mkfifo', [fifo]);
+    await expect(openVhdx(fifo)).rejects.toThrow(/fifo-parent\.vhdx: not a regular file/);
+    const folder = t.file('folder.vhdx');
+    mkdirSync(folder);
+    await expect(openVhdx(folder)).rejects.toThrow(/not a regular file/);
+  });
+
   test('a loop in the parent chain is named, not followed', async () => {
     const a = t.file('loop-a.avhdx');
     const b = t.file('loop-b.avhdx');
