@@ -1101,12 +1101,23 @@ export class Lab {
   /**
    * Recreate a VM from a backed-up configuration and restored VHDX files (the VM is off; start it to
    * "boot" it). With `replace`, the VM of the same id is replaced in place (it must be off).
+   * Repeating a successful import (its files moved in already) returns the imported VM.
    */
   async importVm(opts: LabImportOptions): Promise<VmFacts> {
     const cfg = parseConfig(opts?.config);
     if (!Array.isArray(opts.disks)) throw new LabError('importVm needs the restored disk files');
     const vmId = opts.vmId ?? cfg.vmId;
     if (!isSafeName(vmId)) throw new LabError(`bad VM id ${JSON.stringify(vmId)}`);
+    // A retry after a successful import (files already moved into place) returns the imported VM.
+    if (!opts.copy && opts.disks.length > 0 && typeof opts.host === 'string') {
+      const s0 = await this.state();
+      const done = Object.prototype.hasOwnProperty.call(s0.vms, vmId) ? s0.vms[vmId] : undefined;
+      const sameDisks = done && done.disks.map((d) => d.diskId).join('\0') === cfg.disks.map((d) => d.diskId).join('\0');
+      if (done && sameDisks && done.host === opts.host) {
+        const gone = await Promise.all(opts.disks.map(async (d) => typeof d?.path === 'string' && !(await exists(d.path))));
+        if (gone.every(Boolean)) return this.facts(s0, done);
+      }
+    }
     const given = new Map<string, string>();
     for (const d of opts.disks) {
       if (!d || typeof d.diskId !== 'string' || typeof d.path !== 'string') throw new LabError(`bad restored disk ${JSON.stringify(d)}`);

@@ -52,6 +52,8 @@ describe('restore, properties and hostile input', () => {
     await expect(hv2.importVm({ config: facts.config, disks })).rejects.toThrow(/exists already/);
     const copy = await hv2.importVm({ config: facts.config, disks, vmId: 'db01-restored', name: 'db01 (restored)' });
     expect(copy).toMatchObject({ vmId: 'db01-restored', host: 'hv2', name: 'db01 (restored)', state: 'off', guestOs: facts.guestOs });
+    // A retried activity (the reply was lost) gets the same VM back.
+    expect(await hv2.importVm({ config: facts.config, disks, vmId: 'db01-restored', name: 'db01 (restored)' })).toEqual(copy);
     expect((copy.config as { memoryMiB: number }).memoryMiB).toBe(4096);
     expect(copy.disks.map((d) => [d.diskId, d.controller, d.virtualSize])).toEqual([['scsi0-0', 'scsi', SIZE], ['ide0-1', 'ide', MiB]]);
     await hv2.startVm(copy.vmId);
@@ -63,6 +65,7 @@ describe('restore, properties and hostile input', () => {
     await expect(hv1.importVm({ config: facts.config, disks: back, replace: true })).rejects.toThrow(/must be off/);
     await lab.stopVm(vm.vmId);
     const orig = await hv1.importVm({ config: facts.config, disks: back, replace: true });
+    expect(await hv1.importVm({ config: facts.config, disks: back, replace: true })).toEqual(orig);
     expect(orig.disks[0].path).toBe(facts.disks[0].basePath);
     expect(orig.disks[0].changeTrackingId).toBeUndefined();
     await hv1.startVm(vm.vmId);
