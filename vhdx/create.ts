@@ -33,7 +33,9 @@ export interface DynamicOptions {
 }
 
 function checkOptions(file: string, o: DynamicOptions): Required<DynamicOptions> {
-  const r = { blockSize: 32 * MIB, logicalSectorSize: 512 as const, physicalSectorSize: 4096 as const, ...o };
+  // Keys present but undefined take the default too.
+  const given = Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<DynamicOptions>;
+  const r = { blockSize: 32 * MIB, logicalSectorSize: 512 as const, physicalSectorSize: 4096 as const, virtualSize: o.virtualSize, ...given };
   const { virtualSize, blockSize, logicalSectorSize, physicalSectorSize } = r;
   if (logicalSectorSize !== 512 && logicalSectorSize !== 4096) throw new VhdxError(file, `logical sector size ${logicalSectorSize} is neither 512 nor 4096`);
   if (physicalSectorSize !== 512 && physicalSectorSize !== 4096) throw new VhdxError(file, `physical sector size ${physicalSectorSize} is neither 512 nor 4096`);

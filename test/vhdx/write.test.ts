@@ -107,6 +107,17 @@ describe('writing dynamic disks', () => {
     }
   });
 
+  test('options given as undefined take the defaults; bad options are refused', async () => {
+    const file = t.file('defaults.vhdx');
+    await createDynamicVhdx(file, { virtualSize: 64 * MiB, blockSize: undefined, logicalSectorSize: undefined });
+    const d = await openVhdx(file);
+    expect([d.blockSize, d.logicalSectorSize, d.physicalSectorSize]).toEqual([32 * MiB, 512, 4096]);
+    await d.close();
+    await expect(createDynamicVhdx(t.file('bad1.vhdx'), { virtualSize: 1000 })).rejects.toThrow(/multiple of 512/);
+    await expect(createDynamicVhdx(t.file('bad2.vhdx'), { virtualSize: MiB, blockSize: 3 * MiB })).rejects.toThrow(/power of two/);
+    await expect(createDynamicVhdx(t.file('bad3.vhdx'), { virtualSize: 2 ** 47 })).rejects.toThrow(/64 TiB/);
+  });
+
   test('writes must be sector aligned and inside the disk; read-only disks refuse writes', async () => {
     const file = t.file('align.vhdx');
     await createDynamicVhdx(file, { virtualSize: 4 * MiB, blockSize: MiB, logicalSectorSize: 4096 });
