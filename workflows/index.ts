@@ -2,3 +2,4 @@
 export * from './self-check';
 export * from './backup-vm';
 export * from './restore-vm';
+export * from './find-vm';

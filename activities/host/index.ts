@@ -67,6 +67,14 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
   }
 
   return {
+    async listVms() {
+      try {
+        return await adapter.listVms();
+      } catch (err) {
+        return toFailure(err);
+      }
+    },
+
     async locateVm(vm: string): Promise<VmLocation> {
       try {
         if (!(await adapter.isVmOnHost(vm))) return { host: adapter.hostName, present: false };

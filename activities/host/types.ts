@@ -1,5 +1,5 @@
 // What the host agents do for a backup, as the workflow sees it (types only: no I/O here).
-import type { BackupCheckpoint, OfflineMethod, ReplicaRole, VmFacts, BackupMode } from '../../hypervisor/types';
+import type { BackupCheckpoint, OfflineMethod, ReplicaRole, VmFacts, VmSummary, BackupMode } from '../../hypervisor/types';
 
 export interface VmLocation {
   host: string;
@@ -59,6 +59,7 @@ export interface ReleaseRequest {
 }
 
 export interface HostActivities {
+  listVms(): Promise<VmSummary[]>;
   locateVm(vm: string): Promise<VmLocation>;
   inspectVm(vm: string): Promise<VmFacts>;
   createBackupCheckpoint(req: CheckpointRequest): Promise<BackupCheckpoint>;
