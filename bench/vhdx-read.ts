@@ -83,12 +83,14 @@ async function oursConvertToRaw(vhdx: string, out: string): Promise<void> {
   const disk = await openVhdx(vhdx);
   const fh = await fsp.open(out, 'w');
   await fh.truncate(disk.virtualSize);
-  // A ring of buffers: writes of earlier chunks proceed while later chunks are read.
-  const ring = Array.from({ length: 4 }, () => ({ buf: Buffer.allocUnsafe(READ_CHUNK), writing: Promise.resolve() as Promise<unknown> }));
+  // A ring of 16 × 1 MiB buffers: writes of earlier chunks proceed (on all of libuv's threads) while
+  // later chunks are read; measured faster than 4 × 8 MiB, where fewer writes are in flight.
+  const CHUNK = MiB;
+  const ring = Array.from({ length: 16 }, () => ({ buf: Buffer.allocUnsafe(CHUNK), writing: Promise.resolve() as Promise<unknown> }));
   let k = 0;
   for (const r of await disk.allocatedRanges()) {
-    for (let o = r.offset; o < r.offset + r.length; o += READ_CHUNK) {
-      const n = Math.min(READ_CHUNK, r.offset + r.length - o);
+    for (let o = r.offset; o < r.offset + r.length; o += CHUNK) {
+      const n = Math.min(CHUNK, r.offset + r.length - o);
       const slot = ring[k++ % ring.length]!;
       await slot.writing;
       const buf = slot.buf.subarray(0, n);
