@@ -4,7 +4,7 @@ import { VhdxError } from './errors';
 import { encodeFileIdentifier, encodeHeader, HEADER_OFFSETS } from './header';
 import { BAT_REGION_GUID, encodeRegionTable, METADATA_REGION_GUID, REGION_TABLE_OFFSETS } from './region-table';
 import { DiskMetadata, encodeMetadataRegion, MAX_VIRTUAL_SIZE, standardItems } from './metadata';
-import { batGeometry, PAYLOAD } from './bat';
+import { batGeometry, PAYLOAD, SB_PRESENT, SECTOR_BITMAP_BLOCK } from './bat';
 import { encodeParentLocator, locatorEntriesFor } from './parent-locator';
 import { newGuid, ZERO_GUID } from './guid';
 import { Disk } from './disk';
@@ -151,8 +151,20 @@ export async function createDifferencingVhdx(file: string, parentPath: string, o
     };
     checkOptions(file, meta);
     const locator = encodeParentLocator(locatorEntriesFor(file, parentPath, parent.dataWriteGuid));
+    const g = batGeometry(meta);
     await createAtomically(file, async (fh) => {
-      await writeSkeleton(fh, { meta, parentLocator: locator });
+      const { dataStart } = await writeSkeleton(fh, { meta, parentLocator: locator });
+      // Every sector bitmap is allocated up front, all zero (a sparse extension here): libvhdi reads
+      // the bitmap of any block that is not fully present without looking at the bitmap's BAT state.
+      const bat = Buffer.alloc(g.totalEntries * 8);
+      for (let chunk = 0; chunk < g.sectorBitmapBlocks; chunk++) {
+        const index = chunk * (g.chunkRatio + 1) + g.chunkRatio;
+        const mb = dataStart / MIB + chunk;
+        bat.writeUInt32LE((((mb % 4096) << 20) | SB_PRESENT) >>> 0, index * 8);
+        bat.writeUInt32LE(Math.floor(mb / 4096), index * 8 + 4);
+      }
+      await fh.write(bat, 0, bat.length, BAT_OFFSET);
+      await fh.truncate(dataStart + g.sectorBitmapBlocks * SECTOR_BITMAP_BLOCK);
     });
   } finally {
     await parent.close();
