@@ -6,11 +6,14 @@ import { createLogger } from '../log/logger';
 import { connectClient, loadTemporalSettings } from '../temporal/connection';
 import { SERVER_TASK_QUEUE } from '../temporal/task-queues';
 import { startServer } from '../workers/server';
+import path from 'node:path';
 import { startDevStack } from './dev';
 import { EXIT_USAGE, UsageError, reportAndExit } from './errors';
 import { startAgent } from '../workers/agent';
 import { LabHypervisor } from '../hypervisor/lab';
 import { HyperVHypervisor } from '../hypervisor/hyperv';
+import { registerCommands } from './commands';
+import { labCommand } from '../hypervisor/lab/cli';
 
 function portOrZero(value: string): number {
   return value === '0' ? 0 : port(value);
@@ -63,30 +66,51 @@ export function buildProgram(): Command {
 
   program
     .command('dev')
-    .description('Run the embedded default: Temporal dev server with Web UI and the protection server')
+    .description('Run the embedded default: Temporal + Web UI, protection server, a lab cluster with VMs, agents, protection and first backups')
     .option('--state-dir <dir>', 'where state is kept between runs', '.hvprotect/dev')
     .option('--temporal-port <port>', 'Temporal frontend gRPC port', port, 7233)
     .option('--ui-port <port>', 'Temporal Web UI port', port, 8233)
+    .option('--api-port <port>', 'storage API port (0 = any free port)', portOrZero, 8780)
     .option('--headless', 'no Web UI', false)
-    .addHelpText('after', '\nExamples:\n  npm start\n  hvprotect dev --temporal-port 7300 --ui-port 8300\n')
+    .option('--bare', 'only Temporal and the protection server (no lab, agents or protections)', false)
+    .option('--no-first-backups', 'protect the sample VMs but do not back them up now')
+    .addHelpText('after', '\nExamples:\n  npm start\n  hvprotect dev --temporal-port 7300 --ui-port 8300 --api-port 8790\n')
     .action(async (o) => {
       const logger = createLogger({ name: 'hvprotect' });
       const stack = await startDevStack({
         stateDir: o.stateDir,
         temporalPort: o.temporalPort,
         uiPort: o.uiPort,
+        apiPort: o.apiPort,
         headless: o.headless,
+        bare: o.bare,
+        noFirstBackups: !o.firstBackups,
         logger,
       });
+      const ui = stack.temporal.uiUrl ? `${stack.temporal.uiUrl}/namespaces/${stack.temporal.namespace}/workflows` : '(headless)';
+      const env = `TEMPORAL_ADDRESS=${stack.temporal.address} HVPROTECT_SERVER_DIR=${stack.server.stateDir}`;
       const lines = [
         '',
         'hvprotect is running (Ctrl-C stops everything; a second start resumes from the same state).',
+        `  Web UI:        ${ui}`,
         `  Temporal:      ${stack.temporal.address} (namespace ${stack.temporal.namespace})`,
-        stack.temporal.uiUrl ? `  Web UI:        ${stack.temporal.uiUrl}/namespaces/${stack.temporal.namespace}/workflows` : '',
-        `  Server queue:  ${stack.server.taskQueue}`,
-        `  Try:           TEMPORAL_ADDRESS=${stack.temporal.address} node dist/client/cli.js doctor`,
+        `  Storage API:   ${stack.server.storageApi.url} (admin token in ${path.join(stack.server.stateDir, 'admin.token')})`,
+        `  Repository:    ${stack.server.repository.root}`,
+        stack.lab ? `  Lab:           ${stack.lab.root} (agents: ${stack.agents.map((a) => a.host).join(', ')})` : '',
+        stack.protections.length ? `  Protected:     ${stack.protections.map((p) => `${p.vm}${p.dataSource !== p.vm ? ` (${p.dataSource})` : ''}`).join(', ')}` : '',
+        stack.firstBackups.length ? `  First backups: ${stack.firstBackups.length} started; watch them in the Web UI or with \`status\`` : '',
         '',
-      ].filter((l) => l !== '');
+        'Try, in another terminal:',
+        `  export ${env}`,
+        '  node dist/client/cli.js status',
+        '  node dist/client/cli.js protect list',
+        '  node dist/client/cli.js backup web01 --wait',
+        '  node dist/client/cli.js rp list web01',
+        '  node dist/client/cli.js restore web01 --host hv01 --to /tmp/restore --format raw',
+        '  node dist/client/cli.js shadowstorage list',
+        '  node dist/client/cli.js lab --lab ' + (stack.lab?.root ?? '.hvprotect/dev/lab') + ' vm list',
+        '',
+      ].filter((l, i, all) => l !== '' || (i > 0 && all[i - 1] !== ''));
       process.stdout.write(`${lines.join('\n')}\n`);
       await untilSignal(() => stack.stop(), (m) => logger.info(m));
     });
@@ -177,6 +201,8 @@ export function buildProgram(): Command {
       }
     });
 
+  registerCommands(program);
+  program.addCommand(labCommand());
   return program;
 }
 

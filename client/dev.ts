@@ -1,24 +1,43 @@
 // `hvprotect dev` (what `npm start` runs): the embedded default on one machine.
-// Temporal dev server with its Web UI and a SQLite file under the state folder, then the
-// protection server. A second start resumes from the same state.
+// Temporal dev server with its Web UI and a SQLite file, a protection server with its repository
+// and storage API, a lab cluster (two nodes, a stand-alone host, a file server) with sample VMs and
+// a guest write load, an agent per lab host, every VM protected on a schedule, and a first backup
+// of each. Everything lives under the state folder; a second start resumes from it.
 import path from 'node:path';
 import fs from 'node:fs';
+import type { Client } from '@temporalio/client';
 import type { Logger } from '../log/logger';
 import { startDevServer, type DevServer } from '../temporal/dev-server';
 import { loadTemporalSettings } from '../temporal/connection';
 import { startServer, type RunningServer } from '../workers/server';
+import { installRuntime } from '../workers/runtime';
+import { startAgent, type RunningAgent } from '../workers/agent';
+import { Lab, LabHypervisor, type WriteLoadProcess } from '../hypervisor/lab';
+import { createSampleLab } from '../hypervisor/lab/sample';
+import { dataSourceIdFor, listProtections, protectVm, startBackupNow, type ProtectionInfo } from './protection';
 
 export interface DevOptions {
   stateDir: string;
   temporalPort: number;
   uiPort: number;
+  apiPort: number;
   headless: boolean;
   logger: Logger;
+  /** Sample lab disk size (default 64 MiB). */
+  diskSize?: number;
+  /** Skip the lab, the agents and the protections (just Temporal and the server). */
+  bare?: boolean;
+  /** Do not start the first backups. */
+  noFirstBackups?: boolean;
 }
 
 export interface DevStack {
   temporal: DevServer;
   server: RunningServer;
+  agents: RunningAgent[];
+  lab?: Lab;
+  protections: ProtectionInfo[];
+  firstBackups: string[];
   stop(): Promise<void>;
 }
 
@@ -26,6 +45,7 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
   const { logger } = opts;
   const stateDir = path.resolve(opts.stateDir);
   fs.mkdirSync(stateDir, { recursive: true });
+  installRuntime({ logger }); // one process-wide Temporal runtime for server and agents
   logger.info({ stateDir }, 'starting the Temporal dev server');
   const temporal = await startDevServer({
     dbFile: path.join(stateDir, 'temporal.sqlite'),
@@ -35,19 +55,54 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
     logFile: path.join(stateDir, 'temporal-server.log'),
   });
   const settings = loadTemporalSettings({ TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace });
-  let server: RunningServer;
-  try {
-    server = await startServer({ logger: logger.child({ process: 'server' }), temporal: settings, stateDir: path.join(stateDir, 'server') });
-  } catch (err) {
+  const agents: RunningAgent[] = [];
+  let server: RunningServer | undefined;
+  let load: WriteLoadProcess | undefined;
+  const stop = async () => {
+    await load?.stop().catch(() => undefined);
+    for (const a of agents) await a.shutdown().catch((err) => logger.warn({ err }, 'agent shutdown'));
+    await server?.shutdown().catch((err) => logger.warn({ err }, 'server shutdown'));
     await temporal.stop();
+  };
+  try {
+    server = await startServer({ logger: logger.child({ process: 'server' }), temporal: settings, stateDir: path.join(stateDir, 'server'), apiPort: opts.apiPort });
+    if (opts.bare) return { temporal, server, agents, protections: [], firstBackups: [], stop };
+
+    const lab = await Lab.open(path.join(stateDir, 'lab'));
+    const sample = await createSampleLab(lab, { diskSize: opts.diskSize });
+    const hosts = [...sample.nodes, sample.standalone, sample.fileServer];
+    for (const host of hosts) {
+      const existing = server.tokens.list().find((t) => t.name === host && t.role === 'agent' && !t.revokedAt);
+      // In-process agents get a fresh token each start (only its hash is kept).
+      const token = await server.tokens.issue(host, 'agent');
+      void existing;
+      agents.push(
+        await startAgent({ logger: logger.child({ process: 'agent', host }), adapter: await LabHypervisor.open(lab, host), storageUrl: server.storageApi.url, token, temporal: settings }),
+      );
+    }
+    // A guest that keeps writing while it is backed up.
+    load = await lab.startWriteLoad({ vm: sample.vms.web01.vmId, seed: 2026, intervalMs: 200, batch: 1 }).catch((err) => {
+      logger.warn({ err: (err as Error).message }, 'guest write load did not start');
+      return undefined;
+    });
+
+    const client: Client = server.client;
+    const protectedAlready = new Set((await listProtections(client)).map((p) => p.dataSource));
+    const firstBackups: string[] = [];
+    for (const [label, facts] of Object.entries(sample.vms)) {
+      const dataSource = dataSourceIdFor(label);
+      if (protectedAlready.has(dataSource)) continue;
+      const p = await protectVm(client, {
+        vm: { vmId: facts.vmId, name: facts.name, host: facts.host, state: facts.state },
+        dataSource,
+        schedule: { at: ['02:00', '14:00'] },
+        role: facts.replica.role === 'replica' ? 'replica' : undefined,
+      });
+      if (!opts.noFirstBackups) firstBackups.push((await startBackupNow(client, p)).workflowId);
+    }
+    return { temporal, server, agents, lab, protections: await listProtections(client), firstBackups, stop };
+  } catch (err) {
+    await stop().catch(() => undefined);
     throw err;
   }
-  return {
-    temporal,
-    server,
-    stop: async () => {
-      await server.shutdown().catch((err) => logger.warn({ err }, 'server shutdown'));
-      await temporal.stop();
-    },
-  };
 }

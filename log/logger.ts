@@ -66,7 +66,9 @@ export function toTemporalLogger(logger: Logger): TemporalLogger {
       }
     }
     // The bundler's webpack report is a screenful at INFO; it is debugging detail.
-    const effective = level === 'INFO' && message.startsWith('asset workflow-bundle') ? 'DEBUG' : level;
+    // So is an agent's note that it runs no workflows (by design).
+    const effective =
+      (level === 'INFO' && message.startsWith('asset workflow-bundle')) || message.startsWith('No workflows registered') ? 'DEBUG' : level;
     logger[PINO_LEVEL[effective]](fields, message);
   };
   return {

@@ -1,0 +1,412 @@
+// The administrator's commands: protect, backup, status, rp, restore, verify, check,
+// shadowstorage, shadows, gc, token. Temporal for jobs; the storage API (admin token) for the repository.
+import { Command, InvalidArgumentError, Option } from 'commander';
+import type { Client, WorkflowHandle } from '@temporalio/client';
+import { connectClient, loadTemporalSettings } from '../temporal/connection';
+import { SERVER_TASK_QUEUE } from '../temporal/task-queues';
+import { backupProgressQuery, type BackupProgress, type BackupVmResult } from '../workflows/backup-vm';
+import type { RestoreTarget, RestoreVmResult } from '../workflows/restore-vm';
+import { parseShadowStorageSize } from '../repository';
+import { adminStorage, type AdminOptions } from './admin';
+import { bytes, out, table } from './format';
+import {
+  dataSourceOf,
+  describeProtection,
+  listProtections,
+  parseTimes,
+  protectVm,
+  removeProtection,
+  resolveVm,
+  setProtectionPaused,
+  startBackupNow,
+} from './protection';
+import { UsageError } from './errors';
+
+async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
+  const client = await connectClient(loadTemporalSettings());
+  try {
+    return await fn(client);
+  } finally {
+    await client.connection.close();
+  }
+}
+
+function positiveInt(value: string): number {
+  if (!/^[1-9]\d{0,8}$/.test(value)) throw new InvalidArgumentError('a whole number of 1 or more.');
+  return Number(value);
+}
+
+function sizeArg(value: string): string {
+  try {
+    parseShadowStorageSize(value);
+  } catch (err) {
+    const e = err as Error & { hint?: string };
+    throw new InvalidArgumentError(`${e.message}${e.hint ? `: ${e.hint}` : ''}`);
+  }
+  return value;
+}
+
+/** The Web UI for links: $HVPROTECT_WEB_UI, else the dev server's convention (gRPC port + 1000). */
+export function webUiBase(): string {
+  if (process.env.HVPROTECT_WEB_UI) return process.env.HVPROTECT_WEB_UI.replace(/\/+$/, '');
+  const s = loadTemporalSettings();
+  const m = /^(.*):(\d+)$/.exec(s.address);
+  const host = m ? m[1] : 'localhost';
+  const port = m ? Number(m[2]) + 1000 : 8233;
+  return `http://${host}:${port}`;
+}
+
+export function workflowLink(workflowId: string): string {
+  const ns = loadTemporalSettings().namespace;
+  return `${webUiBase()}/namespaces/${encodeURIComponent(ns)}/workflows/${encodeURIComponent(workflowId)}`;
+}
+
+function addAdminOptions(cmd: Command): Command {
+  return cmd
+    .option('--server-dir <dir>', "the protection server's state folder (admin token, storage API address)")
+    .option('--storage-url <url>', 'the storage API (default from --server-dir)')
+    .option('--admin-token-file <file>', 'admin token file (default <server-dir>/admin.token)');
+}
+
+/** A VM name, VM id or data source id → the data source id (asks Temporal's schedules; else as given). */
+async function dataSourceFor(vm: string): Promise<string> {
+  try {
+    return await withClient(async (c) => (await dataSourceOf(c, vm)).dataSource);
+  } catch (err) {
+    if ((err as Error).name === 'TemporalUnreachable') return vm;
+    // Not protected (any more): its recovery points may still be there under that name.
+    if (err instanceof UsageError && /^[a-z0-9][a-z0-9._-]*$/i.test(vm)) return vm;
+    throw err;
+  }
+}
+
+function renderProgress(p: BackupProgress, tty: boolean): string {
+  const total = p.disks.reduce((s, d) => s + d.virtualSize, 0);
+  const pos = p.disks.reduce((s, d) => s + (d.done ? d.virtualSize : d.position), 0);
+  const pct = total ? Math.min(100, Math.floor((100 * pos) / total)) : 0;
+  const width = 24;
+  const bar = tty ? `[${'#'.repeat(Math.round((pct * width) / 100)).padEnd(width, '.')}] ` : '';
+  return `${bar}${String(pct).padStart(3)}%  read ${bytes(p.bytesRead)}  sent ${bytes(p.bytesSent)}  ${bytes(p.rate)}/s  ${p.mode ?? ''} ${p.kind ?? ''}  ${p.step}`;
+}
+
+/** Waits for a backup, drawing a progress bar on a terminal and plain lines otherwise. */
+async function followBackup(handle: WorkflowHandle, json: boolean): Promise<BackupVmResult> {
+  const tty = !json && process.stderr.isTTY === true;
+  let lastLine = '';
+  let done = false;
+  const result = handle.result().finally(() => (done = true)) as Promise<BackupVmResult>;
+  result.catch(() => undefined);
+  while (!done) {
+    try {
+      const p = await handle.query(backupProgressQuery);
+      const line = renderProgress(p, tty);
+      if (tty) process.stderr.write(`\r${line.slice(0, (process.stderr.columns ?? 120) - 1).padEnd(Math.min(lastLine.length, (process.stderr.columns ?? 120) - 1))}`);
+      else if (!json && p.step !== lastLine.split('  ').pop()) process.stderr.write(`${line}\n`);
+      lastLine = line;
+    } catch {
+      // Query can fail between workflow tasks; the next poll will do.
+    }
+    await Promise.race([result.catch(() => undefined), new Promise((r) => setTimeout(r, tty ? 300 : 1000))]);
+  }
+  if (tty) process.stderr.write('\n');
+  try {
+    return await result;
+  } catch (err) {
+    const cause = (err as { cause?: { message?: string; cause?: { message?: string } } }).cause;
+    throw new Error(`backup ${handle.workflowId} failed: ${cause?.cause?.message ?? cause?.message ?? (err as Error).message} (${workflowLink(handle.workflowId)})`);
+  }
+}
+
+export function registerCommands(program: Command): void {
+  // ---- protect -------------------------------------------------------------------------------
+  const protect = program.command('protect').description('Protect VMs: a schedule of express full backups per VM, with retention');
+  addAdminOptions(
+    protect
+      .command('add')
+      .argument('<vm>', 'VM name or id')
+      .description('protect a VM: express full backups on a schedule, first one at the next slot')
+      .option('--at <times>', 'express full times of day, HH:MM[,HH:MM…] (default 02:00)')
+      .option('--every <hours>', 'or every N hours instead of fixed times', positiveInt)
+      .option('--retention-days <days>', 'keep recovery points this many days', positiveInt)
+      .option('--max-points <n>', 'keep at most this many recovery points (DPM max 448)', positiveInt)
+      .option('--maxsize <size>', 'shadow storage limit: 20GB, 15% or UNBOUNDED', sizeArg)
+      .option('--no-offline', 'fail rather than save or pause a VM that cannot be backed up online')
+      .addOption(new Option('--offline-method <m>', 'how to make a running VM quiet for an offline backup').choices(['save', 'pause']).default('save'))
+      .option('--replica', 'protect the Hyper-V Replica copy on the replica server', false)
+      .option('--data-source <id>', 'data source id (default from the VM name)')
+      .option('--backup-now', 'start the first backup now', false)
+      .option('--json', 'print JSON', false)
+      .addHelpText('after', '\nExamples:\n  hvprotect protect add web01 --at 02:00,14:00 --retention-days 14\n  hvprotect protect add app-linux01 --every 6 --offline-method pause --backup-now\n'),
+  ).action(async (vmArg: string, o) => {
+    if (o.at && o.every) throw new UsageError('give either --at or --every, not both');
+    const at = o.at ? parseTimes(o.at) : undefined;
+    const info = await withClient(async (client) => {
+      const vm = await resolveVm(client, vmArg);
+      const p = await protectVm(client, {
+        vm,
+        dataSource: o.dataSource,
+        schedule: { at, everyHours: o.every },
+        allowOffline: o.offline,
+        offlineMethod: o.offlineMethod,
+        role: o.replica ? 'replica' : undefined,
+      });
+      if (o.retentionDays || o.maxPoints || o.maxsize) {
+        const storage = adminStorage(o);
+        await storage.addShadowStorage(p.dataSource, o.maxsize).catch(async () => undefined);
+        await storage.resizeShadowStorage(p.dataSource, { maxSize: o.maxsize, maxPoints: o.maxPoints, retentionRangeDays: o.retentionDays });
+      }
+      let firstBackup: string | undefined;
+      if (o.backupNow) firstBackup = (await startBackupNow(client, p)).workflowId;
+      return { ...p, firstBackup };
+    });
+    out(o.json, info, () =>
+      `protected ${info.vm} (${info.vmId}) as ${info.dataSource}: ${info.spec}; next ${info.nextRuns[0] ?? '-'}\n` +
+      (info.firstBackup ? `first backup started: ${workflowLink(info.firstBackup)}\n` : ''),
+    );
+  });
+  protect
+    .command('list')
+    .description('protected VMs, their schedules and recent runs')
+    .option('--json', 'print JSON', false)
+    .action(async (o) => {
+      const all = await withClient(listProtections);
+      out(o.json, all, () =>
+        table(
+          all.map((p) => ({ datasource: p.dataSource, vm: p.vm, schedule: p.spec, state: p.paused ? 'paused' : 'active', next: p.nextRuns[0] ?? '-', last: p.recentRuns.at(-1)?.startedAt ?? '-' })),
+          ['datasource', 'vm', 'schedule', 'state', 'next', 'last'],
+        ),
+      );
+    });
+  for (const [name, paused] of [['pause', true], ['resume', false]] as const) {
+    protect
+      .command(name)
+      .argument('<vm>', 'VM name, id or data source')
+      .description(`${name} the protection (its schedule) of a VM`)
+      .option('--json', 'print JSON', false)
+      .action(async (vm: string, o) => {
+        const p = await withClient(async (c) => setProtectionPaused(c, (await dataSourceOf(c, vm)).dataSource, paused, `${name}d from the CLI`));
+        out(o.json, p, () => `${p.dataSource}: ${p.paused ? 'paused' : 'active'}\n`);
+      });
+  }
+  protect
+    .command('remove')
+    .argument('<vm>', 'VM name, id or data source')
+    .description('stop protecting a VM (its recovery points stay until retention removes them)')
+    .action(async (vm: string) => {
+      const ds = await withClient(async (c) => {
+        const p = await dataSourceOf(c, vm);
+        await removeProtection(c, p.dataSource);
+        return p.dataSource;
+      });
+      process.stdout.write(`removed protection of ${ds}; its recovery points are kept\n`);
+    });
+
+  // ---- backup now, check, status ----------------------------------------------------------------
+  for (const [name, kind, what] of [
+    ['backup', 'auto', 'back up a protected VM now (express full, or initial replica the first time)'],
+    ['check', 'consistency-check', 'consistency check now: read every block, send only what differs'],
+  ] as const) {
+    program
+      .command(name)
+      .argument('<vm>', 'VM name, id or data source')
+      .description(what)
+      .option('--wait', 'wait for the end, with a progress bar on a terminal', false)
+      .option('--json', 'print JSON', false)
+      .addHelpText('after', `\nExamples:\n  hvprotect ${name} web01 --wait\n  hvprotect ${name} web01 --json\n`)
+      .action(async (vm: string, o) => {
+        await withClient(async (c) => {
+          const p = await dataSourceOf(c, vm);
+          const handle = await startBackupNow(c, p, kind);
+          if (!o.wait) {
+            out(o.json, { workflowId: handle.workflowId, link: workflowLink(handle.workflowId) }, () => `started ${handle.workflowId}\n  ${workflowLink(handle.workflowId)}\n`);
+            return;
+          }
+          if (!o.json) process.stderr.write(`${handle.workflowId}\n  ${workflowLink(handle.workflowId)}\n`);
+          const r = await followBackup(handle, o.json);
+          out(o.json, r, () =>
+            `recovery point ${r.pointId} of ${r.vmName}: ${r.kind}, ${r.mode}${r.downtimeMs !== undefined ? ` (VM paused ${r.downtimeMs} ms)` : ''} on ${r.host}; ` +
+            `read ${bytes(r.disks.reduce((s, d) => s + d.bytesRead, 0))}, sent ${bytes(r.disks.reduce((s, d) => s + d.bytesSent, 0))}\n` +
+            (r.modeReasons.length ? `  offline because: ${r.modeReasons.join('; ')}\n` : ''),
+          );
+        });
+      });
+  }
+
+  program
+    .command('status')
+    .description('running and recent backup and restore jobs, with links into the Web UI')
+    .option('--limit <n>', 'how many recent jobs', positiveInt, 20)
+    .option('--json', 'print JSON', false)
+    .action(async (o) => {
+      const jobs = await withClient(async (c) => {
+        const rows: Record<string, string>[] = [];
+        for await (const wf of c.workflow.list({ query: "WorkflowType IN ('backupVm', 'restoreVm')", pageSize: o.limit })) {
+          const sa = wf.typedSearchAttributes;
+          rows.push({
+            workflowId: wf.workflowId,
+            status: wf.status.name,
+            vm: String(sa.get({ name: 'BackupVm', type: 'KEYWORD' } as never) ?? ''),
+            host: String(sa.get({ name: 'BackupHost', type: 'KEYWORD' } as never) ?? ''),
+            mode: String(sa.get({ name: 'BackupMode', type: 'KEYWORD' } as never) ?? ''),
+            kind: String(sa.get({ name: 'BackupKind', type: 'KEYWORD' } as never) ?? ''),
+            started: wf.startTime.toISOString(),
+            link: workflowLink(wf.workflowId),
+          });
+          if (rows.length >= o.limit) break;
+        }
+        return rows;
+      });
+      out(o.json, jobs, () => table(jobs, ['status', 'vm', 'host', 'mode', 'kind', 'started', 'workflowId']) + (jobs[0] ? `\nWeb UI: ${webUiBase()}\n` : ''));
+    });
+
+  // ---- recovery points and restore ---------------------------------------------------------------
+  const rp = program.command('rp').description('recovery points');
+  addAdminOptions(
+    rp.command('list').argument('<vm>', 'VM name, id or data source').description('recovery points of a VM, oldest first').option('--json', 'print JSON', false),
+  ).action(async (vm: string, o) => {
+    const ds = await dataSourceFor(vm);
+    const points = await adminStorage(o).listPoints(ds);
+    out(o.json, points, () =>
+      table(
+        points.map((p) => ({ point: p.pointId, created: p.createdAt, kind: p.kind, mode: p.mode, disks: p.disks.length, size: bytes(p.disks.reduce((s, d) => s + d.virtualSize, 0)), stored: bytes(p.ownedBytes) })),
+        ['point', 'created', 'kind', 'mode', 'disks', 'size', 'stored'],
+      ),
+    );
+  });
+
+  program
+    .command('restore')
+    .argument('<vm>', 'VM name, id or data source')
+    .description('restore a recovery point: the whole VM (original place or another host) or its disks to a folder')
+    .option('--rp <id>', 'recovery point id (default the newest; `hvprotect rp list VM`)')
+    .option('--original', 'to the original place (the VM must be off)')
+    .option('--host <host>', 'as a VM on this host (or, with --to, the host that writes the files)')
+    .option('--name <name>', 'name of the VM restored with --host')
+    .option('--to <dir>', 'export the disks to this folder on --host')
+    .addOption(new Option('--format <f>', 'disk format for --to').choices(['vhdx', 'raw']).default('vhdx'))
+    .option('--json', 'print JSON', false)
+    .addHelpText('after', '\nExamples:\n  hvprotect restore web01 --original\n  hvprotect restore web01 --rp 20261124T020000Z-1a2b --host hv03 --name web01-test\n  hvprotect restore web01 --host hv01 --to /srv/restore --format raw\n')
+    .action(async (vm: string, o) => {
+      const targets = [o.original, o.to, o.host && !o.to].filter(Boolean).length;
+      if (targets !== 1) throw new UsageError('say where to: exactly one of --original, --host H, or --to DIR (with --host H)');
+      let target: RestoreTarget;
+      if (o.original) target = { kind: 'original' };
+      else if (o.to) {
+        if (!o.host) throw new UsageError('--to DIR needs --host H: the host whose agent writes the files');
+        target = { kind: 'export', host: o.host, dir: o.to, format: o.format };
+      } else target = { kind: 'host', host: o.host, name: o.name, newId: true };
+      const r = await withClient(async (c) => {
+        const ds = (await dataSourceOf(c, vm).catch(() => ({ dataSource: vm }))).dataSource;
+        const handle = await c.workflow.start('restoreVm', {
+          taskQueue: SERVER_TASK_QUEUE,
+          workflowId: `restore/${ds}/${new Date().toISOString()}`,
+          args: [{ dataSource: ds, pointId: o.rp, target }],
+        });
+        if (!o.json) process.stderr.write(`${handle.workflowId}\n  ${workflowLink(handle.workflowId)}\n`);
+        try {
+          return (await handle.result()) as RestoreVmResult;
+        } catch (err) {
+          const cause = (err as { cause?: { message?: string } }).cause;
+          throw new Error(`restore failed: ${cause?.message ?? (err as Error).message}`);
+        }
+      });
+      out(o.json, r, () =>
+        `restored ${r.dataSource} point ${r.pointId} on ${r.host}` +
+        (r.vmName ? ` as VM ${r.vmName} (${r.vmId}), off` : '') +
+        `\n${r.disks.map((d) => `  ${d.diskId}: ${d.path} (${bytes(d.bytesWritten)}, ${d.chunksVerified} chunks verified)`).join('\n')}\n`,
+      );
+    });
+
+  // ---- repository -------------------------------------------------------------------------------
+  addAdminOptions(
+    program
+      .command('verify')
+      .description('check the repository: every referenced chunk present, every index checksum right')
+      .option('--read-data', 'also read and hash every chunk (slow, thorough)', false)
+      .option('--for <vm>', 'only this VM / data source')
+      .option('--json', 'print JSON', false),
+  ).action(async (o) => {
+    const ds = o.for ? await dataSourceFor(o.for) : undefined;
+    const report = await adminStorage(o).verify({ readData: o.readData, dataSource: ds });
+    out(o.json, report, () =>
+      report.ok
+        ? `repository OK: ${report.points} point(s), ${report.indexes} index(es), ${report.chunksChecked} chunk(s) checked` +
+          `${report.readData ? `, ${bytes(report.bytesRead)} read and hashed` : ''} in ${report.durationMs} ms\n`
+        : `repository DAMAGED: ${report.damagedChunks.length} chunk(s), ${report.damagedIndexes.length} index(es); affected points:\n` +
+          report.affectedPoints.map((p) => `  ${JSON.stringify(p)}`).join('\n') +
+          '\nA consistency check (`hvprotect check VM`) re-sends damaged chunks from the source.\n',
+    );
+    if (!report.ok) process.exitCode = 1;
+  });
+
+  addAdminOptions(program.command('gc').description('remove chunks no recovery point references (never races a backup)').option('--json', 'print JSON', false)).action(
+    async (o) => {
+      const report = await adminStorage(o).collectGarbage();
+      out(o.json, report, () => `${JSON.stringify(report)}\n`);
+    },
+  );
+
+  const ss = program.command('shadowstorage').description('shadow storage of data sources, as vssadmin has it');
+  addAdminOptions(ss.command('list').option('--for <vm>', 'only this VM / data source').option('--json', 'print JSON', false)).action(async (o) => {
+    const list = await adminStorage(o).listShadowStorage(o.for ? await dataSourceFor(o.for) : undefined);
+    out(o.json, list, () =>
+      table(
+        list.map((u) => ({
+          datasource: u.dataSource,
+          used: bytes(u.usedBytes),
+          allocated: bytes(u.allocatedBytes),
+          maximum: u.maximumBytes === null ? 'UNBOUNDED' : `${bytes(u.maximumBytes)} (${u.maxSize})`,
+          points: `${u.points}/${u.maxPoints}`,
+          retention: u.retentionRangeDays ? `${u.retentionRangeDays} d` : '-',
+        })),
+        ['datasource', 'used', 'allocated', 'maximum', 'points', 'retention'],
+      ),
+    );
+  });
+  for (const verb of ['add', 'resize'] as const) {
+    addAdminOptions(
+      ss
+        .command(verb)
+        .requiredOption('--for <vm>', 'VM / data source')
+        .option('--maxsize <size>', 'bytes (20GB), a percentage of the volume (15%) or UNBOUNDED', sizeArg)
+        .option('--max-points <n>', 'most recovery points to keep (DPM max 448)', positiveInt)
+        .option('--retention-days <days>', 'retention range in days', positiveInt)
+        .option('--json', 'print JSON', false)
+        .addHelpText('after', `\nExamples:\n  hvprotect shadowstorage ${verb} --for web01 --maxsize 20GB\n  hvprotect shadowstorage ${verb} --for web01 --maxsize 15%\n  hvprotect shadowstorage ${verb} --for web01 --maxsize UNBOUNDED\n`),
+    ).action(async (o) => {
+      const ds = await dataSourceFor(o.for);
+      const storage = adminStorage(o);
+      const r =
+        verb === 'add' && !o.maxPoints && !o.retentionDays
+          ? await storage.addShadowStorage(ds, o.maxsize)
+          : await (async () => {
+              if (verb === 'add') await storage.addShadowStorage(ds, o.maxsize);
+              if (verb === 'resize' && !o.maxsize && !o.maxPoints && !o.retentionDays) throw new UsageError('resize needs --maxsize, --max-points or --retention-days');
+              return storage.resizeShadowStorage(ds, { maxSize: o.maxsize, maxPoints: o.maxPoints, retentionRangeDays: o.retentionDays });
+            })();
+      out(o.json, r, () => `${JSON.stringify(r)}\n`);
+    });
+  }
+  const shadows = program.command('shadows').description('recovery points as shadow copies');
+  addAdminOptions(
+    shadows
+      .command('delete')
+      .requiredOption('--for <vm>', 'VM / data source')
+      .requiredOption('--oldest', 'delete the oldest recovery point (never the newest)')
+      .option('--json', 'print JSON', false),
+  ).action(async (o) => {
+    const r = await adminStorage(o).deleteOldestPoint(await dataSourceFor(o.for));
+    out(o.json, r, () => `deleted ${r.pointId} of ${r.dataSource} (${bytes(r.freedBytes)} freed)\n`);
+  });
+
+  const token = program.command('token').description('agent tokens for the storage API (stored hashed)');
+  addAdminOptions(token.command('issue').requiredOption('--host <name>', 'the agent host').option('--admin', 'an admin token instead', false)).action(async (o) => {
+    process.stdout.write(`${await adminStorage(o).issueToken(o.host, o.admin ? 'admin' : 'agent')}\n`);
+  });
+  addAdminOptions(token.command('revoke').argument('<name>', 'host or admin name')).action(async (name: string, o) => {
+    await adminStorage(o).revokeToken(name);
+    process.stdout.write(`revoked ${name}\n`);
+  });
+
+  void describeProtection;
+}
