@@ -80,7 +80,7 @@ export async function verifyRepository(repo: Repository, opts: VerifyOptions = {
 
   const budget = opts.memoryBudgetEntries ?? 1_000_000;
   let passes = 1;
-  while (passes < 65536 && entries / passes > budget) passes *= 2;
+  while (passes < 4096 && entries / passes > budget) passes *= 2;
   const width = 65536 / passes;
   const damaged = new Map<string, DamagedChunk>();
   for (let p = 0; p < passes; p++) {

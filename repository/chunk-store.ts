@@ -1,5 +1,6 @@
 // The chunk store: content-addressed chunk files under chunks/, named by the SHA-256 of the
-// plaintext, fanned out by the first four hex digits (65536 folders, created on demand).
+// plaintext, fanned out by the first three hex digits (4096 folders, created with the
+// repository: ~2,500 files per folder at 10 million chunks).
 //
 // Stored chunk file (all integers little-endian):
 //   offset size
@@ -14,8 +15,10 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { decodeChunkPayload, encodeChunkPayload } from './codec';
+import { decodeChunkPayload } from './codec';
 import { TEMP_MARK, tempNameFor } from './durable';
+import { ChunkEncoder } from './encoder';
+import type { EncodedChunk } from './encoder';
 import { RepositoryError, isNotFound } from './errors';
 import { checkDigest, isDigest } from './ids';
 
@@ -39,16 +42,6 @@ export function isAllZero(buf: Buffer): boolean {
 }
 const ZERO_WINDOW = Buffer.alloc(64 * 1024);
 
-export function encodeChunkFile(raw: Buffer): Buffer {
-  const { codec, payload } = encodeChunkPayload(raw);
-  const header = Buffer.alloc(CHUNK_HEADER_SIZE);
-  CHUNK_MAGIC.copy(header, 0);
-  header.writeUInt8(codec, 4);
-  header.writeUInt32LE(raw.length, 8);
-  header.writeUInt32LE(payload.length, 12);
-  return Buffer.concat([header, payload]);
-}
-
 /** Decodes and checks a stored chunk; throws CORRUPT naming the file and what was wrong. */
 export function decodeChunkFile(file: Buffer, digest: string, where: string): Buffer {
   const bad = (what: string) => new RepositoryError('CORRUPT', `chunk ${where}: ${what}`, 'run verify; restore from another point or re-run a consistency check backup', { digest });
@@ -71,6 +64,18 @@ export function decodeChunkFile(file: Buffer, digest: string, where: string): Bu
   return raw;
 }
 
+/** Checks a chunk body against its claimed digest and the size limit (throws INVALID_ARGUMENT). */
+export function checkChunk(digest: string, raw: Buffer): void {
+  checkDigest(digest);
+  if (raw.length === 0 || raw.length > MAX_CHUNK_SIZE) {
+    throw new RepositoryError('INVALID_ARGUMENT', `chunk of ${raw.length} bytes`, `a chunk is 1..${MAX_CHUNK_SIZE} bytes`);
+  }
+  const actual = sha256(raw).toString('hex');
+  if (actual !== digest) {
+    throw new RepositoryError('INVALID_ARGUMENT', `digest mismatch: body hashes to ${actual}, not ${digest}`, 'send the chunk under the SHA-256 of its bytes', { digest, actual });
+  }
+}
+
 export interface ChunkInsertResult {
   /** false when the chunk was already there (deduplicated). */
   written: boolean;
@@ -85,12 +90,45 @@ export class ChunkStore {
   private readonly deleting = new Map<string, Promise<void>>();
   private protectedDuringGc: Set<string> | undefined;
 
-  constructor(root: string) {
+  constructor(
+    root: string,
+    private readonly encoder: ChunkEncoder = new ChunkEncoder(0),
+  ) {
     this.dir = path.join(root, 'chunks');
   }
 
+  /**
+   * Chunks this process wrote or checked lately, with their stored size: a session's index
+   * patch refers to chunks it has just uploaded, and these need no more file system calls.
+   * Safe because GC only removes chunks older than the oldest live session (and drops them here).
+   */
+  private readonly recent = new Map<string, number>();
+  private static readonly RECENT_MAX = 200_000;
+
+  private remember(digest: string, size: number): void {
+    if (this.recent.size >= ChunkStore.RECENT_MAX) this.recent.clear();
+    this.recent.set(digest, size);
+  }
+
   pathOf(digest: string): string {
-    return path.join(this.dir, digest.slice(0, 4), digest);
+    return path.join(this.dir, digest.slice(0, 3), digest);
+  }
+
+  /** Creates the 4096 fan-out folders (once, with the repository). */
+  async createFolders(): Promise<void> {
+    await fs.mkdir(this.dir, { recursive: true });
+    const names = Array.from({ length: 4096 }, (_, i) => i.toString(16).padStart(3, '0'));
+    for (let i = 0; i < names.length; i += 64) {
+      await Promise.all(names.slice(i, i + 64).map((n) => fs.mkdir(path.join(this.dir, n), { recursive: true })));
+    }
+  }
+
+  /** touch() for a chunk written or touched moments ago by this process: no system call. */
+  async touchRecent(digest: string): Promise<number | undefined> {
+    const size = this.recent.get(digest);
+    if (size === undefined || this.deleting.has(digest)) return this.touch(digest);
+    this.protectedDuringGc?.add(digest);
+    return size;
   }
 
   /**
@@ -106,7 +144,9 @@ export class ChunkStore {
       const now = new Date();
       await fs.utimes(file, now, now);
       const st = await fs.stat(file);
-      return st.size > CHUNK_HEADER_SIZE ? st.size : undefined;
+      if (st.size <= CHUNK_HEADER_SIZE) return undefined;
+      this.remember(digest, st.size);
+      return st.size;
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw err;
@@ -124,15 +164,29 @@ export class ChunkStore {
 
   /** Stores plaintext `raw` under `digest` after recomputing the digest. */
   async insert(digest: string, raw: Buffer): Promise<ChunkInsertResult> {
+    return this.insertEncoded(await this.encode(digest, raw));
+  }
+
+  /**
+   * Hashes and compresses (on the encoder threads) and checks the digest and size; nothing is
+   * stored yet, so a batch can be checked whole before any of it is written.
+   */
+  async encode(digest: string, raw: Buffer): Promise<EncodedChunk> {
     checkDigest(digest);
     if (raw.length === 0 || raw.length > MAX_CHUNK_SIZE) {
       throw new RepositoryError('INVALID_ARGUMENT', `chunk of ${raw.length} bytes`, `a chunk is 1..${MAX_CHUNK_SIZE} bytes`);
     }
-    const actual = sha256(raw).toString('hex');
-    if (actual !== digest) {
-      throw new RepositoryError('INVALID_ARGUMENT', `digest mismatch: body hashes to ${actual}, not ${digest}`, 'send the chunk under the SHA-256 of its bytes');
+    const e = await this.encoder.encode(raw);
+    if (e.digest !== digest) {
+      throw new RepositoryError('INVALID_ARGUMENT', `digest mismatch: body hashes to ${e.digest}, not ${digest}`, 'send the chunk under the SHA-256 of its bytes', { digest, actual: e.digest });
     }
-    if (isAllZero(raw)) return { written: false, storedSize: 0 };
+    return e;
+  }
+
+  /** Stores a chunk from encode(). */
+  async insertEncoded(e: EncodedChunk): Promise<ChunkInsertResult> {
+    const digest = e.digest;
+    if (e.allZero) return { written: false, storedSize: 0 };
     const existing = await this.touch(digest);
     if (existing !== undefined) return { written: false, storedSize: existing };
     const file = this.pathOf(digest);
@@ -141,12 +195,32 @@ export class ChunkStore {
       await fs.mkdir(dir, { recursive: true });
       this.createdDirs.add(dir);
     }
-    const encoded = encodeChunkFile(raw);
+    const header = Buffer.alloc(CHUNK_HEADER_SIZE);
+    CHUNK_MAGIC.copy(header, 0);
+    header.writeUInt8(e.codec, 4);
+    header.writeUInt32LE(e.rawLength, 8);
+    header.writeUInt32LE(e.payload.length, 12);
+    const encoded = [header, e.payload];
     const tmp = tempNameFor(file);
     // Durability comes from the syncfs at commit, before any manifest can reference this chunk.
-    await fs.writeFile(tmp, encoded, { flag: 'wx', mode: 0o640 });
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(tmp, 'wx', 0o640);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      await fs.mkdir(dir, { recursive: true }); // the fan-out folder was removed under us
+      fh = await fs.open(tmp, 'wx', 0o640);
+    }
+    try {
+      const { bytesWritten } = await fh.writev(encoded);
+      if (bytesWritten !== encoded[0].length + encoded[1].length) throw new Error(`short write of ${tmp} (${bytesWritten} bytes)`);
+    } finally {
+      await fh.close();
+    }
     await fs.rename(tmp, file);
-    return { written: true, storedSize: encoded.length };
+    const storedSize = encoded[0].length + encoded[1].length;
+    this.remember(digest, storedSize);
+    return { written: true, storedSize };
   }
 
   /** Reads, decodes and checks one chunk; the all-zero digest is not a stored chunk. */
@@ -177,6 +251,7 @@ export class ChunkStore {
   /** Unlinks unless the chunk was used since GC began; returns whether it was removed. */
   async removeIfUnused(digest: string): Promise<boolean> {
     if (this.protectedDuringGc?.has(digest) || this.deleting.has(digest)) return false;
+    this.recent.delete(digest);
     const p = fs.rm(this.pathOf(digest), { force: true });
     this.deleting.set(digest, p);
     try {
@@ -187,7 +262,7 @@ export class ChunkStore {
     return true;
   }
 
-  /** Lists the fan-out folders in [from, to) by their 16-bit prefix value. */
+  /** Lists chunk files whose 16-bit digest prefix is in [from, to) (ranges are multiples of 16). */
   async *listPrefix(prefixFrom: number, prefixTo: number): AsyncGenerator<{ name: string; file: string; isTemp: boolean }> {
     let dirs: string[];
     try {
@@ -198,8 +273,8 @@ export class ChunkStore {
     }
     dirs.sort();
     for (const d of dirs) {
-      if (!/^[0-9a-f]{4}$/.test(d)) continue;
-      const p = parseInt(d, 16);
+      if (!/^[0-9a-f]{3}$/.test(d)) continue;
+      const p = parseInt(d, 16) << 4;
       if (p < prefixFrom || p >= prefixTo) continue;
       const dir = await fs.opendir(path.join(this.dir, d)).catch((err) => {
         if (isNotFound(err)) return undefined;

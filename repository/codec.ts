@@ -8,7 +8,7 @@ export const CODEC_NONE = 0;
 export const CODEC_ZSTD = 1;
 export type Codec = typeof CODEC_NONE | typeof CODEC_ZSTD;
 
-const ZSTD_LEVEL = 3;
+export const ZSTD_LEVEL = 3;
 
 /** Compresses; returns codec none when compression would not save anything. */
 export function encodeChunkPayload(raw: Buffer): { codec: Codec; payload: Buffer } {

@@ -8,8 +8,12 @@ import * as path from 'node:path';
 
 export const TEMP_MARK = '.tmp-';
 
+// Unique per process and call; cheaper than random bytes on the chunk write path.
+const TEMP_PREFIX = `${process.pid.toString(36)}-${randomBytes(3).toString('hex')}-`;
+let tempCounter = 0;
+
 export function tempNameFor(target: string): string {
-  return `${target}${TEMP_MARK}${randomBytes(6).toString('hex')}`;
+  return `${target}${TEMP_MARK}${TEMP_PREFIX}${(tempCounter++).toString(36)}`;
 }
 
 export async function fsyncDir(dir: string): Promise<void> {

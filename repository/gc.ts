@@ -57,7 +57,7 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
       if (st) entries += Math.max(0, (st.size - INDEX_HEADER_SIZE) / DIGEST_SIZE);
     }
     let passes = 1;
-    while (passes < 65536 && entries / passes > budget) passes *= 2;
+    while (passes < 4096 && entries / passes > budget) passes *= 2;
 
     const report: GcReport = {
       startedAt: new Date(start).toISOString(), cutoff: new Date(cutoff).toISOString(), passes, indexFiles: files.length,

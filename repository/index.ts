@@ -14,6 +14,6 @@ export { verifyRepository } from './checker';
 export type { VerifyOptions, VerifyReport, DamagedChunk, DamagedIndex, AffectedPoint } from './checker';
 export { openDiskStream, describeDiskRead } from './restore';
 export type { ByteRange, DiskStreamInfo } from './restore';
-export { MAX_CHUNK_SIZE, ZERO_DIGEST, isAllZero, sha256 } from './chunk-store';
+export { MAX_CHUNK_SIZE, ZERO_DIGEST, checkChunk, isAllZero, sha256 } from './chunk-store';
 export { slotCount } from './fixed-index';
 export { checkDataSourceId, checkDiskId, checkPointId, checkDigest, isDigest } from './ids';

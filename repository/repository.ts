@@ -5,7 +5,8 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { ChunkStore, ZERO_DIGEST } from './chunk-store';
-import { TEMP_MARK, appendLineDurable, fsyncDir, syncFileSystem, writeFileDurable } from './durable';
+import { ChunkEncoder } from './encoder';
+import { TEMP_MARK, appendLineDurable, tempNameFor, fsyncDir, syncFileSystem, writeFileDurable } from './durable';
 import { RepositoryError, isNotFound } from './errors';
 import { DIGEST_SIZE, INDEX_HEADER_SIZE, IndexBuilder, readIndexHeader, readSlots } from './fixed-index';
 import { checkDataSourceId, checkDiskId, checkPointId, checkSessionId, isDataSourceId, isDiskId, isPointId, parsePointId, pointIdFor } from './ids';
@@ -88,6 +89,8 @@ export interface OpenRepositoryOptions {
   sessionTtlMs?: number;
   /** Size of the volume for percentage shadow storage limits; default statfs of the folder. */
   volumeBytes?: () => Promise<number>;
+  /** Threads hashing and compressing uploaded chunks; 0 = on the event loop. Default: cores, max 4. */
+  encoderThreads?: number;
   /** Skip the syncfs before a manifest rename (tests on tmpfs). Default false. */
   unsafeSkipSync?: boolean;
 }
@@ -123,6 +126,7 @@ function checkVirtualSize(n: unknown): number {
 
 export class Repository {
   readonly chunks: ChunkStore;
+  private readonly encoder: ChunkEncoder;
   private readonly dsMutex = new KeyedMutex();
   private readonly sessionMutex = new KeyedMutex();
   /** Streams reading a point right now (restore leases held implicitly). */
@@ -134,7 +138,8 @@ export class Repository {
     readonly config: RepositoryConfig,
     private readonly opts: OpenRepositoryOptions,
   ) {
-    this.chunks = new ChunkStore(root);
+    this.encoder = new ChunkEncoder(opts.encoderThreads);
+    this.chunks = new ChunkStore(root, this.encoder);
   }
 
   get logger(): Logger | undefined {
@@ -153,7 +158,8 @@ export class Repository {
         throw new RepositoryError('NOT_FOUND', `no repository at ${root}`, 'create one (open with create: true / `hvprotect server --init`)');
       }
       await fs.mkdir(root, { recursive: true });
-      for (const d of ['chunks', 'datasources', 'sessions', 'leases']) await fs.mkdir(path.join(root, d), { recursive: true });
+      for (const d of ['datasources', 'sessions', 'leases']) await fs.mkdir(path.join(root, d), { recursive: true });
+      await new ChunkStore(root).createFolders();
       config = {
         format: REPOSITORY_FORMAT,
         id: randomBytes(16).toString('hex'),
@@ -196,8 +202,9 @@ export class Repository {
     }
   }
 
-  /** Releases the lock file. */
+  /** Stops the encoder threads and releases the lock file. */
   async close(): Promise<void> {
+    await this.encoder.close();
     if (this.opts.lock === false) return;
     const lockFile = path.join(this.root, 'lock');
     const pid = Number((await fs.readFile(lockFile, 'utf8').catch(() => '')).trim());
@@ -583,8 +590,15 @@ export class Repository {
     return session;
   }
 
-  private saveSession(s: BackupSession): Promise<void> {
-    return writeFileDurable(path.join(this.sessionDir(s.sessionId), 'session.json'), JSON.stringify(s) + '\n');
+  /**
+   * Atomic against a process crash (temp + rename) but not fsynced: it is rewritten on every
+   * index patch, and a session lost to a power cut only means the agent begins a new one.
+   */
+  private async saveSession(s: BackupSession): Promise<void> {
+    const file = path.join(this.sessionDir(s.sessionId), 'session.json');
+    const tmp = tempNameFor(file);
+    await fs.writeFile(tmp, JSON.stringify(s) + '\n', { mode: 0o640 });
+    await fs.rename(tmp, file);
   }
 
   async getSession(sessionId: string): Promise<BackupSession> {
@@ -741,7 +755,7 @@ export class Repository {
         const hex = d.toString('hex');
         let size = seen.get(hex);
         if (size === undefined) {
-          size = (await this.chunks.touch(hex)) ?? -1;
+          size = (await this.chunks.touchRecent(hex)) ?? -1;
           seen.set(hex, size);
         }
         if (size < 0) missing.push(hex);

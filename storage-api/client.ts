@@ -1,12 +1,13 @@
-// Typed client of the storage API, for host agents, the CLI and server activities. Node's fetch
-// (undici) keeps connections alive and opens more as calls run in parallel.
+// Typed client of the storage API, for host agents, the CLI and server activities.
 import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
-import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import * as http from 'node:http';
+import type { IncomingMessage } from 'node:http';
+import * as https from 'node:https';
+import type { Readable } from 'node:stream';
 import type {
   BackupSession, CommitPointInput, GcReport, PointDeletion, RecoveryPointManifest, RestoreLease, ShadowStorageUsage, VerifyReport,
 } from '../repository';
-import { API_PREFIX, MAX_MISSING_QUERY, encodeSlotPatch } from './protocol';
+import { API_PREFIX, MAX_MISSING_QUERY, encodeChunkBatch, encodeSlotPatch } from './protocol';
 import type { ApiErrorBody } from './protocol';
 
 export class StorageApiError extends Error {
@@ -48,6 +49,8 @@ export interface IndexPatch {
 
 export class StorageClient {
   private readonly base: string;
+  private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 16 });
+  private readonly httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 16 });
 
   constructor(
     url: string,
@@ -56,30 +59,63 @@ export class StorageClient {
     this.base = url.replace(/\/+$/, '') + API_PREFIX;
   }
 
-  private async call(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<Response> {
-    const init: RequestInit = { method, headers: { authorization: `Bearer ${this.token}`, ...headers } };
+  /**
+   * One request over a keep-alive connection (node:http, which sends Buffers without the copies
+   * fetch's web streams make: it measured about twice as fast for chunk uploads). Resolves with
+   * the response once the status is 2xx; otherwise reads the JSON error and throws it.
+   */
+  private call(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<IncomingMessage> {
+    const url = new URL(this.base + path);
+    let payload: Buffer | undefined;
+    const h: Record<string, string> = { authorization: `Bearer ${this.token}`, ...headers };
     if (Buffer.isBuffer(body)) {
-      init.body = body;
-      (init.headers as Record<string, string>)['content-type'] = 'application/octet-stream';
+      payload = body;
+      h['content-type'] = 'application/octet-stream';
     } else if (body !== undefined) {
-      init.body = JSON.stringify(body);
-      (init.headers as Record<string, string>)['content-type'] = 'application/json';
+      payload = Buffer.from(JSON.stringify(body));
+      h['content-type'] = 'application/json';
     }
-    const res = await fetch(this.base + path, init);
-    if (res.ok) return res;
-    let err: ApiErrorBody = { error: `HTTP_${res.status}`, message: res.statusText };
-    try {
-      err = (await res.json()) as ApiErrorBody;
-    } catch {
-      // not JSON: keep the status text
-    }
-    throw new StorageApiError(res.status, err.error, err.message, err.hint, err.details);
+    if (payload) h['content-length'] = String(payload.length);
+    const mod = url.protocol === 'https:' ? https : http;
+    return new Promise((resolve, reject) => {
+      const req = mod.request(url, { method, headers: h, agent: url.protocol === 'https:' ? this.httpsAgent : this.httpAgent }, (res) => {
+        const status = res.statusCode ?? 0;
+        if (status >= 200 && status < 300) return resolve(res);
+        const parts: Buffer[] = [];
+        res.on('data', (c: Buffer) => parts.push(c));
+        res.on('error', reject);
+        res.on('end', () => {
+          let err: ApiErrorBody = { error: `HTTP_${status}`, message: res.statusMessage ?? '' };
+          try {
+            err = JSON.parse(Buffer.concat(parts).toString('utf8')) as ApiErrorBody;
+          } catch {
+            // not JSON: keep the status text
+          }
+          reject(new StorageApiError(status, err.error, err.message, err.hint, err.details));
+        });
+      });
+      req.on('error', reject);
+      req.end(payload);
+    });
+  }
+
+  private async body(res: IncomingMessage): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    for await (const c of res) parts.push(c as Buffer);
+    return Buffer.concat(parts);
   }
 
   private async json<T>(method: string, path: string, body?: unknown): Promise<T> {
     const res = await this.call(method, path, body);
-    if (res.status === 204) return undefined as T;
-    return (await res.json()) as T;
+    const data = await this.body(res);
+    if (res.statusCode === 204 || data.length === 0) return undefined as T;
+    return JSON.parse(data.toString('utf8')) as T;
+  }
+
+  /** Closes idle keep-alive connections (call when done, so the process can exit). */
+  close(): void {
+    this.httpAgent.destroy();
+    this.httpsAgent.destroy();
   }
 
   // ---- chunks ---------------------------------------------------------------------------
@@ -98,10 +134,14 @@ export class StorageClient {
     return this.json('PUT', `/chunks/${digest}`, data);
   }
 
+  /** Uploads several chunks in one request (at most MAX_CHUNK_BATCH_BODY bytes in all). */
+  async putChunks(chunks: Array<{ digest: string; data: Buffer }>): Promise<Array<{ digest: string; written: boolean; storedSize: number }>> {
+    return (await this.json<{ results: Array<{ digest: string; written: boolean; storedSize: number }> }>('POST', '/chunks/batch', encodeChunkBatch(chunks))).results;
+  }
+
   /** A chunk's plaintext, checked against its digest. */
   async getChunk(digest: string): Promise<Buffer> {
-    const res = await this.call('GET', `/chunks/${digest}`);
-    const data = Buffer.from(await res.arrayBuffer());
+    const data = await this.body(await this.call('GET', `/chunks/${digest}`));
     if (createHash('sha256').update(data).digest('hex') !== digest) throw new StorageApiError(502, 'CORRUPT', `chunk ${digest} arrived damaged`, 'retry');
     return data;
   }
@@ -149,8 +189,7 @@ export class StorageClient {
 
   /** A disk's fixed index, with its checksum checked. */
   async getIndex(point: PointRef, diskId: string): Promise<FixedIndexData> {
-    const res = await this.call('GET', `/datasources/${encodeURIComponent(point.dataSource)}/points/${encodeURIComponent(point.pointId)}/disks/${encodeURIComponent(diskId)}/index`);
-    const b = Buffer.from(await res.arrayBuffer());
+    const b = await this.body(await this.call('GET', `/datasources/${encodeURIComponent(point.dataSource)}/points/${encodeURIComponent(point.pointId)}/disks/${encodeURIComponent(diskId)}/index`));
     const slots = b.subarray(64);
     const checksum = b.subarray(32, 64).toString('hex');
     if (b.subarray(0, 8).toString('latin1') !== 'HVPFIDX1' || createHash('sha256').update(slots).digest('hex') !== checksum) {
@@ -162,9 +201,7 @@ export class StorageClient {
   /** Streams a disk of a point as raw bytes (or a range); the server checks every chunk. */
   async openDiskStream(point: PointRef, diskId: string, range?: { offset: number; length?: number }): Promise<Readable> {
     const q = range ? `?offset=${range.offset}${range.length !== undefined ? `&length=${range.length}` : ''}` : '';
-    const res = await this.call('GET', `/datasources/${encodeURIComponent(point.dataSource)}/points/${encodeURIComponent(point.pointId)}/disks/${encodeURIComponent(diskId)}/raw${q}`);
-    if (!res.body) return Readable.from([]);
-    return Readable.fromWeb(res.body as unknown as WebReadableStream<Uint8Array>);
+    return this.call('GET', `/datasources/${encodeURIComponent(point.dataSource)}/points/${encodeURIComponent(point.pointId)}/disks/${encodeURIComponent(diskId)}/raw${q}`);
   }
 
   /** Keeps the point from deletion for the restore's duration. */

@@ -1,10 +1,10 @@
 // Ingest of one disk into a backup session, for host agents: reads the chunks that changed (or
 // the whole disk), hashes them, asks the server which it lacks, uploads those, and writes the
 // index slots (the delta form, so an incremental sends 40 bytes per changed chunk, not a whole
-// index). Reading the next batch overlaps the upload of the current one; memory stays at about
-// two batches. Progress reports a byte position: give it back as `resumeFrom` to carry on after
+// index). Reading the next batch overlaps the uploads of the previous ones; memory stays at
+// about batchesInFlight + 1 batches (64 MiB by default). Progress reports a byte position: give it back as `resumeFrom` to carry on after
 // a retry (slots before it are already in the session's staged index).
-import { createHash } from 'node:crypto';
+import { webcrypto } from 'node:crypto';
 import type { StorageClient } from './client';
 
 export type DiskReader = (offset: number, length: number) => Promise<Buffer>;
@@ -43,8 +43,12 @@ export interface IngestDiskOptions {
   resumeFrom?: number;
   /** Parallel reads and parallel uploads. Default 4. */
   concurrency?: number;
+  /** Batches uploading at the same time while the next is read. Default 3. */
+  batchesInFlight?: number;
   /** Bytes read per batch. Default 16 MiB. */
   batchBytes?: number;
+  /** Chunk bytes per upload request. Default 4 MiB. */
+  uploadBytes?: number;
   onProgress?: (p: IngestProgress) => void;
   signal?: AbortSignal;
 }
@@ -98,6 +102,7 @@ interface ReadChunk {
 export async function ingestDisk(opts: IngestDiskOptions): Promise<IngestProgress> {
   const { client, sessionId, diskId, virtualSize, chunkSize, read } = opts;
   const concurrency = opts.concurrency ?? 4;
+  const uploadBytes = Math.max(chunkSize, opts.uploadBytes ?? 4 * 1024 * 1024);
   const perBatch = Math.max(1, Math.floor((opts.batchBytes ?? 16 * 1024 * 1024) / chunkSize));
   const startSlot = Math.floor((opts.resumeFrom ?? 0) / chunkSize);
   const slotIter = opts.changedRanges
@@ -126,19 +131,29 @@ export async function ingestDisk(opts: IngestDiskOptions): Promise<IngestProgres
   };
 
   const readBatch = async (slots: number[]): Promise<ReadChunk[]> => {
+    // Consecutive slots are read with one call (fewer, larger reads; one buffer per run).
+    const runs: Array<{ first: number; index: number; n: number }> = [];
+    slots.forEach((slot, i) => {
+      const last = runs[runs.length - 1];
+      if (last && last.first + last.n === slot) last.n++;
+      else runs.push({ first: slot, index: i, n: 1 });
+    });
     const out = new Array<ReadChunk>(slots.length);
-    await pool(slots, concurrency, async (slot, i) => {
+    await pool(runs, concurrency, async (run) => {
       opts.signal?.throwIfAborted();
-      const offset = slot * chunkSize;
-      const length = Math.min(chunkSize, virtualSize - offset);
+      const offset = run.first * chunkSize;
+      const length = Math.min(run.n * chunkSize, virtualSize - offset);
       const data = await read(offset, length);
       if (data.length !== length) throw new Error(`disk reader returned ${data.length} bytes at ${offset}, expected ${length}`);
       progress.bytesRead += length;
-      if (isZero(data)) {
-        out[i] = { slot, digest: Buffer.alloc(32) };
-      } else {
-        out[i] = { slot, digest: createHash('sha256').update(data).digest(), data };
-      }
+      // Hashing runs on the libuv thread pool (WebCrypto), in parallel with the next reads.
+      await Promise.all(Array.from({ length: run.n }, async (_, k) => {
+        const chunk = data.subarray(k * chunkSize, Math.min(length, (k + 1) * chunkSize));
+        const slot = run.first + k;
+        out[run.index + k] = isZero(chunk)
+          ? { slot, digest: Buffer.alloc(32) }
+          : { slot, digest: Buffer.from(await webcrypto.subtle.digest('SHA-256', chunk)), data: chunk };
+      }));
     });
     return out;
   };
@@ -149,12 +164,23 @@ export async function ingestDisk(opts: IngestDiskOptions): Promise<IngestProgres
     const unique = new Map<string, ReadChunk>();
     for (const c of nonZero) unique.set(c.digest.toString('hex'), c);
     const missing = unique.size ? new Set(await opts.client.missingChunks([...unique.keys()])) : new Set<string>();
-    await pool([...missing], concurrency, async (hex) => {
-      opts.signal?.throwIfAborted();
+    // Missing chunks go up in requests of about uploadBytes each, a few in parallel.
+    const groups: ReadChunk[][] = [];
+    let size = Infinity;
+    for (const hex of missing) {
       const c = unique.get(hex)!;
-      await client.putChunk(hex, c.data!);
-      progress.bytesSent += c.data!.length;
-      progress.chunksSent++;
+      if (size + c.data!.length > uploadBytes) {
+        groups.push([]);
+        size = 0;
+      }
+      groups[groups.length - 1].push(c);
+      size += c.data!.length;
+    }
+    await pool(groups, concurrency, async (group) => {
+      opts.signal?.throwIfAborted();
+      await client.putChunks(group.map((c) => ({ digest: c.digest.toString('hex'), data: c.data! })));
+      for (const c of group) progress.bytesSent += c.data!.length;
+      progress.chunksSent += group.length;
     });
     progress.chunksDeduplicated += nonZero.length - [...missing].length;
     progress.zeroChunks += chunks.length - nonZero.length;
@@ -164,20 +190,31 @@ export async function ingestDisk(opts: IngestDiskOptions): Promise<IngestProgres
     await client.putIndex(sessionId, diskId, { virtualSize, basePoint: opts.basePoint, slots: chunks.map((c) => c.slot), digests });
     first = false;
     progress.slotsDone += chunks.length;
-    if (chunks.length) progress.position = Math.min(virtualSize, (chunks[chunks.length - 1].slot + 1) * chunkSize);
-    opts.onProgress?.({ ...progress });
   };
 
-  let uploading: Promise<void> = Promise.resolve();
-  for (;;) {
+  // Up to `inFlight` batches upload at once; the reported position only moves past a batch
+  // once it and every batch before it are in the staged index.
+  const inFlight = Math.max(1, opts.batchesInFlight ?? 3);
+  const running: Array<Promise<void>> = [];
+  const ends: number[] = [];
+  const finished: boolean[] = [];
+  let reported = -1;
+  for (let k = 0; ; k++) {
     const batch = nextBatch();
     if (batch.length === 0) break;
     const chunks = await readBatch(batch);
-    await uploading;
-    uploading = uploadBatch(chunks);
-    uploading.catch(() => undefined); // surfaced by the next await
+    ends[k] = Math.min(virtualSize, (batch[batch.length - 1] + 1) * chunkSize);
+    const p = uploadBatch(chunks).then(() => {
+      finished[k] = true;
+      while (finished[reported + 1]) reported++;
+      if (reported >= 0) progress.position = Math.max(progress.position, ends[reported]);
+      opts.onProgress?.({ ...progress });
+    });
+    p.catch(() => undefined); // awaited below
+    running.push(p);
+    if (running.length >= inFlight) await running.shift();
   }
-  await uploading;
+  await Promise.all(running);
   if (first) {
     // Nothing changed (or all resumed): make sure the disk's staged index exists.
     await client.putIndex(sessionId, diskId, { virtualSize, basePoint: opts.basePoint, slots: [], digests: Buffer.alloc(0) });

@@ -42,3 +42,35 @@ export function decodeSlotPatch(body: Buffer): { slots: number[]; digests: Buffe
   }
   return { slots, digests };
 }
+
+/**
+ * Chunk batch body (POST /v1/chunks/batch): records of
+ *   32 bytes digest + 4 bytes length (u32 little-endian) + that many bytes of chunk plaintext.
+ * The server checks every digest before storing any chunk of the batch.
+ */
+export const MAX_CHUNK_BATCH_BODY = 32 * 1024 * 1024;
+
+export function encodeChunkBatch(chunks: Array<{ digest: string; data: Buffer }>): Buffer {
+  const parts: Buffer[] = [];
+  for (const c of chunks) {
+    const h = Buffer.alloc(36);
+    h.write(c.digest, 0, 32, 'hex');
+    h.writeUInt32LE(c.data.length, 32);
+    parts.push(h, c.data);
+  }
+  return Buffer.concat(parts);
+}
+
+export function decodeChunkBatch(body: Buffer): Array<{ digest: string; data: Buffer }> {
+  const out: Array<{ digest: string; data: Buffer }> = [];
+  let o = 0;
+  while (o < body.length) {
+    if (o + 36 > body.length) throw new Error(`truncated record header at byte ${o}`);
+    const digest = body.toString('hex', o, o + 32);
+    const len = body.readUInt32LE(o + 32);
+    if (o + 36 + len > body.length) throw new Error(`record at byte ${o} claims ${len} bytes, only ${body.length - o - 36} left`);
+    out.push({ digest, data: body.subarray(o + 36, o + 36 + len) });
+    o += 36 + len;
+  }
+  return out;
+}

@@ -8,7 +8,7 @@ import {
   collectGarbage, openDiskStream, verifyRepository,
 } from '../repository';
 import type { CommitPointInput } from '../repository';
-import { API_PREFIX, MAX_FULL_INDEX_BODY, MAX_MISSING_QUERY, MAX_PATCH_BODY, decodeSlotPatch } from './protocol';
+import { API_PREFIX, MAX_CHUNK_BATCH_BODY, MAX_FULL_INDEX_BODY, MAX_MISSING_QUERY, MAX_PATCH_BODY, decodeChunkBatch, decodeSlotPatch } from './protocol';
 import type { ApiErrorBody } from './protocol';
 import type { TokenIdentity, TokenRole, TokenStore } from './tokens';
 import { promises as fs } from 'node:fs';
@@ -138,6 +138,30 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
     if (!Buffer.isBuffer(body)) throw new RepositoryError('INVALID_ARGUMENT', 'chunk body must be application/octet-stream', 'send the raw chunk bytes');
     const r = await repo.chunks.insert(digest, body);
     return reply.code(r.written ? 201 : 200).send({ digest, ...r });
+  });
+
+  app.post(`${P}/chunks/batch`, { bodyLimit: MAX_CHUNK_BATCH_BODY }, async (req, reply) => {
+    if (!Buffer.isBuffer(req.body)) throw new RepositoryError('INVALID_ARGUMENT', 'chunk batch body must be application/octet-stream', 'send records of 32-byte digest + u32 LE length + chunk bytes');
+    let chunks: Array<{ digest: string; data: Buffer }>;
+    try {
+      chunks = decodeChunkBatch(req.body);
+    } catch (err) {
+      throw new RepositoryError('INVALID_ARGUMENT', `chunk batch: ${(err as Error).message}`, 'send records of 32-byte digest + u32 LE length + chunk bytes');
+    }
+    // Every digest is checked before anything is stored: a bad batch stores nothing.
+    const settled = await Promise.allSettled(chunks.map((c) => repo.chunks.encode(c.digest, c.data)));
+    const bad = settled.find((r) => r.status === 'rejected');
+    if (bad) throw (bad as PromiseRejectedResult).reason;
+    const encoded = settled.map((r) => (r as PromiseFulfilledResult<Awaited<ReturnType<typeof repo.chunks.encode>>>).value);
+    const results = new Array<{ digest: string; written: boolean; storedSize: number }>(chunks.length);
+    let next = 0;
+    await Promise.all(Array.from({ length: 8 }, async () => {
+      while (next < encoded.length) {
+        const i = next++;
+        results[i] = { digest: encoded[i].digest, ...(await repo.chunks.insertEncoded(encoded[i])) };
+      }
+    }));
+    return reply.code(201).send({ results });
   });
 
   app.get(`${P}/chunks/:digest`, async (req, reply) => {
