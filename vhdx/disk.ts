@@ -181,6 +181,19 @@ export class Disk implements VhdxDisk {
   async readRange(buf: Buffer, at: number, offset: number, length: number): Promise<void> {
     const ops: Promise<void>[] = [];
     let run: { fileOffset: number; at: number; length: number } | undefined;
+    // Neighbouring stretches the parent supplies become one parent read, coalesced there in turn.
+    let parentRun: { offset: number; at: number; length: number } | undefined;
+    const flushParent = () => {
+      if (parentRun) ops.push(this.parentRead(buf, parentRun.at, parentRun.offset, parentRun.length));
+      parentRun = undefined;
+    };
+    const fromParent = (virtualOffset: number, bufAt: number, n: number) => {
+      if (parentRun && parentRun.offset + parentRun.length === virtualOffset) parentRun.length += n;
+      else {
+        flushParent();
+        parentRun = { offset: virtualOffset, at: bufAt, length: n };
+      }
+    };
     const flushRun = () => {
       if (run) ops.push(this.file.readInto(buf, run.at, run.length, run.fileOffset));
       run = undefined;
@@ -203,6 +216,7 @@ export class Disk implements VhdxDisk {
       const index = this.bat.payloadIndex(block);
       const state = this.bat.state(index);
       if (state === PAYLOAD.FULLY_PRESENT) {
+        flushParent();
         fromFile(this.bat.offset(index) + inBlock, bufAt, n);
       } else if (state === PAYLOAD.PARTIALLY_PRESENT && this.parent) {
         const slice = await this.blockBitmap(block);
@@ -214,22 +228,26 @@ export class Disk implements VhdxDisk {
           const from = Math.max(r.start * logicalSectorSize, inBlock);
           const to = Math.min(r.end * logicalSectorSize, inBlock + n);
           const rAt = bufAt + (from - inBlock);
-          if (r.present) fromFile(base + from, rAt, to - from);
-          else {
+          if (r.present) {
+            flushParent();
+            fromFile(base + from, rAt, to - from);
+          } else {
             flushRun();
-            ops.push(this.parentRead(buf, rAt, block * blockSize + from, to - from));
+            fromParent(block * blockSize + from, rAt, to - from);
           }
         }
       } else if ((state === PAYLOAD.NOT_PRESENT || state === PAYLOAD.UNDEFINED) && this.parent) {
         flushRun();
-        ops.push(this.parentRead(buf, bufAt, pos, n));
+        fromParent(pos, bufAt, n);
       } else {
         flushRun();
+        flushParent();
         buf.fill(0, bufAt, bufAt + n);
       }
       pos += n;
     }
     flushRun();
+    flushParent();
     await Promise.all(ops);
   }
 
