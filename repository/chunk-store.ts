@@ -1,6 +1,6 @@
 // The chunk store: content-addressed chunk files under chunks/, named by the SHA-256 of the
-// plaintext, fanned out by the first three hex digits (4096 folders, created with the
-// repository: ~2,500 files per folder at 10 million chunks).
+// plaintext, fanned out by the first three hex digits (4096 folders, created on first use:
+// ~2,500 files per folder at 10 million chunks).
 //
 // Stored chunk file (all integers little-endian):
 //   offset size
@@ -112,15 +112,6 @@ export class ChunkStore {
 
   pathOf(digest: string): string {
     return path.join(this.dir, digest.slice(0, 3), digest);
-  }
-
-  /** Creates the 4096 fan-out folders (once, with the repository). */
-  async createFolders(): Promise<void> {
-    await fs.mkdir(this.dir, { recursive: true });
-    const names = Array.from({ length: 4096 }, (_, i) => i.toString(16).padStart(3, '0'));
-    for (let i = 0; i < names.length; i += 64) {
-      await Promise.all(names.slice(i, i + 64).map((n) => fs.mkdir(path.join(this.dir, n), { recursive: true })));
-    }
   }
 
   /** touch() for a chunk written or touched moments ago by this process: no system call. */

@@ -158,8 +158,7 @@ export class Repository {
         throw new RepositoryError('NOT_FOUND', `no repository at ${root}`, 'create one (open with create: true / `hvprotect server --init`)');
       }
       await fs.mkdir(root, { recursive: true });
-      for (const d of ['datasources', 'sessions', 'leases']) await fs.mkdir(path.join(root, d), { recursive: true });
-      await new ChunkStore(root).createFolders();
+      for (const d of ['chunks', 'datasources', 'sessions', 'leases']) await fs.mkdir(path.join(root, d), { recursive: true });
       config = {
         format: REPOSITORY_FORMAT,
         id: randomBytes(16).toString('hex'),
@@ -846,6 +845,8 @@ export class Repository {
         await fsyncDir(pdir);
         await writeFileDurable(path.join(pdir, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\n');
         await fs.rm(sdir, { recursive: true, force: true });
+        // The session's base (kept while it lived) may now go if the count says so.
+        await this.enforceLocked(ds, 0, 'max-points');
         this.logger?.info({ dataSource: ds, pointId, kind: manifest.kind, ownedBytes }, 'recovery point committed');
         return manifest;
       });

@@ -7,7 +7,7 @@ import type { Readable } from 'node:stream';
 import type {
   BackupSession, CommitPointInput, GcReport, PointDeletion, RecoveryPointManifest, RestoreLease, ShadowStorageUsage, VerifyReport,
 } from '../repository';
-import { API_PREFIX, MAX_MISSING_QUERY, encodeChunkBatch, encodeSlotPatch } from './protocol';
+import { API_PREFIX, MAX_MISSING_QUERY, encodeChunkBatchParts, encodeSlotPatch } from './protocol';
 import type { ApiErrorBody } from './protocol';
 
 export class StorageApiError extends Error {
@@ -66,16 +66,20 @@ export class StorageClient {
    */
   private call(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<IncomingMessage> {
     const url = new URL(this.base + path);
-    let payload: Buffer | undefined;
+    // A binary body may come in pieces (a chunk batch): written one by one, never concatenated.
+    let payload: Buffer[] | undefined;
     const h: Record<string, string> = { authorization: `Bearer ${this.token}`, ...headers };
     if (Buffer.isBuffer(body)) {
-      payload = body;
+      payload = [body];
+      h['content-type'] = 'application/octet-stream';
+    } else if (Array.isArray(body) && body.every((b) => Buffer.isBuffer(b))) {
+      payload = body as Buffer[];
       h['content-type'] = 'application/octet-stream';
     } else if (body !== undefined) {
-      payload = Buffer.from(JSON.stringify(body));
+      payload = [Buffer.from(JSON.stringify(body))];
       h['content-type'] = 'application/json';
     }
-    if (payload) h['content-length'] = String(payload.length);
+    if (payload) h['content-length'] = String(payload.reduce((a, b) => a + b.length, 0));
     const mod = url.protocol === 'https:' ? https : http;
     return new Promise((resolve, reject) => {
       const req = mod.request(url, { method, headers: h, agent: url.protocol === 'https:' ? this.httpsAgent : this.httpAgent }, (res) => {
@@ -95,7 +99,8 @@ export class StorageClient {
         });
       });
       req.on('error', reject);
-      req.end(payload);
+      if (payload) for (const part of payload) req.write(part);
+      req.end();
     });
   }
 
@@ -136,7 +141,7 @@ export class StorageClient {
 
   /** Uploads several chunks in one request (at most MAX_CHUNK_BATCH_BODY bytes in all). */
   async putChunks(chunks: Array<{ digest: string; data: Buffer }>): Promise<Array<{ digest: string; written: boolean; storedSize: number }>> {
-    return (await this.json<{ results: Array<{ digest: string; written: boolean; storedSize: number }> }>('POST', '/chunks/batch', encodeChunkBatch(chunks))).results;
+    return (await this.json<{ results: Array<{ digest: string; written: boolean; storedSize: number }> }>('POST', '/chunks/batch', encodeChunkBatchParts(chunks))).results;
   }
 
   /** A chunk's plaintext, checked against its digest. */

@@ -2,7 +2,7 @@
 // the whole disk), hashes them, asks the server which it lacks, uploads those, and writes the
 // index slots (the delta form, so an incremental sends 40 bytes per changed chunk, not a whole
 // index). Reading the next batch overlaps the uploads of the previous ones; memory stays at
-// about batchesInFlight + 1 batches (64 MiB by default). Progress reports a byte position: give it back as `resumeFrom` to carry on after
+// about batchesInFlight + 1 batches (32 MiB by default). Progress reports a byte position: give it back as `resumeFrom` to carry on after
 // a retry (slots before it are already in the session's staged index).
 import { webcrypto } from 'node:crypto';
 import type { StorageClient } from './client';
@@ -45,7 +45,7 @@ export interface IngestDiskOptions {
   concurrency?: number;
   /** Batches uploading at the same time while the next is read. Default 3. */
   batchesInFlight?: number;
-  /** Bytes read per batch. Default 16 MiB. */
+  /** Bytes read per batch. Default 8 MiB. */
   batchBytes?: number;
   /** Chunk bytes per upload request. Default 4 MiB. */
   uploadBytes?: number;
@@ -103,7 +103,7 @@ export async function ingestDisk(opts: IngestDiskOptions): Promise<IngestProgres
   const { client, sessionId, diskId, virtualSize, chunkSize, read } = opts;
   const concurrency = opts.concurrency ?? 4;
   const uploadBytes = Math.max(chunkSize, opts.uploadBytes ?? 4 * 1024 * 1024);
-  const perBatch = Math.max(1, Math.floor((opts.batchBytes ?? 16 * 1024 * 1024) / chunkSize));
+  const perBatch = Math.max(1, Math.floor((opts.batchBytes ?? 8 * 1024 * 1024) / chunkSize));
   const startSlot = Math.floor((opts.resumeFrom ?? 0) / chunkSize);
   const slotIter = opts.changedRanges
     ? slotsOfRanges(opts.changedRanges, chunkSize, virtualSize)

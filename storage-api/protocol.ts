@@ -50,7 +50,8 @@ export function decodeSlotPatch(body: Buffer): { slots: number[]; digests: Buffe
  */
 export const MAX_CHUNK_BATCH_BODY = 32 * 1024 * 1024;
 
-export function encodeChunkBatch(chunks: Array<{ digest: string; data: Buffer }>): Buffer {
+/** The batch body as pieces to write in order (no copy of the chunk bytes). */
+export function encodeChunkBatchParts(chunks: Array<{ digest: string; data: Buffer }>): Buffer[] {
   const parts: Buffer[] = [];
   for (const c of chunks) {
     const h = Buffer.alloc(36);
@@ -58,7 +59,7 @@ export function encodeChunkBatch(chunks: Array<{ digest: string; data: Buffer }>
     h.writeUInt32LE(c.data.length, 32);
     parts.push(h, c.data);
   }
-  return Buffer.concat(parts);
+  return parts;
 }
 
 export function decodeChunkBatch(body: Buffer): Array<{ digest: string; data: Buffer }> {
