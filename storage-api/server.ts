@@ -228,9 +228,10 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
 
   app.get(`${P}/datasources/:ds/points/:pid/disks/:diskId/index`, async (req, reply) => {
     const { ds, pid, diskId } = req.params as Params;
+    checkDiskId(diskId);
     const point = await repo.getPoint(checkDataSourceId(ds), checkPointId(pid));
-    if (!point.disks.some((d) => d.diskId === diskId)) throw new RepositoryError('NOT_FOUND', `recovery point ${ds}/${pid} has no disk ${String(diskId)}`);
-    const data = await fs.readFile(repo.indexPath(ds, pid, checkDiskId(diskId)));
+    if (!point.disks.some((d) => d.diskId === diskId)) throw new RepositoryError('NOT_FOUND', `recovery point ${ds}/${pid} has no disk ${diskId}`, `its disks: ${point.disks.map((d) => d.diskId).join(', ')}`);
+    const data = await fs.readFile(repo.indexPath(ds, pid, diskId));
     return reply.type('application/octet-stream').send(data);
   });
 

@@ -1,0 +1,201 @@
+// Every refusal of the storage API: authentication, authorization, bodies, ids, unknown things.
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { MAX_CHUNK_SIZE } from '../../repository';
+import { StorageApiError, StorageClient } from '../../storage-api';
+import { startFixture, type Fixture } from './support';
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+/** A request exactly as written (no client-side path normalisation). */
+function raw(f: Fixture, method: string, url: string, token?: string, body?: Buffer | object, contentType?: string): Promise<{ status: number; json: Record<string, unknown> }> {
+  const headers: Record<string, string> = {};
+  if (token !== undefined) headers.authorization = `Bearer ${token}`;
+  let payload: Buffer | undefined;
+  if (Buffer.isBuffer(body)) {
+    payload = body;
+    headers['content-type'] = contentType ?? 'application/octet-stream';
+  } else if (body) {
+    payload = Buffer.from(JSON.stringify(body));
+    headers['content-type'] = 'application/json';
+  }
+  if (payload) headers['content-length'] = String(payload.length);
+  const u = new URL(f.api.url);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: u.hostname, port: u.port, method, path: url, headers }, (res) => {
+      const parts: Buffer[] = [];
+      res.on('data', (c: Buffer) => parts.push(c));
+      res.on('end', () => {
+        let json: Record<string, unknown> = {};
+        try {
+          json = JSON.parse(Buffer.concat(parts).toString('utf8')) as Record<string, unknown>;
+        } catch {
+          // not JSON
+        }
+        resolve({ status: res.statusCode ?? 0, json });
+      });
+    });
+    req.on('error', reject);
+    req.end(payload);
+  });
+}
+
+async function refused(p: Promise<unknown>): Promise<StorageApiError> {
+  try {
+    await p;
+  } catch (err) {
+    expect(err).toBeInstanceOf(StorageApiError);
+    return err as StorageApiError;
+  }
+  throw new Error('expected a refusal');
+}
+
+async function chunkFiles(f: Fixture): Promise<string[]> {
+  const out: string[] = [];
+  const root = path.join(f.dir, 'chunks');
+  for (const d of await fs.readdir(root).catch(() => [] as string[])) {
+    for (const n of await fs.readdir(path.join(root, d))) out.push(n);
+  }
+  return out;
+}
+
+describe('storage API refusals', () => {
+  let f: Fixture;
+  beforeAll(async () => {
+    f = await startFixture();
+  });
+  afterAll(async () => f.close());
+
+  it('refuses a call without a token, with a wrong token and with a revoked token (401, JSON saying what to do)', async () => {
+    const none = await raw(f, 'GET', '/v1/datasources/vm/points');
+    expect(none.status).toBe(401);
+    expect(none.json).toMatchObject({ error: 'UNAUTHENTICATED', message: 'no bearer token' });
+    expect(String(none.json.hint)).toMatch(/Authorization: Bearer/);
+    const wrong = await refused(new StorageClient(f.api.url, 'hvp_not-a-real-token').listPoints('vm'));
+    expect(wrong.status).toBe(401);
+    expect(wrong.code).toBe('UNAUTHENTICATED');
+    const token = await f.admin.issueToken('hv-host-09');
+    const agent = new StorageClient(f.api.url, token);
+    expect(await agent.listPoints('vm')).toEqual([]);
+    await f.admin.revokeToken('hv-host-09');
+    const revoked = await refused(agent.listPoints('vm'));
+    expect(revoked.status).toBe(401);
+    expect(revoked.message).toMatch(/unknown or revoked/);
+  });
+
+  it('keeps only hashes of tokens on disk', async () => {
+    const stored = await fs.readFile(path.join(f.dir, 'tokens.json'), 'utf8');
+    expect(stored).not.toContain(f.agentToken);
+    expect(stored).toContain(sha(Buffer.from(f.agentToken)));
+  });
+
+  it('refuses management calls with an agent token (403)', async () => {
+    const e = await refused(f.agent.collectGarbage());
+    expect(e.status).toBe(403);
+    expect(e.code).toBe('FORBIDDEN');
+    expect((await refused(f.agent.issueToken('evil', 'admin'))).status).toBe(403);
+  });
+
+  it('refuses a chunk whose bytes do not hash to its name, and stores nothing', async () => {
+    const data = Buffer.from('some chunk bytes');
+    const e = await refused(f.agent.putChunk(sha(Buffer.from('other bytes')), data));
+    expect(e.status).toBe(400);
+    expect(e.message).toMatch(/digest mismatch/);
+    expect(await chunkFiles(f)).toEqual([]);
+    // a batch with one bad chunk stores none of the batch
+    const good = Buffer.from('good chunk');
+    const be = await refused(f.agent.putChunks([{ digest: sha(good), data: good }, { digest: sha(good), data: data }]));
+    expect(be.status).toBe(400);
+    expect(await chunkFiles(f)).toEqual([]);
+  });
+
+  it('refuses an oversize chunk body (413) and a malformed digest (400)', async () => {
+    const big = Buffer.alloc(MAX_CHUNK_SIZE + 1, 1);
+    const e = await refused(f.agent.putChunk(sha(big), big));
+    expect(e.status).toBe(413);
+    expect(e.code).toBe('BODY_TOO_LARGE');
+    const bad = await raw(f, 'PUT', '/v1/chunks/ABC', f.agentToken, Buffer.from('x'));
+    expect(bad.status).toBe(400);
+    expect(bad.json).toMatchObject({ error: 'INVALID_ARGUMENT' });
+    expect(String(bad.json.hint)).toMatch(/64 lowercase hex/);
+  });
+
+  it('refuses bad ids and path traversal before touching the disk', async () => {
+    for (const url of [
+      '/v1/datasources/..%2F..%2Fetc/points',
+      '/v1/datasources/..%2fconfig/points',
+      '/v1/datasources/.hidden/points',
+      '/v1/datasources/a%00b/points',
+      '/v1/datasources/vm/points/..%2F..%2Fconfig',
+      '/v1/datasources/vm/points/20261124T154130.123Z/disks/..%2F..%2F..%2Fconfig/index',
+      '/v1/chunks/..%2F..%2Fconfig',
+    ]) {
+      const r = await raw(f, 'GET', url, f.agentToken);
+      expect({ url, status: r.status, error: r.json.error }).toEqual({ url, status: 400, error: 'INVALID_ARGUMENT' });
+    }
+    const s = await raw(f, 'POST', '/v1/sessions', f.agentToken, { dataSource: '../../tmp/x' });
+    expect(s.status).toBe(400);
+    const ss = await f.agent.beginSession('vm-ids');
+    const d = await raw(f, 'POST', `/v1/sessions/${ss.sessionId}/disks/..%2Fx/slots?virtualSize=65536`, f.agentToken, Buffer.alloc(0));
+    expect(d.status).toBe(400);
+    const sid = await raw(f, 'POST', '/v1/sessions/..%2F..%2Fdatasources/commit', f.agentToken, { kind: 'express-full', mode: 'online', disks: [] });
+    expect(sid.status).toBe(400);
+  });
+
+  it('answers unknown points, disks, sessions and chunks with 404 and a hint', async () => {
+    const p = await refused(f.agent.getPoint({ dataSource: 'vm', pointId: '20261124T154130.123Z' }));
+    expect(p.status).toBe(404);
+    expect(p.hint).toMatch(/list the points/);
+    expect((await refused(f.agent.getIndex({ dataSource: 'vm', pointId: '20261124T154130.123Z' }, 'disk0'))).status).toBe(404);
+    expect((await refused(f.agent.openDiskStream({ dataSource: 'vm', pointId: '20261124T154130.123Z' }, 'disk0'))).status).toBe(404);
+    expect((await refused(f.agent.getChunk('0'.repeat(63) + '1'))).status).toBe(404);
+    const sess = await refused(f.agent.commitPoint('0'.repeat(32), { kind: 'express-full', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: 1 }] }));
+    expect(sess.status).toBe(404);
+    expect(sess.hint).toMatch(/begin a new session/);
+    expect((await refused(f.agent.beginSession('vm-x', { basePoint: '20261124T154130.123Z' }))).status).toBe(404);
+    const ep = await raw(f, 'GET', '/v1/nothing-here', f.agentToken);
+    expect(ep.status).toBe(404);
+    expect(ep.json.error).toBe('NO_SUCH_ENDPOINT');
+  });
+
+  it('refuses an index that references chunks the repository lacks (409 listing them)', async () => {
+    const s = await f.agent.beginSession('vm-missing');
+    const digest = Buffer.from(sha(Buffer.from('never uploaded')), 'hex');
+    const e = await refused(f.agent.putIndex(s.sessionId, 'disk0', { virtualSize: 65536, slots: [0], digests: digest }));
+    expect(e.status).toBe(409);
+    expect(e.details?.missing).toEqual([digest.toString('hex')]);
+    const slot = await refused(f.agent.putIndex(s.sessionId, 'disk0', { virtualSize: 65536, slots: [5], digests: Buffer.alloc(32) }));
+    expect(slot.status).toBe(400);
+    const c = await refused(f.agent.commitPoint(s.sessionId, { kind: 'no-such-kind' as 'express-full', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'x', virtualSize: 65536 }] }));
+    expect(c.status).toBe(400);
+    expect(c.hint).toMatch(/initial-replica/);
+  });
+
+  it('a killed upload leaves nothing visible', async () => {
+    const data = Buffer.alloc(256 * 1024, 7);
+    const digest = sha(data);
+    const u = new URL(f.api.url);
+    await new Promise<void>((resolve) => {
+      const sock = net.connect(Number(u.port), u.hostname, () => {
+        sock.write(`PUT /v1/chunks/${digest} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${f.agentToken}\r\nContent-Type: application/octet-stream\r\nContent-Length: ${data.length}\r\n\r\n`);
+        sock.write(data.subarray(0, 100_000), () => {
+          sock.destroy();
+          resolve();
+        });
+      });
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    expect((await chunkFiles(f)).filter((n) => n.startsWith(digest))).toEqual([]);
+    expect(await f.agent.missingChunks([digest])).toEqual([digest]);
+  });
+
+  it('serves many parallel uploads on kept-alive connections', async () => {
+    const chunks = Array.from({ length: 32 }, (_, i) => Buffer.alloc(64 * 1024, i + 1));
+    const res = await Promise.all(chunks.map((c) => f.agent.putChunk(sha(c), c)));
+    expect(res.every((r) => r.written)).toBe(true);
+    expect(await f.agent.missingChunks(chunks.map(sha))).toEqual([]);
+  });
+});
