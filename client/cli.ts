@@ -6,6 +6,7 @@ import { createLogger } from '../log/logger';
 import { connectClient, loadTemporalSettings } from '../temporal/connection';
 import { SERVER_TASK_QUEUE } from '../temporal/task-queues';
 import { startServer } from '../workers/server';
+import { installRuntime } from '../workers/runtime';
 import path from 'node:path';
 import { startDevStack } from './dev';
 import { EXIT_USAGE, UsageError, reportAndExit } from './errors';
@@ -71,6 +72,7 @@ export function buildProgram(): Command {
     .option('--temporal-port <port>', 'Temporal frontend gRPC port', port, 7233)
     .option('--ui-port <port>', 'Temporal Web UI port', port, 8233)
     .option('--api-port <port>', 'storage API port (0 = any free port)', portOrZero, 8780)
+    .option('--metrics-port <port>', 'Prometheus /metrics (the SDK runtime\'s exporter takes the next port)', port, 9464)
     .option('--headless', 'no Web UI', false)
     .option('--bare', 'only Temporal and the protection server (no lab, agents or protections)', false)
     .option('--no-first-backups', 'protect the sample VMs but do not back them up now')
@@ -82,6 +84,7 @@ export function buildProgram(): Command {
         temporalPort: o.temporalPort,
         uiPort: o.uiPort,
         apiPort: o.apiPort,
+        metricsPort: o.metricsPort,
         headless: o.headless,
         bare: o.bare,
         noFirstBackups: !o.firstBackups,
@@ -96,6 +99,7 @@ export function buildProgram(): Command {
         `  Temporal:      ${stack.temporal.address} (namespace ${stack.temporal.namespace})`,
         `  Storage API:   ${stack.server.storageApi.url} (admin token in ${path.join(stack.server.stateDir, 'admin.token')})`,
         `  Repository:    ${stack.server.repository.root}`,
+        `  Metrics:       ${stack.server.metricsUrl}`,
         stack.lab ? `  Lab:           ${stack.lab.root} (agents: ${stack.agents.map((a) => a.host).join(', ')})` : '',
         stack.protections.length ? `  Protected:     ${stack.protections.map((p) => `${p.vm}${p.dataSource !== p.vm ? ` (${p.dataSource})` : ''}`).join(', ')}` : '',
         stack.firstBackups.length ? `  First backups: ${stack.firstBackups.length} started; watch them in the Web UI or with \`status\`` : '',
@@ -122,6 +126,7 @@ export function buildProgram(): Command {
     .option('--repository <dir>', 'repository folder (default <state-dir>/repository)')
     .option('--api-host <host>', 'storage API listen address', '127.0.0.1')
     .option('--api-port <port>', 'storage API port (0 = any free port)', portOrZero, 8780)
+    .option('--metrics-port <port>', 'Prometheus /metrics (ours and the Temporal SDK runtime\'s, which listens on the next port)', port, 9464)
     .addHelpText(
       'after',
       '\nConnection: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, TEMPORAL_PROFILE.\n' +
@@ -130,8 +135,18 @@ export function buildProgram(): Command {
     )
     .action(async (o) => {
       const logger = createLogger({ name: 'hvprotect-server' });
-      const server = await startServer({ logger, stateDir: o.stateDir, repositoryDir: o.repository, apiHost: o.apiHost, apiPort: o.apiPort });
-      process.stdout.write(`storage API ${server.storageApi.url}\n`);
+      const sdk = `127.0.0.1:${o.metricsPort + 1}`;
+      installRuntime({ logger, prometheusBindAddress: sdk });
+      const server = await startServer({
+        logger,
+        stateDir: o.stateDir,
+        repositoryDir: o.repository,
+        apiHost: o.apiHost,
+        apiPort: o.apiPort,
+        metricsPort: o.metricsPort,
+        sdkMetricsUrl: `http://${sdk}/metrics`,
+      });
+      process.stdout.write(`storage API ${server.storageApi.url}\nmetrics ${server.metricsUrl}\n`);
       await Promise.race([server.done, untilSignal(() => server.shutdown(), (m) => logger.info(m))]);
     });
 

@@ -21,6 +21,7 @@ export interface DevOptions {
   temporalPort: number;
   uiPort: number;
   apiPort: number;
+  metricsPort?: number;
   headless: boolean;
   logger: Logger;
   /** Sample lab disk size (default 64 MiB). */
@@ -45,7 +46,9 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
   const { logger } = opts;
   const stateDir = path.resolve(opts.stateDir);
   fs.mkdirSync(stateDir, { recursive: true });
-  installRuntime({ logger }); // one process-wide Temporal runtime for server and agents
+  // One process-wide Temporal runtime for server and agents; its Prometheus exporter on the next port.
+  const sdkMetrics = opts.metricsPort ? `127.0.0.1:${opts.metricsPort + 1}` : undefined;
+  installRuntime({ logger, prometheusBindAddress: sdkMetrics });
   logger.info({ stateDir }, 'starting the Temporal dev server');
   const temporal = await startDevServer({
     dbFile: path.join(stateDir, 'temporal.sqlite'),
@@ -65,7 +68,8 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
     await temporal.stop();
   };
   try {
-    server = await startServer({ logger: logger.child({ process: 'server' }), temporal: settings, stateDir: path.join(stateDir, 'server'), apiPort: opts.apiPort });
+    server = await startServer({ logger: logger.child({ process: 'server' }), temporal: settings, stateDir: path.join(stateDir, 'server'), apiPort: opts.apiPort,
+      metricsPort: opts.metricsPort, sdkMetricsUrl: sdkMetrics ? `http://${sdkMetrics}/metrics` : undefined });
     if (opts.bare) return { temporal, server, agents, protections: [], firstBackups: [], stop };
 
     const lab = await Lab.open(path.join(stateDir, 'lab'));

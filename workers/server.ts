@@ -9,6 +9,7 @@ import { connectClient, connectWorker, loadTemporalSettings, type TemporalSettin
 import { SERVER_TASK_QUEUE } from '../temporal/task-queues';
 import { registerSearchAttributes } from '../temporal/search-attributes';
 import { installRuntime } from './runtime';
+import { ProtectionMetrics, startMetricsServer } from '../metrics/metrics';
 import * as selfCheckActivities from '../activities/server/self-check';
 import { createServerActivities } from '../activities/server/backup';
 import { createRestoreServerActivities } from '../activities/server/restore';
@@ -30,6 +31,10 @@ export interface ServerOptions {
   /** Register our search attributes before polling (needs operator rights; default true). */
   registerSearchAttributes?: boolean;
   maxConcurrentWorkflowTasks?: number;
+  /** Port of /metrics (ours + the SDK's); undefined = no metrics endpoint, 0 = any free port. */
+  metricsPort?: number;
+  /** Where the SDK runtime's Prometheus exporter listens (set when the runtime was installed with it). */
+  sdkMetricsUrl?: string;
 }
 
 export interface RunningServer {
@@ -41,6 +46,7 @@ export interface RunningServer {
   /** The admin token (also in <stateDir>/admin.token, mode 0600). */
   adminToken: string;
   client: Client;
+  metricsUrl?: string;
   /** Resolves when the worker has stopped (after shutdown() or a fatal error). */
   done: Promise<void>;
   shutdown(): Promise<void>;
@@ -91,6 +97,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   });
   fs.writeFileSync(path.join(stateDir, 'storage-api.url'), `${storageApi.url}\n`);
 
+  const metrics = new ProtectionMetrics();
+  const metricsServer = opts.metricsPort === undefined ? undefined : await startMetricsServer({ metrics, port: opts.metricsPort, sdkMetricsUrl: opts.sdkMetricsUrl });
+
   const connection = await connectWorker(temporal);
   const worker = await Worker.create({
     connection,
@@ -99,7 +108,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     workflowsPath: workflowsPath(),
     activities: {
       ...selfCheckActivities,
-      ...createServerActivities({ repository, tokens, stateDir, temporal: () => client }),
+      ...createServerActivities({ repository, tokens, stateDir, temporal: () => client, metrics }),
       ...createRestoreServerActivities({ repository }),
     },
     maxConcurrentWorkflowTaskExecutions: opts.maxConcurrentWorkflowTasks,
@@ -111,6 +120,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   );
   const done = worker.run().finally(async () => {
     await storageApi.close().catch(() => undefined);
+    await metricsServer?.close().catch(() => undefined);
     await repository.close().catch(() => undefined);
     await connection.close().catch(() => undefined);
     await client.connection.close().catch(() => undefined);
@@ -123,6 +133,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     storageApi,
     adminToken,
     client,
+    metricsUrl: metricsServer?.url,
     done,
     shutdown: async () => {
       if (worker.getState() === 'RUNNING') worker.shutdown();

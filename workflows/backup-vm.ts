@@ -299,6 +299,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
         modeReasons: decision.reasons,
         downtimeMs: ckpt.downtimeMs,
         checkpointCreatedAt: ckpt.createdAt,
+        startedAt: workflowInfo().startTime.toISOString(),
         disks: results.map((r) => {
           const c = ckpt.disks.find((x) => x.diskId === r.diskId)!;
           const f = facts.disks.find((x) => x.diskId === r.diskId);

@@ -53,6 +53,8 @@ export function toFailure(err: unknown): never {
       : ApplicationFailure.retryable(`storage API: ${err.message}`, 'StorageUnavailable', { status: err.status, code: err.code });
   }
   const e = err as Error;
+  // The lab's own refusals (bad config, a VM in the way) do not change on retry.
+  if (e?.name === 'LabError') throw ApplicationFailure.nonRetryable(e.message, 'LabRefused');
   if (e?.name === 'VhdxError') throw ApplicationFailure.nonRetryable(`disk damaged: ${e.message}`, 'DiskDamaged');
   throw err;
 }

@@ -6,6 +6,7 @@ import { ApplicationFailure, Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
 import { Repository, RepositoryError, type RecoveryPointManifest } from '../../repository';
 import type { TokenStore } from '../../storage-api/tokens';
+import type { ProtectionMetrics } from '../../metrics/metrics';
 import type { TransferKind } from '../host/types';
 import type {
   BackupPlan,
@@ -23,6 +24,7 @@ export interface ServerActivityDeps {
   stateDir: string;
   /** To ask whether the holder of a lease still runs. */
   temporal: () => Client;
+  metrics?: ProtectionMetrics;
 }
 
 interface LeaseRecord {
@@ -172,6 +174,15 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
             })),
           },
         });
+        const m = deps.metrics;
+        if (m) {
+          m.recoveryPoints.inc({ datasource: req.dataSource, kind: req.kind, mode: req.mode });
+          const labels = { datasource: req.dataSource, host: req.vm.host };
+          m.bytesRead.inc(labels, req.disks.reduce((s, d) => s + d.bytesRead, 0));
+          m.bytesSent.inc(labels, req.disks.reduce((s, d) => s + d.bytesSent, 0));
+          if (req.startedAt) m.backupDuration.observe({ kind: req.kind, mode: req.mode }, (Date.now() - Date.parse(req.startedAt)) / 1000);
+          if (req.downtimeMs !== undefined) m.offlineDowntime.observe({ datasource: req.dataSource }, req.downtimeMs / 1000);
+        }
         return toResult(point);
       } catch (err) {
         return asFailure(err);

@@ -35,6 +35,8 @@ export interface CommitRequest {
   modeReasons: string[];
   downtimeMs?: number;
   checkpointCreatedAt: string;
+  /** When the backup workflow started (for the duration metric). */
+  startedAt?: string;
   disks: (DiskTransferResult & { virtualSize: number; chunkSize: number; changeTrackingId: string; fileName: string })[];
 }
 

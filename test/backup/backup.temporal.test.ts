@@ -97,6 +97,12 @@ test('a Linux guest is backed up offline: paused for the checkpoint, resumed, do
   expect(described.typedSearchAttributes.get(SA.host)).toBe('hv02');
   expect(described.typedSearchAttributes.get(SA.kind)).toBe('initial-replica');
   expect((await restoredBytes('db-linux', r.pointId, facts.disks[0].diskId)).equals(initialDiskContent(content, 8 * MiB))).toBe(true);
+
+  // Prometheus sees the point, its bytes and the downtime.
+  const metrics = await (await fetch(stack.server.metricsUrl!)).text();
+  expect(metrics).toMatch(/hvprotect_recovery_points_total\{datasource="db-linux",kind="initial-replica",mode="offline"\} 1/);
+  expect(metrics).toMatch(/hvprotect_offline_downtime_seconds_count\{datasource="db-linux"\} 1/);
+  expect(metrics).toMatch(/hvprotect_bytes_read_total\{datasource="db-linux",host="hv02"\} [1-9]/);
 });
 
 test('a policy that forbids offline fails the backup and leaves the VM running untouched', async () => {
