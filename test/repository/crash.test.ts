@@ -33,7 +33,7 @@ describe('crash consistency', () => {
       for (let round = 0; round < ROUNDS; round++) {
         const killAfter = 30 + Math.floor(Math.random() * 400);
         await runAndKill(root, round * 1000, killAfter);
-        const repo = await Repository.open(root, { unsafeSkipSync: true });
+        const repo = await Repository.open(root, { unsafeSkipSync: true, encoderThreads: 0 });
         const report = await verifyRepository(repo, { readData: true });
         expect({ round, killAfter, damagedChunks: report.damagedChunks, damagedIndexes: report.damagedIndexes }).toEqual({ round, killAfter, damagedChunks: [], damagedIndexes: [] });
         const points = await repo.listPoints('vm-a').catch(() => []);
