@@ -102,24 +102,27 @@ export class ChunkStore {
    * patch refers to chunks it has just uploaded, and these need no more file system calls.
    * Safe because GC only removes chunks older than the oldest live session (and drops them here).
    */
-  private readonly recent = new Map<string, number>();
+  private readonly recent = new Map<string, { size: number; at: number }>();
   private static readonly RECENT_MAX = 200_000;
 
   private remember(digest: string, size: number): void {
     if (this.recent.size >= ChunkStore.RECENT_MAX) this.recent.clear();
-    this.recent.set(digest, size);
+    this.recent.set(digest, { size, at: Date.now() });
   }
 
   pathOf(digest: string): string {
     return path.join(this.dir, digest.slice(0, 3), digest);
   }
 
-  /** touch() for a chunk written or touched moments ago by this process: no system call. */
-  async touchRecent(digest: string): Promise<number | undefined> {
-    const size = this.recent.get(digest);
-    if (size === undefined || this.deleting.has(digest)) return this.touch(digest);
+  /**
+   * touch() without a system call for a chunk this process wrote or touched at or after
+   * `notBefore` (a session's start): its mtime is already past that session's GC cutoff.
+   */
+  async touchRecent(digest: string, notBefore: number): Promise<number | undefined> {
+    const r = this.recent.get(digest);
+    if (r === undefined || r.at < notBefore || this.deleting.has(digest)) return this.touch(digest);
     this.protectedDuringGc?.add(digest);
-    return size;
+    return r.size;
   }
 
   /**

@@ -699,7 +699,7 @@ export class Repository {
       const s = await this.getSession(sessionId);
       const base = opts.basePoint === null ? undefined : opts.basePoint ?? s.basePoint;
       if (base !== undefined) checkPointId(base);
-      const sizes = await this.checkPresent(digests);
+      const sizes = await this.checkPresent(digests, s);
       const builder = await this.stagedIndex(s, diskId, opts.virtualSize, base);
       const previous = await builder.patch(slots, digests);
       const d = s.disks[diskId];
@@ -725,7 +725,7 @@ export class Repository {
     return this.sessionMutex.run(sessionId, async () => {
       const s = await this.getSession(sessionId);
       delete s.disks[diskId];
-      const sizes = await this.checkPresent(digests);
+      const sizes = await this.checkPresent(digests, s);
       const builder = await this.stagedIndex(s, diskId, virtualSize, undefined);
       await builder.writeAll(digests);
       const d = s.disks[diskId];
@@ -739,7 +739,8 @@ export class Repository {
   }
 
   /** Touches every non-zero digest; returns stored sizes (0 for zero), or CONFLICT with the missing. */
-  private async checkPresent(digests: Buffer): Promise<number[]> {
+  private async checkPresent(digests: Buffer, session: BackupSession): Promise<number[]> {
+    const notBefore = Date.parse(session.startedAt);
     const n = digests.length / DIGEST_SIZE;
     const sizes = new Array<number>(n).fill(0);
     const missing: string[] = [];
@@ -754,7 +755,7 @@ export class Repository {
         const hex = d.toString('hex');
         let size = seen.get(hex);
         if (size === undefined) {
-          size = (await this.chunks.touchRecent(hex)) ?? -1;
+          size = (await this.chunks.touchRecent(hex, notBefore)) ?? -1;
           seen.set(hex, size);
         }
         if (size < 0) missing.push(hex);
