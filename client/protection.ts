@@ -143,6 +143,7 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
         taskQueue: SERVER_TASK_QUEUE,
         workflowId: `backup/${dataSource}`,
         args: [backupInput(dataSource, o.vm, o)],
+        staticSummary: `scheduled backup of ${o.vm.name}`,
         typedSearchAttributes: [
           { key: SA.dataSource, value: dataSource },
           { key: SA.vm, value: o.vm.name },
@@ -245,6 +246,7 @@ export async function startBackupNow(client: Client, p: ProtectionInfo, kind: 'a
     taskQueue: SERVER_TASK_QUEUE,
     workflowId: `${verb}/${p.dataSource}/${new Date().toISOString()}`,
     args: [input],
+    staticSummary: `${kind === 'consistency-check' ? 'consistency check' : 'backup'} of ${p.vm} (started from the CLI)`,
     typedSearchAttributes: [
       { key: SA.dataSource, value: p.dataSource },
       { key: SA.vm, value: p.vm },

@@ -319,7 +319,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
         step('releasing the backup checkpoint');
         await onOwner('release', (taskQueue, h) =>
           host.releaseBackupCheckpoint.executeWithOptions(
-            { taskQueue, summary: `release backup checkpoint of ${input.vm} on ${h}`, retry: { maximumAttempts: 20, nonRetryableErrorTypes: ['VmNotOnHost', 'VmNotFound'] } } as ActivityOptions,
+            { taskQueue, summary: `release backup checkpoint of ${progress.vm} on ${h}`, retry: { maximumAttempts: 20, nonRetryableErrorTypes: ['VmNotOnHost', 'VmNotFound'] } } as ActivityOptions,
             [{ vmId: input.vm, label: workflowId, checkpointId: checkpoint?.checkpointId }],
           ),
         ).catch((err) => {
