@@ -191,3 +191,34 @@ describe('merge', () => {
     await expect(openVhdx(other)).rejects.toThrow(/parent linkage mismatch/);
   });
 });
+
+describe('concurrent use of one open disk', () => {
+  test('reads racing writes on other sectors see the parent or the new data, never a gap', async () => {
+    const size = 4 * MiB;
+    const basePath = t.file('race-base.vhdx');
+    await createDynamicVhdx(basePath, { virtualSize: size, blockSize: MiB });
+    const model = Buffer.alloc(size, 0x99);
+    await applyWrites(basePath, [{ offset: 0, data: Buffer.alloc(size, 0x99) }], Buffer.alloc(size));
+    const child = t.file('race.avhdx');
+    await createDifferencingVhdx(child, basePath, { blockSize: MiB });
+    const d = await openVhdx(child, { writable: true });
+    const writes: Promise<void>[] = [];
+    const reads: Promise<void>[] = [];
+    // Even 4 KiB slots are written, odd ones only read; every odd slot must always read 0x99.
+    for (let slot = 0; slot < size / 4096; slot += 2) {
+      const data = Buffer.alloc(4096, (slot % 250) + 1);
+      data.copy(model, slot * 4096);
+      writes.push(d.write(slot * 4096, data));
+      const probe = slot + 1;
+      reads.push(
+        d.read(probe * 4096, 4096).then((b) => {
+          if (!b.equals(Buffer.alloc(4096, 0x99))) throw new Error(`slot ${probe} read ${b[0]} during writes`);
+        }),
+      );
+    }
+    await Promise.all([...writes, ...reads]);
+    expect(firstDifference(await d.read(0, size), model)).toBe(-1);
+    await d.close();
+    expect(firstDifference(pyvhdiRaw([child, basePath], t.dir), model)).toBe(-1);
+  });
+});
