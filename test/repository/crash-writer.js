@@ -30,7 +30,8 @@ async function main() {
       disk.fill((seed + k) & 0xff, slot * 65536, Math.min(disk.length, slot * 65536 + 1000));
       changed.push(slot);
     }
-    const m = await backup(repo, 'vm-a', disk, base ? { base, changedSlots: [...new Set(changed)].sort((a, b) => a - b) } : {});
+    const beforeCommit = async () => process.send?.('commit');
+    const m = await backup(repo, 'vm-a', disk, base ? { base, changedSlots: [...new Set(changed)].sort((a, b) => a - b), beforeCommit } : { beforeCommit });
     if (!base) await repo.ensureDataSource('vm-a');
     base = m.pointId;
     if (i % 3 === 2) await collectGarbage(repo, { graceMs: 0, memoryBudgetEntries: 8 });

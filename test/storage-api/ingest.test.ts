@@ -48,4 +48,56 @@ describe('ingest through the storage API', () => {
     const report = await verifyRepository(f.repo, { readData: true });
     expect(report.ok).toBe(true);
   });
+
+  it('resumes an interrupted ingest from its last reported position', async () => {
+    const size = 40 * CHUNK;
+    const disk = makeDisk(size, 11);
+    const s = await f.agent.beginSession('vm-resume', { chunkSize: CHUNK });
+    const abort = new AbortController();
+    let last = 0;
+    let reads = 0;
+    await expect(
+      ingestDisk({
+        client: f.agent, sessionId: s.sessionId, diskId: 'disk0', virtualSize: size, chunkSize: CHUNK, batchBytes: 4 * CHUNK, batchesInFlight: 1,
+        read: async (o, l) => {
+          if (++reads === 5) abort.abort(new Error('agent lost its host'));
+          return disk.subarray(o, o + l);
+        },
+        signal: abort.signal,
+        onProgress: (p) => (last = p.position),
+      }),
+    ).rejects.toThrow();
+    expect(last).toBeGreaterThan(0);
+    expect(last).toBeLessThan(size);
+    const readOffsets: number[] = [];
+    const p = await ingestDisk({
+      client: f.agent, sessionId: s.sessionId, diskId: 'disk0', virtualSize: size, chunkSize: CHUNK, resumeFrom: last,
+      read: async (o, l) => {
+        readOffsets.push(o);
+        return disk.subarray(o, o + l);
+      },
+    });
+    expect(Math.min(...readOffsets)).toBe(last);
+    expect(p.position).toBe(size);
+    const m = await f.agent.commitPoint(s.sessionId, { kind: 'initial-replica', mode: 'offline', disks: [{ diskId: 'disk0', fileName: 'r.vhdx', virtualSize: size }] });
+    expect((await readAll(await f.agent.openDiskStream(m, 'disk0'))).equals(disk)).toBe(true);
+  });
+
+  it('a consistency check (whole disk against a base) counts only what differs', async () => {
+    const size = 16 * CHUNK;
+    const disk = makeDisk(size, 21);
+    const s1 = await f.agent.beginSession('vm-cc', { chunkSize: CHUNK });
+    await ingestDisk({ client: f.agent, sessionId: s1.sessionId, diskId: 'd', virtualSize: size, chunkSize: CHUNK, read: async (o, l) => disk.subarray(o, o + l) });
+    const m1 = await f.agent.commitPoint(s1.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] });
+    disk.fill(0x5a, 3 * CHUNK, 3 * CHUNK + 10);
+    let z = 4;
+    while (disk.subarray(z * CHUNK, (z + 1) * CHUNK).every((b) => b === 0)) z++;
+    disk.fill(0x00, z * CHUNK, (z + 1) * CHUNK); // a chunk zeroed out: changed, nothing to send
+    const s2 = await f.agent.beginSession('vm-cc', { basePoint: m1.pointId });
+    const p = await ingestDisk({ client: f.agent, sessionId: s2.sessionId, diskId: 'd', virtualSize: size, chunkSize: CHUNK, read: async (o, l) => disk.subarray(o, o + l) });
+    expect(p.chunksSent).toBe(1);
+    const m2 = await f.agent.commitPoint(s2.sessionId, { kind: 'consistency-check', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] });
+    expect(m2.disks[0].changedChunks).toBe(2);
+    expect((await readAll(await f.agent.openDiskStream(m2, 'd'))).equals(disk)).toBe(true);
+  });
 });
