@@ -369,8 +369,13 @@ export class Disk implements VhdxDisk {
         dataWrites.push(this.file.write(this.bat.offset(index) + inBlock, chunk));
       } else if (state === PAYLOAD.PARTIALLY_PRESENT && this.parent) {
         dataWrites.push(this.file.write(this.bat.offset(index) + inBlock, chunk));
-        await this.markSectors(block, inBlock, n, dirtyBat, dirtyBitmapSectors);
-        touchedBitmapBlocks.push(block);
+        // Rewriting sectors that are already ours changes no metadata: no log entry, no fsync.
+        const ss = this.meta.logicalSectorSize;
+        const runs = presenceRuns(await this.blockBitmap(block), inBlock / ss, (inBlock + n) / ss);
+        if (runs.some((r) => !r.present)) {
+          await this.markSectors(block, inBlock, n, dirtyBat, dirtyBitmapSectors);
+          touchedBitmapBlocks.push(block);
+        }
       } else {
         const wholeBlock = n === Math.min(blockSize, this.meta.virtualSize - block * blockSize);
         const fromParent = this.parent && (state === PAYLOAD.NOT_PRESENT || state === PAYLOAD.UNDEFINED);

@@ -192,6 +192,30 @@ describe('merge', () => {
   });
 });
 
+describe('rewrites in a checkpoint', () => {
+  test('sectors written twice read the second data; neighbours still come from the parent', async () => {
+    const size = 4 * MiB;
+    const basePath = t.file('rw-base.vhdx');
+    await createDynamicVhdx(basePath, { virtualSize: size, blockSize: MiB });
+    const model = Buffer.alloc(size);
+    await applyWrites(basePath, [{ offset: 0, data: Buffer.alloc(size, 0x44) }], model);
+    const child = t.file('rw.avhdx');
+    await createDifferencingVhdx(child, basePath, { blockSize: MiB });
+    await applyWrites(child, [
+      { offset: 8192, data: Buffer.alloc(4096, 1) },
+      { offset: 8192, data: Buffer.alloc(4096, 2) },
+      { offset: 8192 + 2048, data: Buffer.alloc(4096, 3) }, // half over ours, half over the parent's
+    ], model);
+    const d = await openVhdx(child);
+    expect(firstDifference(await d.read(0, size), model)).toBe(-1);
+    expect((await d.read(8192, 1))[0]).toBe(2);
+    expect((await d.read(8192 + 6144, 1))[0]).toBe(3);
+    expect((await d.read(8192 + 6144 + 512, 1))[0]).toBe(0x44);
+    await d.close();
+    expect(firstDifference(pyvhdiRaw([child, basePath], t.dir), model)).toBe(-1);
+  });
+});
+
 describe('concurrent use of one open disk', () => {
   test('reads racing writes on other sectors see the parent or the new data, never a gap', async () => {
     const size = 4 * MiB;
