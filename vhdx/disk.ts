@@ -321,7 +321,8 @@ export class Disk implements VhdxDisk {
   // it, any VHDX reader replays the entry. Before the first write the header gets new
   // FileWriteGuid/DataWriteGuid and a LogGuid, written to the two header copies in turn; a clean
   // close clears LogGuid again. Overwrites of already allocated blocks need no metadata and are
-  // durable at flush(), as on a disk.
+  // durable at flush(), as on a disk. The log, not ordered fsyncs alone, because one torn 4 KiB
+  // BAT sector would lose 512 entries that were already safe; the log makes it all-or-nothing.
 
   write(offset: number, data: Buffer): Promise<void> {
     const p = this.writeQueue.then(() => this.writeNow(offset, data));
