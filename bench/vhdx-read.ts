@@ -21,17 +21,24 @@ const dir = opt('dir', path.join(os.tmpdir(), 'hvp-bench-vhdx'));
 const size = sizeGiB * 1024 * MiB;
 const READ_CHUNK = 8 * MiB;
 
-/** Raw image of mixed data in 1 MiB extents: 45% random, 20% repeated byte patterns, 35% never written (holes). */
+/**
+ * Raw image of mixed data in extents of 1–48 MiB: 45% random, 20% repeated byte patterns, 35% never
+ * written (holes), so some whole blocks stay unallocated and others are partly zero, as on real disks.
+ */
 function makeRaw(file: string): void {
   const pool = randomBytes(64 * MiB);
   const fd = openSync(file, 'w');
   ftruncateSync(fd, size);
   let x = 12345;
-  for (let off = 0; off < size; off += MiB) {
-    x = (x * 1103515245 + 12345) & 0x7fffffff;
-    const kind = x % 100;
-    if (kind < 45) writeSync(fd, pool, (x % 63) * MiB, MiB, off);
-    else if (kind < 65) writeSync(fd, Buffer.alloc(MiB, x & 0xff), 0, MiB, off);
+  const next = () => (x = (x * 1103515245 + 12345) & 0x7fffffff);
+  for (let off = 0; off < size; ) {
+    const kind = next() % 100;
+    const len = Math.min(size - off, (1 + (next() % 48)) * MiB);
+    for (let o = off; o < off + len; o += MiB) {
+      if (kind < 45) writeSync(fd, pool, (next() % 63) * MiB, MiB, o);
+      else if (kind < 65) writeSync(fd, Buffer.alloc(MiB, (kind & 0xfe) + 1), 0, MiB, o);
+    }
+    off += len;
   }
   closeSync(fd);
 }
@@ -114,8 +121,8 @@ function median(xs: number[]): number {
 
 async function main(): Promise<void> {
   mkdirSync(dir, { recursive: true });
-  const raw = path.join(dir, `mixed-${sizeGiB}g.raw`);
-  const vhdx = path.join(dir, `mixed-${sizeGiB}g.vhdx`);
+  const raw = path.join(dir, `mixed-v2-${sizeGiB}g.raw`);
+  const vhdx = path.join(dir, `mixed-v2-${sizeGiB}g.vhdx`);
   if (!existsSync(vhdx) || statSync(raw, { throwIfNoEntry: false })?.size !== size) {
     console.log(`making ${raw} and ${vhdx} ...`);
     makeRaw(raw);
@@ -134,11 +141,14 @@ async function main(): Promise<void> {
   const results = { qemu: [] as number[], qemuNull: [] as number[], read: [] as number[], convert: [] as number[] };
   for (let i = 0; i < runs; i++) {
     rmSync(qemuOut, { force: true });
+    // Each writer starts with no dirty pages left by the other, so writeback does not favour one.
+    execFileSync('sync');
     results.qemu.push(time(() => execFileSync('qemu-img', ['convert', '-f', 'vhdx', '-O', 'raw', vhdx, qemuOut])).ms);
     // qemu-img's read path alone: the null-co target discards what it is given.
     results.qemuNull.push(time(() => execFileSync('qemu-img', ['convert', '-n', '-f', 'vhdx', '--target-image-opts', vhdx, `driver=null-co,size=${size}`])).ms);
     results.read.push((await timeAsync(() => oursSequentialRead(vhdx))).ms);
     rmSync(oursOut, { force: true });
+    execFileSync('sync');
     results.convert.push((await timeAsync(() => oursConvertToRaw(vhdx, oursOut))).ms);
     console.log(`run ${i + 1}: qemu-img convert ${results.qemu[i]!.toFixed(0)} ms, qemu-img to null ${results.qemuNull[i]!.toFixed(0)} ms, ours read ${results.read[i]!.toFixed(0)} ms, ours convert ${results.convert[i]!.toFixed(0)} ms`);
   }
@@ -153,12 +163,13 @@ async function main(): Promise<void> {
   const md = `# VHDX sequential read benchmark
 
 \`node dist/bench/vhdx-read.js\` — ${new Date().toISOString()}, ${os.cpus().length} × ${os.cpus()[0]?.model ?? 'CPU'}, Node ${process.version},
-${execFileSync('qemu-img', ['--version'], { encoding: 'utf8' }).split('\n')[0]}, ${runs} runs each (page cache warm, contenders alternating).
+${execFileSync('qemu-img', ['--version'], { encoding: 'utf8' }).split('\n')[0]}, ${runs} runs each (page cache warm, contenders alternating, \`sync\` before each writer).
 The machine is shared with other work, so absolute times vary; the runs alternate to keep the comparison fair.
 
 Disk: ${gib} GiB dynamic VHDX made by \`qemu-img convert -O vhdx -o subformat=dynamic\` from a raw image of
-mixed 1 MiB extents (45% random, 20% repeated bytes, 35% holes); block size ${blockSize / MiB} MiB,
-${(allocated / 1024 ** 3).toFixed(2)} GiB allocated, file ${(info['actual-size'] / 1024 ** 3).toFixed(2)} GiB.
+mixed extents of 1–48 MiB (45% random, 20% repeated bytes, 35% holes); block size ${blockSize / MiB} MiB,
+${(allocated / 1024 ** 3).toFixed(2)} GiB in allocated blocks (what \`allocatedRanges\` reports), the file taking
+${(info['actual-size'] / 1024 ** 3).toFixed(2)} GiB on disk (qemu-img leaves zero runs inside blocks as holes in the file).
 
 Reading only (nothing written):
 
