@@ -216,6 +216,36 @@ describe('rewrites in a checkpoint', () => {
   });
 });
 
+describe('checkpoints made without sector bitmaps', () => {
+  test('the first partial write allocates the sector bitmap', async () => {
+    const { readFileSync, writeFileSync } = await import('node:fs');
+    const { batGeometry } = await import('../../vhdx/bat');
+    const size = 6 * MiB;
+    const basePath = t.file('nosb-base.vhdx');
+    await createDynamicVhdx(basePath, { virtualSize: size, blockSize: MiB });
+    const model = Buffer.alloc(size);
+    await applyWrites(basePath, [{ offset: 0, data: mixedContent(size, 17, false) }], model);
+    const child = t.file('nosb.avhdx');
+    await createDifferencingVhdx(child, basePath, { blockSize: MiB });
+    // Clear the sector bitmap's BAT entry, as a creator that allocates bitmaps lazily leaves it.
+    const g = batGeometry({ blockSize: MiB, virtualSize: size, logicalSectorSize: 512, hasParent: true });
+    const img = readFileSync(child);
+    const entry = 3 * MiB + g.chunkRatio * 8;
+    expect(img[entry]! & 7).toBe(6);
+    img.writeBigUInt64LE(0n, entry);
+    writeFileSync(child, img);
+    const fresh = await openVhdx(child);
+    expect(firstDifference(await fresh.read(0, size), model)).toBe(-1);
+    await fresh.close();
+    await applyWrites(child, [{ offset: 2 * MiB + 1024, data: Buffer.alloc(3072, 0x5c) }], model);
+    expect(readFileSync(child)[entry]! & 7).toBe(6);
+    const d = await openVhdx(child);
+    expect(firstDifference(await d.read(0, size), model)).toBe(-1);
+    await d.close();
+    expect(firstDifference(pyvhdiRaw([child, basePath], t.dir), model)).toBe(-1);
+  });
+});
+
 describe('concurrent use of one open disk', () => {
   test('reads racing writes on other sectors see the parent or the new data, never a gap', async () => {
     const size = 4 * MiB;
