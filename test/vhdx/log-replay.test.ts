@@ -105,6 +105,39 @@ describe('log replay after a crash', () => {
   });
 });
 
+describe('a log entry that wraps around the end of the circular log', () => {
+  test('is found and replayed (and qemu-img agrees)', async () => {
+    const { crc32c } = await import('../../vhdx/crc32c');
+    const img = await crashImage();
+    const image = readFileSync(img.crashed);
+    const log = Buffer.from(image.subarray(MiB, 2 * MiB));
+    const heads: number[] = [];
+    for (let p = 0; p < log.length; p += 4096) if (log.toString('latin1', p, p + 4) === 'loge') heads.push(p);
+    const head = heads[heads.length - 1]!;
+    const length = log.readUInt32LE(head + 8);
+    expect(length).toBeGreaterThan(4096);
+    // Rotate the log so the head entry starts in its last sector and continues at its start.
+    const newPos = log.length - 4096;
+    const shift = (newPos - head + log.length) % log.length;
+    const rotated = Buffer.alloc(log.length);
+    for (let p = 0; p < log.length; p += 4096) log.copy(rotated, (p + shift) % log.length, p, p + 4096);
+    const entry = Buffer.concat([rotated.subarray(newPos), rotated.subarray(0, length - 4096)]);
+    entry.writeUInt32LE(newPos, 12); // Tail: the entry itself
+    entry.writeUInt32LE(0, 4);
+    entry.writeUInt32LE(crc32c(entry), 4);
+    entry.copy(rotated, newPos, 0, 4096);
+    entry.copy(rotated, 0, 4096);
+    rotated.copy(image, MiB);
+    const file = t.file('wrapped.vhdx');
+    writeFileSync(file, image);
+    const d = await openVhdx(file);
+    expect(firstDifference(await d.read(0, SIZE), img.model)).toBe(-1);
+    await d.close();
+    qemuImgStatus('check', '-r', 'all', '-f', 'vhdx', file);
+    expect(firstDifference(qemuRaw(file, t.dir), img.model)).toBe(-1);
+  });
+});
+
 describe('log replay in a differencing disk', () => {
   test('a lost BAT and sector bitmap update is recovered from the log', async () => {
     const { createDifferencingVhdx } = await import('../../vhdx');
