@@ -138,6 +138,35 @@ describe('a log entry that wraps around the end of the circular log', () => {
   });
 });
 
+describe('a sequence of several entries (Tail pointing back)', () => {
+  test('is found as one sequence of two entries and replayed', async () => {
+    const { crc32c } = await import('../../vhdx/crc32c');
+    const img = await crashImage();
+    const image = readFileSync(img.crashed);
+    const log = image.subarray(MiB, 2 * MiB);
+    const heads: number[] = [];
+    for (let p = 0; p < log.length; p += 4096) if (log.toString('latin1', p, p + 4) === 'loge') heads.push(p);
+    expect(heads.length).toBe(2);
+    const [first, second] = heads as [number, number];
+    expect(log.readBigUInt64LE(second + 16)).toBe(log.readBigUInt64LE(first + 16) + 1n);
+    // The second entry now names the first as the start of its sequence, and neither BAT update
+    // reached its place: only replaying both, in order, gives the written data back.
+    const length = log.readUInt32LE(second + 8);
+    const entry = log.subarray(second, second + length);
+    entry.writeUInt32LE(first, 12);
+    entry.writeUInt32LE(0, 4);
+    entry.writeUInt32LE(crc32c(entry), 4);
+    image.fill(0, BAT_REGION.offset, BAT_REGION.offset + BAT_REGION.length);
+    const file = t.file('sequence.vhdx');
+    writeFileSync(file, image);
+    const d = await openVhdx(file);
+    expect(firstDifference(await d.read(0, SIZE), img.model)).toBe(-1);
+    await d.close();
+    const refused = await openVhdx(file, { replayLog: false }).catch((e: Error) => e.message);
+    expect(refused).toMatch(/the log holds 2 entries/);
+  });
+});
+
 describe('log replay in a differencing disk', () => {
   test('a lost BAT and sector bitmap update is recovered from the log', async () => {
     const { createDifferencingVhdx } = await import('../../vhdx');
