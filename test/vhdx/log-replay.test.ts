@@ -150,7 +150,7 @@ describe('a sequence of several entries (Tail pointing back)', () => {
     const [first, second] = heads as [number, number];
     expect(log.readBigUInt64LE(second + 16)).toBe(log.readBigUInt64LE(first + 16) + 1n);
     // The second entry now names the first as the start of its sequence, and neither BAT update
-    // reached its place: only replaying both, in order, gives the written data back.
+    // reached its place: the reader must take both as the active sequence (the count says so).
     const length = log.readUInt32LE(second + 8);
     const entry = log.subarray(second, second + length);
     entry.writeUInt32LE(first, 12);
