@@ -150,6 +150,8 @@ export async function findActiveSequence(file: VhdxFile, header: VhdxHeader): Pr
 function checkReplayable(file: VhdxFile, entries: LogEntry[]): void {
   let bytes = 0;
   for (const e of entries) {
+    // No VHDX grows past 64 TiB of payload plus its metadata; a larger claim is damage, not a file size.
+    if (e.lastFileOffset > 2 ** 47) file.fail(`log entry claims an absurd file size of ${e.lastFileOffset} bytes`);
     if (e.flushedFileOffset > file.size) {
       file.fail(`truncated: the log expects ${e.flushedFileOffset} bytes on disk but the file has ${file.size}`);
     }
