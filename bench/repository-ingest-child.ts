@@ -2,10 +2,11 @@
 // "agent" ingests a raw image through it. Each reports its wall time and peak RSS as JSON.
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { Repository } from '../repository';
-import { StorageClient, TokenStore, ingestDisk, startStorageApi } from '../storage-api';
+// Each role loads only what it uses: an agent never loads fastify or zstd.
 
 async function server(repoDir: string, chunkSize: number): Promise<void> {
+  const { Repository } = await import('../repository');
+  const { TokenStore, startStorageApi } = await import('../storage-api');
   const threads = process.env.HVP_ENCODER_THREADS;
   const repository = await Repository.open(repoDir, { create: true, defaultChunkSize: chunkSize, encoderThreads: threads === undefined ? undefined : Number(threads) });
   const tokens = await TokenStore.open();
@@ -23,6 +24,8 @@ async function server(repoDir: string, chunkSize: number): Promise<void> {
 
 async function agent(url: string, token: string, image: string, rangesFile: string, basePoint: string): Promise<void> {
   const start = process.hrtime.bigint();
+  const { StorageClient } = await import('../storage-api/client');
+  const { ingestDisk } = await import('../storage-api/ingest');
   const client = new StorageClient(url, token);
   const fh = await fs.open(image, 'r');
   const virtualSize = (await fh.stat()).size;

@@ -2,7 +2,7 @@
 // hvprotect repository through the storage API, side by side with restic and borg, then an
 // incremental after 1% of the image changed in scattered 64 KiB writes (changed ranges known).
 //
-//   npx tsc -p . && node dist/bench/repository-ingest.js [--size-gib 4] [--chunk-size 262144] [--keep]
+//   npx tsc -p . && node dist/bench/repository-ingest.js [--size-gib 4] [--chunk-size 262144] [--rounds 3] [--keep]
 //   node dist/bench/repository-ingest.js --study [--size-gib 1]   (chunk size study, hvprotect only)
 //
 // Writes the table to bench/repository-ingest.md (the study to bench/repository-chunk-size.md).
@@ -186,55 +186,82 @@ async function borg(tmp: string, image: string, name: string): Promise<Run> {
 const mib = (b: number) => (b / 1024 / 1024).toFixed(1);
 const sec = (ms: number) => (ms / 1000).toFixed(1);
 
+const median = (xs: number[]) => {
+  const s = [...xs].sort((x, y) => x - y);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+
 async function main(): Promise<void> {
+  const rounds = Number(opt('rounds', '3'));
   const tmp = await fs.mkdtemp(path.join('/tmp', 'hvp-bench-'));
   try {
+    const original = path.join(tmp, 'original.raw');
     const image = path.join(tmp, 'disk.raw');
     const rangesFile = path.join(tmp, 'changed-ranges.json');
     console.log(`generating ${mib(SIZE)} MiB image in ${tmp}`);
-    await makeImage(image);
-    const rows: Array<{ tool: string; phase: string; r: Run }> = [];
-    const h1 = await hvprotect(tmp, image, undefined, undefined);
-    rows.push({ tool: 'hvprotect', phase: 'initial', r: { ...h1, note: `agent ${mib(h1.agentRssMiB * 1024 * 1024)} MiB, server ${mib(h1.serverRssMiB * 1024 * 1024)} MiB` } });
-    console.log('hvprotect initial', h1);
-    const r1 = await restic(tmp, image);
-    rows.push({ tool: 'restic', phase: 'initial', r: r1 });
-    console.log('restic initial', r1);
-    const b1 = await borg(tmp, image, 'initial');
-    rows.push({ tool: 'borg', phase: 'initial', r: b1 });
-    console.log('borg initial', b1);
-
-    const writes = await changeImage(image, rangesFile);
-    console.log(`changed ${writes} x 64 KiB`);
-    const h2 = await hvprotect(tmp, image, rangesFile, h1.pointId);
-    rows.push({ tool: 'hvprotect', phase: 'incremental', r: { ...h2, note: `agent ${mib(h2.agentRssMiB * 1024 * 1024)} MiB, server ${mib(h2.serverRssMiB * 1024 * 1024)} MiB` } });
-    console.log('hvprotect incremental', h2);
-    const r2 = await restic(tmp, image);
-    rows.push({ tool: 'restic', phase: 'incremental', r: r2 });
-    console.log('restic incremental', r2);
-    const b2 = await borg(tmp, image, 'incremental');
-    rows.push({ tool: 'borg', phase: 'incremental', r: b2 });
-    console.log('borg incremental', b2);
-
+    await makeImage(original);
+    const tools = ['hvprotect', 'restic', 'borg'] as const;
+    const results = new Map<string, Run[]>();
+    const add = (tool: string, phase: string, r: Run) => {
+      const k = `${tool}|${phase}`;
+      results.set(k, [...(results.get(k) ?? []), r]);
+      console.log(tool, phase, r);
+    };
+    let writes = 0;
+    for (let round = 0; round < rounds; round++) {
+      // Fresh repositories and the same image each round; the order rotates so that no tool
+      // always runs in the same slot of the (shared, fluctuating) machine's load.
+      for (const d of ['hvprotect-repo', 'restic-repo', 'restic-cache', 'borg-repo', 'borg-base']) await fs.rm(path.join(tmp, d), { recursive: true, force: true });
+      await fs.copyFile(original, image);
+      const order = [...tools.slice(round % 3), ...tools.slice(0, round % 3)];
+      let base = '';
+      for (const t of order) {
+        if (t === 'hvprotect') {
+          const h = await hvprotect(tmp, image, undefined, undefined);
+          base = h.pointId;
+          add(t, 'initial', { ...h, note: `agent ${h.agentRssMiB.toFixed(0)} MiB, server ${h.serverRssMiB.toFixed(0)} MiB` });
+        } else if (t === 'restic') add(t, 'initial', await restic(tmp, image));
+        else add(t, 'initial', await borg(tmp, image, 'initial'));
+      }
+      writes = await changeImage(image, rangesFile);
+      for (const t of order) {
+        if (t === 'hvprotect') {
+          const h = await hvprotect(tmp, image, rangesFile, base);
+          add(t, 'incremental', { ...h, note: `agent ${h.agentRssMiB.toFixed(0)} MiB, server ${h.serverRssMiB.toFixed(0)} MiB` });
+        } else if (t === 'restic') add(t, 'incremental', await restic(tmp, image));
+        else add(t, 'incremental', await borg(tmp, image, 'incremental'));
+      }
+    }
+    const row = (tool: string, phase: string) => {
+      const rs = results.get(`${tool}|${phase}`)!;
+      const walls = rs.map((r) => r.wallMs);
+      return { wall: median(walls), min: Math.min(...walls), max: Math.max(...walls), stored: median(rs.map((r) => r.storedBytes)), rss: Math.max(...rs.map((r) => r.maxRssMiB)), notes: rs.map((r) => r.note).filter(Boolean), all: walls };
+    };
     const cpu = os.cpus()[0]?.model ?? 'unknown';
     const load = os.loadavg().map((l) => l.toFixed(2)).join(' ');
+    const hi = row('hvprotect', 'incremental');
+    const ri = row('restic', 'incremental');
+    const bi = row('borg', 'incremental');
     const lines = [
       '# Repository ingest benchmark',
       '',
-      `Run ${new Date().toISOString()} by \`node dist/bench/repository-ingest.js\`: a ${mib(SIZE)} MiB raw image (40% random, 30% zero, 30% text in 1 MiB blocks, shuffled), then ${writes} scattered 64 KiB random writes (1% of the image). hvprotect chunk size ${CHUNK_SIZE / 1024} KiB.`,
+      `Run ${new Date().toISOString()} by \`node dist/bench/repository-ingest.js\`: a ${mib(SIZE)} MiB raw image (40% random, 30% zero, 30% text in 1 MiB blocks, shuffled), then ${writes} scattered 64 KiB random writes (1% of the image), changed ranges known. hvprotect chunk size ${CHUNK_SIZE / 1024} KiB. ${rounds} rounds, fresh repositories each round, tool order rotated; wall time is the median (min–max, all runs listed), stored the median, peak RSS the largest seen.`,
       '',
-      '| tool | phase | wall time (s) | stored (MiB) | peak RSS (MiB) | notes |',
-      '| --- | --- | ---: | ---: | ---: | --- |',
-      ...rows.map(({ tool, phase, r }) => `| ${tool} | ${phase} | ${sec(r.wallMs)} | ${mib(r.storedBytes)} | ${r.maxRssMiB.toFixed(0)} | ${r.note ?? ''} |`),
+      '| tool | phase | wall time (s), median | min–max (s) | runs (s) | stored (MiB) | peak RSS (MiB) |',
+      '| --- | --- | ---: | ---: | --- | ---: | ---: |',
+      ...(['initial', 'incremental'] as const).flatMap((phase) => tools.map((tool) => {
+        const r = row(tool, phase);
+        return `| ${tool} | ${phase} | ${sec(r.wall)} | ${sec(r.min)}–${sec(r.max)} | ${r.all.map(sec).join(', ')} | ${mib(r.stored)} | ${r.rss.toFixed(0)} |`;
+      })),
       '',
-      'Ratios (incremental): ' +
-        `restic/hvprotect wall time ${(r2.wallMs / h2.wallMs).toFixed(1)}x, borg/hvprotect ${(b2.wallMs / h2.wallMs).toFixed(1)}x; ` +
-        `hvprotect stored ${(h2.storedBytes / r2.storedBytes * 100).toFixed(0)}% of restic's, ${(h2.storedBytes / b2.storedBytes * 100).toFixed(0)}% of borg's.`,
+      `Initial, median: hvprotect ${sec(row('hvprotect', 'initial').wall)} s, restic ${sec(row('restic', 'initial').wall)} s, borg ${sec(row('borg', 'initial').wall)} s.`,
+      `Incremental, median: restic/hvprotect wall time ${(ri.wall / hi.wall).toFixed(1)}x, borg/hvprotect ${(bi.wall / hi.wall).toFixed(1)}x; hvprotect stored ${((hi.stored / ri.stored) * 100).toFixed(0)}% of restic's, ${((hi.stored / bi.stored) * 100).toFixed(0)}% of borg's.`,
+      `hvprotect peak RSS per run (agent, server): ${[...row('hvprotect', 'initial').notes, ...hi.notes].join('; ')}.`,
       '',
       'Notes:',
-      `- Machine: ${os.cpus().length} cores (${cpu}), ${mib(os.totalmem())} MiB RAM; **shared by 5 engineers working at the same time** (load average at the end: ${load}), so wall times are noisy; compare within one run.`,
-      '- The image is in the page cache for every tool (it was just written); all repositories are on the same file system under /tmp.',
-      '- hvprotect: agent and protection server are two processes talking HTTP over loopback (the real data path): the agent reads, hashes, asks which chunks are missing and uploads those; the server re-hashes and compresses (zstd level 3) on 2 worker threads and writes one file per chunk, then syncfs before the manifest rename. Wall time is the agent process from start to committed point. The incremental reads only the chunks under the known changed ranges (as with RCT). Peak RSS is the larger of the two processes (both are in the notes).',
+      `- Machine: ${os.cpus().length} cores (${cpu}), ${mib(os.totalmem())} MiB RAM; **shared by 5 engineers working at the same time** (load average at the end: ${load}), so single wall times swing by 2x; compare medians and ranges within one run.`,
+      '- The image is in the page cache for every tool (it was just copied); all repositories are on the same file system under /tmp.',
+      '- hvprotect: agent and protection server are two processes talking HTTP over loopback (the real data path): the agent reads, hashes, asks which chunks are missing and uploads those; the server re-hashes and compresses (zstd level 3) on 2 worker threads and writes one file per chunk, then syncfs before the manifest rename. Wall time is the agent process from start to committed point. The incremental reads only the chunks under the known changed ranges (as with RCT). Peak RSS is the larger of the two processes.',
       '- restic 0.14 (Debian): `restic init --repository-version 2`, `restic backup --compression auto` (the default; restic cannot turn encryption off, so it does AES-256 + Poly1305 on top). It finds its parent snapshot itself but must re-read and re-chunk the whole changed file.',
       '- borg 1.2 (Debian): `borg init --encryption none`, `borg create --compression lz4` (its fastest compressor). It re-reads and re-chunks the whole changed file too.',
       '- Stored = growth of the repository folder (`du -sb`).',

@@ -105,5 +105,8 @@ export async function openDiskStream(repo: Repository, ds: string, pointId: stri
       await held;
     }
   }
-  return { info, stream: Readable.from(guarded(), { objectMode: false }) };
+  const stream = Readable.from(guarded(), { objectMode: false });
+  // A stream destroyed before its first read never runs the generator's finally.
+  stream.once('close', release);
+  return { info, stream };
 }

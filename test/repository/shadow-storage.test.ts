@@ -125,6 +125,18 @@ describe('shadow storage and retention', () => {
     expect((await repo.listPoints('vm')).map((p) => p.pointId)).toEqual(before);
   });
 
+  it('a point being streamed by a restore is kept; once the stream is closed it can go', async () => {
+    const ids = await chain('vm', 3);
+    const { openDiskStream } = await import('../../repository');
+    const { stream } = await openDiskStream(repo, 'vm', ids[0], 'disk0');
+    const d = await repo.deleteOldestPoint('vm');
+    expect(d.pointId).toBe(ids[1]);
+    stream.destroy(); // closed before a byte was read
+    await new Promise((r) => setImmediate(r));
+    const d2 = await repo.deleteOldestPoint('vm');
+    expect(d2.pointId).toBe(ids[0]);
+  });
+
   it('never deletes the newest point nor the base of a backup in progress', async () => {
     const ids = await chain('vm', 2);
     await expect(repo.deletePoint('vm', ids[1])).rejects.toMatchObject({ code: 'CONFLICT' });
