@@ -1,6 +1,6 @@
 // The chunk store: content-addressed chunk files under chunks/, named by the SHA-256 of the
-// plaintext, fanned out by the first three hex digits (4096 folders, created on first use:
-// ~2,500 files per folder at 10 million chunks).
+// plaintext, fanned out by the first three hex digits (4096 folders, made when the repository
+// is created: ~2,500 files per folder at 10 million chunks).
 //
 // Stored chunk file (all integers little-endian):
 //   offset size
@@ -18,7 +18,7 @@ import * as path from 'node:path';
 import { decodeChunkPayload } from './codec';
 import { TEMP_MARK, tempNameFor } from './durable';
 import { ChunkEncoder } from './encoder';
-import type { EncodedChunk } from './encoder';
+import type { EncodedChunk, StoreItem } from './encoder';
 import { RepositoryError, isNotFound } from './errors';
 import { checkDigest, isDigest } from './ids';
 
@@ -110,6 +110,17 @@ export class ChunkStore {
     this.recent.set(digest, { size, at: Date.now() });
   }
 
+  /** Creates the 4096 fan-out folders up front (PBS does the same), off the ingest path. */
+  async createFolders(): Promise<void> {
+    await fs.mkdir(this.dir, { recursive: true });
+    const names = Array.from({ length: 4096 }, (_, i) => i.toString(16).padStart(3, '0'));
+    for (let i = 0; i < names.length; i += 128) {
+      await Promise.all(names.slice(i, i + 128).map((n) => fs.mkdir(path.join(this.dir, n)).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'EEXIST') throw err;
+      })));
+    }
+  }
+
   pathOf(digest: string): string {
     return path.join(this.dir, digest.slice(0, 3), digest);
   }
@@ -176,6 +187,42 @@ export class ChunkStore {
     }
     return e;
   }
+
+  /**
+   * Stores several chunks that are slices of one request body; every digest is checked before
+   * any chunk is written. With encoder threads the whole job (hash, compress, write) runs on a
+   * worker and `body` is handed over to it: do not use it afterwards.
+   */
+  async insertBatch(body: Buffer, items: StoreItem[]): Promise<ChunkInsertResult[]> {
+    for (const it of items) {
+      checkDigest(it.digest);
+      if (it.length === 0 || it.length > MAX_CHUNK_SIZE) {
+        throw new RepositoryError('INVALID_ARGUMENT', `chunk ${it.digest} of ${it.length} bytes`, `a chunk is 1..${MAX_CHUNK_SIZE} bytes`);
+      }
+    }
+    if (!this.encoder.threaded) {
+      const encoded = [];
+      for (const it of items) encoded.push(await this.encode(it.digest, body.subarray(it.offset, it.offset + it.length)));
+      const out: ChunkInsertResult[] = [];
+      for (const e of encoded) out.push(await this.insertEncoded(e));
+      return out;
+    }
+    // The same GC coordination as touch(): wait for unlinks in flight, shield from a running GC.
+    for (const it of items) {
+      await this.deleting.get(it.digest);
+      this.protectedDuringGc?.add(it.digest);
+    }
+    const reply = await this.encoder.storeBatch(body, items, this.dir, `${process.pid.toString(36)}-${(this.batchCounter++).toString(36)}`);
+    if ('mismatch' in reply) {
+      const { digest, actual } = reply.mismatch;
+      throw new RepositoryError('INVALID_ARGUMENT', `digest mismatch: body hashes to ${actual}, not ${digest}`, 'send the chunk under the SHA-256 of its bytes', { digest, actual });
+    }
+    reply.results.forEach((r, i) => {
+      if (r.storedSize > 0) this.remember(items[i].digest, r.storedSize);
+    });
+    return reply.results;
+  }
+  private batchCounter = 0;
 
   /** Stores a chunk from encode(). */
   async insertEncoded(e: EncodedChunk): Promise<ChunkInsertResult> {

@@ -7,6 +7,7 @@ import { Worker } from 'node:worker_threads';
 import { CODEC_NONE, CODEC_ZSTD, ZSTD_LEVEL, encodeChunkPayload } from './codec';
 import type { Codec } from './codec';
 import { createHash } from 'node:crypto';
+import { TEMP_MARK } from './durable';
 
 export interface EncodedChunk {
   digest: string;
@@ -29,7 +30,65 @@ function isZero(b) {
   }
   return true;
 }
-parentPort.on('message', ({ id, data }) => {
+const fs = require('node:fs');
+const path = require('node:path');
+// "store": check every digest of a batch first (a bad batch stores nothing), then write each
+// new chunk: temp file, rename. The whole request body was handed over, not copied.
+function store({ id, data, items, dir, tmpTag }) {
+  const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const raws = items.map((it) => body.subarray(it.offset, it.offset + it.length));
+  for (let i = 0; i < items.length; i++) {
+    const actual = createHash('sha256').update(raws[i]).digest('hex');
+    if (actual !== items[i].digest) return parentPort.postMessage({ id, mismatch: { digest: items[i].digest, actual } });
+  }
+  const results = [];
+  for (let i = 0; i < items.length; i++) {
+    const raw = raws[i];
+    const digest = items[i].digest;
+    if (isZero(raw)) { results.push({ written: false, storedSize: 0 }); continue; }
+    const sub = path.join(dir, digest.slice(0, 3));
+    const file = path.join(sub, digest);
+    const now = new Date();
+    try {
+      fs.utimesSync(file, now, now);
+      const size = fs.statSync(file).size;
+      if (size > 16) { results.push({ written: false, storedSize: size }); continue; }
+    } catch (err) {
+      if (err.code !== 'ENOENT') throw err;
+    }
+    const z = compress(raw, { compressionLevel: workerData.level });
+    const useZ = z.length < raw.length;
+    const payload = useZ ? z : raw;
+    const header = Buffer.alloc(16);
+    header.write('HVC1', 0, 'latin1');
+    header.writeUInt8(useZ ? ${CODEC_ZSTD} : ${CODEC_NONE}, 4);
+    header.writeUInt32LE(raw.length, 8);
+    header.writeUInt32LE(payload.length, 12);
+    const tmp = file + '${TEMP_MARK}' + tmpTag + '-' + i;
+    let fd;
+    try {
+      fd = fs.openSync(tmp, 'wx', 0o640);
+    } catch (err) {
+      if (err.code !== 'ENOENT') throw err;
+      fs.mkdirSync(sub, { recursive: true }); // a repository made without its folders
+      fd = fs.openSync(tmp, 'wx', 0o640);
+    }
+    try {
+      const n = fs.writevSync(fd, [header, payload]);
+      if (n !== 16 + payload.length) throw new Error('short write of ' + tmp);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+    results.push({ written: true, storedSize: 16 + payload.length });
+  }
+  parentPort.postMessage({ id, results });
+}
+parentPort.on('message', (m) => {
+  if (m.op === 'store') {
+    try { return store(m); } catch (err) { return parentPort.postMessage({ id: m.id, error: String(err && err.message || err) }); }
+  }
+  const { id, data } = m;
   try {
     const raw = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
     const digest = createHash('sha256').update(raw).digest('hex');
@@ -48,10 +107,21 @@ parentPort.on('message', ({ id, data }) => {
 `;
 
 interface Pending {
-  raw: Buffer;
+  raw?: Buffer;
   resolve: (e: EncodedChunk) => void;
+  resolveStore?: (r: StoreReply) => void;
   reject: (err: Error) => void;
 }
+
+export interface StoreItem {
+  digest: string;
+  offset: number;
+  length: number;
+}
+
+export type StoreReply =
+  | { results: Array<{ written: boolean; storedSize: number }> }
+  | { mismatch: { digest: string; actual: string } };
 
 export class ChunkEncoder {
   private readonly workers: Worker[] = [];
@@ -68,12 +138,14 @@ export class ChunkEncoder {
     for (let i = 0; i < threads; i++) {
       const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { zstdPath: require.resolve('zstd-napi'), level: ZSTD_LEVEL } });
       w.unref();
-      w.on('message', (m: { id: number; digest: string; allZero: boolean; codec: Codec; payload: Uint8Array | null; error?: string }) => {
+      w.on('message', (m: { id: number; digest: string; allZero: boolean; codec: Codec; payload: Uint8Array | null; error?: string } & Partial<StoreReply>) => {
         const p = this.pending.get(m.id);
         if (!p) return;
         this.pending.delete(m.id);
         this.inFlight[i]--;
         if (m.error) return p.reject(new Error(`chunk encoder: ${m.error}`));
+        if (p.resolveStore) return p.resolveStore(m as StoreReply);
+        if (!p.raw) return;
         const payload = m.allZero ? Buffer.alloc(0) : m.payload ? Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength) : p.raw;
         p.resolve({ digest: m.digest, rawLength: p.raw.length, allZero: m.allZero, codec: m.codec, payload });
       });
@@ -99,6 +171,33 @@ export class ChunkEncoder {
       const data = new Uint8Array(raw.length);
       data.set(raw);
       this.workers[best].postMessage({ id, data }, [data.buffer]);
+    });
+  }
+
+  /** True when chunks are stored by the worker threads (storeBatch may be used). */
+  get threaded(): boolean {
+    return this.workers.length > 0;
+  }
+
+  /**
+   * Checks and stores a batch of chunks that are slices of one body, on a worker thread: the
+   * body is handed over (no copy when it owns its memory; the caller must not use it after).
+   */
+  storeBatch(body: Buffer, items: StoreItem[], dir: string, tmpTag: string): Promise<StoreReply> {
+    let best = 0;
+    for (let i = 1; i < this.workers.length; i++) if (this.inFlight[i] < this.inFlight[best]) best = i;
+    let data: Uint8Array;
+    if (body.byteOffset === 0 && body.buffer.byteLength === body.length && !(body.buffer instanceof SharedArrayBuffer)) {
+      data = new Uint8Array(body.buffer, 0, body.length);
+    } else {
+      data = new Uint8Array(body.length);
+      data.set(body);
+    }
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve: () => undefined, resolveStore: resolve, reject });
+      this.inFlight[best]++;
+      this.workers[best].postMessage({ op: 'store', id, data, items, dir, tmpTag }, [data.buffer as ArrayBuffer]);
     });
   }
 

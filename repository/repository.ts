@@ -89,6 +89,8 @@ export interface OpenRepositoryOptions {
   sessionTtlMs?: number;
   /** Size of the volume for percentage shadow storage limits; default statfs of the folder. */
   volumeBytes?: () => Promise<number>;
+  /** Make the 4096 chunk folders when creating the repository (default true; tests skip it). */
+  createChunkFolders?: boolean;
   /** Threads hashing and compressing uploaded chunks; 0 = on the event loop. Default: cores, max 4. */
   encoderThreads?: number;
   /** Skip the syncfs before a manifest rename (tests on tmpfs). Default false. */
@@ -159,6 +161,7 @@ export class Repository {
       }
       await fs.mkdir(root, { recursive: true });
       for (const d of ['chunks', 'datasources', 'sessions', 'leases']) await fs.mkdir(path.join(root, d), { recursive: true });
+      if (opts.createChunkFolders !== false) await new ChunkStore(root).createFolders();
       config = {
         format: REPOSITORY_FORMAT,
         id: randomBytes(16).toString('hex'),

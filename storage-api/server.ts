@@ -136,7 +136,8 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
     const digest = checkDigest((req.params as Params).digest);
     const body = req.body;
     if (!Buffer.isBuffer(body)) throw new RepositoryError('INVALID_ARGUMENT', 'chunk body must be application/octet-stream', 'send the raw chunk bytes');
-    const r = await repo.chunks.insert(digest, body);
+    if (body.length > MAX_CHUNK_SIZE) throw new RepositoryError('INVALID_ARGUMENT', `chunk of ${body.length} bytes`, `a chunk is 1..${MAX_CHUNK_SIZE} bytes`);
+    const [r] = await repo.chunks.insertBatch(body, [{ digest, offset: 0, length: body.length }]);
     return reply.code(r.written ? 201 : 200).send({ digest, ...r });
   });
 
@@ -149,18 +150,10 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
       throw new RepositoryError('INVALID_ARGUMENT', `chunk batch: ${(err as Error).message}`, 'send records of 32-byte digest + u32 LE length + chunk bytes');
     }
     // Every digest is checked before anything is stored: a bad batch stores nothing.
-    const settled = await Promise.allSettled(chunks.map((c) => repo.chunks.encode(c.digest, c.data)));
-    const bad = settled.find((r) => r.status === 'rejected');
-    if (bad) throw (bad as PromiseRejectedResult).reason;
-    const encoded = settled.map((r) => (r as PromiseFulfilledResult<Awaited<ReturnType<typeof repo.chunks.encode>>>).value);
-    const results = new Array<{ digest: string; written: boolean; storedSize: number }>(chunks.length);
-    let next = 0;
-    await Promise.all(Array.from({ length: 8 }, async () => {
-      while (next < encoded.length) {
-        const i = next++;
-        results[i] = { digest: encoded[i].digest, ...(await repo.chunks.insertEncoded(encoded[i])) };
-      }
-    }));
+    const items: Array<{ digest: string; offset: number; length: number }> = [];
+    for (const c of chunks) items.push({ digest: c.digest, offset: c.data.byteOffset - req.body.byteOffset, length: c.data.length });
+    const stored = await repo.chunks.insertBatch(req.body, items);
+    const results = stored.map((r, i) => ({ digest: items[i].digest, ...r }));
     return reply.code(201).send({ results });
   });
 

@@ -8,7 +8,7 @@ import type { OpenRepositoryOptions, RecoveryPointManifest } from '../../reposit
 
 export async function tempRepo(opts: OpenRepositoryOptions = {}): Promise<Repository> {
   const dir = await mkdtemp(path.join(tmpdir(), 'hvp-repo-'));
-  return Repository.open(dir, { create: true, unsafeSkipSync: true, defaultChunkSize: 64 * 1024, encoderThreads: 0, ...opts });
+  return Repository.open(dir, { create: true, unsafeSkipSync: true, defaultChunkSize: 64 * 1024, encoderThreads: 0, createChunkFolders: false, ...opts });
 }
 
 export function digestOf(chunk: Buffer): Buffer {
