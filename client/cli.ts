@@ -76,6 +76,7 @@ export function buildProgram(): Command {
     .option('--headless', 'no Web UI', false)
     .option('--bare', 'only Temporal and the protection server (no lab, agents or protections)', false)
     .option('--no-first-backups', 'protect the sample VMs but do not back them up now')
+    .addOption(new Option('--disk-size <MiB>', 'size of each sample disk in MiB (default 64)').argParser(positiveInt).hideHelp())
     .addHelpText('after', '\nExamples:\n  npm start\n  hvprotect dev --temporal-port 7300 --ui-port 8300 --api-port 8790\n')
     .action(async (o) => {
       const logger = createLogger({ name: 'hvprotect' });
@@ -88,6 +89,7 @@ export function buildProgram(): Command {
         headless: o.headless,
         bare: o.bare,
         noFirstBackups: !o.firstBackups,
+        diskSize: o.diskSize ? o.diskSize * 1024 * 1024 : undefined,
         logger,
       });
       const ui = stack.temporal.uiUrl ? `${stack.temporal.uiUrl}/namespaces/${stack.temporal.namespace}/workflows` : '(headless)';
@@ -225,6 +227,8 @@ export async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
+    // Done: do not wait for lingering handles (the Temporal runtime, keep-alive sockets).
+    process.exit(typeof process.exitCode === 'number' ? process.exitCode : 0);
   } catch (err) {
     if (err instanceof CommanderError) {
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') process.exit(0);

@@ -61,6 +61,7 @@ export function toTemporalLogger(logger: Logger): TemporalLogger {
     if (meta) {
       for (const [k, v] of Object.entries(meta)) {
         if (k === 'sdkComponent') fields.component = v;
+        else if (k === 'error' && v instanceof Error) fields.err = v; // pino's serializer keeps message and stack
         else if (k === 'timestampNanos') continue;
         else fields[k] = v;
       }

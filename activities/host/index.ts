@@ -172,6 +172,10 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
               }
             },
           });
+          if (!req.base && pos.changedChunks === 0) {
+            // A disk that never held data still needs its (all-zero) index in the point.
+            await storage.putIndex(req.sessionId, req.diskId, { virtualSize: req.virtualSize, basePoint: null, slots: [0], digests: Buffer.alloc(32) });
+          }
           const result: DiskTransferResult = {
             diskId: req.diskId,
             kind,

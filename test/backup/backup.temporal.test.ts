@@ -119,3 +119,13 @@ test('a policy that forbids offline fails the backup and leaves the VM running u
   expect(after.checkpoints).toEqual([]);
   expect(await stack.server.repository.listPoints('nfs-linux')).toEqual([]);
 });
+
+test('a VM whose disk never held data gets a point that restores as zeros', async () => {
+  const facts = await stack.lab.createVm({ name: 'blank', host: 'hv01', disks: [{ sizeBytes: 3 * MiB }] });
+  const r = await backup({ dataSource: 'blank', vm: facts.vmId });
+  expect(r.kind).toBe('initial-replica');
+  expect((await restoredBytes('blank', r.pointId, facts.disks[0].diskId)).equals(Buffer.alloc(3 * MiB))).toBe(true);
+  const again = await backup({ dataSource: 'blank', vm: facts.vmId });
+  expect(again.kind).toBe('express-full');
+  expect(again.disks[0].bytesRead).toBe(0);
+});
