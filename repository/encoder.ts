@@ -1,7 +1,9 @@
-// Chunk encoding (SHA-256 of the plaintext + zstd) off the event loop: a small pool of worker
-// threads, so the storage API keeps receiving while chunks are hashed and compressed, and the
-// server uses every core it is given. The worker is plain JavaScript (eval) so it runs the same
-// from dist/ and under jest.
+// Chunk work off the event loop: a small pool of worker threads that hash and compress single
+// chunks (`encode`) or check and store whole upload batches (`storeBatch`: hash all, then
+// compress and write each new chunk as temp file + rename, touch the existing ones), so the
+// storage API keeps receiving while chunks are processed and the server uses the cores it is
+// given. The worker is plain JavaScript (eval) so it runs the same from dist/ and under jest;
+// it writes the chunk file format documented in chunk-store.ts.
 import { cpus } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { CODEC_NONE, CODEC_ZSTD, ZSTD_LEVEL, encodeChunkPayload } from './codec';
