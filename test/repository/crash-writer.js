@@ -16,7 +16,8 @@ const { backup, randomDisk } = require('./support.ts');
 async function main() {
   const [root, seedText] = process.argv.slice(2);
   let seed = Number(seedText);
-  const repo = await Repository.open(root, { create: true, defaultChunkSize: 64 * 1024, encoderThreads: 0 });
+  // odd seeds store chunks on the worker threads, even ones on the event loop
+  const repo = await Repository.open(root, { create: true, defaultChunkSize: 64 * 1024, encoderThreads: Math.floor(seed / 1000) % 2 ? 2 : 0, createChunkFolders: false });
   await repo.resizeShadowStorage('vm-a', { maxPoints: 4 }).catch(() => undefined);
   let disk = randomDisk(16 * 64 * 1024 + 3000, seed);
   const points = await repo.listPoints('vm-a').catch(() => []);

@@ -67,7 +67,7 @@ describe('crash consistency', () => {
       expect(seen).toBeGreaterThan(0);
       // Point folders without a manifest (or with temp files) show kills that landed inside the
       // commit sequence; opening the repository cleaned them up.
-      console.log(`crash test: ${interrupted} of ${ROUNDS} kills landed inside a commit`);
+      console.log(`crash test: ${interrupted} of ${ROUNDS} kills left a half-committed point folder behind`);
     } finally {
       await rm(root, { recursive: true, force: true });
     }

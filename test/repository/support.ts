@@ -34,7 +34,8 @@ export async function backup(
     const chunk = disk.subarray(slots[i] * cs, Math.min(disk.length, (slots[i] + 1) * cs));
     const d = digestOf(chunk);
     d.copy(digests, i * 32);
-    if (!isAllZero(chunk)) await repo.chunks.insert(d.toString('hex'), chunk);
+    // insertBatch is the storage API's path (worker threads when the repository has them).
+    if (!isAllZero(chunk)) await repo.chunks.insertBatch(Buffer.from(chunk), [{ digest: d.toString('hex'), offset: 0, length: chunk.length }]);
   }
   const diskId = opts.diskId ?? 'disk0';
   await repo.patchIndex(session.sessionId, diskId, { virtualSize: disk.length }, slots, digests);
