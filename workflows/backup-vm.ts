@@ -104,11 +104,7 @@ export interface TransferProgressSignal {
 export const backupProgressQuery = defineQuery<BackupProgress>('progress');
 export const transferProgressSignal = defineSignal<[TransferProgressSignal]>('transferProgress');
 
-const server = proxyActivities<ServerActivities>({
-  taskQueue: SERVER_TASK_QUEUE,
-  startToCloseTimeout: '10 minutes',
-  retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10, nonRetryableErrorTypes: ['BackupAlreadyRunning', 'ShadowStorageFull', 'UnknownDataSource'] },
-});
+
 
 const NON_RETRYABLE_HOST = ['VmNotOnHost', 'VmNotFound', 'CheckpointNotFound', 'DiskDamaged', 'StorageRefused', 'ChangeTrackingLost'];
 
@@ -123,6 +119,13 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     locateTimeout: input.timing?.locateTimeout ?? '20 seconds',
     hostWaitTimeoutMs: msOf(input.policy?.hostWaitTimeout ?? '30 minutes'),
   };
+  // Server steps heartbeat too: a protection server killed mid-step is retried in seconds.
+  const server = proxyActivities<ServerActivities>({
+    taskQueue: SERVER_TASK_QUEUE,
+    startToCloseTimeout: '10 minutes',
+    heartbeatTimeout: timing.heartbeatTimeout as Duration,
+    retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10, nonRetryableErrorTypes: ['BackupAlreadyRunning', 'ShadowStorageFull', 'UnknownDataSource'] },
+  });
   const host = proxyActivities<HostActivities>({
     startToCloseTimeout: '10 minutes',
     scheduleToStartTimeout: timing.hostScheduleToStart as Duration,
@@ -240,7 +243,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       step(decision.mode === 'online' ? 'creating the backup checkpoint (VSS in the guest)' : `creating the backup checkpoint (offline, ${decision.quiesce})`);
       checkpoint = await onOwner('checkpoint', (taskQueue, h) =>
         host.createBackupCheckpoint.executeWithOptions(
-          { taskQueue, summary: `${decision.mode} checkpoint of ${facts.name} on ${h}` } as ActivityOptions,
+          { taskQueue, summary: `${decision.mode} checkpoint of ${facts.name} on ${h}`, heartbeatTimeout: timing.heartbeatTimeout } as ActivityOptions,
           [{ vmId: facts.vmId, mode: decision.mode, offlineMethod: decision.quiesce === 'save' || decision.quiesce === 'pause' ? decision.quiesce : 'none', label: workflowId }],
         ),
       );
@@ -319,7 +322,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
         step('releasing the backup checkpoint');
         await onOwner('release', (taskQueue, h) =>
           host.releaseBackupCheckpoint.executeWithOptions(
-            { taskQueue, summary: `release backup checkpoint of ${progress.vm} on ${h}`, retry: { maximumAttempts: 20, nonRetryableErrorTypes: ['VmNotOnHost', 'VmNotFound'] } } as ActivityOptions,
+            { taskQueue, summary: `release backup checkpoint of ${progress.vm} on ${h}`, heartbeatTimeout: timing.heartbeatTimeout, retry: { maximumAttempts: 20, nonRetryableErrorTypes: ['VmNotOnHost', 'VmNotFound'] } } as ActivityOptions,
             [{ vmId: input.vm, label: workflowId, checkpointId: checkpoint?.checkpointId }],
           ),
         ).catch((err) => {

@@ -4,6 +4,8 @@
 import { ApplicationFailure, Context, CancelledFailure } from '@temporalio/activity';
 import { HypervisorError, type HypervisorAdapter, type VmFacts } from '../../hypervisor/types';
 import { StorageApiError, type StorageClient } from '../../storage-api/client';
+import { crashPoint } from '../../faults/crash-point';
+import { withHeartbeat } from '../heartbeat';
 import { allSlots, slotsOfRanges, transferDiskSlots, type TransferPosition } from './transfer';
 import type {
   CheckpointRequest,
@@ -99,16 +101,19 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
     },
 
     async createBackupCheckpoint(req: CheckpointRequest) {
+      return withHeartbeat(async () => {
       try {
         await ensureHere(req.vmId);
         // 'none': the VM is already quiet (off, saved, paused, replica): leave it as it is.
         const offlineMethod = req.offlineMethod === 'none' ? undefined : req.offlineMethod;
         const ckpt = await adapter.createBackupCheckpoint(req.vmId, { mode: req.mode, offlineMethod, label: req.label });
+        crashPoint('agent:after-checkpoint');
         Context.current().log.info('backup checkpoint created', { vmId: req.vmId, checkpointId: ckpt.checkpointId, mode: req.mode, downtimeMs: ckpt.downtimeMs });
         return ckpt;
       } catch (err) {
         return toFailure(err);
       }
+      });
     },
 
     async transferDisk(req: DiskTransferRequest): Promise<DiskTransferResult> {
@@ -146,6 +151,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
           }
           const allSlotsCount = allSlots(req.virtualSize, req.chunkSize).length;
           let lastSignal = 0;
+          let batches = 0;
           const pos = await transferDiskSlots({
             reader,
             storage,
@@ -161,6 +167,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
             throttleBytesPerSecond: deps.throttleBytesPerSecond,
             onBatch: async (p, diskOffset) => {
               ctx.heartbeat({ ...p, kind, fallbackReason });
+              if (++batches === 2) crashPoint('agent:mid-transfer');
               if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled');
               await ensureHere(req.vmId);
               const now = Date.now();
@@ -199,8 +206,10 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
     },
 
     async releaseBackupCheckpoint(req: ReleaseRequest) {
+      return withHeartbeat(async () => {
       try {
         await ensureHere(req.vmId);
+        crashPoint('agent:before-release');
         const released: string[] = [];
         if (req.checkpointId) {
           await adapter.releaseCheckpoint(req.vmId, req.checkpointId);
@@ -209,11 +218,13 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
         if (adapter.releaseCheckpointsByLabel) {
           for (const id of await adapter.releaseCheckpointsByLabel(req.vmId, req.label)) if (!released.includes(id)) released.push(id);
         }
+        crashPoint('agent:after-release');
         Context.current().log.info('backup checkpoint released', { vmId: req.vmId, released });
         return { released };
       } catch (err) {
         return toFailure(err);
       }
+      });
     },
   };
 }

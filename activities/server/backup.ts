@@ -7,6 +7,8 @@ import type { Client } from '@temporalio/client';
 import { Repository, RepositoryError, type RecoveryPointManifest } from '../../repository';
 import type { TokenStore } from '../../storage-api/tokens';
 import type { ProtectionMetrics } from '../../metrics/metrics';
+import { crashPoint } from '../../faults/crash-point';
+import { withHeartbeat } from '../heartbeat';
 import type { TransferKind } from '../host/types';
 import type {
   BackupPlan,
@@ -75,7 +77,7 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
     }
   }
 
-  return {
+  const activities: ServerActivities = {
     async listHosts() {
       return deps.tokens
         .list()
@@ -138,6 +140,7 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
           }
           return { diskId: d.diskId, chunkSize: settings.chunkSize, kind: diskKind, base };
         });
+        crashPoint('server:after-plan');
         return { kind, reason, sessionId: session.sessionId, disks };
       } catch (err) {
         return asFailure(err);
@@ -145,6 +148,32 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
     },
 
     async commitRecoveryPoint(req: CommitRequest): Promise<CommittedPoint> {
+      return commit(req);
+    },
+
+    async enforceRetention({ dataSource }): Promise<RetentionResult> {
+      try {
+        const deleted = await repository.enforceRetention(dataSource);
+        return { deleted: deleted.map((d) => ({ pointId: d.pointId, reason: d.reason })) };
+      } catch (err) {
+        return asFailure(err);
+      }
+    },
+
+    async abortSession({ sessionId }) {
+      await repository.abortSession(sessionId).catch((err) => {
+        if (err instanceof RepositoryError && err.code === 'NOT_FOUND') return;
+        throw err;
+      });
+    },
+  };
+  // Every step heartbeats while it runs (see withHeartbeat).
+  return Object.fromEntries(
+    Object.entries(activities).map(([name, fn]) => [name, (...args: unknown[]) => withHeartbeat(() => (fn as (...a: unknown[]) => Promise<unknown>)(...args))]),
+  ) as unknown as ServerActivities;
+
+  async function commit(req: CommitRequest): Promise<CommittedPoint> {
+    {
       // A retry after a lost reply finds its point already there: return it.
       const existing = (await repository.listPoints(req.dataSource).catch(asFailure)).find(
         (p) => (p.vm as { workflowId?: string }).workflowId === req.workflowId,
@@ -152,6 +181,7 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
       const toResult = (p: RecoveryPointManifest): CommittedPoint => ({ pointId: p.pointId, createdAt: p.createdAt, storedBytes: p.ownedBytes });
       if (existing) return toResult(existing);
       try {
+        crashPoint('server:before-commit');
         const point = await repository.commitPoint(req.sessionId, {
           kind: req.kind,
           mode: req.mode,
@@ -174,6 +204,7 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
             })),
           },
         });
+        crashPoint('server:after-commit');
         const m = deps.metrics;
         if (m) {
           m.recoveryPoints.inc({ datasource: req.dataSource, kind: req.kind, mode: req.mode });
@@ -187,22 +218,6 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
       } catch (err) {
         return asFailure(err);
       }
-    },
-
-    async abortSession({ sessionId }) {
-      await repository.abortSession(sessionId).catch((err) => {
-        if (err instanceof RepositoryError && err.code === 'NOT_FOUND') return;
-        throw err;
-      });
-    },
-
-    async enforceRetention({ dataSource }): Promise<RetentionResult> {
-      try {
-        const deleted = await repository.enforceRetention(dataSource);
-        return { deleted: deleted.map((d) => ({ pointId: d.pointId, reason: d.reason })) };
-      } catch (err) {
-        return asFailure(err);
-      }
-    },
-  };
+    }
+  }
 }
