@@ -28,7 +28,8 @@ export interface WorkflowRun {
   outcome: 'completed' | 'failed' | 'cancelled' | 'terminated' | 'timed-out' | 'continued' | 'open';
   failure?: string;
   activities: ActivityRun[];
-  /** The workflow's result when it completed (decoded with the default converter). */
+  /** The workflow's first argument and its result when it completed (JSON payloads only). */
+  input?: unknown;
   result?: unknown;
 }
 
@@ -58,6 +59,7 @@ export async function readWorkflowRun(client: Client, workflowId: string, runId?
     if (e.workflowExecutionStartedEventAttributes) {
       run.startedAt = t;
       run.runId ??= e.workflowExecutionStartedEventAttributes.originalExecutionRunId ?? undefined;
+      run.input = decodePayload(e.workflowExecutionStartedEventAttributes.input?.payloads?.[0] as never);
     } else if (e.workflowExecutionCompletedEventAttributes) {
       run.closedAt = t;
       run.outcome = 'completed';
