@@ -26,7 +26,7 @@ import { Lab } from '../hypervisor/lab';
 import { StorageClient } from '../storage-api/client';
 import { protectVm, scheduleIdOf } from '../client/protection';
 import type { BackupVmInput, BackupVmResult } from '../workflows/backup-vm';
-import { leaseInterval, maxOverlap, overlappingPairs, quantile, readWorkflowRuns, transfersByHost, transferMs, type WorkflowRun } from '../test/load/history';
+import { leaseInterval, listBackups, maxOverlap, overlappingPairs, quantile, readWorkflowRuns, transfersByHost, transferMs, withRetry, type WorkflowRun } from '../test/load/history';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -208,7 +208,7 @@ async function main(): Promise<void> {
     for (const v of vms) await protectVm(client, { vm: { vmId: v.vmId, name: v.name, host: v.host, state: 'running' }, dataSource: v.ds, schedule: { everyHours: 24 } });
     console.log(`${VMS} protections created in ${sec(Date.now() - t)} s`);
 
-    const countOf = async (query: string) => (await client.workflow.count(query)).count;
+    const countOf = async (query: string) => (await withRetry('count', () => client.workflow.count(query))).count;
     const waves: WaveReport[] = [];
     const seenIds = new Set<string>();
     for (let wave = 1; wave <= WAVES; wave++) {
@@ -229,26 +229,31 @@ async function main(): Promise<void> {
       const trigger = async () => {
         let next = 0;
         await Promise.all(Array.from({ length: 32 }, async () => {
-          while (next < vms.length) await client.schedule.getHandle(scheduleIdOf(vms[next++].ds)).trigger(ScheduleOverlapPolicy.SKIP);
+          while (next < vms.length) {
+            const ds = vms[next++].ds;
+            await withRetry('trigger', () => client.schedule.getHandle(scheduleIdOf(ds)).trigger(ScheduleOverlapPolicy.SKIP));
+          }
         }));
       };
       await trigger();
+      // Once every schedule has started its run, trigger all again: runs still going are skipped.
+      while ((await countOf("WorkflowType = 'backupVm'")) - before < VMS) await sleep(500);
       await trigger();
 
       // Backups by hand of VMs whose scheduled backup holds the lease: refused.
       const manual: WorkflowHandle[] = [];
       for (const v of vms.slice(-BY_HAND)) {
-        for (let k = 0; k < 600; k++) {
-          const d = await client.schedule.getHandle(scheduleIdOf(v.ds)).describe();
-          const running = d.info.runningActions[0]?.workflow.workflowId;
+        for (let k = 0; k < 300; k++) {
+          const mine = (await listBackups(client, `backup/${v.ds}-`, scheduleIdOf(v.ds))).filter((w) => !seenIds.has(w.workflowId));
+          const running = mine.find((w) => w.status === 'RUNNING');
+          if (!running && mine.length > 0) break; // its run of this wave finished already
           if (running) {
-            const [run] = await readWorkflowRuns(client, [{ workflowId: running }]);
+            const [run] = await readWorkflowRuns(client, [{ workflowId: running.workflowId }]);
             if (run.outcome === 'open' && run.activities.some((a) => a.activityType === 'acquireBackupLease' && a.outcome === 'completed')) {
               const input: BackupVmInput = { dataSource: v.ds, vm: v.vmId };
               manual.push(await client.workflow.start('backupVm', { taskQueue: SERVER_TASK_QUEUE, workflowId: `backup/${v.ds}/by-hand-${wave}`, args: [input] }));
               break;
             }
-            if (run.outcome !== 'open') break;
           }
           await sleep(200);
         }
@@ -265,14 +270,17 @@ async function main(): Promise<void> {
       }
       process.stdout.write('\n');
 
-      // What ran: every schedule's actions of this wave, and the backups by hand.
-      const ids: string[] = [];
-      let skipped = 0;
-      for (const v of vms) {
-        const d = await client.schedule.getHandle(scheduleIdOf(v.ds)).describe();
-        for (const a of d.info.recentActions) if (!seenIds.has(a.action.workflow.workflowId)) ids.push(a.action.workflow.workflowId);
-        skipped += d.info.numActionsSkippedOverlap;
+      // What ran: the scheduled backups of this wave (visibility, then the histories), the ones by hand.
+      let listed = await listBackups(client, 'backup/load-');
+      for (let quiet = 0; quiet < 2; ) {
+        await sleep(1000);
+        const again = await listBackups(client, 'backup/load-');
+        quiet = again.length === listed.length && again.every((w) => w.status !== 'RUNNING') ? quiet + 1 : 0;
+        listed = again;
       }
+      const ids = listed.filter((w) => !seenIds.has(w.workflowId) && !w.workflowId.includes('/by-hand-')).map((w) => w.workflowId);
+      let skipped = 0;
+      for (const v of vms) skipped += (await withRetry('describe schedule', () => client.schedule.getHandle(scheduleIdOf(v.ds)).describe())).info.numActionsSkippedOverlap;
       skipped -= waves.reduce((s, w) => s + w.skipped, 0);
       const runs: WorkflowRun[] = await readWorkflowRuns(client, [...ids, ...manual.map((m) => m.workflowId)].map((workflowId) => ({ workflowId })));
       for (const r of runs) seenIds.add(r.workflowId);

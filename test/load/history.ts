@@ -213,3 +213,42 @@ export function quantile(xs: number[], q: number): number {
   const hi = Math.ceil(pos);
   return s[lo] + (s[hi] - s[lo]) * (pos - lo);
 }
+
+/**
+ * Retries a Temporal call that may time out while the dev server is saturated (DescribeSchedule
+ * is a query to the schedule's own workflow and hits its deadline under load).
+ */
+export async function withRetry<T>(what: string, fn: () => Promise<T>, attempts = 6): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await fn();
+    } catch (err) {
+      const text = `${(err as Error).message} ${String((err as { cause?: Error }).cause?.message ?? '')}`;
+      if (i >= attempts || !/DEADLINE_EXCEEDED|UNAVAILABLE|deadline|RESOURCE_EXHAUSTED/i.test(text)) throw err;
+      await new Promise((r) => setTimeout(r, 500 * i));
+    }
+  }
+}
+
+export interface ListedRun {
+  workflowId: string;
+  runId: string;
+  status: string;
+  startTime: Date;
+  closeTime?: Date;
+}
+
+/**
+ * backupVm workflows whose id starts with `idPrefix`, from visibility (may lag a moment);
+ * `scheduleId` narrows the query to the runs one schedule started.
+ */
+export async function listBackups(client: Client, idPrefix: string, scheduleId?: string): Promise<ListedRun[]> {
+  const query = `WorkflowType = 'backupVm'${scheduleId ? ` AND TemporalScheduledById = '${scheduleId.replace(/'/g, '')}'` : ''}`;
+  return withRetry('list workflows', async () => {
+    const out: ListedRun[] = [];
+    for await (const w of client.workflow.list({ query })) {
+      if (w.workflowId.startsWith(idPrefix)) out.push({ workflowId: w.workflowId, runId: w.runId, status: w.status.name, startTime: w.startTime, closeTime: w.closeTime });
+    }
+    return out;
+  });
+}
