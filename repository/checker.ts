@@ -4,6 +4,7 @@
 // decodes and hashes every referenced chunk once. Memory is bounded like GC's: the digest space
 // is cut into ranges that fit `memoryBudgetEntries`.
 import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import { CHUNK_HEADER_SIZE } from './chunk-store';
 import { RepositoryError, isNotFound } from './errors';
 import { DIGEST_SIZE, checkIndex, readSlots } from './fixed-index';
@@ -11,6 +12,8 @@ import type { Repository } from './repository';
 
 export interface VerifyOptions {
   readData?: boolean;
+  /** Move corrupt chunk files to <repository>/quarantine/ so that they read as missing. */
+  quarantine?: boolean;
   dataSource?: string;
   memoryBudgetEntries?: number;
   concurrency?: number;
@@ -29,6 +32,8 @@ export interface VerifyReport {
   bytesRead: number;
   damagedIndexes: DamagedIndex[];
   damagedChunks: DamagedChunk[];
+  /** Corrupt chunks moved to quarantine/ (the next consistency check re-sends them). */
+  quarantined: number;
   affectedPoints: AffectedPoint[];
   durationMs: number;
 }
@@ -37,7 +42,7 @@ export async function verifyRepository(repo: Repository, opts: VerifyOptions = {
   const start = Date.now();
   const report: VerifyReport = {
     ok: true, readData: !!opts.readData, points: 0, indexes: 0, chunksChecked: 0, bytesRead: 0,
-    damagedIndexes: [], damagedChunks: [], affectedPoints: [], durationMs: 0,
+    damagedIndexes: [], damagedChunks: [], quarantined: 0, affectedPoints: [], durationMs: 0,
   };
   const good: Array<{ file: string; dataSource: string; pointId: string; diskId: string }> = [];
   const affected = new Map<string, AffectedPoint>();
@@ -117,6 +122,16 @@ export async function verifyRepository(repo: Repository, opts: VerifyOptions = {
         } catch (err) {
           const e = err as RepositoryError;
           damaged.set(digest, { digest, problem: e.code === 'NOT_FOUND' ? 'missing' : 'corrupt', detail: e.message });
+          // A corrupt chunk is set aside so that it reads as missing: the next consistency check
+          // of a data source that has it re-sends it from the source, repairing every point.
+          if (opts.quarantine && e.code !== 'NOT_FOUND') {
+            const q = path.join(repo.root, 'quarantine');
+            await fs.mkdir(q, { recursive: true });
+            await fs.rename(repo.chunks.pathOf(digest), path.join(q, `${digest}.${Date.now()}`)).then(
+              () => report.quarantined++,
+              () => undefined,
+            );
+          }
         }
       }
     };

@@ -254,10 +254,15 @@ export class ChunkStore {
     }
     try {
       const { bytesWritten } = await fh.writev(encoded);
-      if (bytesWritten !== encoded[0].length + encoded[1].length) throw new Error(`short write of ${tmp} (${bytesWritten} bytes)`);
-    } finally {
-      await fh.close();
+      if (bytesWritten !== encoded[0].length + encoded[1].length) {
+        throw Object.assign(new Error(`short write of ${tmp} (${bytesWritten} bytes): no space left on device`), { code: 'ENOSPC' });
+      }
+    } catch (err) {
+      await fh.close().catch(() => undefined);
+      await fs.rm(tmp, { force: true }); // a torn temp file must not hold the space it could not fill
+      throw err;
     }
+    await fh.close();
     await fs.rename(tmp, file);
     const storedSize = encoded[0].length + encoded[1].length;
     this.remember(digest, storedSize);

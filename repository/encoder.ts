@@ -77,9 +77,15 @@ function store({ id, data, items, dir, tmpTag }) {
     }
     try {
       const n = fs.writevSync(fd, [header, payload]);
-      if (n !== 16 + payload.length) throw new Error('short write of ' + tmp);
+      // A short write to a regular file means the volume is full.
+      if (n !== 16 + payload.length) throw Object.assign(new Error('short write of ' + tmp + ': no space left on device'), { code: 'ENOSPC' });
+    } catch (err) {
+      try { fs.closeSync(fd); } catch {}
+      fd = undefined;
+      try { fs.unlinkSync(tmp); } catch {}
+      throw err;
     } finally {
-      fs.closeSync(fd);
+      if (fd !== undefined) fs.closeSync(fd);
     }
     fs.renameSync(tmp, file);
     results.push({ written: true, storedSize: 16 + payload.length });
@@ -88,7 +94,7 @@ function store({ id, data, items, dir, tmpTag }) {
 }
 parentPort.on('message', (m) => {
   if (m.op === 'store') {
-    try { return store(m); } catch (err) { return parentPort.postMessage({ id: m.id, error: String(err && err.message || err) }); }
+    try { return store(m); } catch (err) { return parentPort.postMessage({ id: m.id, error: String(err && err.message || err), code: err && err.code }); }
   }
   const { id, data } = m;
   try {
@@ -140,12 +146,12 @@ export class ChunkEncoder {
     for (let i = 0; i < threads; i++) {
       const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { zstdPath: require.resolve('zstd-napi'), level: ZSTD_LEVEL } });
       w.unref();
-      w.on('message', (m: { id: number; digest: string; allZero: boolean; codec: Codec; payload: Uint8Array | null; error?: string } & Partial<StoreReply>) => {
+      w.on('message', (m: { id: number; digest: string; allZero: boolean; codec: Codec; payload: Uint8Array | null; error?: string; code?: string } & Partial<StoreReply>) => {
         const p = this.pending.get(m.id);
         if (!p) return;
         this.pending.delete(m.id);
         this.inFlight[i]--;
-        if (m.error) return p.reject(new Error(`chunk encoder: ${m.error}`));
+        if (m.error) return p.reject(Object.assign(new Error(`chunk encoder: ${m.error}`), m.code ? { code: m.code } : {}));
         if (p.resolveStore) return p.resolveStore(m as StoreReply);
         if (!p.raw) return;
         const payload = m.allZero ? Buffer.alloc(0) : m.payload ? Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength) : p.raw;

@@ -257,7 +257,7 @@ export class StorageClient {
     return this.json('POST', '/admin/gc', {});
   }
 
-  async verify(opts: { readData?: boolean; dataSource?: string } = {}): Promise<VerifyReport> {
+  async verify(opts: { readData?: boolean; quarantine?: boolean; dataSource?: string } = {}): Promise<VerifyReport> {
     return this.json('POST', '/admin/verify', opts);
   }
 }

@@ -86,6 +86,14 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
     if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' || err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || (err.statusCode && err.statusCode < 500)) {
       return fail(reply, err.statusCode ?? 400, { error: 'BAD_REQUEST', message: err.message, hint: 'JSON bodies as application/json, chunk and index bodies as application/octet-stream' });
     }
+    if (err.code === 'ENOSPC' || err.code === 'EDQUOT') {
+      req.log?.error({ err }, 'repository volume full');
+      return fail(reply, 507, {
+        error: 'REPOSITORY_FULL',
+        message: `the repository volume is full (${err.code})`,
+        hint: 'free space or grow the repository volume, lower shadow storage limits (hvprotect shadowstorage resize) or delete old points (hvprotect shadows delete --oldest), then run hvprotect gc',
+      });
+    }
     req.log?.error({ err }, 'storage API request failed');
     return fail(reply, 500, { error: 'INTERNAL', message: err.message, hint: 'see the protection server log; retry' });
   });
@@ -278,8 +286,8 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
   app.get(`${P}/admin/deletions`, admin, async () => ({ deletions: await repo.readDeletionLog() }));
   app.post(`${P}/admin/gc`, admin, async () => collectGarbage(repo));
   app.post(`${P}/admin/verify`, admin, async (req) => {
-    const b = (req.body ?? {}) as { readData?: boolean; dataSource?: string };
-    return verifyRepository(repo, { readData: !!b.readData, dataSource: b.dataSource === undefined ? undefined : checkDataSourceId(b.dataSource) });
+    const b = (req.body ?? {}) as { readData?: boolean; quarantine?: boolean; dataSource?: string };
+    return verifyRepository(repo, { readData: !!b.readData, quarantine: !!b.readData && b.quarantine !== false, dataSource: b.dataSource === undefined ? undefined : checkDataSourceId(b.dataSource) });
   });
 
   return app as unknown as FastifyInstance;

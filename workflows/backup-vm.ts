@@ -106,7 +106,7 @@ export const transferProgressSignal = defineSignal<[TransferProgressSignal]>('tr
 
 
 
-const NON_RETRYABLE_HOST = ['VmNotOnHost', 'VmNotFound', 'CheckpointNotFound', 'DiskDamaged', 'StorageRefused', 'ChangeTrackingLost'];
+const NON_RETRYABLE_HOST = ['VmNotOnHost', 'VmNotFound', 'CheckpointNotFound', 'DiskDamaged', 'StorageRefused', 'ChangeTrackingLost', 'RepositoryFull', 'RecoveryPointDamaged', 'LabRefused'];
 
 export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
   const { workflowId, runId } = workflowInfo();
@@ -124,7 +124,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     taskQueue: SERVER_TASK_QUEUE,
     startToCloseTimeout: '10 minutes',
     heartbeatTimeout: timing.heartbeatTimeout as Duration,
-    retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10, nonRetryableErrorTypes: ['BackupAlreadyRunning', 'ShadowStorageFull', 'UnknownDataSource'] },
+    retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10, nonRetryableErrorTypes: ['BackupAlreadyRunning', 'ShadowStorageFull', 'UnknownDataSource', 'RepositoryFull'] },
   });
   const host = proxyActivities<HostActivities>({
     startToCloseTimeout: '10 minutes',
@@ -236,6 +236,20 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     progress.kind = plan.kind;
     upsertSearchAttributes([{ key: SA.kind, value: plan.kind }]);
 
+    // A backup checkpoint left by an earlier run that could not release it (its host was down, the
+    // reply was lost) would block ours and grow forever: the lease says no other backup runs, so
+    // release it first.
+    const leftovers = facts.checkpoints.filter((c) => c.kind === 'backup' && c.label !== workflowId);
+    for (const c of leftovers) {
+      step(`releasing a leftover backup checkpoint ${c.checkpointId}${c.label ? ` of ${c.label}` : ''}`);
+      await onOwner('release leftover', (taskQueue, h) =>
+        host.releaseBackupCheckpoint.executeWithOptions(
+          { taskQueue, summary: `release leftover checkpoint ${c.checkpointId} of ${facts.name} on ${h}`, heartbeatTimeout: timing.heartbeatTimeout } as ActivityOptions,
+          [{ vmId: facts.vmId, label: c.label ?? `leftover-${c.checkpointId}`, checkpointId: c.checkpointId }],
+        ),
+      );
+    }
+
     let checkpoint: BackupCheckpoint | undefined;
     let committed: CommittedPoint | undefined;
     const results: DiskTransferResult[] = [];
@@ -320,16 +334,24 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       // failure or cancellation, and also one whose creation reply was lost (by label).
       await CancellationScope.nonCancellable(async () => {
         step('releasing the backup checkpoint');
-        await onOwner('release', (taskQueue, h) =>
-          host.releaseBackupCheckpoint.executeWithOptions(
-            { taskQueue, summary: `release backup checkpoint of ${progress.vm} on ${h}`, heartbeatTimeout: timing.heartbeatTimeout, retry: { maximumAttempts: 20, nonRetryableErrorTypes: ['VmNotOnHost', 'VmNotFound'] } } as ActivityOptions,
-            [{ vmId: input.vm, label: workflowId, checkpointId: checkpoint?.checkpointId }],
-          ),
-        ).catch((err) => {
-          if (failureType(err) === 'VmNotFound') return; // VM deleted: nothing left to release
-          throw err;
-        });
+        let releaseError: unknown;
+        try {
+          await onOwner('release', (taskQueue, h) =>
+            host.releaseBackupCheckpoint.executeWithOptions(
+              { taskQueue, summary: `release backup checkpoint of ${progress.vm} on ${h}`, heartbeatTimeout: timing.heartbeatTimeout, retry: { maximumAttempts: 20, nonRetryableErrorTypes: ['VmNotOnHost', 'VmNotFound'] } } as ActivityOptions,
+              [{ vmId: input.vm, label: workflowId, checkpointId: checkpoint?.checkpointId }],
+            ),
+          );
+        } catch (err) {
+          // VM deleted, or nowhere to be found: nothing can be released now; the next backup of
+          // the VM releases leftovers first. Anything else is this backup's failure.
+          const t = failureType(err);
+          if (t !== 'VmNotFound' && t !== 'VmUnreachable') releaseError = err;
+          else log.warn('could not release the backup checkpoint: VM gone', { type: t });
+        }
+        // Uploaded chunks stop being protected from GC once the session is gone.
         if (!committed) await server.abortSession({ dataSource: input.dataSource, sessionId: plan.sessionId }).catch(() => undefined);
+        if (releaseError) throw releaseError;
       });
     }
 

@@ -47,6 +47,9 @@ export function toFailure(err: unknown): never {
       'RecoveryPointDamaged',
     );
   }
+  if (err instanceof StorageApiError && err.code === 'REPOSITORY_FULL') {
+    throw ApplicationFailure.nonRetryable(`the protection server cannot store the backup: ${err.message}`, 'RepositoryFull');
+  }
   if (err instanceof StorageApiError) {
     // 4xx other than conflicts and throttling will not get better by retrying.
     const permanent = err.status >= 400 && err.status < 500 && err.status !== 409 && err.status !== 429 && err.status !== 423;

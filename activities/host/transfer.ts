@@ -126,7 +126,17 @@ export async function transferDiskSlots(o: DiskTransferOptions): Promise<Transfe
   const basePoint = o.basePointId ?? null;
 
   const send = async (batch: ReadBatch): Promise<void> => {
-    // Consistency check: only slots whose content differs from the base point's index.
+    // Every chunk the repository lacks is sent — also under slots that did not change, so a
+    // consistency check repairs chunks that verify quarantined or that went missing.
+    const wanted = [...batch.data.keys()];
+    const missing = wanted.length ? await o.storage.missingChunks(wanted) : [];
+    pos.chunksDeduplicated += wanted.length - missing.length;
+    await mapLimit(missing, o.uploadConcurrency ?? 4, async (h) => {
+      const chunk = batch.data.get(h)!;
+      await o.storage.putChunk(h, chunk);
+      pos.bytesSent += chunk.length;
+    });
+    // Index slots: a consistency check writes only those whose digest differs from the base.
     let slots = batch.slots;
     let digests = batch.digests;
     if (o.kind === 'consistency-check' && o.baseSlots) {
@@ -140,15 +150,6 @@ export async function transferDiskSlots(o: DiskTransferOptions): Promise<Transfe
       digests = Buffer.concat(keep.map((k) => batch.digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES)));
     }
     if (slots.length > 0) {
-      const wanted = [...new Set(Array.from({ length: slots.length }, (_, k) => digests.subarray(k * DIGEST_BYTES, (k + 1) * DIGEST_BYTES).toString('hex')))]
-        .filter((h) => batch.data.has(h));
-      const missing = wanted.length ? await o.storage.missingChunks(wanted) : [];
-      pos.chunksDeduplicated += wanted.length - missing.length;
-      await mapLimit(missing, o.uploadConcurrency ?? 4, async (h) => {
-        const chunk = batch.data.get(h)!;
-        await o.storage.putChunk(h, chunk);
-        pos.bytesSent += chunk.length;
-      });
       await o.storage.putIndex(o.sessionId, o.diskId, { virtualSize: o.reader.virtualSize, basePoint, slots, digests });
       pos.changedChunks += slots.length;
     }

@@ -38,6 +38,13 @@ interface LeaseRecord {
 
 /** Converts repository errors into failures the workflow branches on. */
 function asFailure(err: unknown): never {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    throw ApplicationFailure.nonRetryable(
+      `the repository volume is full (${code}): free space, lower shadow storage limits or delete old points, then run hvprotect gc`,
+      'RepositoryFull',
+    );
+  }
   if (err instanceof RepositoryError) {
     const msg = err.hint ? `${err.message}: ${err.hint}` : err.message;
     if (err.code === 'SHADOW_STORAGE_FULL') throw ApplicationFailure.nonRetryable(msg, 'ShadowStorageFull', err.details);

@@ -39,6 +39,7 @@ export interface TestStackOptions {
   agents?: string[];
   throttleBytesPerSecond?: number;
   temporal?: TemporalSettings;
+  repositoryDir?: string;
 }
 
 export async function startTestStack(opts: TestStackOptions): Promise<TestStack> {
@@ -48,7 +49,7 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
   const lab = await Lab.open(path.join(dir, 'lab'));
   for (const h of opts.hosts) await lab.createHost(h);
   if (opts.cluster) await lab.createCluster(opts.cluster.name, opts.cluster.nodes);
-  const server = await startServer({ logger, temporal, stateDir: path.join(dir, 'server'), apiPort: 0, metricsPort: 0, registerSearchAttributes: false });
+  const server = await startServer({ logger, temporal, stateDir: path.join(dir, 'server'), repositoryDir: opts.repositoryDir, apiPort: 0, metricsPort: 0, registerSearchAttributes: false });
   const agents = new Map<string, RunningAgent>();
   const tokens = new Map<string, string>();
   const children: ChildProcess[] = [];
