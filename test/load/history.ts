@@ -252,3 +252,21 @@ export async function listBackups(client: Client, idPrefix: string, scheduleId?:
     return out;
   });
 }
+
+/** Workflow time (started → closed) during which no activity was scheduled or running: workflow tasks and hand-offs. */
+export function outsideActivitiesMs(r: WorkflowRun): number {
+  if (r.closedAt === undefined) return NaN;
+  const iv = r.activities.filter((a) => a.closedAt !== undefined).map((a) => [a.scheduledAt, a.closedAt!] as const).sort((a, b) => a[0] - b[0]);
+  let covered = 0;
+  let end = -Infinity;
+  for (const [s, e] of iv) {
+    if (s > end) {
+      covered += e - s;
+      end = e;
+    } else if (e > end) {
+      covered += e - end;
+      end = e;
+    }
+  }
+  return r.closedAt - r.startedAt - covered;
+}

@@ -128,7 +128,15 @@ test(`${HOSTS.length * VMS_PER_HOST} VMs on ${HOSTS.length} hosts at once: all p
   const elapsedMs = Date.now() - started;
   const skipped = await skippedOverlaps();
 
-  const runs: WorkflowRun[] = await readWorkflowRuns(stack.client, [...state.ids, ...manual.map((m) => m.handle.workflowId)].map((workflowId) => ({ workflowId })));
+  // Visibility can lag on a busy machine: add any backup the repository has a point from.
+  const ids = new Set([...state.ids, ...manual.map((m) => m.handle.workflowId)]);
+  for (const v of vms) {
+    for (const p of await stack.server.repository.listPoints(v.ds)) {
+      const wf = (p.vm as { workflowId?: string }).workflowId;
+      if (wf) ids.add(wf);
+    }
+  }
+  const runs: WorkflowRun[] = await readWorkflowRuns(stack.client, [...ids].map((workflowId) => ({ workflowId })));
   const scheduled = runs.filter((r) => !r.workflowId.endsWith('/by-hand'));
 
   // Every scheduled backup completed with a point; every VM has one.
