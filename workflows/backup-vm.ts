@@ -265,12 +265,18 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       progress.disks = ckpt.disks.map((d) => ({ diskId: d.diskId, virtualSize: d.virtualSize, position: 0, bytesRead: 0, bytesSent: 0, done: false }));
       progress.transferStartedAt = Date.now();
 
+      const agents = await server.listHosts();
       for (const disk of ckpt.disks) {
         const planned = plan.disks.find((p) => p.diskId === disk.diskId);
+        // A disk on an SMB share is read by the file server's agent when one runs (no hop
+        // through the Hyper-V host), else by the VM's host over SMB.
+        const fileServer = facts.disks.find((d) => d.diskId === disk.diskId && d.storage === 'smb')?.fileServer;
+        const viaFileServer = fileServer !== undefined && agents.includes(fileServer) ? fileServer : undefined;
         if (!planned) throw ApplicationFailure.nonRetryable(`disk ${disk.diskId} appeared after planning`, 'DiskSetChanged');
         step(`transferring disk ${disk.diskId} (${planned.kind})`);
-        const result = await onOwner(`transfer ${disk.diskId}`, (_queue, h) =>
-          host.transferDisk.executeWithOptions(
+        const result = await onOwner(`transfer ${disk.diskId}`, (_queue, ownerHost) => {
+          const h = viaFileServer ?? ownerHost;
+          return host.transferDisk.executeWithOptions(
             {
               taskQueue: hostTransferQueue(h),
               scheduleToStartTimeout: timing.transferScheduleToStart,
@@ -292,10 +298,11 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
                 changeTrackingId: disk.changeTrackingId,
                 kind: planned.kind,
                 base: planned.base,
+                viaFileServer: viaFileServer !== undefined,
               },
             ],
-          ),
-        );
+          );
+        });
         results.push(result);
         const d = progress.disks.find((x) => x.diskId === disk.diskId)!;
         Object.assign(d, { position: disk.virtualSize, bytesRead: result.bytesRead, bytesSent: result.bytesSent, done: true });

@@ -123,7 +123,9 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
       const ctx = Context.current();
       const started = Date.now();
       try {
-        await ensureHere(req.vmId);
+        // The file server's agent reads disks on its shares wherever the VM runs.
+        const checkHere = req.viaFileServer ? async () => undefined : () => ensureHere(req.vmId);
+        await checkHere();
         const resume = ctx.info.heartbeatDetails as (TransferPosition & { kind: DiskTransferResult['kind']; fallbackReason?: string }) | undefined;
         const reader = await adapter.openCheckpointDisk(req.vmId, req.checkpointId, req.diskId);
         try {
@@ -172,7 +174,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
               ctx.heartbeat({ ...p, kind, fallbackReason });
               if (++batches === 2) crashPoint('agent:mid-transfer');
               if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled');
-              await ensureHere(req.vmId);
+              await checkHere();
               const now = Date.now();
               if (deps.signalProgress && now - lastSignal >= (deps.progressIntervalMs ?? 2000)) {
                 lastSignal = now;
@@ -188,6 +190,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
           }
           const result: DiskTransferResult = {
             diskId: req.diskId,
+            readBy: adapter.hostName,
             kind,
             fallbackReason,
             chunkCount: allSlotsCount,

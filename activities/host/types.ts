@@ -33,12 +33,16 @@ export interface DiskTransferRequest {
   /** Change-tracking id of this disk at the checkpoint (the base of the next incremental). */
   changeTrackingId: string;
   kind: TransferKind;
+  /** Read by the agent of the SMB file server that holds the disk, not the VM's host. */
+  viaFileServer?: boolean;
   /** The previous recovery point of this disk, when there is one. */
   base?: { pointId: string; changeTrackingId?: string; virtualSize: number; chunkSize: number };
 }
 
 export interface DiskTransferResult {
   diskId: string;
+  /** The host whose agent read the disk (the file server's for disks on its SMB shares). */
+  readBy: string;
   /** What was actually done: an express full falls back to a consistency check when tracking is lost. */
   kind: TransferKind;
   fallbackReason?: string;

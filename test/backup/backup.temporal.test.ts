@@ -14,7 +14,7 @@ const DISK = 24 * MiB;
 let stack: TestStack;
 
 beforeAll(async () => {
-  stack = await startTestStack({ hosts: ['hv01', 'hv02'], batchSlots: 8 });
+  stack = await startTestStack({ hosts: ['hv01', 'hv02'], fileServers: ['fs01'], batchSlots: 8 });
 });
 afterAll(async () => {
   await stack?.stop();
@@ -128,4 +128,37 @@ test('a VM whose disk never held data gets a point that restores as zeros', asyn
   const again = await backup({ dataSource: 'blank', vm: facts.vmId });
   expect(again.kind).toBe('express-full');
   expect(again.disks[0].bytesRead).toBe(0);
+});
+
+test("a disk on an SMB share is read by the file server's agent", async () => {
+  const content = { kind: 'random' as const, seed: 13, fill: 0.5 };
+  const facts = await stack.lab.createVm({
+    name: 'smb-vm',
+    host: 'hv02',
+    storage: { smb: { fileServer: 'fs01', share: 'vms' } },
+    disks: [{ sizeBytes: 6 * MiB, content }],
+  });
+  expect(facts.disks[0]).toMatchObject({ storage: 'smb', fileServer: 'fs01' });
+  const r = await backup({ dataSource: 'smb-vm', vm: facts.vmId });
+  expect(r.host).toBe('hv02');
+  expect(r.disks[0].readBy).toBe('fs01');
+  expect((await restoredBytes('smb-vm', r.pointId, facts.disks[0].diskId)).equals(initialDiskContent(content, 6 * MiB))).toBe(true);
+  expect((await stack.lab.inspectVm('smb-vm')).checkpoints).toEqual([]);
+});
+
+test('a Hyper-V Replica copy is backed up on the replica server without pausing anything', async () => {
+  const content = { kind: 'random' as const, seed: 17, fill: 0.4 };
+  const primary = await stack.lab.createVm({ name: 'erp01', host: 'hv01', disks: [{ sizeBytes: 4 * MiB, content }] });
+  const replica = await stack.lab.enableReplication('erp01', 'hv02');
+  expect(replica.replica.role).toBe('replica');
+  const before = await stack.lab.inspectVm(replica.vmId);
+  const r = await backup({ dataSource: 'erp01-replica', vm: replica.vmId, role: 'replica' });
+  expect(r.host).toBe('hv02');
+  expect(r.modeReasons.join()).toMatch(/Replica secondary/);
+  expect(r.downtimeMs ?? 0).toBe(0);
+  const after = await stack.lab.inspectVm(replica.vmId);
+  expect(after.state).toBe(before.state);
+  expect(after.checkpoints).toEqual([]);
+  expect((await stack.lab.inspectVm(primary.vmId)).state).toBe('running');
+  expect((await restoredBytes('erp01-replica', r.pointId, replica.disks[0].diskId)).equals(initialDiskContent(content, 4 * MiB))).toBe(true);
 });

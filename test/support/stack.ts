@@ -40,6 +40,8 @@ export interface TestStackOptions {
   throttleBytesPerSecond?: number;
   temporal?: TemporalSettings;
   repositoryDir?: string;
+  /** SMB file servers (lab hosts with shares), each with an agent. */
+  fileServers?: string[];
 }
 
 export async function startTestStack(opts: TestStackOptions): Promise<TestStack> {
@@ -48,6 +50,7 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
   const temporal = opts.temporal ?? loadTemporalSettings({ TEMPORAL_ADDRESS: process.env.TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE: testNamespace() });
   const lab = await Lab.open(path.join(dir, 'lab'));
   for (const h of opts.hosts) await lab.createHost(h);
+  for (const h of opts.fileServers ?? []) await lab.createHost(h, { fileServer: true });
   if (opts.cluster) await lab.createCluster(opts.cluster.name, opts.cluster.nodes);
   const server = await startServer({ logger, temporal, stateDir: path.join(dir, 'server'), repositoryDir: opts.repositoryDir, apiPort: 0, metricsPort: 0, registerSearchAttributes: false });
   const agents = new Map<string, RunningAgent>();
@@ -105,7 +108,7 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
       if (!process.env.HVP_KEEP_TEST_STATE) fs.rmSync(dir, { recursive: true, force: true });
     },
   };
-  for (const h of opts.agents ?? opts.hosts) {
+  for (const h of [...(opts.agents ?? opts.hosts), ...(opts.fileServers ?? [])]) {
     await agentToken(h);
     await stack.startAgent(h);
   }
