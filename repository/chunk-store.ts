@@ -5,17 +5,18 @@
 // Stored chunk file (all integers little-endian):
 //   offset size
 //   0      4    magic "HVC1"
-//   4      1    codec: 0 none, 1 zstd
+//   4      1    codec: 0 none, 1 zstd; | 0x80 when the payload is sealed (AES-256-GCM, encryption.ts)
 //   5      3    reserved, zero
 //   8      4    raw (plaintext) length
 //   12     4    stored payload length; file size is exactly 16 + this
-//   16     n    payload
+//   16     n    payload (sealed: 12-byte nonce | ciphertext of the compressed payload | 16-byte tag)
 // A reader checks magic, codec, file size, decoded length and finally the SHA-256 against the
 // file name. All-zero chunks are never stored: an index holds 32 zero bytes for them.
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
-import { decodeChunkPayload } from './codec';
+import { ENCRYPTED_FLAG, decodeChunkPayload } from './codec';
+import { open as openSealed, seal } from './encryption';
 import { TEMP_MARK, tempNameFor } from './durable';
 import { ChunkEncoder } from './encoder';
 import type { EncodedChunk, StoreItem } from './encoder';
@@ -43,7 +44,7 @@ export function isAllZero(buf: Buffer): boolean {
 const ZERO_WINDOW = Buffer.alloc(64 * 1024);
 
 /** Decodes and checks a stored chunk; throws CORRUPT naming the file and what was wrong. */
-export function decodeChunkFile(file: Buffer, digest: string, where: string): Buffer {
+export function decodeChunkFile(file: Buffer, digest: string, where: string, chunkKey?: Buffer): Buffer {
   const bad = (what: string) => new RepositoryError('CORRUPT', `chunk ${where}: ${what}`, 'run verify; restore from another point or re-run a consistency check backup', { digest });
   if (file.length < CHUNK_HEADER_SIZE) throw bad(`file too short (${file.length} bytes)`);
   if (!file.subarray(0, 4).equals(CHUNK_MAGIC)) throw bad('bad magic');
@@ -53,9 +54,18 @@ export function decodeChunkFile(file: Buffer, digest: string, where: string): Bu
   if (file.length !== CHUNK_HEADER_SIZE + storedLength) {
     throw bad(`size ${file.length} does not match header (${CHUNK_HEADER_SIZE + storedLength})`);
   }
+  let payload = file.subarray(CHUNK_HEADER_SIZE);
+  if (codec & ENCRYPTED_FLAG) {
+    if (!chunkKey) throw new RepositoryError('CONFLICT', `chunk ${where} is encrypted and no key was given`, 'open the repository with its key file (--encryption-key-file)', { digest });
+    try {
+      payload = openSealed(chunkKey, file.subarray(0, 12), digest, payload);
+    } catch (err) {
+      throw bad((err as Error).message);
+    }
+  }
   let raw: Buffer;
   try {
-    raw = decodeChunkPayload(codec, file.subarray(CHUNK_HEADER_SIZE));
+    raw = decodeChunkPayload(codec & ~ENCRYPTED_FLAG, payload);
   } catch (err) {
     throw bad(`cannot decode: ${(err as Error).message}`);
   }
@@ -93,6 +103,8 @@ export class ChunkStore {
   constructor(
     root: string,
     private readonly encoder: ChunkEncoder = new ChunkEncoder(0),
+    /** The AES-256-GCM subkey: new chunks are sealed with it; sealed chunks need it to be read. */
+    private readonly chunkKey?: Buffer,
   ) {
     this.dir = path.join(root, 'chunks');
   }
@@ -238,10 +250,11 @@ export class ChunkStore {
     }
     const header = Buffer.alloc(CHUNK_HEADER_SIZE);
     CHUNK_MAGIC.copy(header, 0);
-    header.writeUInt8(e.codec, 4);
+    header.writeUInt8(this.chunkKey ? e.codec | ENCRYPTED_FLAG : e.codec, 4);
     header.writeUInt32LE(e.rawLength, 8);
-    header.writeUInt32LE(e.payload.length, 12);
-    const encoded = [header, e.payload];
+    const payload = this.chunkKey ? seal(this.chunkKey, header.subarray(0, 12), digest, e.payload) : e.payload;
+    header.writeUInt32LE(payload.length, 12);
+    const encoded = [header, payload];
     const tmp = tempNameFor(file);
     // Durability comes from the syncfs at commit, before any manifest can reference this chunk.
     let fh: fs.FileHandle;
@@ -281,7 +294,7 @@ export class ChunkStore {
       }
       throw err;
     }
-    return decodeChunkFile(data, digest, file);
+    return decodeChunkFile(data, digest, file, this.chunkKey);
   }
 
   // ---- garbage collection support -------------------------------------------------------

@@ -7,6 +7,8 @@ import { compress, decompress } from 'zstd-napi';
 export const CODEC_NONE = 0;
 export const CODEC_ZSTD = 1;
 export type Codec = typeof CODEC_NONE | typeof CODEC_ZSTD;
+/** Set in a chunk file's codec byte when the payload is sealed with AES-256-GCM (encryption.ts). */
+export const ENCRYPTED_FLAG = 0x80;
 
 export const ZSTD_LEVEL = 3;
 

@@ -17,3 +17,5 @@ export type { ByteRange, DiskStreamInfo } from './restore';
 export { MAX_CHUNK_SIZE, ZERO_DIGEST, checkChunk, isAllZero, sha256 } from './chunk-store';
 export { slotCount } from './fixed-index';
 export { checkDataSourceId, checkDiskId, checkPointId, checkDigest, isDigest } from './ids';
+export { EncryptionKey, ENCRYPTION_ALGORITHM } from './encryption';
+export type { EncryptionConfig } from './encryption';

@@ -6,6 +6,8 @@ import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { ChunkStore, ZERO_DIGEST } from './chunk-store';
 import { ChunkEncoder } from './encoder';
+import { ENCRYPTION_ALGORITHM, EncryptionKey } from './encryption';
+import type { EncryptionConfig } from './encryption';
 import { TEMP_MARK, appendLineDurable, tempNameFor, fsyncDir, syncFileSystem, writeFileDurable } from './durable';
 import { RepositoryError, isNotFound } from './errors';
 import { DIGEST_SIZE, INDEX_HEADER_SIZE, IndexBuilder, readIndexHeader, readSlots } from './fixed-index';
@@ -36,6 +38,8 @@ export interface RepositoryConfig {
   createdAt: string;
   defaultChunkSize: number;
   codec: 'zstd';
+  /** Present when chunk payloads are sealed (AES-256-GCM); opening then needs the key. */
+  encryption?: EncryptionConfig;
 }
 
 export interface DataSourceSettings {
@@ -95,6 +99,12 @@ export interface OpenRepositoryOptions {
   encoderThreads?: number;
   /** Skip the syncfs before a manifest rename (tests on tmpfs). Default false. */
   unsafeSkipSync?: boolean;
+  /**
+   * The key chunks are sealed with (encryption.ts). A new repository records its fingerprint; an
+   * encrypted repository refuses to open without it or with another key; an unencrypted one
+   * given a key becomes encrypted from then on (chunks already stored stay as they are).
+   */
+  encryptionKey?: EncryptionKey;
 }
 
 /** Serialises async work per key (a data source, a session). */
@@ -140,8 +150,8 @@ export class Repository {
     readonly config: RepositoryConfig,
     private readonly opts: OpenRepositoryOptions,
   ) {
-    this.encoder = new ChunkEncoder(opts.encoderThreads);
-    this.chunks = new ChunkStore(root, this.encoder);
+    this.encoder = new ChunkEncoder(opts.encoderThreads, opts.encryptionKey?.chunkKey);
+    this.chunks = new ChunkStore(root, this.encoder, opts.encryptionKey?.chunkKey);
   }
 
   get logger(): Logger | undefined {
@@ -168,11 +178,25 @@ export class Repository {
         createdAt: new Date().toISOString(),
         defaultChunkSize: checkChunkSize(opts.defaultChunkSize ?? DEFAULT_CHUNK_SIZE),
         codec: 'zstd',
+        ...(opts.encryptionKey ? { encryption: { algorithm: ENCRYPTION_ALGORITHM, keyFingerprint: opts.encryptionKey.fingerprint } } : {}),
       };
       await writeFileDurable(configFile, JSON.stringify(config, null, 2) + '\n');
     }
     if (config.format !== REPOSITORY_FORMAT) {
       throw new RepositoryError('CORRUPT', `${configFile}: format ${String(config.format)}, expected ${REPOSITORY_FORMAT}`);
+    }
+    if (config.encryption) {
+      if (!opts.encryptionKey) {
+        throw new RepositoryError('INVALID_ARGUMENT', `repository ${root} is encrypted (${config.encryption.algorithm}, key ${config.encryption.keyFingerprint.slice(0, 16)}…) and no key was given`, 'give its key file: hvprotect server --encryption-key-file F');
+      }
+      if (opts.encryptionKey.fingerprint !== config.encryption.keyFingerprint) {
+        throw new RepositoryError('INVALID_ARGUMENT', `wrong encryption key for repository ${root}: key ${opts.encryptionKey.fingerprint.slice(0, 16)}…, the repository was encrypted with key ${config.encryption.keyFingerprint.slice(0, 16)}…`, 'give the key file the repository was created with');
+      }
+    } else if (opts.encryptionKey) {
+      // Encryption switched on for an existing repository: new chunks are sealed from now on.
+      config = { ...config, encryption: { algorithm: ENCRYPTION_ALGORITHM, keyFingerprint: opts.encryptionKey.fingerprint } };
+      await writeFileDurable(configFile, JSON.stringify(config, null, 2) + '\n');
+      opts.logger?.warn({ repository: root }, 'repository encryption switched on: chunks stored before stay unencrypted until GC removes them');
     }
     const repo = new Repository(root, config, opts);
     if (opts.lock !== false) await repo.takeLock();
