@@ -9,6 +9,8 @@ import type {
 } from '../repository';
 import { API_PREFIX, MAX_MISSING_QUERY, encodeChunkBatchParts, encodeSlotPatch } from './protocol';
 import type { ApiErrorBody } from './protocol';
+import { explainTlsError } from './tls';
+import type { StorageClientTls } from './tls';
 
 export class StorageApiError extends Error {
   override readonly name = 'StorageApiError';
@@ -50,13 +52,16 @@ export interface IndexPatch {
 export class StorageClient {
   private readonly base: string;
   private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 16 });
-  private readonly httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 16 });
+  private readonly httpsAgent: https.Agent;
 
   constructor(
     url: string,
     private readonly token: string,
+    /** CA bundle and client certificate for an https:// storage API (tls.ts). */
+    tls?: StorageClientTls,
   ) {
     this.base = url.replace(/\/+$/, '') + API_PREFIX;
+    this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 16, ...(tls ?? {}) });
   }
 
   /**
@@ -98,7 +103,7 @@ export class StorageClient {
           reject(new StorageApiError(status, err.error, err.message, err.hint, err.details));
         });
       });
-      req.on('error', reject);
+      req.on('error', (err) => reject(explainTlsError(err, url.origin)));
       if (payload) for (const part of payload) req.write(part);
       req.end();
     });

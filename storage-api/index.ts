@@ -8,3 +8,5 @@ export { TokenStore } from './tokens';
 export type { TokenIdentity, TokenRecord, TokenRole } from './tokens';
 export { ingestDisk, slotsOfRanges } from './ingest';
 export type { DiskReader, IngestDiskOptions, IngestProgress, ByteRangeOfDisk } from './ingest';
+export { loadClientTls, loadServerTls } from './tls';
+export type { StorageClientTls, StorageServerTls } from './tls';

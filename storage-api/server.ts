@@ -12,6 +12,7 @@ import { API_PREFIX, MAX_CHUNK_BATCH_BODY, MAX_FULL_INDEX_BODY, MAX_MISSING_QUER
 import type { ApiErrorBody } from './protocol';
 import type { TokenIdentity, TokenRole, TokenStore } from './tokens';
 import { promises as fs } from 'node:fs';
+import type { StorageServerTls } from './tls';
 
 export interface StorageApiOptions {
   repository: Repository;
@@ -20,6 +21,8 @@ export interface StorageApiOptions {
   /** 0 picks a free port. */
   port?: number;
   logger?: Logger;
+  /** Serve HTTPS (and require client certificates when clientCa is set). */
+  tls?: StorageServerTls;
 }
 
 export interface StorageApi {
@@ -72,7 +75,17 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
     // Long uploads on keep-alive connections from many agents.
     keepAliveTimeout: 65_000,
     requestTimeout: 10 * 60_000,
-  });
+    ...(opts.tls
+      ? {
+          https: {
+            cert: opts.tls.cert,
+            key: opts.tls.key,
+            minVersion: 'TLSv1.2' as const,
+            ...(opts.tls.clientCa ? { ca: opts.tls.clientCa, requestCert: true, rejectUnauthorized: true } : {}),
+          },
+        }
+      : {}),
+  }) as unknown as FastifyInstance;
 
   app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
 
@@ -302,7 +315,7 @@ export async function startStorageApi(opts: StorageApiOptions): Promise<StorageA
   const port = typeof addr === 'object' && addr ? addr.port : opts.port;
   const shownHost = host.includes(':') ? `[${host}]` : host === '0.0.0.0' ? '127.0.0.1' : host;
   return {
-    url: `http://${shownHost}:${port}`,
+    url: `${opts.tls ? 'https' : 'http'}://${shownHost}:${port}`,
     app,
     close: () => app.close(),
   };
