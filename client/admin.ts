@@ -4,12 +4,18 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { StorageClient } from '../storage-api/client';
+import { loadClientTls } from '../storage-api/tls';
 import { UsageError } from './errors';
 
 export interface AdminOptions {
   serverDir?: string;
   storageUrl?: string;
   adminTokenFile?: string;
+  /** CA bundle for an https:// storage API (default $HVPROTECT_STORAGE_CA). */
+  storageCa?: string;
+  /** Client certificate and key when the server requires them (default $HVPROTECT_STORAGE_CERT / _KEY). */
+  storageCert?: string;
+  storageKey?: string;
 }
 
 export function serverDir(o: AdminOptions): string {
@@ -38,5 +44,15 @@ export function adminStorage(o: AdminOptions): StorageClient {
   if (!token) {
     throw new UsageError(`no admin token: set HVPROTECT_ADMIN_TOKEN or --admin-token-file (tried ${tokenFile}, written by \`hvprotect server\`)`);
   }
-  return new StorageClient(url, token);
+  let tls;
+  try {
+    tls = loadClientTls({
+      caFile: o.storageCa ?? (process.env.HVPROTECT_STORAGE_CA || undefined),
+      certFile: o.storageCert ?? (process.env.HVPROTECT_STORAGE_CERT || undefined),
+      keyFile: o.storageKey ?? (process.env.HVPROTECT_STORAGE_KEY || undefined),
+    });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  return new StorageClient(url, token, tls);
 }

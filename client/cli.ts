@@ -14,6 +14,8 @@ import { startAgent } from '../workers/agent';
 import { LabHypervisor } from '../hypervisor/lab';
 import { HyperVHypervisor } from '../hypervisor/hyperv';
 import { registerCommands } from './commands';
+import { EncryptionKey } from '../repository/encryption';
+import { loadClientTls, loadServerTls } from '../storage-api/tls';
 import { labCommand } from '../hypervisor/lab/cli';
 
 function portOrZero(value: string): number {
@@ -129,17 +131,32 @@ export function buildProgram(): Command {
     .option('--api-host <host>', 'storage API listen address', '127.0.0.1')
     .option('--api-port <port>', 'storage API port (0 = any free port)', portOrZero, 8780)
     .option('--metrics-port <port>', 'Prometheus /metrics (ours and the Temporal SDK runtime\'s, which listens on the next port)', port, 9464)
+    .option('--api-tls-cert <file>', 'serve the storage API over HTTPS with this certificate (PEM, chain allowed)')
+    .option('--api-tls-key <file>', 'the key of --api-tls-cert (PEM)')
+    .option('--api-tls-client-ca <file>', 'mutual TLS: agents must present a certificate signed by this CA (PEM)')
+    .option('--encryption-key-file <file>', 'encrypt chunks at rest (AES-256-GCM) with this key (from `hvprotect key generate`); an encrypted repository needs it')
     .addHelpText(
       'after',
       '\nConnection: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, TEMPORAL_PROFILE.\n' +
         'The admin token is written to <state-dir>/admin.token (mode 0600).\n\nExamples:\n' +
-        '  hvprotect server\n  TEMPORAL_ADDRESS=temporal.example.com:7233 hvprotect server --api-host 0.0.0.0 --state-dir /srv/hvprotect\n',
+        '  hvprotect server\n  TEMPORAL_ADDRESS=temporal.example.com:7233 hvprotect server --api-host 0.0.0.0 --state-dir /srv/hvprotect\n' +
+        '  hvprotect key generate > /srv/hvprotect.key && hvprotect server --encryption-key-file /srv/hvprotect.key \\\n' +
+        '    --api-host 0.0.0.0 --api-tls-cert server.crt --api-tls-key server.key --api-tls-client-ca agents-ca.crt\n',
     )
     .action(async (o) => {
       const logger = createLogger({ name: 'hvprotect-server' });
       const sdk = `127.0.0.1:${o.metricsPort + 1}`;
+      let apiTls;
+      try {
+        apiTls = loadServerTls({ certFile: o.apiTlsCert, keyFile: o.apiTlsKey, clientCaFile: o.apiTlsClientCa });
+      } catch (err) {
+        throw new UsageError((err as Error).message);
+      }
+      const encryptionKey = o.encryptionKeyFile ? await EncryptionKey.load(o.encryptionKeyFile) : undefined;
       installRuntime({ logger, prometheusBindAddress: sdk });
       const server = await startServer({
+        apiTls,
+        encryptionKey,
         logger,
         stateDir: o.stateDir,
         repositoryDir: o.repository,
@@ -161,6 +178,9 @@ export function buildProgram(): Command {
     .option('--powershell <path>', 'PowerShell to run (for --hypervisor hyperv; default pwsh or powershell.exe on PATH)')
     .option('--storage-url <url>', 'the protection server\'s storage API', process.env.HVPROTECT_STORAGE_URL ?? 'http://127.0.0.1:8780')
     .option('--token-file <file>', 'file with this agent\'s token (default: $HVPROTECT_AGENT_TOKEN)')
+    .option('--storage-ca <file>', 'CA bundle (PEM) that signs the storage API\'s certificate, for https:// (default $HVPROTECT_STORAGE_CA)')
+    .option('--storage-cert <file>', 'this agent\'s client certificate (PEM), when the server requires one (--api-tls-client-ca)')
+    .option('--storage-key <file>', 'the key of --storage-cert (PEM)')
     .option('--max-transfers <n>', 'disk transfers at once on this host (DPM default 3)', positiveInt, 3)
     .option('--throttle <MBps>', 'read bandwidth limit per disk transfer, MB/s', positiveInt)
     .addOption(new Option('--batch-slots <n>', 'chunks per transfer batch (tests)').argParser(positiveInt).hideHelp())
@@ -169,17 +189,24 @@ export function buildProgram(): Command {
       'after',
       '\nThe token comes from `hvprotect token issue --host NAME` on the server side.\n\nExamples:\n' +
         '  HVPROTECT_AGENT_TOKEN=hvp_... hvprotect agent --host hv01 --hypervisor hyperv --storage-url http://dpm01:8780\n' +
+        '  hvprotect agent --host hv01 --hypervisor hyperv --storage-url https://dpm01:8780 --storage-ca ca.crt --storage-cert hv01.crt --storage-key hv01.key\n' +
         '  hvprotect agent --host lab1 --lab-root .hvprotect/dev/lab --token-file .hvprotect/dev/agents/lab1.token\n',
     )
     .action(async (o) => {
       const logger = createLogger({ name: 'hvprotect-agent' });
       const token = o.tokenFile ? readSecretFile(o.tokenFile, '--token-file') : process.env.HVPROTECT_AGENT_TOKEN;
       if (!token) throw new UsageError('the agent needs its token: --token-file FILE or HVPROTECT_AGENT_TOKEN (from `hvprotect token issue --host NAME`)');
+      let storageTls;
+      try {
+        storageTls = loadClientTls({ caFile: o.storageCa ?? (process.env.HVPROTECT_STORAGE_CA || undefined), certFile: o.storageCert, keyFile: o.storageKey });
+      } catch (err) {
+        throw new UsageError((err as Error).message);
+      }
       const adapter =
         o.hypervisor === 'lab'
           ? await LabHypervisor.open(o.labRoot, o.host)
           : new HyperVHypervisor({ hostName: o.host, powershell: o.powershell });
-      const agent = await startAgent({ logger, adapter, storageUrl: o.storageUrl, token, maxConcurrentTransfers: o.maxTransfers, batchSlots: o.batchSlots,
+      const agent = await startAgent({ logger, adapter, storageUrl: o.storageUrl, token, storageTls, maxConcurrentTransfers: o.maxTransfers, batchSlots: o.batchSlots,
         throttleBytesPerSecond: o.throttle ? o.throttle * 1_000_000 : undefined, progressIntervalMs: o.progressMs });
       await Promise.race([agent.done, untilSignal(() => agent.shutdown(), (m) => logger.info(m))]);
     });
@@ -216,6 +243,23 @@ export function buildProgram(): Command {
       } finally {
         await client.connection.close();
       }
+    });
+
+  const key = program.command('key').description('Encryption keys for chunks at rest (AES-256-GCM): keep the key file safe, a repository cannot be read without it');
+  key
+    .command('generate')
+    .description('Print a new random key file to stdout')
+    .addHelpText('after', '\nExample:\n  (umask 077; hvprotect key generate > /srv/hvprotect.key)\n  hvprotect server --encryption-key-file /srv/hvprotect.key\n')
+    .action(() => {
+      const { key: k, file } = EncryptionKey.generate();
+      process.stdout.write(file);
+      process.stderr.write(`key ${k.fingerprint.slice(0, 16)}…: keep a copy of this file apart from the repository; without it the backups cannot be read\n`);
+    });
+  key
+    .command('fingerprint <file>')
+    .description('Print the fingerprint of a key file (what the repository config records)')
+    .action(async (file: string) => {
+      process.stdout.write(`${(await EncryptionKey.load(file)).fingerprint}\n`);
     });
 
   registerCommands(program);

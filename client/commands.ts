@@ -65,7 +65,10 @@ function addAdminOptions(cmd: Command): Command {
   return cmd
     .option('--server-dir <dir>', "the protection server's state folder (admin token, storage API address)")
     .option('--storage-url <url>', 'the storage API (default from --server-dir)')
-    .option('--admin-token-file <file>', 'admin token file (default <server-dir>/admin.token)');
+    .option('--admin-token-file <file>', 'admin token file (default <server-dir>/admin.token)')
+    .option('--storage-ca <file>', 'CA bundle (PEM) of an https storage API (default $HVPROTECT_STORAGE_CA)')
+    .option('--storage-cert <file>', 'client certificate (PEM) when the server requires one (default $HVPROTECT_STORAGE_CERT)')
+    .option('--storage-key <file>', 'its key (PEM) (default $HVPROTECT_STORAGE_KEY)');
 }
 
 /** A VM name, VM id or data source id → the data source id (asks Temporal's schedules; else as given). */

@@ -9,6 +9,7 @@ import type { HypervisorAdapter } from '../hypervisor/types';
 import { connectClient, connectWorker, loadTemporalSettings, type TemporalSettings } from '../temporal/connection';
 import { hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
 import { StorageClient } from '../storage-api/client';
+import type { StorageClientTls } from '../storage-api/tls';
 import { createHostActivities } from '../activities/host';
 import { createRestoreHostActivities } from '../activities/host/restore';
 import { transferProgressSignal } from '../workflows/backup-vm';
@@ -19,6 +20,8 @@ export interface AgentOptions {
   adapter: HypervisorAdapter;
   storageUrl: string;
   token: string;
+  /** CA bundle and client certificate for an https:// storage API. */
+  storageTls?: StorageClientTls;
   temporal?: TemporalSettings;
   /** Backup transfers at once on this host (DPM's default is 3 per host). */
   maxConcurrentTransfers?: number;
@@ -39,7 +42,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   installRuntime({ logger });
   const temporal = opts.temporal ?? loadTemporalSettings();
   const taskQueue = hostTaskQueue(adapter.hostName);
-  const storage = new StorageClient(opts.storageUrl, opts.token);
+  const storage = new StorageClient(opts.storageUrl, opts.token, opts.storageTls);
   const client: Client = await connectClient(temporal);
   const activities = createHostActivities({
     adapter,

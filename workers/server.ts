@@ -14,6 +14,8 @@ import * as selfCheckActivities from '../activities/server/self-check';
 import { createServerActivities } from '../activities/server/backup';
 import { createRestoreServerActivities } from '../activities/server/restore';
 import { Repository } from '../repository';
+import type { EncryptionKey } from '../repository';
+import type { StorageServerTls } from '../storage-api/tls';
 import { TokenStore } from '../storage-api/tokens';
 import { startStorageApi, type StorageApi } from '../storage-api/server';
 
@@ -28,6 +30,10 @@ export interface ServerOptions {
   apiHost?: string;
   /** Storage API port; 0 = any free port (default 8780). */
   apiPort?: number;
+  /** Serve the storage API over TLS (mutual TLS with a client CA). */
+  apiTls?: StorageServerTls;
+  /** Seal chunks with this key (AES-256-GCM); an encrypted repository needs it to open. */
+  encryptionKey?: EncryptionKey;
   /** Register our search attributes before polling (needs operator rights; default true). */
   registerSearchAttributes?: boolean;
   maxConcurrentWorkflowTasks?: number;
@@ -85,6 +91,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const repository = await Repository.open(opts.repositoryDir ?? path.join(stateDir, 'repository'), {
     create: true,
     logger: logger.child({ component: 'repository' }),
+    encryptionKey: opts.encryptionKey,
   });
   const tokens = await TokenStore.open(path.join(stateDir, 'tokens.json'));
   const adminToken = await ensureAdminToken(tokens, stateDir);
@@ -94,6 +101,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     host: opts.apiHost ?? '127.0.0.1',
     port: opts.apiPort ?? 8780,
     logger: logger.child({ component: 'storage-api' }),
+    tls: opts.apiTls,
   });
   fs.writeFileSync(path.join(stateDir, 'storage-api.url'), `${storageApi.url}\n`);
 
