@@ -33,11 +33,12 @@ function makeLeaf(dir: string, ca: string, name: string, ext: string): void {
   openssl(dir, 'x509', '-req', '-in', `${name}.csr`, '-CA', `${ca}.crt`, '-CAkey', `${ca}.key`, '-CAcreateserial', '-out', `${name}.crt`, '-days', '2', '-extfile', `${name}.ext`);
 }
 
-export function makePki(dir: string): Pki {
+/** `extraNames`: more subjectAltName entries of the server certificate, e.g. ['DNS:temporal.test']. */
+export function makePki(dir: string, extraNames: string[] = []): Pki {
   fs.mkdirSync(dir, { recursive: true });
   makeCa(dir, 'ca');
   makeCa(dir, 'other-ca');
-  makeLeaf(dir, 'ca', 'server', 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n');
+  makeLeaf(dir, 'ca', 'server', `subjectAltName=${['IP:127.0.0.1', 'DNS:localhost', ...extraNames].join(',')}\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n`);
   makeLeaf(dir, 'ca', 'client', 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n');
   makeLeaf(dir, 'other-ca', 'rogue', 'extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n');
   const p = (f: string) => path.join(dir, f);
