@@ -129,9 +129,24 @@ function checkChunkSize(n: unknown): number {
   return n as number;
 }
 
+/** VHDX's largest disk, 64 TiB: a bigger claim would stage an index of terabytes. */
+export const MAX_VIRTUAL_SIZE = 64 * 1024 ** 4;
+
+/** A plain JSON object (not an array) no deeper than `maxDepth`: it can be written into a manifest. */
+function isPlainJson(v: unknown, maxDepth = 32): boolean {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  const walk = (x: unknown, depth: number): boolean => {
+    if (typeof x !== 'object' || x === null) return true;
+    if (depth > maxDepth) return false;
+    for (const k of Object.keys(x)) if (!walk((x as Record<string, unknown>)[k], depth + 1)) return false;
+    return true;
+  };
+  return walk(v, 1);
+}
+
 function checkVirtualSize(n: unknown): number {
-  if (!Number.isSafeInteger(n) || (n as number) <= 0) {
-    throw new RepositoryError('INVALID_ARGUMENT', `virtual size ${String(n)}`, 'the disk size in bytes, a positive integer');
+  if (!Number.isSafeInteger(n) || (n as number) <= 0 || (n as number) > MAX_VIRTUAL_SIZE) {
+    throw new RepositoryError('INVALID_ARGUMENT', `virtual size ${String(n)}`, `the disk size in bytes, a positive integer up to ${MAX_VIRTUAL_SIZE} (64 TiB)`);
   }
   return n as number;
 }
@@ -749,6 +764,9 @@ export class Repository {
   async putFullIndex(sessionId: string, diskId: string, virtualSize: number, digests: Buffer): Promise<{ changedChunks: number; addedBytes: number }> {
     checkDiskId(diskId);
     checkVirtualSize(virtualSize);
+    if (digests.length % DIGEST_SIZE !== 0) {
+      throw new RepositoryError('INVALID_ARGUMENT', `full index of ${digests.length} bytes is not a whole number of 32-byte slots`, 'send 32 bytes per chunk of the disk, zero bytes for all-zero chunks');
+    }
     return this.sessionMutex.run(sessionId, async () => {
       const s = await this.getSession(sessionId);
       delete s.disks[diskId];
@@ -807,8 +825,12 @@ export class Repository {
     if (!Array.isArray(input.disks) || input.disks.length === 0) throw new RepositoryError('INVALID_ARGUMENT', 'a recovery point needs at least one disk');
     const createdAt = input.createdAt === undefined ? new Date() : new Date(input.createdAt);
     if (Number.isNaN(createdAt.getTime())) throw new RepositoryError('INVALID_ARGUMENT', `createdAt ${String(input.createdAt)}`, 'an ISO 8601 time');
+    if (input.vm !== undefined && !isPlainJson(input.vm)) {
+      throw new RepositoryError('INVALID_ARGUMENT', 'vm is not a JSON object of at most 32 levels', 'the VM configuration as a plain JSON object');
+    }
     const seenDisks = new Set<string>();
     for (const d of input.disks) {
+      if (typeof d !== 'object' || d === null) throw new RepositoryError('INVALID_ARGUMENT', `disk ${JSON.stringify(d)}`, 'each disk as { diskId, fileName, virtualSize }');
       checkDiskId(d.diskId);
       checkVirtualSize(d.virtualSize);
       if (seenDisks.has(d.diskId)) throw new RepositoryError('INVALID_ARGUMENT', `disk ${d.diskId} listed twice`);
@@ -885,6 +907,9 @@ export class Repository {
 
   /** A restore lease keeps a point from being deleted while a restore reads it. */
   async beginRestore(ds: string, pointId: string, ttlMs = DEFAULT_RESTORE_LEASE_TTL_MS): Promise<RestoreLease> {
+    if (!Number.isSafeInteger(ttlMs) || ttlMs <= 0 || ttlMs > 365 * 86_400_000) {
+      throw new RepositoryError('INVALID_ARGUMENT', `restore lease of ${String(ttlMs)} ms`, 'a lease time from 1 ms to a year');
+    }
     await this.getPoint(ds, pointId);
     const now = Date.now();
     const lease: RestoreLease = {

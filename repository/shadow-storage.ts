@@ -40,6 +40,7 @@ export function parseShadowStorageSize(text: string): ShadowStorageMaxSize {
   const m = /^(\d+(?:\.\d+)?)\s*([A-Z]*)$/.exec(t);
   if (m && m[2] in UNITS) {
     const bytes = Math.floor(Number(m[1]) * UNITS[m[2]]);
+    if (!Number.isSafeInteger(bytes)) throw new RepositoryError('INVALID_ARGUMENT', `shadow storage size ${text} is too large`, ACCEPTED);
     // vssadmin refuses a maximum below 320 MB; 1 MiB is our floor (tests use small limits).
     if (bytes < 1024 * 1024) throw new RepositoryError('INVALID_ARGUMENT', `shadow storage size ${text} is below 1 MB`, ACCEPTED);
     return { kind: 'bytes', bytes };

@@ -12,6 +12,7 @@ import { API_PREFIX, MAX_CHUNK_BATCH_BODY, MAX_FULL_INDEX_BODY, MAX_MISSING_QUER
 import type { ApiErrorBody } from './protocol';
 import type { TokenIdentity, TokenRole, TokenStore } from './tokens';
 import { promises as fs } from 'node:fs';
+import { STATUS_CODES } from 'node:http';
 import type { StorageServerTls } from './tls';
 
 export interface StorageApiOptions {
@@ -45,8 +46,39 @@ const STATUS: Record<string, number> = {
   INVALID_ARGUMENT: 400, NOT_FOUND: 404, CONFLICT: 409, SHADOW_STORAGE_FULL: 507, CORRUPT: 500, LOCKED: 423,
 };
 
+const DEFAULT_HINT: Record<string, string> = {
+  INVALID_ARGUMENT: 'fix the request: see the storage API README for this call',
+  NOT_FOUND: 'list what exists (points, sessions, tokens) for valid ids',
+  CONFLICT: 'the current state does not allow this call; see the message',
+  CORRUPT: 'run verify; restore from another recovery point',
+};
+
+/** Errors fastify raises before a route runs (a malformed URL, an overlong parameter). */
+function frameworkError(err: Error & { statusCode?: number; code?: string }, _req: FastifyRequest, reply: FastifyReply): void {
+  const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;
+  void fail(reply, status, { error: 'BAD_REQUEST', message: err.message.slice(0, 300), hint: 'ids in the URL are short, percent-encoded UTF-8 (see the storage API README)' });
+}
+
+/** Requests node's HTTP parser refuses (headers too large, malformed): the same JSON error body. */
+function clientErrorHandler(err: Error & { code?: string }, socket: import('node:net').Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const status = err.code === 'HPE_HEADER_OVERFLOW' ? 431 : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 408 : 400;
+  const body = JSON.stringify({ error: 'BAD_REQUEST', message: `malformed HTTP request (${err.code ?? err.message})`, hint: 'send one well-formed HTTP/1.1 request with headers under 16 KiB' });
+  if (socket.writable) {
+    socket.write(`HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  }
+  socket.destroy();
+}
+
 function fail(reply: FastifyReply, status: number, body: ApiErrorBody): FastifyReply {
   return reply.code(status).type('application/json').send(body);
+}
+
+/** A shadow storage size from a JSON body: only the text forms (never a parsed object). */
+function maxSizeText(v: unknown): string | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string' || v.length > 64) throw new RepositoryError('INVALID_ARGUMENT', `maxSize ${JSON.stringify(v)?.slice(0, 80)}`, 'a size as text: "20GB", "15%", "1073741824" or "UNBOUNDED"');
+  return v;
 }
 
 function intParam(v: unknown, name: string): number {
@@ -75,6 +107,8 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
     // Long uploads on keep-alive connections from many agents.
     keepAliveTimeout: 65_000,
     requestTimeout: 10 * 60_000,
+    frameworkErrors: frameworkError,
+    clientErrorHandler,
     ...(opts.tls
       ? {
           https: {
@@ -91,7 +125,7 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
 
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
     if (err instanceof RepositoryError) {
-      return fail(reply, STATUS[err.code] ?? 500, { error: err.code, message: err.message, hint: err.hint, details: err.details });
+      return fail(reply, STATUS[err.code] ?? 500, { error: err.code, message: err.message, hint: err.hint ?? DEFAULT_HINT[err.code] ?? 'see the storage API README for this call', details: err.details });
     }
     if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
       return fail(reply, 413, { error: 'BODY_TOO_LARGE', message: `request body larger than this endpoint accepts (${req.routeOptions.bodyLimit ?? '?'} bytes)`, hint: `a chunk is at most ${MAX_CHUNK_SIZE} bytes; send index patches in smaller batches` });
@@ -135,7 +169,7 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
   type Params = Record<string, string>;
 
   // ---- chunks ---------------------------------------------------------------------------
-  app.post(`${P}/chunks/missing`, async (req) => {
+  app.post(`${P}/chunks/missing`, { bodyLimit: MAX_MISSING_QUERY * 67 + 1024 }, async (req) => {
     const digests = (req.body as { digests?: unknown } | undefined)?.digests;
     if (!Array.isArray(digests) || digests.length > MAX_MISSING_QUERY) {
       throw new RepositoryError('INVALID_ARGUMENT', 'body needs "digests": an array', `send { "digests": [ up to ${MAX_MISSING_QUERY} SHA-256 hex strings ] }`);
@@ -261,8 +295,11 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
 
   app.post(`${P}/datasources/:ds/points/:pid/restore-leases`, async (req, reply) => {
     const { ds, pid } = req.params as Params;
-    const ttl = (req.body as { ttlSeconds?: number } | undefined)?.ttlSeconds;
-    return reply.code(201).send(await repo.beginRestore(checkDataSourceId(ds), checkPointId(pid), ttl ? ttl * 1000 : undefined));
+    const ttl = (req.body as { ttlSeconds?: unknown } | undefined)?.ttlSeconds;
+    if (ttl !== undefined && ttl !== null && (!Number.isSafeInteger(ttl) || (ttl as number) < 1 || (ttl as number) > 7 * 86400)) {
+      throw new RepositoryError('INVALID_ARGUMENT', `ttlSeconds ${String(ttl)}`, 'a whole number of seconds from 1 to 604800 (7 days)');
+    }
+    return reply.code(201).send(await repo.beginRestore(checkDataSourceId(ds), checkPointId(pid), typeof ttl === 'number' ? ttl * 1000 : undefined));
   });
 
   app.delete(`${P}/restore-leases/:id`, async (req, reply) => {
@@ -287,12 +324,12 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
     return { shadowStorage: await repo.listShadowStorage(ds === undefined ? undefined : checkDataSourceId(ds)) };
   });
   app.post(`${P}/admin/shadowstorage`, admin, async (req, reply) => {
-    const b = (req.body ?? {}) as { dataSource?: unknown; maxSize?: string };
-    return reply.code(201).send(await repo.addShadowStorage(checkDataSourceId(b.dataSource), b.maxSize));
+    const b = (req.body ?? {}) as { dataSource?: unknown; maxSize?: unknown };
+    return reply.code(201).send(await repo.addShadowStorage(checkDataSourceId(b.dataSource), maxSizeText(b.maxSize)));
   });
   app.patch(`${P}/admin/shadowstorage/:ds`, admin, async (req) => {
-    const b = (req.body ?? {}) as { maxSize?: string; maxPoints?: number; retentionRangeDays?: number | null };
-    return repo.resizeShadowStorage(checkDataSourceId((req.params as Params).ds), b);
+    const b = (req.body ?? {}) as { maxSize?: unknown; maxPoints?: number; retentionRangeDays?: number | null };
+    return repo.resizeShadowStorage(checkDataSourceId((req.params as Params).ds), { maxSize: maxSizeText(b.maxSize), maxPoints: b.maxPoints, retentionRangeDays: b.retentionRangeDays });
   });
   app.post(`${P}/admin/datasources/:ds/delete-oldest`, admin, async (req) => repo.deleteOldestPoint(checkDataSourceId((req.params as Params).ds)));
   app.post(`${P}/admin/datasources/:ds/enforce-retention`, admin, async (req) => ({ deleted: await repo.enforceRetention(checkDataSourceId((req.params as Params).ds)) }));
