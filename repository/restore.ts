@@ -43,6 +43,9 @@ async function* diskBytes(repo: Repository, ds: string, pointId: string, diskId:
   if (!ok || actual !== disk.indexDigest) {
     throw new RepositoryError('CORRUPT', `index of ${ds}/${pointId}/${diskId} fails its checksum`, 'restore from another recovery point; run verify');
   }
+  if (header.virtualSize !== disk.virtualSize || header.chunkSize !== disk.chunkSize) {
+    throw new RepositoryError('CORRUPT', `index of ${ds}/${pointId}/${diskId} is for ${header.virtualSize} bytes in chunks of ${header.chunkSize}, the manifest says ${disk.virtualSize} in ${disk.chunkSize}`, 'restore from another recovery point; run verify');
+  }
   if (info.length === 0) return;
   const cs = header.chunkSize;
   const firstSlot = Math.floor(info.offset / cs);
