@@ -74,7 +74,8 @@ export function buildProgram(): Command {
     .option('--temporal-port <port>', 'Temporal frontend gRPC port', port, 7233)
     .option('--ui-port <port>', 'Temporal Web UI port', port, 8233)
     .option('--api-port <port>', 'storage API port (0 = any free port)', portOrZero, 8780)
-    .option('--metrics-port <port>', 'Prometheus /metrics (the SDK runtime\'s exporter takes the next port)', port, 9464)
+    .option('--metrics-port <port>', 'Prometheus /metrics (ours, followed by the Temporal SDK runtime\'s)', port, 9464)
+    .option('--sdk-metrics-port <port>', 'where the Temporal SDK runtime\'s own exporter listens (default: metrics port + 1)', port)
     .option('--headless', 'no Web UI', false)
     .option('--bare', 'only Temporal and the protection server (no lab, agents or protections)', false)
     .option('--no-first-backups', 'protect the sample VMs but do not back them up now')
@@ -88,6 +89,7 @@ export function buildProgram(): Command {
         uiPort: o.uiPort,
         apiPort: o.apiPort,
         metricsPort: o.metricsPort,
+        sdkMetricsPort: o.sdkMetricsPort,
         headless: o.headless,
         bare: o.bare,
         noFirstBackups: !o.firstBackups,
@@ -130,7 +132,8 @@ export function buildProgram(): Command {
     .option('--repository <dir>', 'repository folder (default <state-dir>/repository)')
     .option('--api-host <host>', 'storage API listen address', '127.0.0.1')
     .option('--api-port <port>', 'storage API port (0 = any free port)', portOrZero, 8780)
-    .option('--metrics-port <port>', 'Prometheus /metrics (ours and the Temporal SDK runtime\'s, which listens on the next port)', port, 9464)
+    .option('--metrics-port <port>', 'Prometheus /metrics (ours, followed by the Temporal SDK runtime\'s)', port, 9464)
+    .option('--sdk-metrics-port <port>', 'where the Temporal SDK runtime\'s own exporter listens (default: metrics port + 1)', port)
     .option('--api-tls-cert <file>', 'serve the storage API over HTTPS with this certificate (PEM, chain allowed)')
     .option('--api-tls-key <file>', 'the key of --api-tls-cert (PEM)')
     .option('--api-tls-client-ca <file>', 'mutual TLS: agents must present a certificate signed by this CA (PEM)')
@@ -145,7 +148,7 @@ export function buildProgram(): Command {
     )
     .action(async (o) => {
       const logger = createLogger({ name: 'hvprotect-server' });
-      const sdk = `127.0.0.1:${o.metricsPort + 1}`;
+      const sdk = `127.0.0.1:${o.sdkMetricsPort ?? o.metricsPort + 1}`;
       let apiTls;
       try {
         apiTls = loadServerTls({ certFile: o.apiTlsCert, keyFile: o.apiTlsKey, clientCaFile: o.apiTlsClientCa });

@@ -22,6 +22,7 @@ export interface DevOptions {
   uiPort: number;
   apiPort: number;
   metricsPort?: number;
+  sdkMetricsPort?: number;
   headless: boolean;
   logger: Logger;
   /** Sample lab disk size (default 64 MiB). */
@@ -47,7 +48,7 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
   const stateDir = path.resolve(opts.stateDir);
   fs.mkdirSync(stateDir, { recursive: true });
   // One process-wide Temporal runtime for server and agents; its Prometheus exporter on the next port.
-  const sdkMetrics = opts.metricsPort ? `127.0.0.1:${opts.metricsPort + 1}` : undefined;
+  const sdkMetrics = opts.metricsPort ? `127.0.0.1:${opts.sdkMetricsPort ?? opts.metricsPort + 1}` : undefined;
   installRuntime({ logger, prometheusBindAddress: sdkMetrics });
   logger.info({ stateDir }, 'starting the Temporal dev server');
   const temporal = await startDevServer({

@@ -53,7 +53,7 @@ afterAll(async () => {
 
 test('comes up, backs up every sample VM, stops on Ctrl-C and resumes on a second start', async () => {
   const port = await freePort();
-  const args = ['--state-dir', dir, '--temporal-port', String(port), '--ui-port', String(await freePort()), '--api-port', '0', '--metrics-port', String(await freePort()), '--disk-size', '8'];
+  const args = ['--state-dir', dir, '--temporal-port', String(port), '--ui-port', String(await freePort()), '--api-port', '0', '--metrics-port', String(await freePort()), '--sdk-metrics-port', String(await freePort()), '--disk-size', '8'];
   const first = await startDev(args);
   await first.ready;
   expect(first.output()).toMatch(/Web UI: +http:\/\/127\.0\.0\.1:\d+\/namespaces\/default\/workflows/);
