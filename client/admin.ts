@@ -39,6 +39,15 @@ export function adminStorage(o: AdminOptions): StorageClient {
   if (!url) {
     throw new UsageError(`cannot tell where the storage API is: pass --storage-url, set HVPROTECT_STORAGE_URL, or --server-dir pointing at the server's state folder (tried ${dir})`);
   }
+  let parsed: URL | undefined;
+  try {
+    parsed = new URL(url);
+  } catch {
+    parsed = undefined;
+  }
+  if (!parsed || (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')) {
+    throw new UsageError(`storage API address ${JSON.stringify(url.slice(0, 200))} is not an http:// or https:// URL (e.g. --storage-url http://dpm01:8780)`);
+  }
   const tokenFile = o.adminTokenFile ?? path.join(dir, 'admin.token');
   const token = process.env.HVPROTECT_ADMIN_TOKEN ?? readFirstLine(tokenFile);
   if (!token) {

@@ -217,7 +217,7 @@ export function buildProgram(): Command {
   program
     .command('doctor')
     .description('Check that Temporal answers and a protection server runs workflows (runs the self-check workflow)')
-    .option('--timeout <seconds>', 'how long to wait for a protection server', (v) => Number(v), 30)
+    .option('--timeout <seconds>', 'how long to wait for a protection server', positiveInt, 30)
     .option('--json', 'print the result as JSON', false)
     .addHelpText('after', '\nExample:\n  hvprotect doctor --timeout 10\n')
     .action(async (o) => {
