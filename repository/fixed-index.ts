@@ -172,8 +172,13 @@ export class IndexBuilder {
     const fh = await fs.open(this.file, 'r+');
     try {
       // Read the old digests of the span at once when it is dense, one by one when scattered.
-      const min = Math.min(...slots);
-      const max = Math.max(...slots);
+      // A loop, not Math.min(...slots): a patch may hold a million slots, too many for a spread.
+      let min = slots[0];
+      let max = slots[0];
+      for (const s of slots) {
+        if (s < min) min = s;
+        if (s > max) max = s;
+      }
       if (max - min + 1 <= slots.length * 4) {
         const span = Buffer.alloc((max - min + 1) * DIGEST_SIZE);
         await fh.read(span, 0, span.length, INDEX_HEADER_SIZE + min * DIGEST_SIZE);

@@ -279,8 +279,17 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
     checkDiskId(diskId);
     const point = await repo.getPoint(checkDataSourceId(ds), checkPointId(pid));
     if (!point.disks.some((d) => d.diskId === diskId)) throw new RepositoryError('NOT_FOUND', `recovery point ${ds}/${pid} has no disk ${diskId}`, `its disks: ${point.disks.map((d) => d.diskId).join(', ')}`);
-    const data = await fs.readFile(repo.indexPath(ds, pid, diskId));
-    return reply.type('application/octet-stream').send(data);
+    // Streamed: the index of a 64 TiB disk is gigabytes, not to be held in memory per request.
+    const fh = await fs.open(repo.indexPath(ds, pid, diskId), 'r');
+    let size: number;
+    try {
+      size = (await fh.stat()).size;
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+    reply.header('content-length', String(size));
+    return reply.type('application/octet-stream').send(fh.createReadStream());
   });
 
   app.get(`${P}/datasources/:ds/points/:pid/disks/:diskId/raw`, async (req, reply) => {

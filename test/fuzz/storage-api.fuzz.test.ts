@@ -19,7 +19,7 @@ import { backup, randomDisk } from '../repository/support';
 const SEED = 20261124;
 const P = '/v1';
 
-interface Reply { status: number; body: string; json: Record<string, unknown> | undefined }
+interface Reply { status: number; body: string; bytes?: number; json: Record<string, unknown> | undefined }
 
 let parent: string;
 let repo: Repository;
@@ -46,14 +46,15 @@ async function call(method: string, url: string, opts: { token?: string | null; 
         res.on('data', (c: Buffer) => parts.push(c));
         res.on('error', reject);
         res.on('end', () => {
-          const body = Buffer.concat(parts).toString('utf8');
+          const raw = Buffer.concat(parts);
+          const body = raw.toString('utf8');
           let json: Record<string, unknown> | undefined;
           try {
             json = JSON.parse(body) as Record<string, unknown>;
           } catch {
             json = undefined;
           }
-          resolve({ status: res.statusCode ?? 0, body, json });
+          resolve({ status: res.statusCode ?? 0, body, bytes: raw.length, json });
         });
       });
     } catch (err) {
@@ -286,6 +287,11 @@ describe('storage API under hostile input', () => {
     huge.writeBigUInt64LE(2n ** 40n, 0);
     const far = await call('POST', `${P}/sessions/${sid}/disks/disk9/slots?virtualSize=${Number.MAX_SAFE_INTEGER}`, { token: agent, payload: huge, headers: { 'content-type': 'application/octet-stream' } });
     expect(far.status).toBe(400);
+    // The largest patch the protocol allows (1M slots, 40 MiB) is taken, not a stack overflow.
+    const million = Buffer.alloc(1024 * 1024 * SLOT_RECORD_SIZE);
+    for (let s = 0; s < 1024 * 1024; s++) million.writeBigUInt64LE(BigInt(s), s * SLOT_RECORD_SIZE);
+    const big = await call('POST', `${P}/sessions/${sid}/disks/disk8/slots?virtualSize=${1024 * 1024 * 64 * 1024}`, { token: agent, payload: million, headers: { 'content-type': 'application/octet-stream' } });
+    expect(big.status).toBe(200);
     expect(process.memoryUsage().heapUsed - before).toBeLessThan(256 * 1024 * 1024);
     expectNoProblems();
   });
@@ -398,6 +404,10 @@ describe('storage API under hostile input', () => {
     // The point taken before the fuzzing still restores.
     const r = await call('GET', `${P}/datasources/vm1/points/${point.pointId}/disks/disk0/raw`, { token: agent });
     expect(r.status).toBe(200);
+    // The index is streamed whole (64-byte header + 32 bytes per slot).
+    const idx = await call('GET', `${P}/datasources/vm1/points/${point.pointId}/disks/disk0/index`, { token: agent });
+    expect(idx.status).toBe(200);
+    expect(idx.bytes).toBe(64 + 4 * 32);
     expectNoProblems();
   });
 });
