@@ -54,6 +54,7 @@ export function decodeChunkFile(file: Buffer, digest: string, where: string, chu
   if (file.length !== CHUNK_HEADER_SIZE + storedLength) {
     throw bad(`size ${file.length} does not match header (${CHUNK_HEADER_SIZE + storedLength})`);
   }
+  if (rawLength === 0 || rawLength > MAX_CHUNK_SIZE) throw bad(`header claims ${rawLength} bytes, a chunk is 1..${MAX_CHUNK_SIZE}`);
   let payload = file.subarray(CHUNK_HEADER_SIZE);
   if (codec & ENCRYPTED_FLAG) {
     if (!chunkKey) throw new RepositoryError('CONFLICT', `chunk ${where} is encrypted and no key was given`, 'open the repository with its key file (--encryption-key-file)', { digest });
@@ -65,7 +66,7 @@ export function decodeChunkFile(file: Buffer, digest: string, where: string, chu
   }
   let raw: Buffer;
   try {
-    raw = decodeChunkPayload(codec & ~ENCRYPTED_FLAG, payload);
+    raw = decodeChunkPayload(codec & ~ENCRYPTED_FLAG, payload, rawLength);
   } catch (err) {
     throw bad(`cannot decode: ${(err as Error).message}`);
   }
@@ -287,6 +288,11 @@ export class ChunkStore {
     const file = this.pathOf(digest);
     let data: Buffer;
     try {
+      // A chunk file is at most a chunk plus header and seal: a larger one is damage, not read.
+      const st = await fs.stat(file);
+      if (st.size > CHUNK_HEADER_SIZE + MAX_CHUNK_SIZE + 64) {
+        throw new RepositoryError('CORRUPT', `chunk ${file}: file of ${st.size} bytes is larger than any chunk`, 'run verify; restore from another point or re-run a consistency check backup', { digest });
+      }
       data = await fs.readFile(file);
     } catch (err) {
       if (isNotFound(err)) {

@@ -6,6 +6,7 @@
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import fc from 'fast-check';
+import { compress } from 'zstd-napi';
 import { RepositoryError, openDiskStream, verifyRepository } from '../../repository';
 import type { Repository, RecoveryPointManifest } from '../../repository';
 import { backup, randomDisk, tempRepo } from '../repository/support';
@@ -218,6 +219,56 @@ describe('damaged manifest and index files', () => {
       await fs.writeFile(manifest, text);
       await expect(repo.getPoint(DS, p2.pointId)).rejects.toMatchObject({ code: 'CORRUPT' });
       await expect(verifyRepository(repo)).rejects.toMatchObject({ code: 'CORRUPT' });
+    }
+  });
+
+  it('damaged chunk files (absurd claimed sizes, a zstd bomb, bit flips) are CORRUPT without big allocations', async () => {
+    // A chunk of point 1 that holds data (not all zero): slot 0.
+    const idx = await fs.readFile(repo.indexPath(DS, p1.pointId, 'disk0'));
+    const digest = idx.subarray(64, 96).toString('hex');
+    const file = repo.chunks.pathOf(digest);
+    const original = await fs.readFile(file);
+    const zstdFrame = (claim: bigint) => {
+      // magic, FHD = single segment + 8-byte content size, the size, then an empty raw last block
+      const b = Buffer.alloc(4 + 1 + 8 + 3);
+      b.writeUInt32LE(0xfd2fb528, 0);
+      b[4] = 0xe0;
+      b.writeBigUInt64LE(claim, 5);
+      b.writeUIntLE(1, 13, 3);
+      return b;
+    };
+    const chunkFile = (codec: number, rawLength: number, payload: Buffer) => {
+      const h = Buffer.alloc(16);
+      h.write('HVC1', 0, 'latin1');
+      h[4] = codec;
+      h.writeUInt32LE(rawLength, 8);
+      h.writeUInt32LE(payload.length, 12);
+      return Buffer.concat([h, payload]);
+    };
+    const bomb = compress(Buffer.alloc(256 * 1024 * 1024)); // a few kB that decode to 256 MiB
+    const cases: Array<[string, Buffer]> = [
+      ['frame claiming 2^40 bytes', chunkFile(1, CS, zstdFrame(2n ** 40n))],
+      ['frame claiming 4 GiB', chunkFile(1, CS, zstdFrame(2n ** 32n - 1n))],
+      ['header claiming 4 GiB', chunkFile(1, 0xffffffff, zstdFrame(2n ** 32n - 1n))],
+      ['zstd bomb', chunkFile(1, CS, bomb)],
+      ['raw length 0', chunkFile(0, 0, Buffer.alloc(0))],
+      ['stored length lies', (() => { const c = Buffer.from(original); c.writeUInt32LE(0xffffffff, 12); return c; })()],
+      ['unknown codec', (() => { const c = Buffer.from(original); c[4] = 0x7f; return c; })()],
+      ['a huge file', Buffer.concat([original, Buffer.alloc(9 * 1024 * 1024)])],
+      ['bit flip in the payload', (() => { const c = Buffer.from(original); c[c.length - 3] ^= 0x10; return c; })()],
+    ];
+    try {
+      for (const [what, content] of cases) {
+        await fs.writeFile(file, content);
+        const before = process.memoryUsage().arrayBuffers;
+        const r = await refusesOrWorks(`restore with ${what}`, async () => readStream((await openDiskStream(repo, DS, p1.pointId, 'disk0')).stream));
+        expect({ what, ok: r.ok, code: r.ok ? undefined : r.err.code }).toEqual({ what, ok: false, code: 'CORRUPT' });
+        expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(64 * 1024 * 1024);
+        const report = await verifyRepository(repo, { readData: true });
+        expect({ what, damaged: report.damagedChunks.map((d) => [d.digest, d.problem]) }).toEqual({ what, damaged: [[digest, 'corrupt']] });
+      }
+    } finally {
+      await fs.writeFile(file, original);
     }
   });
 
