@@ -1,12 +1,9 @@
 // The backup procedure end to end on the real dev server, real lab hosts with real VHDX disks,
 // real HTTP to the storage API: every assertion is about bytes.
-import { randomUUID } from 'node:crypto';
 import type { WorkflowHandle } from '@temporalio/client';
-import { startTestStack, type TestStack } from '../support/stack';
+import { startTestStack, restoredBytes as sharedRestoredBytes, startBackup as sharedStartBackup, type TestStack } from '../support/stack';
 import { expectedDiskContent, initialDiskContent } from '../../hypervisor/lab';
-import { openDiskStream } from '../../repository';
 import type { BackupVmInput, BackupVmResult } from '../../workflows/backup-vm';
-import { SERVER_TASK_QUEUE } from '../../temporal/task-queues';
 import { SA } from '../../temporal/search-attribute-keys';
 
 const MiB = 1024 * 1024;
@@ -20,20 +17,9 @@ afterAll(async () => {
   await stack?.stop();
 });
 
-async function restoredBytes(ds: string, pointId: string, diskId: string): Promise<Buffer> {
-  const { stream } = await openDiskStream(stack.server.repository, ds, pointId, diskId);
-  const parts: Buffer[] = [];
-  for await (const c of stream) parts.push(c as Buffer);
-  return Buffer.concat(parts);
-}
+const restoredBytes = (ds: string, pointId: string, diskId: string) => sharedRestoredBytes(stack, ds, pointId, diskId);
 
-function startBackup(input: BackupVmInput): Promise<WorkflowHandle> {
-  return stack.client.workflow.start('backupVm', {
-    taskQueue: SERVER_TASK_QUEUE,
-    workflowId: `backup/${input.dataSource}/${new Date().toISOString()}-${randomUUID().slice(0, 4)}`,
-    args: [{ ...input, timing: { heartbeatTimeout: '10 seconds', ...input.timing } }],
-  });
-}
+const startBackup = (input: BackupVmInput): Promise<WorkflowHandle> => sharedStartBackup(stack, input, { heartbeatTimeout: '10 seconds' });
 
 async function backup(input: BackupVmInput): Promise<BackupVmResult> {
   return (await startBackup(input)).result();

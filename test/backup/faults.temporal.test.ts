@@ -1,12 +1,9 @@
 // Backups that finish by themselves: live migration mid-transfer, a kill -9 of the agent
 // mid-transfer, and a failure after the checkpoint that must leave no checkpoint behind.
-import { randomUUID } from 'node:crypto';
 import type { WorkflowHandle } from '@temporalio/client';
-import { startTestStack, type TestStack } from '../support/stack';
+import { startTestStack, restoredBytes as sharedRestoredBytes, startBackup as sharedStartBackup, waitForTransfer, type TestStack } from '../support/stack';
 import { initialDiskContent } from '../../hypervisor/lab';
-import { openDiskStream } from '../../repository';
-import { backupProgressQuery, type BackupVmInput, type BackupVmResult } from '../../workflows/backup-vm';
-import { SERVER_TASK_QUEUE } from '../../temporal/task-queues';
+import type { BackupVmInput, BackupVmResult } from '../../workflows/backup-vm';
 
 const MiB = 1024 * 1024;
 let stack: TestStack;
@@ -25,30 +22,10 @@ afterAll(async () => {
   await stack?.stop();
 });
 
-async function restoredBytes(ds: string, pointId: string, diskId: string): Promise<Buffer> {
-  const { stream } = await openDiskStream(stack.server.repository, ds, pointId, diskId);
-  const parts: Buffer[] = [];
-  for await (const c of stream) parts.push(c as Buffer);
-  return Buffer.concat(parts);
-}
+const restoredBytes = (ds: string, pointId: string, diskId: string) => sharedRestoredBytes(stack, ds, pointId, diskId);
 
-function startBackup(input: BackupVmInput): Promise<WorkflowHandle> {
-  return stack.client.workflow.start('backupVm', {
-    taskQueue: SERVER_TASK_QUEUE,
-    workflowId: `backup/${input.dataSource}/${new Date().toISOString()}-${randomUUID().slice(0, 4)}`,
-    args: [{ ...input, timing: { heartbeatTimeout: '5 seconds', locateTimeout: '3 seconds', hostScheduleToStart: '20 seconds', ...input.timing } }],
-  });
-}
+const startBackup = (input: BackupVmInput): Promise<WorkflowHandle> => sharedStartBackup(stack, input, { heartbeatTimeout: '5 seconds', locateTimeout: '3 seconds', hostScheduleToStart: '20 seconds' });
 
-async function waitForTransfer(handle: WorkflowHandle, minBytes: number): Promise<void> {
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    const p = await handle.query(backupProgressQuery);
-    if (p.bytesRead >= minBytes && p.disks.some((d) => !d.done)) return;
-    if (Date.now() > deadline) throw new Error(`transfer did not start: ${JSON.stringify(p)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 test('live migration within the cluster mid-transfer: the backup finishes on the new owner', async () => {
   const content = { kind: 'random' as const, seed: 21, fill: 1 };

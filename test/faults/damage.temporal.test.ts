@@ -5,13 +5,11 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { randomUUID } from 'node:crypto';
 import type { WorkflowHandle } from '@temporalio/client';
-import { startTestStack, type TestStack } from '../support/stack';
+import { startTestStack, restoredBytes as sharedRestoredBytes, startBackup as sharedStartBackup, waitForTransfer, type TestStack } from '../support/stack';
 import { initialDiskContent } from '../../hypervisor/lab';
-import { openDiskStream, verifyRepository } from '../../repository';
-import { backupProgressQuery, type BackupVmInput, type BackupVmResult } from '../../workflows/backup-vm';
-import { SERVER_TASK_QUEUE } from '../../temporal/task-queues';
+import { verifyRepository } from '../../repository';
+import type { BackupVmInput, BackupVmResult } from '../../workflows/backup-vm';
 
 const MiB = 1024 * 1024;
 let stack: TestStack;
@@ -28,13 +26,7 @@ afterAll(async () => {
   await stack?.stop();
 });
 
-function start(input: BackupVmInput): Promise<WorkflowHandle> {
-  return stack.client.workflow.start('backupVm', {
-    taskQueue: SERVER_TASK_QUEUE,
-    workflowId: `backup/${input.dataSource}/${randomUUID()}`,
-    args: [{ ...input, timing: { heartbeatTimeout: '3 seconds', locateTimeout: '3 seconds', hostScheduleToStart: '5 seconds', transferScheduleToStart: '5 seconds', ...input.timing } }],
-  });
-}
+const start = (input: BackupVmInput): Promise<WorkflowHandle> => sharedStartBackup(stack, input, { heartbeatTimeout: '3 seconds', locateTimeout: '3 seconds', hostScheduleToStart: '5 seconds', transferScheduleToStart: '5 seconds' });
 
 async function failureOf(handle: WorkflowHandle): Promise<string> {
   try {
@@ -47,21 +39,8 @@ async function failureOf(handle: WorkflowHandle): Promise<string> {
   throw new Error('expected the backup to fail');
 }
 
-async function restored(ds: string, pointId: string, diskId: string): Promise<Buffer> {
-  const { stream } = await openDiskStream(stack.server.repository, ds, pointId, diskId);
-  const parts: Buffer[] = [];
-  for await (const c of stream) parts.push(c as Buffer);
-  return Buffer.concat(parts);
-}
+const restored = (ds: string, pointId: string, diskId: string) => sharedRestoredBytes(stack, ds, pointId, diskId);
 
-async function waitForTransfer(handle: WorkflowHandle, minBytes: number): Promise<void> {
-  for (const deadline = Date.now() + 60_000; ; ) {
-    const p = await handle.query(backupProgressQuery);
-    if (p.bytesRead >= minBytes && p.disks.some((d) => !d.done)) return;
-    if (Date.now() > deadline) throw new Error(`transfer did not start: ${JSON.stringify(p)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 async function noLeftovers(vm: string): Promise<void> {
   const f = await stack.lab.inspectVm(vm);

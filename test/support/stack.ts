@@ -5,7 +5,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Client } from '@temporalio/client';
+import { randomUUID } from 'node:crypto';
+import type { Client, WorkflowHandle } from '@temporalio/client';
+import { openDiskStream } from '../../repository';
+import { backupProgressQuery, type BackupVmInput } from '../../workflows/backup-vm';
+import { SERVER_TASK_QUEUE } from '../../temporal/task-queues';
 import { createLogger } from '../../log/logger';
 import { loadTemporalSettings, type TemporalSettings } from '../../temporal/connection';
 import { startServer, type RunningServer } from '../../workers/server';
@@ -113,4 +117,31 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
     await stack.startAgent(h);
   }
   return stack;
+}
+
+/** The bytes of a disk of a recovery point, read through the repository's restore reader. */
+export async function restoredBytes(stack: TestStack, ds: string, pointId: string, diskId: string): Promise<Buffer> {
+  const { stream } = await openDiskStream(stack.server.repository, ds, pointId, diskId);
+  const parts: Buffer[] = [];
+  for await (const c of stream) parts.push(c as Buffer);
+  return Buffer.concat(parts);
+}
+
+/** Starts backupVm with a readable id and short test timings (overridable per call). */
+export function startBackup(stack: TestStack, input: BackupVmInput, timing: BackupVmInput['timing'] = {}): Promise<WorkflowHandle> {
+  return stack.client.workflow.start('backupVm', {
+    taskQueue: SERVER_TASK_QUEUE,
+    workflowId: `backup/${input.dataSource}/${new Date().toISOString()}-${randomUUID().slice(0, 4)}`,
+    args: [{ ...input, timing: { ...timing, ...input.timing } }],
+  });
+}
+
+/** Waits until a backup is transferring and has read at least `minBytes`. */
+export async function waitForTransfer(handle: WorkflowHandle, minBytes: number): Promise<void> {
+  for (const deadline = Date.now() + 60_000; ; ) {
+    const p = await handle.query(backupProgressQuery);
+    if (p.bytesRead >= minBytes && p.disks.some((d) => !d.done)) return;
+    if (Date.now() > deadline) throw new Error(`transfer did not start: ${JSON.stringify(p)}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
