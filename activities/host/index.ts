@@ -105,17 +105,17 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
 
     async createBackupCheckpoint(req: CheckpointRequest) {
       return withHeartbeat(async () => {
-      try {
-        await ensureHere(req.vmId);
-        // 'none': the VM is already quiet (off, saved, paused, replica): leave it as it is.
-        const offlineMethod = req.offlineMethod === 'none' ? undefined : req.offlineMethod;
-        const ckpt = await adapter.createBackupCheckpoint(req.vmId, { mode: req.mode, offlineMethod, label: req.label });
-        crashPoint('agent:after-checkpoint');
-        Context.current().log.info('backup checkpoint created', { vmId: req.vmId, checkpointId: ckpt.checkpointId, mode: req.mode, downtimeMs: ckpt.downtimeMs });
-        return ckpt;
-      } catch (err) {
-        return toFailure(err);
-      }
+        try {
+          await ensureHere(req.vmId);
+          // 'none': the VM is already quiet (off, saved, paused, replica): leave it as it is.
+          const offlineMethod = req.offlineMethod === 'none' ? undefined : req.offlineMethod;
+          const ckpt = await adapter.createBackupCheckpoint(req.vmId, { mode: req.mode, offlineMethod, label: req.label });
+          crashPoint('agent:after-checkpoint');
+          Context.current().log.info('backup checkpoint created', { vmId: req.vmId, checkpointId: ckpt.checkpointId, mode: req.mode, downtimeMs: ckpt.downtimeMs });
+          return ckpt;
+        } catch (err) {
+          return toFailure(err);
+        }
       });
     },
 
@@ -213,23 +213,23 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
 
     async releaseBackupCheckpoint(req: ReleaseRequest) {
       return withHeartbeat(async () => {
-      try {
-        await ensureHere(req.vmId);
-        crashPoint('agent:before-release');
-        const released: string[] = [];
-        if (req.checkpointId) {
-          await adapter.releaseCheckpoint(req.vmId, req.checkpointId);
-          released.push(req.checkpointId);
+        try {
+          await ensureHere(req.vmId);
+          crashPoint('agent:before-release');
+          const released: string[] = [];
+          if (req.checkpointId) {
+            await adapter.releaseCheckpoint(req.vmId, req.checkpointId);
+            released.push(req.checkpointId);
+          }
+          if (adapter.releaseCheckpointsByLabel) {
+            for (const id of await adapter.releaseCheckpointsByLabel(req.vmId, req.label)) if (!released.includes(id)) released.push(id);
+          }
+          crashPoint('agent:after-release');
+          Context.current().log.info('backup checkpoint released', { vmId: req.vmId, released });
+          return { released };
+        } catch (err) {
+          return toFailure(err);
         }
-        if (adapter.releaseCheckpointsByLabel) {
-          for (const id of await adapter.releaseCheckpointsByLabel(req.vmId, req.label)) if (!released.includes(id)) released.push(id);
-        }
-        crashPoint('agent:after-release');
-        Context.current().log.info('backup checkpoint released', { vmId: req.vmId, released });
-        return { released };
-      } catch (err) {
-        return toFailure(err);
-      }
       });
     },
   };
