@@ -90,13 +90,27 @@ export class StorageClient {
       const req = mod.request(url, { method, headers: h, agent: url.protocol === 'https:' ? this.httpsAgent : this.httpAgent }, (res) => {
         const status = res.statusCode ?? 0;
         if (status >= 200 && status < 300) return resolve(res);
+        // An error body is a few hundred bytes: keep at most 64 KiB of whatever comes.
         const parts: Buffer[] = [];
-        res.on('data', (c: Buffer) => parts.push(c));
+        let kept = 0;
+        res.on('data', (c: Buffer) => {
+          if (kept < 64 * 1024) parts.push(c);
+          kept += c.length;
+        });
         res.on('error', reject);
         res.on('end', () => {
           let err: ApiErrorBody = { error: `HTTP_${status}`, message: res.statusMessage ?? '' };
           try {
-            err = JSON.parse(Buffer.concat(parts).toString('utf8')) as ApiErrorBody;
+            const parsed = JSON.parse(Buffer.concat(parts).toString('utf8')) as Partial<ApiErrorBody> | null;
+            // A proxy or another server may answer anything: use only well-formed fields.
+            if (parsed && typeof parsed === 'object') {
+              err = {
+                error: typeof parsed.error === 'string' ? parsed.error : err.error,
+                message: typeof parsed.message === 'string' ? parsed.message : err.message,
+                hint: typeof parsed.hint === 'string' ? parsed.hint : undefined,
+                details: parsed.details && typeof parsed.details === 'object' ? parsed.details : undefined,
+              };
+            }
           } catch {
             // not JSON: keep the status text
           }
@@ -202,7 +216,7 @@ export class StorageClient {
     const b = await this.body(await this.call('GET', `/datasources/${encodeURIComponent(point.dataSource)}/points/${encodeURIComponent(point.pointId)}/disks/${encodeURIComponent(diskId)}/index`));
     const slots = b.subarray(64);
     const checksum = b.subarray(32, 64).toString('hex');
-    if (b.subarray(0, 8).toString('latin1') !== 'HVPFIDX1' || createHash('sha256').update(slots).digest('hex') !== checksum) {
+    if (b.length < 64 || b.subarray(0, 8).toString('latin1') !== 'HVPFIDX1' || slots.length % 32 !== 0 || b.readBigUInt64LE(24) !== BigInt(slots.length / 32) || createHash('sha256').update(slots).digest('hex') !== checksum) {
       throw new StorageApiError(502, 'CORRUPT', `index of ${point.dataSource}/${point.pointId}/${diskId} arrived damaged`, 'retry; run verify on the server');
     }
     return { chunkSize: b.readUInt32LE(12), virtualSize: Number(b.readBigUInt64LE(16)), count: Number(b.readBigUInt64LE(24)), checksum, slots };
