@@ -90,15 +90,24 @@ export class StorageClient {
       const req = mod.request(url, { method, headers: h, agent: url.protocol === 'https:' ? this.httpsAgent : this.httpAgent }, (res) => {
         const status = res.statusCode ?? 0;
         if (status >= 200 && status < 300) return resolve(res);
-        // An error body is a few hundred bytes: keep at most 64 KiB of whatever comes.
+        // An error body is a few hundred bytes: read at most 64 KiB of whatever comes, then hang up.
         const parts: Buffer[] = [];
         let kept = 0;
+        let finished = false;
         res.on('data', (c: Buffer) => {
-          if (kept < 64 * 1024) parts.push(c);
+          parts.push(c);
           kept += c.length;
+          if (kept > 64 * 1024) {
+            res.destroy();
+            finish();
+          }
         });
-        res.on('error', reject);
-        res.on('end', () => {
+        res.on('error', () => finish());
+        res.on('end', () => finish());
+        res.on('close', () => finish());
+        const finish = () => {
+          if (finished) return;
+          finished = true;
           let err: ApiErrorBody = { error: `HTTP_${status}`, message: res.statusMessage ?? '' };
           try {
             const parsed = JSON.parse(Buffer.concat(parts).toString('utf8')) as Partial<ApiErrorBody> | null;
@@ -115,7 +124,7 @@ export class StorageClient {
             // not JSON: keep the status text
           }
           reject(new StorageApiError(status, err.error, err.message, err.hint, err.details));
-        });
+        };
       });
       req.on('error', (err) => reject(explainTlsError(err, url.origin)));
       if (payload) for (const part of payload) req.write(part);

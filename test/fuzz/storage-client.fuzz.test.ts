@@ -11,6 +11,7 @@ describe('storage client against hostile answers', () => {
   let server: http.Server;
   let url: string;
   let next: { status: number; body: Buffer; type: string } = { status: 200, body: Buffer.alloc(0), type: 'application/json' };
+  let endless = false;
   const uncaught: unknown[] = [];
   const onUncaught = (err: unknown) => uncaught.push(err);
 
@@ -18,6 +19,18 @@ describe('storage client against hostile answers', () => {
     process.on('uncaughtException', onUncaught);
     server = http.createServer((req, res) => {
       req.resume();
+      if (endless) {
+        // An error answer that never ends: 1 MiB pieces until the client hangs up.
+        res.writeHead(500, { 'content-type': 'text/plain' });
+        const piece = Buffer.alloc(1024 * 1024, 0x41);
+        const pump = () => {
+          while (!res.destroyed && res.write(piece));
+          if (!res.destroyed) res.once('drain', pump);
+        };
+        res.on('error', () => undefined);
+        pump();
+        return;
+      }
       req.on('end', () => {
         res.writeHead(next.status, { 'content-type': next.type, 'content-length': next.body.length });
         res.end(next.body);
@@ -71,12 +84,13 @@ describe('storage client against hostile answers', () => {
     expect(uncaught.map(String)).toEqual([]);
   });
 
-  it('reads at most 64 KiB of an error body', async () => {
+  it('reads at most 64 KiB of an error body, even an endless one', async () => {
     const client = new StorageClient(url, 'hvp_x');
-    next = { status: 500, body: Buffer.alloc(64 * 1024 * 1024, 0x41), type: 'text/plain' };
-    const before = process.memoryUsage().arrayBuffers;
+    endless = true;
+    const started = Date.now();
     await expect(client.listPoints('vm1')).rejects.toBeInstanceOf(StorageApiError);
-    expect(process.memoryUsage().arrayBuffers - before).toBeLessThan(32 * 1024 * 1024);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    endless = false;
     client.close();
   });
 });
