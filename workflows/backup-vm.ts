@@ -209,7 +209,8 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     await resolveOwner('first look');
     step('inspecting the VM');
     const facts: VmFacts = await onOwner('inspect', (taskQueue, h) =>
-      host.inspectVm.executeWithOptions({ taskQueue, summary: `inspect ${input.vm} on ${h}` } as ActivityOptions, [input.vm]),
+      // Inspecting is quick (a Get-VM and friends): a lost task is retried in 2 minutes, not 10.
+      host.inspectVm.executeWithOptions({ taskQueue, summary: `inspect ${input.vm} on ${h}`, startToCloseTimeout: '2 minutes' } as ActivityOptions, [input.vm]),
     );
     progress.vm = facts.name;
     upsertSearchAttributes([{ key: SA.vm, value: facts.name }]);

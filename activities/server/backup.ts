@@ -63,6 +63,20 @@ export function pointChangeTracking(point: RecoveryPointManifest): Record<string
 export function createServerActivities(deps: ServerActivityDeps): ServerActivities {
   const { repository } = deps;
   const leaseDir = path.join(deps.stateDir, 'backup-leases');
+  // Check-then-write of a lease must not interleave for one data source (two backups started in
+  // the same instant would both win). One server process owns a data source, so a per-data-source
+  // queue in this process makes it atomic.
+  const leaseQueue = new Map<string, Promise<unknown>>();
+  const serialised = <T>(ds: string, fn: () => Promise<T>): Promise<T> => {
+    const prev = leaseQueue.get(ds) ?? Promise.resolve();
+    const next = prev.then(fn, fn);
+    const tail = next.catch(() => undefined);
+    leaseQueue.set(ds, tail);
+    void tail.then(() => {
+      if (leaseQueue.get(ds) === tail) leaseQueue.delete(ds);
+    });
+    return next;
+  };
   const leaseFile = (ds: string) => path.join(leaseDir, `${ds}.json`);
 
   async function readLease(ds: string): Promise<LeaseRecord | undefined> {
@@ -84,6 +98,23 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
     }
   }
 
+  async function takeLease(dataSource: string, workflowId: string, runId: string): Promise<void> {
+    await fs.mkdir(leaseDir, { recursive: true });
+    const current = await readLease(dataSource);
+    if (current && current.workflowId !== workflowId && (await holderRuns(current))) {
+      throw ApplicationFailure.nonRetryable(
+        `a backup of ${dataSource} is already running (workflow ${current.workflowId}, since ${current.at}); ` +
+          'two backups of one VM never run at once: wait for it or cancel it in the Web UI',
+        'BackupAlreadyRunning',
+        current,
+      );
+    }
+    const record: LeaseRecord = { dataSource, workflowId, runId, at: new Date().toISOString() };
+    const tmp = `${leaseFile(dataSource)}.${process.pid}.tmp`;
+    await fs.writeFile(tmp, JSON.stringify(record));
+    await fs.rename(tmp, leaseFile(dataSource));
+  }
+
   const activities: ServerActivities = {
     async listHosts() {
       return deps.tokens
@@ -95,26 +126,16 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
 
     async acquireBackupLease({ dataSource, workflowId, runId }) {
       await repository.ensureDataSource(dataSource).catch(asFailure);
-      await fs.mkdir(leaseDir, { recursive: true });
-      const current = await readLease(dataSource);
-      if (current && current.workflowId !== workflowId && (await holderRuns(current))) {
-        throw ApplicationFailure.nonRetryable(
-          `a backup of ${dataSource} is already running (workflow ${current.workflowId}, since ${current.at}); ` +
-            'two backups of one VM never run at once: wait for it or cancel it in the Web UI',
-          'BackupAlreadyRunning',
-          current,
-        );
-      }
-      const record: LeaseRecord = { dataSource, workflowId, runId, at: new Date().toISOString() };
-      const tmp = `${leaseFile(dataSource)}.${process.pid}.tmp`;
-      await fs.writeFile(tmp, JSON.stringify(record));
-      await fs.rename(tmp, leaseFile(dataSource));
+      await serialised(dataSource, () => takeLease(dataSource, workflowId, runId));
     },
 
     async releaseBackupLease({ dataSource, workflowId }) {
-      const current = await readLease(dataSource);
-      if (current?.workflowId === workflowId) await fs.rm(leaseFile(dataSource), { force: true });
+      await serialised(dataSource, async () => {
+        const current = await readLease(dataSource);
+        if (current?.workflowId === workflowId) await fs.rm(leaseFile(dataSource), { force: true });
+      });
     },
+
 
     async planBackup(req: BackupPlanRequest): Promise<BackupPlan> {
       try {

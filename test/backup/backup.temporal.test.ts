@@ -148,3 +148,16 @@ test('a Hyper-V Replica copy is backed up on the replica server without pausing 
   expect((await stack.lab.inspectVm(primary.vmId)).state).toBe('running');
   expect((await restoredBytes('erp01-replica', r.pointId, replica.disks[0].diskId)).equals(initialDiskContent(content, 4 * MiB))).toBe(true);
 });
+
+test('two backups of one VM started in the same instant: one runs, the other is refused', async () => {
+  const facts = await stack.lab.createVm({ name: 'twins', host: 'hv01', disks: [{ sizeBytes: 4 * MiB, content: { kind: 'random', seed: 19, fill: 1 } }] });
+  for (let round = 0; round < 3; round++) {
+    const [a, b] = await Promise.allSettled([backup({ dataSource: 'twins', vm: facts.vmId }), backup({ dataSource: 'twins', vm: facts.vmId })]);
+    expect([a.status, b.status].sort()).toEqual(['fulfilled', 'rejected']);
+    let e = (a.status === 'rejected' ? a : (b as PromiseRejectedResult)).reason as { cause?: unknown; type?: string; message?: string } | undefined;
+    while (e && e.type !== 'BackupAlreadyRunning') e = e.cause as typeof e;
+    expect(e?.type).toBe('BackupAlreadyRunning');
+    expect(e?.message).toMatch(/already running.*never run at once/);
+  }
+  expect(await stack.server.repository.listPoints('twins')).toHaveLength(3);
+});
