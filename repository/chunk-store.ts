@@ -27,21 +27,12 @@ export const CHUNK_MAGIC = Buffer.from('HVC1', 'latin1');
 export const CHUNK_HEADER_SIZE = 16;
 /** Largest plaintext chunk the repository accepts (also the upload body limit). */
 export const MAX_CHUNK_SIZE = 8 * 1024 * 1024;
-export const ZERO_DIGEST = Buffer.alloc(32);
+export { ZERO_DIGEST, isAllZero } from './zero';
 
 export function sha256(data: Buffer): Buffer {
   return createHash('sha256').update(data).digest();
 }
 
-export function isAllZero(buf: Buffer): boolean {
-  // Compare in 64 KiB windows against one zero buffer: native memcmp speed, no allocation.
-  for (let off = 0; off < buf.length; off += ZERO_WINDOW.length) {
-    const end = Math.min(buf.length, off + ZERO_WINDOW.length);
-    if (buf.compare(ZERO_WINDOW, 0, end - off, off, end) !== 0) return false;
-  }
-  return true;
-}
-const ZERO_WINDOW = Buffer.alloc(64 * 1024);
 
 /** Decodes and checks a stored chunk; throws CORRUPT naming the file and what was wrong. */
 export function decodeChunkFile(file: Buffer, digest: string, where: string, chunkKey?: Buffer): Buffer {

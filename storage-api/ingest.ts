@@ -6,6 +6,7 @@
 // a retry (slots before it are already in the session's staged index).
 import { webcrypto } from 'node:crypto';
 import type { StorageClient } from './client';
+import { isAllZero } from '../repository/zero';
 
 export type DiskReader = (offset: number, length: number) => Promise<Buffer>;
 
@@ -74,7 +75,8 @@ function countSlots(ranges: ByteRangeOfDisk[] | undefined, chunkSize: number, vi
   return n;
 }
 
-async function pool<T>(items: T[], concurrency: number, fn: (item: T, i: number) => Promise<void>): Promise<void> {
+/** Runs fn over items, at most `concurrency` at a time. */
+export async function pool<T>(items: T[], concurrency: number, fn: (item: T, i: number) => Promise<void>): Promise<void> {
   let next = 0;
   await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
     while (next < items.length) {
@@ -84,14 +86,6 @@ async function pool<T>(items: T[], concurrency: number, fn: (item: T, i: number)
   }));
 }
 
-const ZERO = Buffer.alloc(64 * 1024);
-function isZero(b: Buffer): boolean {
-  for (let o = 0; o < b.length; o += ZERO.length) {
-    const e = Math.min(b.length, o + ZERO.length);
-    if (b.compare(ZERO, 0, e - o, o, e) !== 0) return false;
-  }
-  return true;
-}
 
 interface ReadChunk {
   slot: number;
@@ -150,7 +144,7 @@ export async function ingestDisk(opts: IngestDiskOptions): Promise<IngestProgres
       await Promise.all(Array.from({ length: run.n }, async (_, k) => {
         const chunk = data.subarray(k * chunkSize, Math.min(length, (k + 1) * chunkSize));
         const slot = run.first + k;
-        out[run.index + k] = isZero(chunk)
+        out[run.index + k] = isAllZero(chunk)
           ? { slot, digest: Buffer.alloc(32) }
           : { slot, digest: Buffer.from(await webcrypto.subtle.digest('SHA-256', chunk)), data: chunk };
       }));

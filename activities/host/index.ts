@@ -6,7 +6,8 @@ import { HypervisorError, type HypervisorAdapter, type VmFacts } from '../../hyp
 import { StorageApiError, type StorageClient } from '../../storage-api/client';
 import { crashPoint } from '../../faults/crash-point';
 import { withHeartbeat } from '../heartbeat';
-import { allSlots, slotsOfRanges, transferDiskSlots, type TransferPosition } from './transfer';
+import { transferDiskSlots, type TransferPosition } from './transfer';
+import { slotsOfRanges } from '../../storage-api/ingest';
 import type {
   CheckpointRequest,
   DiskTransferRequest,
@@ -137,7 +138,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
             const changes = req.base?.changeTrackingId
               ? await adapter.changedRanges(req.vmId, req.checkpointId, req.diskId, req.base.changeTrackingId)
               : { tracked: false, ranges: [], reason: 'no change-tracking id recorded for the base point' };
-            if (changes.tracked) slots = slotsOfRanges(changes.ranges, req.chunkSize, req.virtualSize);
+            if (changes.tracked) slots = [...slotsOfRanges(changes.ranges, req.chunkSize, req.virtualSize)];
             else {
               kind = 'consistency-check';
               fallbackReason = `change tracking lost (${changes.reason ?? 'unknown'}): consistency check`;
@@ -151,10 +152,9 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
           if (kind !== 'express-full') {
             // Never-written space reads as zeros; skip it unless the base had data there.
             const allocated = await reader.allocatedRanges();
-            slots = slotsOfRanges(allocated, req.chunkSize, req.virtualSize);
+            slots = [...slotsOfRanges(allocated, req.chunkSize, req.virtualSize)];
             if (baseSlots) slots = mergeSlots(slots, nonZeroSlots(baseSlots, req.chunkSize, req.virtualSize));
           }
-          const allSlotsCount = allSlots(req.virtualSize, req.chunkSize).length;
           let lastSignal = 0;
           let batches = 0;
           const pos = await transferDiskSlots({
@@ -193,7 +193,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
             readBy: adapter.hostName,
             kind,
             fallbackReason,
-            chunkCount: allSlotsCount,
+            chunkCount: Math.ceil(req.virtualSize / req.chunkSize),
             changedChunks: pos.changedChunks,
             bytesRead: pos.bytesRead,
             bytesSent: pos.bytesSent,

@@ -9,15 +9,11 @@
 import { createHash } from 'node:crypto';
 import type { DiskReader } from '../../hypervisor/types';
 import type { StorageClient } from '../../storage-api/client';
+import { pool } from '../../storage-api/ingest';
+import { ZERO_DIGEST, isAllZero } from '../../repository/zero';
 import type { TransferKind } from './types';
 
 const DIGEST_BYTES = 32;
-const ZERO_DIGEST = Buffer.alloc(DIGEST_BYTES);
-
-export interface ByteRange {
-  offset: number;
-  length: number;
-}
 
 export interface TransferPosition {
   /** Next slot index in `slots` order (not the disk slot number). */
@@ -51,41 +47,6 @@ export interface DiskTransferOptions {
   onBatch?: (pos: TransferPosition, diskOffset: number) => Promise<void> | void;
 }
 
-/** Slot numbers covering the ranges, ascending and unique. */
-export function slotsOfRanges(ranges: ByteRange[], chunkSize: number, virtualSize: number): number[] {
-  const total = Math.ceil(virtualSize / chunkSize);
-  const out: number[] = [];
-  const sorted = [...ranges].filter((r) => r.length > 0).sort((a, b) => a.offset - b.offset);
-  let last = -1;
-  for (const r of sorted) {
-    const first = Math.max(Math.floor(r.offset / chunkSize), last + 1);
-    const end = Math.min(Math.ceil((r.offset + r.length) / chunkSize), total);
-    for (let s = first; s < end; s++) out.push(s);
-    if (end - 1 > last) last = end - 1;
-  }
-  return out;
-}
-
-export function allSlots(virtualSize: number, chunkSize: number): number[] {
-  return Array.from({ length: Math.ceil(virtualSize / chunkSize) }, (_, i) => i);
-}
-
-function isZero(buf: Buffer): boolean {
-  // Compare 8 bytes at a time; chunk buffers are large, this is the hot loop for sparse disks.
-  const words = Math.floor(buf.length / 8);
-  for (let i = 0; i < words; i++) if (buf.readBigUInt64LE(i * 8) !== 0n) return false;
-  for (let i = words * 8; i < buf.length; i++) if (buf[i] !== 0) return false;
-  return true;
-}
-
-async function mapLimit<T>(items: T[], limit: number, fn: (t: T) => Promise<void>): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) await fn(items[next++]);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
-}
-
 interface ReadBatch {
   slots: number[];
   digests: Buffer;
@@ -110,7 +71,7 @@ async function readBatch(o: DiskTransferOptions, slots: number[]): Promise<ReadB
     for (let k = i; k < j; k++) {
       const start = (slots[k] - slots[i]) * chunkSize;
       const chunk = buf.subarray(start, Math.min(start + chunkSize, buf.length));
-      if (isZero(chunk)) continue; // zero digest = all-zero chunk, never stored
+      if (isAllZero(chunk)) continue; // zero digest = all-zero chunk, never stored
       const digest = createHash('sha256').update(chunk).digest();
       digest.copy(digests, k * DIGEST_BYTES);
       data.set(digest.toString('hex'), chunk);
@@ -143,7 +104,7 @@ export async function transferDiskSlots(o: DiskTransferOptions): Promise<Transfe
       groups[groups.length - 1].push({ digest: h, data });
       size += data.length;
     }
-    await mapLimit(groups, o.uploadConcurrency ?? 3, async (g) => {
+    await pool(groups, o.uploadConcurrency ?? 3, async (g) => {
       await o.storage.putChunks(g);
       pos.bytesSent += g.reduce((n, c) => n + c.data.length, 0);
     });
