@@ -1,5 +1,5 @@
 // Public surface of the repository library.
-export { Repository, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, MAX_POINT_CHUNK_SIZE, REPOSITORY_FORMAT } from './repository';
+export { Repository, KeyedMutex, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, MAX_POINT_CHUNK_SIZE, REPOSITORY_FORMAT } from './repository';
 export type {
   BackupSession, CommitPointInput, DataSourceSettings, OpenRepositoryOptions, PointDeletion, RepositoryConfig, RestoreLease,
 } from './repository';

@@ -108,7 +108,7 @@ export interface OpenRepositoryOptions {
 }
 
 /** Serialises async work per key (a data source, a session). */
-class KeyedMutex {
+export class KeyedMutex {
   private readonly tails = new Map<string, Promise<unknown>>();
   run<T>(key: string, fn: () => Promise<T>): Promise<T> {
     const prev = this.tails.get(key) ?? Promise.resolve();

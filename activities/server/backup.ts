@@ -4,7 +4,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
-import { Repository, RepositoryError, type RecoveryPointManifest } from '../../repository';
+import { KeyedMutex, Repository, RepositoryError, type RecoveryPointManifest } from '../../repository';
 import type { TokenStore } from '../../storage-api/tokens';
 import type { ProtectionMetrics } from '../../metrics/metrics';
 import { crashPoint } from '../../faults/crash-point';
@@ -66,17 +66,7 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
   // Check-then-write of a lease must not interleave for one data source (two backups started in
   // the same instant would both win). One server process owns a data source, so a per-data-source
   // queue in this process makes it atomic.
-  const leaseQueue = new Map<string, Promise<unknown>>();
-  const serialised = <T>(ds: string, fn: () => Promise<T>): Promise<T> => {
-    const prev = leaseQueue.get(ds) ?? Promise.resolve();
-    const next = prev.then(fn, fn);
-    const tail = next.catch(() => undefined);
-    leaseQueue.set(ds, tail);
-    void tail.then(() => {
-      if (leaseQueue.get(ds) === tail) leaseQueue.delete(ds);
-    });
-    return next;
-  };
+  const leases = new KeyedMutex();
   const leaseFile = (ds: string) => path.join(leaseDir, `${ds}.json`);
 
   async function readLease(ds: string): Promise<LeaseRecord | undefined> {
@@ -126,11 +116,11 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
 
     async acquireBackupLease({ dataSource, workflowId, runId }) {
       await repository.ensureDataSource(dataSource).catch(asFailure);
-      await serialised(dataSource, () => takeLease(dataSource, workflowId, runId));
+      await leases.run(dataSource, () => takeLease(dataSource, workflowId, runId));
     },
 
     async releaseBackupLease({ dataSource, workflowId }) {
-      await serialised(dataSource, async () => {
+      await leases.run(dataSource, async () => {
         const current = await readLease(dataSource);
         if (current?.workflowId === workflowId) await fs.rm(leaseFile(dataSource), { force: true });
       });
