@@ -13,18 +13,13 @@ import { EXIT_USAGE, UsageError, reportAndExit } from './errors';
 import { startAgent } from '../workers/agent';
 import { LabHypervisor } from '../hypervisor/lab';
 import { HyperVHypervisor } from '../hypervisor/hyperv';
-import { registerCommands } from './commands';
+import { positiveInt, registerCommands } from './commands';
 import { EncryptionKey } from '../repository/encryption';
 import { loadClientTls, loadServerTls } from '../storage-api/tls';
 import { labCommand } from '../hypervisor/lab/cli';
 
 function portOrZero(value: string): number {
   return value === '0' ? 0 : port(value);
-}
-
-function positiveInt(value: string): number {
-  if (!/^[1-9]\d{0,8}$/.test(value)) throw new InvalidArgumentError('a whole number of 1 or more.');
-  return Number(value);
 }
 
 function hypervisorKind(value: string): 'lab' | 'hyperv' {

@@ -7,11 +7,10 @@ import { SERVER_TASK_QUEUE } from '../temporal/task-queues';
 import { backupProgressQuery, type BackupProgress, type BackupVmResult } from '../workflows/backup-vm';
 import type { RestoreTarget, RestoreVmResult } from '../workflows/restore-vm';
 import { parseShadowStorageSize } from '../repository';
-import { adminStorage, type AdminOptions } from './admin';
+import { adminStorage } from './admin';
 import { bytes, out, table } from './format';
 import {
   dataSourceOf,
-  describeProtection,
   listProtections,
   parseTimes,
   protectVm,
@@ -31,7 +30,7 @@ async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
   }
 }
 
-function positiveInt(value: string): number {
+export function positiveInt(value: string): number {
   if (!/^[1-9]\d{0,8}$/.test(value)) throw new InvalidArgumentError('a whole number of 1 or more.');
   return Number(value);
 }
@@ -410,6 +409,4 @@ export function registerCommands(program: Command): void {
     await adminStorage(o).revokeToken(name);
     process.stdout.write(`revoked ${name}\n`);
   });
-
-  void describeProtection;
 }

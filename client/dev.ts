@@ -77,10 +77,8 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
     const sample = await createSampleLab(lab, { diskSize: opts.diskSize });
     const hosts = [...sample.nodes, sample.standalone, sample.fileServer];
     for (const host of hosts) {
-      const existing = server.tokens.list().find((t) => t.name === host && t.role === 'agent' && !t.revokedAt);
       // In-process agents get a fresh token each start (only its hash is kept).
       const token = await server.tokens.issue(host, 'agent');
-      void existing;
       agents.push(
         await startAgent({ logger: logger.child({ process: 'agent', host }), adapter: await LabHypervisor.open(lab, host), storageUrl: server.storageApi.url, token, temporal: settings }),
       );
