@@ -29,13 +29,13 @@ import {
 } from '@temporalio/workflow';
 import type { ActivityOptions } from '@temporalio/workflow';
 import type { Duration } from '@temporalio/common';
+import { msToNumber } from '@temporalio/common/lib/time';
 import type { BackupCheckpoint, VmFacts } from '../hypervisor/types';
 import type { DiskTransferResult, HostActivities, TransferKind, VmLocation } from '../activities/host/types';
 import type { BackupPlan, CommittedPoint, ServerActivities } from '../activities/server/types';
 import { decideBackupMode, BackupModeRefused, type BackupModeDecision, type BackupModePolicy } from '../protection/backup-mode';
 import { SA } from '../temporal/search-attribute-keys';
 import { locateVmOwner } from './locate';
-export { pickOwner } from './locate';
 import { SERVER_TASK_QUEUE, hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
 
 export interface BackupVmInput {
@@ -412,15 +412,13 @@ function baseName(p: string): string {
   return parts[parts.length - 1] || p;
 }
 
+/** The SDK's own duration parser (as for every timeout), with a failure the workflow names. */
 function msOf(d: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*(ms|milliseconds?|s|seconds?|m|min|minutes?|h|hours?)$/.exec(d.trim());
-  if (!m) throw ApplicationFailure.nonRetryable(`invalid duration "${d}"`, 'InvalidInput');
-  const n = Number(m[1]);
-  const unit = m[2];
-  if (unit.startsWith('ms') || unit.startsWith('milli')) return n;
-  if (unit.startsWith('s')) return n * 1000;
-  if (unit.startsWith('m')) return n * 60_000;
-  return n * 3_600_000;
+  try {
+    return msToNumber(d as Duration);
+  } catch {
+    throw ApplicationFailure.nonRetryable(`invalid duration "${d}": e.g. "30 minutes", "15 s", "2h"`, 'InvalidInput');
+  }
 }
 
 function describe(p: BackupProgress): string {

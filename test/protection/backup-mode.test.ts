@@ -1,5 +1,5 @@
 import { decideBackupMode, onlineBlockers, BackupModeRefused } from '../../protection/backup-mode';
-import { pickOwner } from '../../workflows/backup-vm';
+import { pickOwner } from '../../workflows/locate';
 import type { VmFacts } from '../../hypervisor/types';
 
 function windowsVm(over: Partial<VmFacts> = {}): VmFacts {
