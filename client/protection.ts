@@ -226,6 +226,9 @@ export async function removeProtection(client: Client, dataSource: string): Prom
 
 /** Finds the data source protecting a VM (by data source id, VM name or VM id). */
 export async function dataSourceOf(client: Client, vmOrDs: string): Promise<ProtectionInfo> {
+  // Most often the name is the data source id: one describe, not a describe of every schedule.
+  const direct = await describeProtection(client, vmOrDs).catch(() => undefined);
+  if (direct) return direct;
   const all = await listProtections(client);
   const hit = all.find((p) => p.dataSource === vmOrDs || p.vm === vmOrDs || p.vmId === vmOrDs);
   if (hit) return hit;

@@ -2,7 +2,7 @@
 // timeout, so a host that is down costs nothing unless the VM is nowhere else) and answers as
 // soon as the copy the protection is about answers.
 import { ApplicationFailure, sleep } from '@temporalio/workflow';
-import type { ActivityOptions } from '@temporalio/workflow';
+import type { ActivityInterfaceFor, ActivityOptions } from '@temporalio/workflow';
 import type { HostActivities, VmLocation } from '../activities/host/types';
 import type { ServerActivities } from '../activities/server/types';
 import { hostTaskQueue } from '../temporal/task-queues';
@@ -24,7 +24,7 @@ export interface LocateOptions {
 }
 
 export async function locateVmOwner(
-  host: Pick<HostActivities, 'locateVm'> & { locateVm: HostActivities['locateVm'] & { executeWithOptions: (o: ActivityOptions, a: [string]) => Promise<VmLocation> } },
+  host: ActivityInterfaceFor<Pick<HostActivities, 'locateVm'>>,
   server: Pick<ServerActivities, 'listHosts'>,
   o: LocateOptions,
 ): Promise<VmLocation> {
