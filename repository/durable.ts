@@ -37,7 +37,12 @@ export async function writeFileDurable(target: string, data: Buffer | string): P
     throw err;
   }
   await fh.close();
-  await fs.rename(tmp, target);
+  try {
+    await fs.rename(tmp, target);
+  } catch (err) {
+    await fs.rm(tmp, { force: true });
+    throw err;
+  }
   await fsyncDir(path.dirname(target));
 }
 

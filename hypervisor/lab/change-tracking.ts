@@ -14,7 +14,7 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { crc32 } from 'node:zlib';
-import { writeFileAtomic } from './atomic-file';
+import { writeFileDurable } from '../../repository/durable';
 
 const HEADER_SIZE = 64;
 const RECORD_SIZE = 32;
@@ -79,7 +79,7 @@ function record(seq: number, r: Range): Buffer {
 /** Start a new tracking epoch for a disk (creates or replaces the log). Returns the new epoch. */
 export async function resetTrackingLog(file: string): Promise<string> {
   const epoch = randomUUID();
-  await writeFileAtomic(file, header(epoch));
+  await writeFileDurable(file, header(epoch));
   return epoch;
 }
 

@@ -19,7 +19,6 @@ import {
   type VmState,
   type VmSummary,
 } from '../types';
-import { exists } from './atomic-file';
 import {
   appendWrites,
   changesBetween,
@@ -47,6 +46,15 @@ import * as vhdx from './vhdx-io';
 import type { WriteLoadResult } from './guest-write-load';
 
 /** A lab request that cannot be carried out as asked (bad spec, unknown host, name taken…). */
+async function exists(p: string): Promise<boolean> {
+  try {
+    await fsp.access(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export class LabError extends Error {
   override readonly name = 'LabError';
 }

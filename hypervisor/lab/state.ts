@@ -21,7 +21,7 @@ import type {
   ReplicaRole,
   VmState,
 } from '../types';
-import { writeFileAtomic } from './atomic-file';
+import { writeFileDurable } from '../../repository/durable';
 
 export const LAB_FORMAT = 'hvprotect-lab/1';
 
@@ -205,5 +205,5 @@ export async function readState(paths: LabPaths): Promise<LabState> {
 }
 
 export async function writeState(paths: LabPaths, s: LabState): Promise<void> {
-  await writeFileAtomic(paths.stateFile, JSON.stringify(s, null, 1) + '\n');
+  await writeFileDurable(paths.stateFile, JSON.stringify(s, null, 1) + '\n');
 }
