@@ -17,7 +17,7 @@ async function server(repoDir: string, chunkSize: number): Promise<void> {
     if (m === 'stop') {
       await api.close();
       await repository.close();
-      process.send!({ maxRssKiB: process.resourceUsage().maxRSS, cpu: process.cpuUsage() }, () => process.exit(0));
+      process.send!({ maxRssKiB: process.resourceUsage().maxRSS, cpu: process.cpuUsage(), faults: process.resourceUsage().minorPageFault }, () => process.exit(0));
     }
   });
 }
@@ -41,13 +41,14 @@ async function agent(url: string, token: string, image: string, rangesFile: stri
     changedRanges: ranges,
     concurrency: 4,
   });
+  const ingestMs = Number(process.hrtime.bigint() - start) / 1e6;
   const manifest = await client.commitPoint(session.sessionId, {
     kind: ranges ? 'express-full' : 'initial-replica', mode: 'online',
     disks: [{ diskId: 'disk0', fileName: path.basename(image), virtualSize }],
   });
   await fh.close();
   const wallMs = Number(process.hrtime.bigint() - start) / 1e6;
-  process.send!({ wallMs, maxRssKiB: process.resourceUsage().maxRSS, pointId: manifest.pointId, progress, ownedBytes: manifest.ownedBytes }, () => process.exit(0));
+  process.send!({ wallMs, ingestMs, cpu: process.cpuUsage(), faults: process.resourceUsage().minorPageFault, maxRssKiB: process.resourceUsage().maxRSS, pointId: manifest.pointId, progress, ownedBytes: manifest.ownedBytes }, () => process.exit(0));
 }
 
 const [role, ...args] = process.argv.slice(2);

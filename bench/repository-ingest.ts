@@ -2,7 +2,7 @@
 // hvprotect repository through the storage API, side by side with restic and borg, then an
 // incremental after 1% of the image changed in scattered 64 KiB writes (changed ranges known).
 //
-//   npx tsc -p . && node dist/bench/repository-ingest.js [--size-gib 4] [--chunk-size 262144] [--rounds 3] [--keep]
+//   npx tsc -p . && node dist/bench/repository-ingest.js [--size-gib 4] [--chunk-size 262144] [--rounds 3] [--tools hvprotect,restic,borg] [--keep]
 //   node dist/bench/repository-ingest.js --study [--size-gib 1]   (chunk size study, hvprotect only)
 //
 // Writes the table to bench/repository-ingest.md (the study to bench/repository-chunk-size.md).
@@ -128,7 +128,9 @@ function timed(cmd: string, cmdArgs: string[], env: NodeJS.ProcessEnv): Promise<
 }
 
 function child(script: string, childArgs: string[]): { proc: ReturnType<typeof fork>; next: () => Promise<Record<string, unknown>> } {
-  const proc = fork(script, childArgs, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  // HVP_BENCH_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") go to the child processes.
+  const execArgv = (process.env.HVP_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const proc = fork(script, childArgs, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
   const queue: Array<Record<string, unknown>> = [];
   const waiters: Array<(m: Record<string, unknown>) => void> = [];
   proc.on('message', (m) => {
@@ -155,7 +157,10 @@ async function hvprotect(tmp: string, image: string, rangesFile: string | undefi
   const ag = child(script, ['agent', url, token, image, rangesFile ?? '-', basePoint ?? '-']);
   const r = (await ag.next()) as { wallMs: number; maxRssKiB: number; pointId: string };
   srv.proc.send('stop');
-  const s = (await srv.next()) as { maxRssKiB: number };
+  const s = (await srv.next()) as { maxRssKiB: number; cpu: { user: number; system: number }; faults: number };
+  const a = r as unknown as { cpu?: { user: number; system: number }; faults?: number; ingestMs?: number };
+  const cpuS = (c?: { user: number; system: number }) => (c ? `${(c.user / 1e6).toFixed(1)} user + ${(c.system / 1e6).toFixed(1)} sys` : '?');
+  console.log(`  hvprotect: ingest ${a.ingestMs?.toFixed(0)} ms, commit ${(r.wallMs - (a.ingestMs ?? 0)).toFixed(0)} ms; cpu: agent ${cpuS(a.cpu)}, server ${cpuS(s.cpu)}; minor page faults: agent ${a.faults}, server ${s.faults}`);
   const after = await dirBytes(repoDir);
   return {
     wallMs: r.wallMs, pointId: r.pointId, storedBytes: after - before,
@@ -200,7 +205,7 @@ async function main(): Promise<void> {
     const rangesFile = path.join(tmp, 'changed-ranges.json');
     console.log(`generating ${mib(SIZE)} MiB image in ${tmp}`);
     await makeImage(original);
-    const tools = ['hvprotect', 'restic', 'borg'] as const;
+    const tools = opt('tools', 'hvprotect,restic,borg').split(',').filter((t): t is 'hvprotect' | 'restic' | 'borg' => ['hvprotect', 'restic', 'borg'].includes(t));
     const results = new Map<string, Run[]>();
     const add = (tool: string, phase: string, r: Run) => {
       const k = `${tool}|${phase}`;
@@ -211,25 +216,30 @@ async function main(): Promise<void> {
     for (let round = 0; round < rounds; round++) {
       // Fresh repositories and the same image each round; the order rotates so that no tool
       // always runs in the same slot of the (shared, fluctuating) machine's load.
-      for (const d of ['hvprotect-repo', 'restic-repo', 'restic-cache', 'borg-repo', 'borg-base']) await fs.rm(path.join(tmp, d), { recursive: true, force: true });
+      // Each round's repositories go to a folder of their own and are removed only at the end:
+      // deleting ~12,000 chunk files between rounds made the next round's file creations slow
+      // (ext4 without a journal skips recently freed inodes one by one), which charged the
+      // harness's clean-up to whichever tool creates files.
+      const dir = path.join(tmp, `round-${round}`);
+      await fs.mkdir(dir);
       await fs.copyFile(original, image);
-      const order = [...tools.slice(round % 3), ...tools.slice(0, round % 3)];
+      const order = [...tools.slice(round % tools.length), ...tools.slice(0, round % tools.length)];
       let base = '';
       for (const t of order) {
         if (t === 'hvprotect') {
-          const h = await hvprotect(tmp, image, undefined, undefined);
+          const h = await hvprotect(dir, image, undefined, undefined);
           base = h.pointId;
           add(t, 'initial', { ...h, note: `agent ${h.agentRssMiB.toFixed(0)} MiB, server ${h.serverRssMiB.toFixed(0)} MiB` });
-        } else if (t === 'restic') add(t, 'initial', await restic(tmp, image));
-        else add(t, 'initial', await borg(tmp, image, 'initial'));
+        } else if (t === 'restic') add(t, 'initial', await restic(dir, image));
+        else add(t, 'initial', await borg(dir, image, 'initial'));
       }
       writes = await changeImage(image, rangesFile);
       for (const t of order) {
         if (t === 'hvprotect') {
-          const h = await hvprotect(tmp, image, rangesFile, base);
+          const h = await hvprotect(dir, image, rangesFile, base);
           add(t, 'incremental', { ...h, note: `agent ${h.agentRssMiB.toFixed(0)} MiB, server ${h.serverRssMiB.toFixed(0)} MiB` });
-        } else if (t === 'restic') add(t, 'incremental', await restic(tmp, image));
-        else add(t, 'incremental', await borg(tmp, image, 'incremental'));
+        } else if (t === 'restic') add(t, 'incremental', await restic(dir, image));
+        else add(t, 'incremental', await borg(dir, image, 'incremental'));
       }
     }
     const row = (tool: string, phase: string) => {
@@ -239,6 +249,7 @@ async function main(): Promise<void> {
     };
     const cpu = os.cpus()[0]?.model ?? 'unknown';
     const load = os.loadavg().map((l) => l.toFixed(2)).join(' ');
+    if (tools.length < 3) return; // a partial run prints its runs above and writes no table
     const hi = row('hvprotect', 'incremental');
     const ri = row('restic', 'incremental');
     const bi = row('borg', 'incremental');
@@ -266,7 +277,7 @@ async function main(): Promise<void> {
       '- borg 1.2 (Debian): `borg init --encryption none`, `borg create --compression lz4` (its fastest compressor). It re-reads and re-chunks the whole changed file too.',
       '- Stored = growth of the repository folder (`du -sb`).',
     ];
-    await fs.writeFile(path.join(__dirname, '..', '..', 'bench', 'repository-ingest.md'), lines.join('\n') + '\n');
+    if (tools.length === 3) await fs.writeFile(path.join(__dirname, '..', '..', 'bench', 'repository-ingest.md'), lines.join('\n') + '\n');
     console.log(lines.join('\n'));
   } finally {
     if (!args.includes('--keep')) await fs.rm(tmp, { recursive: true, force: true });

@@ -97,6 +97,12 @@ export interface OpenRepositoryOptions {
   createChunkFolders?: boolean;
   /** Threads hashing and compressing uploaded chunks; 0 = on the event loop. Default: cores, max 4. */
   encoderThreads?: number;
+  /**
+   * Write new chunk files with O_DIRECT (past the page cache) where the file system supports it;
+   * default true, or false when HVPROTECT_DIRECT_WRITES=0. Durability is the same either way
+   * (the commit's syncfs).
+   */
+  directWrites?: boolean;
   /** Skip the syncfs before a manifest rename (tests on tmpfs). Default false. */
   unsafeSkipSync?: boolean;
   /**
@@ -165,8 +171,8 @@ export class Repository {
     readonly config: RepositoryConfig,
     private readonly opts: OpenRepositoryOptions,
   ) {
-    this.encoder = new ChunkEncoder(opts.encoderThreads, opts.encryptionKey?.chunkKey);
-    this.chunks = new ChunkStore(root, this.encoder, opts.encryptionKey?.chunkKey);
+    this.encoder = new ChunkEncoder(opts.encoderThreads, opts.encryptionKey?.chunkKey, opts.directWrites ?? process.env.HVPROTECT_DIRECT_WRITES !== '0');
+    this.chunks = new ChunkStore(root, this.encoder, opts.encryptionKey?.chunkKey, opts.unsafeSkipSync ? 0 : undefined);
   }
 
   get logger(): Logger | undefined {

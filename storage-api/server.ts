@@ -1,7 +1,7 @@
 // The storage API: host agents push chunks and indexes and commit recovery points; restores
 // read them back; admins manage tokens, shadow storage, GC and verify. Every call needs a bearer
 // token (TokenStore); ids from URLs go through the repository's id checks before any path use.
-import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, errorCodes, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Logger } from 'pino';
 import {
   MAX_CHUNK_SIZE, Repository, RepositoryError, checkDataSourceId, checkDigest, checkDiskId, checkPointId,
@@ -12,6 +12,7 @@ import { API_PREFIX, MAX_CHUNK_BATCH_BODY, MAX_FULL_INDEX_BODY, MAX_MISSING_QUER
 import type { ApiErrorBody } from './protocol';
 import type { TokenIdentity, TokenRole, TokenStore } from './tokens';
 import { promises as fs } from 'node:fs';
+import { bodyPool } from '../repository/buffer-pool';
 import { STATUS_CODES } from 'node:http';
 import type { StorageServerTls } from './tls';
 
@@ -98,6 +99,51 @@ function parseRange(header: string | undefined, q: Record<string, string | undef
   return { offset, length: m[2] ? Number(m[2]) - offset + 1 : undefined };
 }
 
+function readBinaryBody(req: FastifyRequest, payload: NodeJS.ReadableStream, done: (err: Error | null, body?: Buffer) => void): void {
+  const limit = req.routeOptions.bodyLimit ?? 1024 * 1024;
+  const header = req.headers['content-length'];
+  const announced = header === undefined ? NaN : Number(header);
+  if (announced > limit) return done(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE());
+  // A known length gets its buffer up front; a chunked body is collected and joined once.
+  const body = Number.isSafeInteger(announced) && announced >= 0 ? bodyPool.take(announced) : undefined;
+  const parts: Buffer[] = [];
+  let received = 0;
+  let finished = false;
+  const finish = (err: Error | null, value?: Buffer) => {
+    if (finished) return;
+    finished = true;
+    payload.removeListener('data', onData);
+    payload.removeListener('end', onEnd);
+    payload.removeListener('error', onError);
+    if (err) {
+      if (body) bodyPool.give(body.buffer as ArrayBuffer);
+      return done(err);
+    }
+    done(null, value);
+  };
+  const onData = (chunk: Buffer | string) => {
+    const c = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    if (received + c.length > limit) return finish(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE());
+    if (body) {
+      if (received + c.length > body.length) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
+      c.copy(body, received);
+    } else parts.push(c);
+    received += c.length;
+  };
+  const onEnd = () => {
+    if (body && received !== body.length) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());
+    finish(null, body ?? Buffer.concat(parts, received));
+  };
+  const onError = (err: Error & { statusCode?: number }) => {
+    if (!(typeof err.statusCode === 'number' && err.statusCode >= 400)) err.statusCode = 400;
+    finish(err);
+  };
+  payload.on('data', onData);
+  payload.on('end', onEnd);
+  payload.on('error', onError);
+  payload.resume();
+}
+
 export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
   const { repository: repo, tokens } = opts;
   const app = Fastify({
@@ -121,7 +167,10 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
       : {}),
   }) as unknown as FastifyInstance;
 
-  app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) => done(null, body));
+  // Binary bodies are read straight into one buffer of the announced length, taken from a pool
+  // that the chunk encoder hands back to (no concatenation, no fresh memory per upload); the
+  // route's bodyLimit and the content-length are enforced as fastify's own parser does.
+  app.addContentTypeParser('application/octet-stream', (req, payload, done) => readBinaryBody(req, payload, done));
 
   app.setErrorHandler((err: Error & { statusCode?: number; code?: string }, req, reply) => {
     if (err instanceof RepositoryError) {

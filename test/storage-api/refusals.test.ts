@@ -43,6 +43,35 @@ function raw(f: Fixture, method: string, url: string, token?: string, body?: Buf
   });
 }
 
+const u32 = (n: number) => {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n);
+  return b;
+};
+
+/** A POST/PUT with Transfer-Encoding: chunked (no content-length), body written in parts. */
+function chunked(f: Fixture, url: string, parts: Buffer[]): Promise<{ status: number; json: Record<string, unknown> }> {
+  const u = new URL(f.api.url);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: u.hostname, port: u.port, method: url.endsWith('/batch') ? 'POST' : 'PUT', path: url, headers: { authorization: `Bearer ${f.agentToken}`, 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } }, (res) => {
+      const got: Buffer[] = [];
+      res.on('data', (c: Buffer) => got.push(c));
+      res.on('end', () => {
+        let json: Record<string, unknown> = {};
+        try {
+          json = JSON.parse(Buffer.concat(got).toString('utf8')) as Record<string, unknown>;
+        } catch {
+          // not JSON
+        }
+        resolve({ status: res.statusCode ?? 0, json });
+      });
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => (err.code === 'EPIPE' || err.code === 'ECONNRESET' ? undefined : reject(err)));
+    for (const p of parts) req.write(p);
+    req.end();
+  });
+}
+
 async function refused(p: Promise<unknown>): Promise<StorageApiError> {
   try {
     await p;
@@ -190,6 +219,36 @@ describe('storage API refusals', () => {
     await new Promise((r) => setTimeout(r, 200));
     expect((await chunkFiles(f)).filter((n) => n.startsWith(digest))).toEqual([]);
     expect(await f.agent.missingChunks([digest])).toEqual([digest]);
+  });
+
+  it('takes a chunk batch sent without a content-length (chunked) and refuses one that grows past the limit', async () => {
+    const a = Buffer.alloc(100_000, 3);
+    const b = Buffer.from('second chunk of the chunked batch');
+    const body = Buffer.concat([Buffer.from(sha(a), 'hex'), u32(a.length), a, Buffer.from(sha(b), 'hex'), u32(b.length), b]);
+    const ok = await chunked(f, '/v1/chunks/batch', [body.subarray(0, 7), body.subarray(7, 70_000), body.subarray(70_000)]);
+    expect(ok.status).toBe(201);
+    expect(await f.agent.getChunk(sha(a))).toEqual(a);
+    expect(await f.agent.getChunk(sha(b))).toEqual(b);
+    const big = Buffer.alloc(1024 * 1024, 9);
+    const parts = Array.from({ length: 9 }, () => big); // 9 MiB > the 8 MiB single-chunk limit
+    const tooBig = await chunked(f, `/v1/chunks/${sha(Buffer.concat(parts))}`, parts);
+    expect(tooBig.status).toBe(413);
+    expect(tooBig.json).toMatchObject({ error: 'BODY_TOO_LARGE' });
+  });
+
+  it('keeps every chunk of many parallel batches intact while upload memory is reused', async () => {
+    // 24 batches of 8 distinct 256 KiB chunks, 6 at a time: each body lands in pooled memory that
+    // the next upload reuses, so a buffer handed out twice would corrupt what is stored.
+    const batches = Array.from({ length: 24 }, (_, k) => Array.from({ length: 8 }, (_, i) => {
+      const data = Buffer.alloc(256 * 1024);
+      for (let o = 0; o < data.length; o += 4) data.writeUInt32LE(((k * 8 + i + 1) * 2654435761 + o * 40503) >>> 0, o);
+      return { digest: sha(data), data };
+    }));
+    let next = 0;
+    await Promise.all(Array.from({ length: 6 }, async () => {
+      while (next < batches.length) await f.agent.putChunks(batches[next++]);
+    }));
+    for (const batch of batches) for (const c of batch) expect((await f.agent.getChunk(c.digest)).equals(c.data)).toBe(true);
   });
 
   it('serves many parallel uploads on kept-alive connections', async () => {
