@@ -39,7 +39,10 @@ async function agent(url: string, token: string, image: string, rangesFile: stri
       return bytesRead === length ? buf : buf.subarray(0, bytesRead);
     },
     changedRanges: ranges,
-    concurrency: 4,
+    // The defaults unless overridden (for tuning runs).
+    concurrency: process.env.HVP_BENCH_CONCURRENCY ? Number(process.env.HVP_BENCH_CONCURRENCY) : undefined,
+    batchesInFlight: process.env.HVP_BENCH_IN_FLIGHT ? Number(process.env.HVP_BENCH_IN_FLIGHT) : undefined,
+    batchBytes: process.env.HVP_BENCH_BATCH_MIB ? Number(process.env.HVP_BENCH_BATCH_MIB) * 1024 * 1024 : undefined,
   });
   const ingestMs = Number(process.hrtime.bigint() - start) / 1e6;
   const manifest = await client.commitPoint(session.sessionId, {

@@ -1,7 +1,7 @@
 // DiskTransfer: reads a frozen checkpoint disk in chunk-aligned slots and pushes what the
 // repository lacks to the storage API, writing index slots into the backup session batch by
 // batch. Because each batch's slots are in the session before the position is heartbeated, a
-// retry resumes at the heartbeated slot and re-sends at most one batch.
+// retry resumes at the heartbeated slot and re-sends at most the batches that were in flight.
 //
 //   initial replica    slots of allocated ranges (the rest stay zero in the new index)
 //   express full       slots touched by the changed ranges since the base point's tracking id
@@ -38,9 +38,15 @@ export interface DiskTransferOptions {
   /** Disk slot numbers to process, ascending. */
   slots: number[];
   resume?: TransferPosition;
-  /** Slots per batch: one index patch and one heartbeat each. */
+  /** Slots per batch: one index patch and one heartbeat each. Default 16 MiB of slots. */
   batchSlots?: number;
+  /** Chunk upload requests (~4 MiB each) at the same time. Default 6. */
   uploadConcurrency?: number;
+  /**
+   * Batches being sent while the next is read. Default 4. A retry re-sends at most this many
+   * batches (the heartbeated position only passes a batch once it and all before it are in).
+   */
+  batchesInFlight?: number;
   /** Bandwidth throttle for reads (bytes per second), as DPM offers per host; undefined = none. */
   throttleBytesPerSecond?: number;
   /** Called after each batch is in the session; throws to stop (cancellation, VM moved). */
@@ -82,7 +88,10 @@ async function readBatch(o: DiskTransferOptions, slots: number[]): Promise<ReadB
 }
 
 export async function transferDiskSlots(o: DiskTransferOptions): Promise<TransferPosition> {
-  const batchSlots = o.batchSlots ?? Math.max(1, Math.floor((32 * 1024 * 1024) / o.chunkSize));
+  // Defaults as measured for storage-api/ingest.ts (bench/repository-ingest): enough requests in
+  // flight that neither the agent nor the server waits on round trips.
+  const batchSlots = o.batchSlots ?? Math.max(1, Math.floor((16 * 1024 * 1024) / o.chunkSize));
+  const maxInFlight = Math.max(1, o.batchesInFlight ?? 4);
   const pos: TransferPosition = o.resume ? { ...o.resume } : { nextSlot: 0, bytesRead: 0, bytesSent: 0, changedChunks: 0, chunksDeduplicated: 0 };
   const basePoint = o.basePointId ?? null;
 
@@ -92,19 +101,19 @@ export async function transferDiskSlots(o: DiskTransferOptions): Promise<Transfe
     const wanted = [...batch.data.keys()];
     const missing = wanted.length ? await o.storage.missingChunks(wanted) : [];
     pos.chunksDeduplicated += wanted.length - missing.length;
-    // Upload in batched requests (up to ~8 MiB each, a few in parallel): fewer round trips.
+    // Upload in batched requests (up to ~4 MiB each, several in parallel): fewer round trips.
     const groups: { digest: string; data: Buffer }[][] = [];
     let size = 0;
     for (const h of missing) {
       const data = batch.data.get(h)!;
-      if (!groups.length || size + data.length > 8 * 1024 * 1024) {
+      if (!groups.length || size + data.length > 4 * 1024 * 1024) {
         groups.push([]);
         size = 0;
       }
       groups[groups.length - 1].push({ digest: h, data });
       size += data.length;
     }
-    await pool(groups, o.uploadConcurrency ?? 3, async (g) => {
+    await pool(groups, o.uploadConcurrency ?? 6, async (g) => {
       await o.storage.putChunks(g);
       pos.bytesSent += g.reduce((n, c) => n + c.data.length, 0);
     });
@@ -127,9 +136,16 @@ export async function transferDiskSlots(o: DiskTransferOptions): Promise<Transfe
     }
   };
 
-  // Read batch n+1 while batch n is being sent: the disk and the network overlap.
-  let inFlight: Promise<void> | undefined;
-  let inFlightEnd = pos.nextSlot;
+  // Read the next batch while up to maxInFlight earlier ones are being sent: the disk, the
+  // network and the server overlap. Batches finish in order for the reported position.
+  const running: Array<{ sent: Promise<void>; end: number }> = [];
+  const settleOldest = async (last: boolean): Promise<void> => {
+    const r = running.shift()!;
+    await r.sent;
+    pos.nextSlot = r.end;
+    const offset = last && running.length === 0 ? o.reader.virtualSize : o.slots[r.end - 1] !== undefined ? (o.slots[r.end - 1] + 1) * o.chunkSize : 0;
+    await o.onBatch?.(pos, offset);
+  };
   const throttleStart = Date.now();
   let throttled = 0;
   for (let start = pos.nextSlot; start < o.slots.length; start += batchSlots) {
@@ -140,19 +156,12 @@ export async function transferDiskSlots(o: DiskTransferOptions): Promise<Transfe
       const due = throttleStart + (1000 * throttled) / o.throttleBytesPerSecond;
       if (due > Date.now()) await new Promise((r) => setTimeout(r, due - Date.now()));
     }
-    if (inFlight) {
-      await inFlight;
-      pos.nextSlot = inFlightEnd;
-      await o.onBatch?.(pos, o.slots[inFlightEnd - 1] !== undefined ? (o.slots[inFlightEnd - 1] + 1) * o.chunkSize : 0);
-    }
     pos.bytesRead += batch.bytes;
-    inFlightEnd = start + slots.length;
-    inFlight = send(batch);
+    const sent = send(batch);
+    sent.catch(() => undefined); // awaited in order by settleOldest
+    running.push({ sent, end: start + slots.length });
+    while (running.length >= maxInFlight) await settleOldest(false);
   }
-  if (inFlight) {
-    await inFlight;
-    pos.nextSlot = inFlightEnd;
-    await o.onBatch?.(pos, o.reader.virtualSize);
-  }
+  while (running.length) await settleOldest(true);
   return pos;
 }
