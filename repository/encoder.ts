@@ -124,7 +124,7 @@ function store({ id, data, items, dir, tmpTag, pooled }) {
 function writeChunkFile(file, sub, tag, image, size) {
   const tmp = file + '${TEMP_MARK}' + tag;
   const open = () => {
-    if (direct) {
+    if (direct && fs.constants.O_DIRECT !== undefined) { // Linux; elsewhere buffered
       try {
         return { fd: fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_DIRECT, 0o640), viaDirect: true };
       } catch (err) {
