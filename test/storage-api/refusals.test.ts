@@ -10,6 +10,21 @@ import { startFixture, type Fixture } from './support';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
+/** Status and JSON body (empty when not JSON) of a response. */
+function answer(res: http.IncomingMessage, resolve: (r: { status: number; json: Record<string, unknown> }) => void): void {
+  const parts: Buffer[] = [];
+  res.on('data', (c: Buffer) => parts.push(c));
+  res.on('end', () => {
+    let json: Record<string, unknown> = {};
+    try {
+      json = JSON.parse(Buffer.concat(parts).toString('utf8')) as Record<string, unknown>;
+    } catch {
+      // not JSON
+    }
+    resolve({ status: res.statusCode ?? 0, json });
+  });
+}
+
 /** A request exactly as written (no client-side path normalisation). */
 function raw(f: Fixture, method: string, url: string, token?: string, body?: Buffer | object, contentType?: string): Promise<{ status: number; json: Record<string, unknown> }> {
   const headers: Record<string, string> = {};
@@ -25,19 +40,7 @@ function raw(f: Fixture, method: string, url: string, token?: string, body?: Buf
   if (payload) headers['content-length'] = String(payload.length);
   const u = new URL(f.api.url);
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: u.hostname, port: u.port, method, path: url, headers }, (res) => {
-      const parts: Buffer[] = [];
-      res.on('data', (c: Buffer) => parts.push(c));
-      res.on('end', () => {
-        let json: Record<string, unknown> = {};
-        try {
-          json = JSON.parse(Buffer.concat(parts).toString('utf8')) as Record<string, unknown>;
-        } catch {
-          // not JSON
-        }
-        resolve({ status: res.statusCode ?? 0, json });
-      });
-    });
+    const req = http.request({ host: u.hostname, port: u.port, method, path: url, headers }, (res) => answer(res, resolve));
     req.on('error', reject);
     req.end(payload);
   });
@@ -53,19 +56,7 @@ const u32 = (n: number) => {
 function chunked(f: Fixture, url: string, parts: Buffer[]): Promise<{ status: number; json: Record<string, unknown> }> {
   const u = new URL(f.api.url);
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: u.hostname, port: u.port, method: url.endsWith('/batch') ? 'POST' : 'PUT', path: url, headers: { authorization: `Bearer ${f.agentToken}`, 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } }, (res) => {
-      const got: Buffer[] = [];
-      res.on('data', (c: Buffer) => got.push(c));
-      res.on('end', () => {
-        let json: Record<string, unknown> = {};
-        try {
-          json = JSON.parse(Buffer.concat(got).toString('utf8')) as Record<string, unknown>;
-        } catch {
-          // not JSON
-        }
-        resolve({ status: res.statusCode ?? 0, json });
-      });
-    });
+    const req = http.request({ host: u.hostname, port: u.port, method: url.endsWith('/batch') ? 'POST' : 'PUT', path: url, headers: { authorization: `Bearer ${f.agentToken}`, 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } }, (res) => answer(res, resolve));
     req.on('error', (err: NodeJS.ErrnoException) => (err.code === 'EPIPE' || err.code === 'ECONNRESET' ? undefined : reject(err)));
     for (const p of parts) req.write(p);
     req.end();
