@@ -18,8 +18,7 @@ import { promises as fs, openSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import type { Client } from '@temporalio/client';
-import { temporal as proto } from '@temporalio/proto';
+import { median, prng, waitForPollers } from './support';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -31,23 +30,6 @@ const WRITE = 64 * 1024;
 const DS = 'bench-vm';
 const ROOT = path.resolve(__dirname, '..', '..');
 
-// xorshift32, deterministic
-function prng(seed: number): () => number {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 const sec = (ms: number) => (ms / 1000).toFixed(2);
 const mib = (b: number) => (b / MiB).toFixed(1);
 
@@ -103,22 +85,6 @@ function nextMessage<T>(proc: ChildProcess): Promise<T> {
   });
 }
 
-async function waitForPollers(client: Client, namespace: string, queues: string[], timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (const name of queues) {
-    for (;;) {
-      const r = await client.workflowService.describeTaskQueue({
-        namespace,
-        taskQueue: { name, kind: proto.api.enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL },
-        taskQueueType: proto.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-      });
-      if ((r.pollers ?? []).length > 0) break;
-      if (Date.now() > deadline) throw new Error(`no agent polls ${name} after ${timeoutMs} ms`);
-      await new Promise((res) => setTimeout(res, 250));
-    }
-  }
-}
-
 function peakRssMiB(pid: number | undefined): number {
   if (!pid) return NaN;
   try {
@@ -155,7 +121,7 @@ async function main(): Promise<void> {
   const { startServer } = await import('../workers/server');
   const { Lab } = await import('../hypervisor/lab');
   const { SERVER_TASK_QUEUE, hostTaskQueue, hostTransferQueue } = await import('../temporal/task-queues');
-  const { readWorkflowRun } = await import('../test/load/history');
+  const { readWorkflowRun, outsideActivitiesMs } = await import('../test/load/history');
   type BackupVmResult = import('../workflows/backup-vm').BackupVmResult;
 
   const tmp = await fs.mkdtemp(path.join('/tmp', 'hvp-e2e-'));
@@ -198,7 +164,7 @@ async function main(): Promise<void> {
       { env: { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, HVPROTECT_LOG_FORMAT: 'json', HVPROTECT_LOG_LEVEL: 'warn' }, stdio: ['ignore', agentLog, agentLog] },
     );
     children.push(agent);
-    await waitForPollers(client, temporal.namespace, [hostTaskQueue('hv01'), hostTransferQueue('hv01')]);
+    await waitForPollers(client, temporal.namespace, [hostTaskQueue('hv01'), hostTransferQueue('hv01')].map((name) => ({ name, kind: 'activity' as const })), 60_000);
 
     const backup = async (label: string): Promise<BackupRun & { result: BackupVmResult }> => {
       const workflowId = `backup/${DS}/${label}`;
@@ -208,19 +174,6 @@ async function main(): Promise<void> {
       const wallMs = performance.now() - t0;
       const run = await readWorkflowRun(client, workflowId);
       const acts = run.activities.filter((a) => a.closedAt !== undefined);
-      // Union of the activities' [scheduled, closed] intervals: the rest is Temporal's own time.
-      const iv = acts.map((a) => [a.scheduledAt, a.closedAt!] as const).sort((a, b) => a[0] - b[0]);
-      let covered = 0;
-      let end = -Infinity;
-      for (const [s, e] of iv) {
-        if (s > end) {
-          covered += e - s;
-          end = e;
-        } else if (e > end) {
-          covered += e - end;
-          end = e;
-        }
-      }
       const historyMs = run.closedAt! - run.startedAt;
       const transfer = acts.filter((a) => a.activityType === 'transferDisk');
       const r: BackupRun & { result: BackupVmResult } = {
@@ -234,7 +187,7 @@ async function main(): Promise<void> {
         bytesSent: result.disks.reduce((s, d) => s + d.bytesSent, 0),
         changedChunks: result.disks.reduce((s, d) => s + d.changedChunks, 0),
         steps: acts.map((a) => ({ activity: a.activityType, ms: a.closedAt! - a.scheduledAt, queuedMs: (a.startedAt ?? a.scheduledAt) - a.scheduledAt })),
-        outsideActivitiesMs: historyMs - covered,
+        outsideActivitiesMs: outsideActivitiesMs(run), // not covered by any activity's [scheduled, closed]
         result,
       };
       console.log(`${label}: ${r.kind} ${sec(r.wallMs)} s (transfer ${sec(r.transferActivityMs)} s, read ${mib(r.bytesRead)} MiB, sent ${mib(r.bytesSent)} MiB)`);

@@ -18,8 +18,8 @@ import { randomFillSync } from 'node:crypto';
 import { existsSync, promises as fs, openSync, readFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { ScheduleOverlapPolicy, type Client, type WorkflowHandle } from '@temporalio/client';
-import { temporal as proto } from '@temporalio/proto';
+import { ScheduleOverlapPolicy, type WorkflowHandle } from '@temporalio/client';
+import { waitForPollers } from './support';
 import { startDevServer, freePort, type DevServer } from '../temporal/dev-server';
 import { connectClient, loadTemporalSettings } from '../temporal/connection';
 import { SERVER_TASK_QUEUE, hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
@@ -80,22 +80,6 @@ function cpuSeconds(pid: number): number {
 }
 
 // ---- main --------------------------------------------------------------------------------------
-
-async function waitForPollers(client: Client, namespace: string, queues: string[], timeoutMs = 120_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (const name of queues) {
-    for (;;) {
-      const r = await client.workflowService.describeTaskQueue({
-        namespace,
-        taskQueue: { name, kind: proto.api.enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL },
-        taskQueueType: name === SERVER_TASK_QUEUE ? proto.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW : proto.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
-      });
-      if ((r.pollers ?? []).length > 0) break;
-      if (Date.now() > deadline) throw new Error(`nobody polls ${name} after ${timeoutMs} ms`);
-      await sleep(250);
-    }
-  }
-}
 
 interface WaveReport {
   wave: number;
@@ -189,7 +173,7 @@ async function main(): Promise<void> {
       agents.set(h, a);
     }
     const client = await connectClient(temporal);
-    await waitForPollers(client, temporal.namespace, [SERVER_TASK_QUEUE, ...HOSTS.flatMap((h) => [hostTaskQueue(h), hostTransferQueue(h)])]);
+    await waitForPollers(client, temporal.namespace, [{ name: SERVER_TASK_QUEUE, kind: 'workflow' as const }, ...HOSTS.flatMap((h) => [hostTaskQueue(h), hostTransferQueue(h)]).map((name) => ({ name, kind: 'activity' as const }))], 120_000);
 
     // RSS of every process, once a second.
     const procs: Proc[] = [

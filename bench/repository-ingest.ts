@@ -12,6 +12,7 @@ import { randomFillSync } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { median, prng } from './support';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -23,18 +24,6 @@ let CHUNK_SIZE = Number(opt('chunk-size', String(256 * 1024)));
 const BLOCK = 1024 * 1024;
 const WRITE = 64 * 1024;
 
-// xorshift32, deterministic
-function prng(seed: number) {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
 
 function textPool(bytes: number, rnd: () => number): Buffer {
   const syll = ['ka', 'to', 'ri', 'ne', 'sa', 'mo', 'lu', 'vi', 'de', 'po', 'ha', 'gi', 'ber', 'stan', 'qu', 'ex'];
@@ -209,10 +198,6 @@ async function borg(tmp: string, image: string, name: string): Promise<Run> {
 const mib = (b: number) => (b / 1024 / 1024).toFixed(1);
 const sec = (ms: number) => (ms / 1000).toFixed(1);
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((x, y) => x - y);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 async function main(): Promise<void> {
   const rounds = Number(opt('rounds', '3'));

@@ -41,11 +41,6 @@ function arenaOf(n) {
   else if (memory.buffer.byteLength < n) memory.grow(pages - memory.buffer.byteLength / 65536);
   return Buffer.from(memory.buffer, 0, n);
 }
-// Direct I/O: chunk files are written with O_DIRECT, past the page cache. Chunk data is written
-// once and read rarely (restores, verify), so caching it only evicts what is worth caching, and
-// copying it into the page cache was the largest single cost of an ingest (see README).
-// A file system without O_DIRECT (tmpfs) refuses it with EINVAL: buffered writes from then on.
-let direct = !!workerData.directWrites;
 const chunkKey = workerData.chunkKey ? Buffer.from(workerData.chunkKey) : undefined;
 // AES-256-GCM seal as in encryption.ts: nonce | ciphertext | tag; AAD = header[0..12] | digest.
 function seal(header, digest, payload) {
@@ -66,6 +61,12 @@ function isZero(b) {
 }
 const fs = require('node:fs');
 const path = require('node:path');
+// Direct I/O: chunk files are written with O_DIRECT, past the page cache. Chunk data is written
+// once and read rarely (restores, verify), so caching it only evicts what is worth caching, and
+// copying it into the page cache was the largest single cost of an ingest (see README).
+// A file system without O_DIRECT (tmpfs) refuses it with EINVAL: buffered writes from then on.
+// Only Linux has O_DIRECT (elsewhere the constant is undefined: buffered).
+let direct = !!workerData.directWrites && fs.constants.O_DIRECT !== undefined;
 // "store": hash each chunk of a batch and, while its bytes are still in the CPU cache, compress
 // it if it is new; only when every digest matched (a bad batch stores nothing) write the new
 // ones: temp file, rename. The request body was handed over, not copied; a pooled one is handed
@@ -100,7 +101,7 @@ function store({ id, data, items, dir, tmpTag, pooled }) {
     const n = cctx.compress(arena.subarray(at + 16), raw, workerData.level);
     const useZ = n < raw.length;
     header.write('HVC1', 0, 'latin1');
-    header.writeUInt32LE(0, 4);
+    header.writeUInt32LE(0, 4); // codec byte and reserved bytes: the arena holds the last batch's bytes
     header.writeUInt8((useZ ? ${CODEC_ZSTD} : ${CODEC_NONE}) | (chunkKey ? ${ENCRYPTED_FLAG} : 0), 4);
     header.writeUInt32LE(raw.length, 8);
     let payload = useZ ? arena.subarray(at + 16, at + 16 + n) : raw;
@@ -109,7 +110,7 @@ function store({ id, data, items, dir, tmpTag, pooled }) {
     if (payload.buffer !== arena.buffer || payload.byteOffset !== at + 16) payload.copy(arena, at + 16);
     const size = 16 + payload.length;
     const padded = roundUp(size);
-    arena.fill(0, at + size, at + padded);
+    arena.fill(0, at + size, at + padded); // the block past the file's end must not carry another chunk's bytes
     used += padded;
     pending.push({ i, sub, file, image: arena.subarray(at, at + padded), size });
   }
@@ -124,7 +125,7 @@ function store({ id, data, items, dir, tmpTag, pooled }) {
 function writeChunkFile(file, sub, tag, image, size) {
   const tmp = file + '${TEMP_MARK}' + tag;
   const open = () => {
-    if (direct && fs.constants.O_DIRECT !== undefined) { // Linux; elsewhere buffered
+    if (direct) {
       try {
         return { fd: fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_DIRECT, 0o640), viaDirect: true };
       } catch (err) {

@@ -42,13 +42,13 @@ export interface IngestDiskOptions {
   basePoint?: string | null;
   /** A `position` from an earlier progress report. */
   resumeFrom?: number;
-  /** Parallel reads and parallel uploads. Default 6. */
+  /** Parallel reads and parallel uploads. Default INGEST_DEFAULTS.uploadConcurrency. */
   concurrency?: number;
-  /** Batches uploading at the same time while the next is read. Default 4. */
+  /** Batches uploading at the same time while the next is read. Default INGEST_DEFAULTS. */
   batchesInFlight?: number;
-  /** Bytes read per batch. Default 16 MiB. */
+  /** Bytes read per batch. Default INGEST_DEFAULTS. */
   batchBytes?: number;
-  /** Chunk bytes per upload request. Default 4 MiB. */
+  /** Chunk bytes per upload request. Default INGEST_DEFAULTS. */
   uploadBytes?: number;
   onProgress?: (p: IngestProgress) => void;
   signal?: AbortSignal;
@@ -75,6 +75,49 @@ function countSlots(ranges: ByteRangeOfDisk[] | undefined, chunkSize: number, vi
   return n;
 }
 
+/**
+ * How much an agent keeps in flight, for both data paths (`ingestDisk` and the backup activity's
+ * transfer). From bench/repository-ingest (4 GiB, agent and server on the same 2 cores): 8 MiB
+ * batches, 3 in flight, 4 requests left the cores idle ~13% of the time waiting on round trips
+ * (12.2-12.8 s); these kept them busy (10.9-11.3 s) for ~60 MiB more agent memory (peak ~220 MiB).
+ */
+export const INGEST_DEFAULTS = {
+  /** Disk bytes read, hashed and sent as one batch (one index patch). */
+  batchBytes: 16 * 1024 * 1024,
+  /** Batches being sent while the next is read. */
+  batchesInFlight: 4,
+  /** Chunk upload requests at the same time. */
+  uploadConcurrency: 6,
+  /** Chunk bytes per upload request. */
+  uploadBytes: 4 * 1024 * 1024,
+};
+
+/**
+ * Uploads chunks in requests of about `uploadBytes` each, `concurrency` at a time; `onSent`
+ * after each request with the chunks it carried.
+ */
+export async function uploadChunks(
+  client: StorageClient,
+  chunks: Array<{ digest: string; data: Buffer }>,
+  opts: { uploadBytes: number; concurrency: number; signal?: AbortSignal; onSent?: (group: Array<{ digest: string; data: Buffer }>) => void },
+): Promise<void> {
+  const groups: Array<Array<{ digest: string; data: Buffer }>> = [];
+  let size = Infinity;
+  for (const c of chunks) {
+    if (size + c.data.length > opts.uploadBytes) {
+      groups.push([]);
+      size = 0;
+    }
+    groups[groups.length - 1].push(c);
+    size += c.data.length;
+  }
+  await pool(groups, opts.concurrency, async (group) => {
+    opts.signal?.throwIfAborted();
+    await client.putChunks(group);
+    opts.onSent?.(group);
+  });
+}
+
 /** Runs fn over items, at most `concurrency` at a time. */
 export async function pool<T>(items: T[], concurrency: number, fn: (item: T, i: number) => Promise<void>): Promise<void> {
   let next = 0;
@@ -95,12 +138,9 @@ interface ReadChunk {
 
 export async function ingestDisk(opts: IngestDiskOptions): Promise<IngestProgress> {
   const { client, sessionId, diskId, virtualSize, chunkSize, read } = opts;
-  // Defaults from bench/repository-ingest (4 GiB, agent and server on the same 2 cores): 4/3/8 MiB
-  // left the cores idle ~13% of the time waiting on round trips (12.2-12.8 s); 6/4/16 MiB kept
-  // them busy (10.9-11.3 s) for ~60 MiB more agent memory (peak ~220 MiB).
-  const concurrency = opts.concurrency ?? 6;
-  const uploadBytes = Math.max(chunkSize, opts.uploadBytes ?? 4 * 1024 * 1024);
-  const perBatch = Math.max(1, Math.floor((opts.batchBytes ?? 16 * 1024 * 1024) / chunkSize));
+  const concurrency = opts.concurrency ?? INGEST_DEFAULTS.uploadConcurrency;
+  const uploadBytes = Math.max(chunkSize, opts.uploadBytes ?? INGEST_DEFAULTS.uploadBytes);
+  const perBatch = Math.max(1, Math.floor((opts.batchBytes ?? INGEST_DEFAULTS.batchBytes) / chunkSize));
   const startSlot = Math.floor((opts.resumeFrom ?? 0) / chunkSize);
   const slotIter = opts.changedRanges
     ? slotsOfRanges(opts.changedRanges, chunkSize, virtualSize)
@@ -163,23 +203,13 @@ export async function ingestDisk(opts: IngestDiskOptions): Promise<IngestProgres
     const unique = new Map<string, ReadChunk>();
     for (const c of nonZero) unique.set(c.digest.toString('hex'), c);
     const missing = unique.size ? new Set(await opts.client.missingChunks([...unique.keys()])) : new Set<string>();
-    // Missing chunks go up in requests of about uploadBytes each, a few in parallel.
-    const groups: ReadChunk[][] = [];
-    let size = Infinity;
-    for (const hex of missing) {
-      const c = unique.get(hex)!;
-      if (size + c.data!.length > uploadBytes) {
-        groups.push([]);
-        size = 0;
-      }
-      groups[groups.length - 1].push(c);
-      size += c.data!.length;
-    }
-    await pool(groups, concurrency, async (group) => {
-      opts.signal?.throwIfAborted();
-      await client.putChunks(group.map((c) => ({ digest: c.digest.toString('hex'), data: c.data! })));
-      for (const c of group) progress.bytesSent += c.data!.length;
-      progress.chunksSent += group.length;
+    // Missing chunks go up in requests of about uploadBytes each, several in parallel.
+    await uploadChunks(client, [...missing].map((hex) => ({ digest: hex, data: unique.get(hex)!.data! })), {
+      uploadBytes, concurrency, signal: opts.signal,
+      onSent: (group) => {
+        for (const c of group) progress.bytesSent += c.data.length;
+        progress.chunksSent += group.length;
+      },
     });
     progress.chunksDeduplicated += nonZero.length - [...missing].length;
     progress.zeroChunks += chunks.length - nonZero.length;
@@ -193,7 +223,7 @@ export async function ingestDisk(opts: IngestDiskOptions): Promise<IngestProgres
 
   // Up to `inFlight` batches upload at once; the reported position only moves past a batch
   // once it and every batch before it are in the staged index.
-  const inFlight = Math.max(1, opts.batchesInFlight ?? 4);
+  const inFlight = Math.max(1, opts.batchesInFlight ?? INGEST_DEFAULTS.batchesInFlight);
   const running: Array<Promise<void>> = [];
   const ends: number[] = [];
   const finished: boolean[] = [];

@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto';
 import type { DiskReader } from '../../hypervisor/types';
 import type { StorageClient } from '../../storage-api/client';
-import { pool } from '../../storage-api/ingest';
+import { INGEST_DEFAULTS, uploadChunks } from '../../storage-api/ingest';
 import { ZERO_DIGEST, isAllZero } from '../../repository/zero';
 import type { TransferKind } from './types';
 
@@ -38,13 +38,13 @@ export interface DiskTransferOptions {
   /** Disk slot numbers to process, ascending. */
   slots: number[];
   resume?: TransferPosition;
-  /** Slots per batch: one index patch and one heartbeat each. Default 16 MiB of slots. */
+  /** Slots per batch: one index patch and one heartbeat each. Default INGEST_DEFAULTS.batchBytes of slots. */
   batchSlots?: number;
-  /** Chunk upload requests (~4 MiB each) at the same time. Default 6. */
+  /** Chunk upload requests at the same time. Default INGEST_DEFAULTS. */
   uploadConcurrency?: number;
   /**
-   * Batches being sent while the next is read. Default 4. A retry re-sends at most this many
-   * batches (the heartbeated position only passes a batch once it and all before it are in).
+   * Batches being sent while the next is read. Default INGEST_DEFAULTS. A retry re-sends at most
+   * this many batches (the heartbeated position only passes a batch once it and all before it are in).
    */
   batchesInFlight?: number;
   /** Bandwidth throttle for reads (bytes per second), as DPM offers per host; undefined = none. */
@@ -88,10 +88,8 @@ async function readBatch(o: DiskTransferOptions, slots: number[]): Promise<ReadB
 }
 
 export async function transferDiskSlots(o: DiskTransferOptions): Promise<TransferPosition> {
-  // Defaults as measured for storage-api/ingest.ts (bench/repository-ingest): enough requests in
-  // flight that neither the agent nor the server waits on round trips.
-  const batchSlots = o.batchSlots ?? Math.max(1, Math.floor((16 * 1024 * 1024) / o.chunkSize));
-  const maxInFlight = Math.max(1, o.batchesInFlight ?? 4);
+  const batchSlots = o.batchSlots ?? Math.max(1, Math.floor(INGEST_DEFAULTS.batchBytes / o.chunkSize));
+  const maxInFlight = Math.max(1, o.batchesInFlight ?? INGEST_DEFAULTS.batchesInFlight);
   const pos: TransferPosition = o.resume ? { ...o.resume } : { nextSlot: 0, bytesRead: 0, bytesSent: 0, changedChunks: 0, chunksDeduplicated: 0 };
   const basePoint = o.basePointId ?? null;
 
@@ -101,21 +99,11 @@ export async function transferDiskSlots(o: DiskTransferOptions): Promise<Transfe
     const wanted = [...batch.data.keys()];
     const missing = wanted.length ? await o.storage.missingChunks(wanted) : [];
     pos.chunksDeduplicated += wanted.length - missing.length;
-    // Upload in batched requests (up to ~4 MiB each, several in parallel): fewer round trips.
-    const groups: { digest: string; data: Buffer }[][] = [];
-    let size = 0;
-    for (const h of missing) {
-      const data = batch.data.get(h)!;
-      if (!groups.length || size + data.length > 4 * 1024 * 1024) {
-        groups.push([]);
-        size = 0;
-      }
-      groups[groups.length - 1].push({ digest: h, data });
-      size += data.length;
-    }
-    await pool(groups, o.uploadConcurrency ?? 6, async (g) => {
-      await o.storage.putChunks(g);
-      pos.bytesSent += g.reduce((n, c) => n + c.data.length, 0);
+    // Upload in batched requests, several in parallel: fewer round trips.
+    await uploadChunks(o.storage, missing.map((h) => ({ digest: h, data: batch.data.get(h)! })), {
+      uploadBytes: INGEST_DEFAULTS.uploadBytes,
+      concurrency: o.uploadConcurrency ?? INGEST_DEFAULTS.uploadConcurrency,
+      onSent: (g) => (pos.bytesSent += g.reduce((n, c) => n + c.data.length, 0)),
     });
     // Index slots: a consistency check writes only those whose digest differs from the base.
     let slots = batch.slots;

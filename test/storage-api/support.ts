@@ -6,6 +6,7 @@ import { Repository } from '../../repository';
 import type { OpenRepositoryOptions } from '../../repository';
 import { StorageClient, TokenStore, startStorageApi } from '../../storage-api';
 import type { StorageApi } from '../../storage-api';
+import { prng } from '../support/prng';
 
 export interface Fixture {
   dir: string;
@@ -45,15 +46,7 @@ export async function startFixture(opts: OpenRepositoryOptions = {}): Promise<Fi
 /** A disk image with random, zero and repeated-text regions, deterministic per seed. */
 export function makeDisk(size: number, seed = 1): Buffer {
   const buf = Buffer.alloc(size);
-  let x = seed >>> 0 || 1;
-  const rnd = () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
+  const rnd = prng(seed);
   const text = Buffer.from('hyper-v virtual machine backup chunk text ');
   for (let off = 0; off < size; off += 65536) {
     const kind = rnd() % 3;

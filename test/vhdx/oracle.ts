@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import * as path from 'node:path';
+import { prng } from '../support/prng';
 
 export const MiB = 1024 * 1024;
 
@@ -70,15 +71,7 @@ with open(sys.argv[1], 'wb') as o:
 /** Deterministic mixed content: runs of random-looking bytes, zeros and repeated patterns. */
 export function mixedContent(size: number, seed: number, sparse = true): Buffer {
   const buf = Buffer.alloc(size);
-  let x = seed >>> 0 || 1;
-  const rnd = () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
+  const rnd = prng(seed);
   let pos = 0;
   while (pos < size) {
     const len = Math.min(size - pos, (1 + (rnd() % 96)) * 16 * 1024);

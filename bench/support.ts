@@ -1,0 +1,28 @@
+// Helpers the benchmarks share.
+import type { Client } from '@temporalio/client';
+import { temporal as proto } from '@temporalio/proto';
+
+export { prng } from '../test/support/prng';
+
+/** The median (the mean of the middle two for an even count). */
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** Waits until a worker polls each task queue (workflow or activity side), or throws after timeoutMs. */
+export async function waitForPollers(client: Client, namespace: string, queues: Array<{ name: string; kind: 'workflow' | 'activity' }>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (const { name, kind } of queues) {
+    for (;;) {
+      const r = await client.workflowService.describeTaskQueue({
+        namespace,
+        taskQueue: { name, kind: proto.api.enums.v1.TaskQueueKind.TASK_QUEUE_KIND_NORMAL },
+        taskQueueType: kind === 'workflow' ? proto.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW : proto.api.enums.v1.TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+      });
+      if ((r.pollers ?? []).length > 0) break;
+      if (Date.now() > deadline) throw new Error(`nobody polls ${name} after ${timeoutMs} ms`);
+      await new Promise((res) => setTimeout(res, 250));
+    }
+  }
+}
