@@ -11,8 +11,10 @@
 //        [--disk ID] [--interval-ms 20] [--batch 4] [--max-writes N]
 // prints JSON lines {"event":"started",…} and, after SIGTERM/SIGINT or --max-writes, {"event":"stopped",…}.
 import { Command, InvalidArgumentError } from 'commander';
-import { Lab } from './lab';
+import { guestWriteBatch, registerWriteLoad, type WriteLoadResult } from './guest-io';
+import { LabStore } from './store';
 
+export type { WriteLoadResult } from './guest-io';
 export { expectedDiskContent, guestWrite, guestWriteRanges, initialDiskContent } from './disk-content';
 
 export interface GuestWriteLoadOptions {
@@ -32,14 +34,6 @@ export interface GuestWriteLoadOptions {
   onStarted?: (info: { vmId: string; diskId: string; writes: number }) => void;
 }
 
-export interface WriteLoadResult {
-  vmId: string;
-  diskId: string;
-  seed: number;
-  /** Total writes of this seed on the disk (including those of earlier runs it continued). */
-  writes: number;
-  stopReason: 'signal' | 'max-writes' | 'vm-deleted' | 'replaced';
-}
 
 const sleep = (ms: number, signal?: AbortSignal) =>
   new Promise<void>((resolve) => {
@@ -55,9 +49,9 @@ const sleep = (ms: number, signal?: AbortSignal) =>
 
 /** Run the write load in this process until `signal` aborts, `maxWrites` is reached or the VM goes. */
 export async function runGuestWriteLoad(opts: GuestWriteLoadOptions): Promise<WriteLoadResult> {
-  const lab = await Lab.open(opts.labRoot);
+  const lab = await LabStore.open(opts.labRoot);
   const pid = process.pid;
-  const reg = await lab.registerWriteLoad(opts.vm, { seed: opts.seed, diskId: opts.diskId, pid });
+  const reg = await registerWriteLoad(lab, opts.vm, { seed: opts.seed, diskId: opts.diskId, pid });
   opts.onStarted?.(reg);
   const interval = opts.intervalMs ?? 20;
   const batch = Math.max(1, opts.batch ?? 4);
@@ -66,7 +60,7 @@ export async function runGuestWriteLoad(opts: GuestWriteLoadOptions): Promise<Wr
   for (;;) {
     if (opts.signal?.aborted) return result('signal');
     if (opts.maxWrites !== undefined && writes >= opts.maxWrites) return result('max-writes');
-    const r = await lab.guestWriteBatch(reg.vmId, { count: batch, maxWrites: opts.maxWrites, pid });
+    const r = await guestWriteBatch(lab, reg.vmId, { count: batch, maxWrites: opts.maxWrites, pid });
     if (r.state === 'gone') return result('vm-deleted');
     if (r.state === 'replaced') return result('replaced');
     writes = r.writes;

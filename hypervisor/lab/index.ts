@@ -1,5 +1,5 @@
-// The lab hypervisor: file-backed Hyper-V hosts for Linux. See lab.ts (the lab API), lab-hypervisor.ts
-// (the adapter), guest-write-load.ts (the guest) and state.ts (the on-disk layout).
+// The lab hypervisor: file-backed Hyper-V hosts for Linux. See lab.ts (the lab API and its sections),
+// lab-hypervisor.ts (the adapter), guest-write-load.ts (the guest) and state.ts (the on-disk layout).
 export { Lab, LabError } from './lab';
 export type {
   LabDiskSpec,
