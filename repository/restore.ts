@@ -1,10 +1,10 @@
-// The restore reader: a disk of a recovery point as a raw byte stream (whole or a range).
-// The index checksum is checked first, then every chunk is decoded and hashed against its slot
-// before a byte of it is passed on. A few chunks are read ahead to keep the disk busy.
+// The raw export: a disk of a recovery point as a byte stream (whole or a range), read through
+// recovery's PointDiskReader (index checksum first, every chunk checked against its slot before
+// a byte of it is passed on), under a read lease. A few chunks are read ahead to keep the disk busy.
 import { Readable } from 'node:stream';
-import { ZERO_DIGEST } from './chunk-store';
+import { repositoryChunkSource } from '../recovery/chunk-source';
+import { PointDiskReader } from '../recovery/point-disk-reader';
 import { RepositoryError } from './errors';
-import { DIGEST_SIZE, checkIndex, readSlots } from './fixed-index';
 import type { Repository } from './repository';
 
 export interface ByteRange {
@@ -36,51 +36,13 @@ export async function describeDiskRead(repo: Repository, ds: string, pointId: st
 }
 
 async function* diskBytes(repo: Repository, ds: string, pointId: string, diskId: string, info: DiskStreamInfo): AsyncGenerator<Buffer> {
-  const file = repo.indexPath(ds, pointId, diskId);
-  const point = await repo.getPoint(ds, pointId);
-  const disk = point.disks.find((d) => d.diskId === diskId)!;
-  const { header, ok, actual } = await checkIndex(file);
-  if (!ok || actual !== disk.indexDigest) {
-    throw new RepositoryError('CORRUPT', `index of ${ds}/${pointId}/${diskId} fails its checksum`, 'restore from another recovery point; run verify');
-  }
-  if (header.virtualSize !== disk.virtualSize || header.chunkSize !== disk.chunkSize) {
-    throw new RepositoryError('CORRUPT', `index of ${ds}/${pointId}/${diskId} is for ${header.virtualSize} bytes in chunks of ${header.chunkSize}, the manifest says ${disk.virtualSize} in ${disk.chunkSize}`, 'restore from another recovery point; run verify');
-  }
+  const reader = await PointDiskReader.open(repositoryChunkSource(repo, ds, pointId, diskId));
   if (info.length === 0) return;
-  const cs = header.chunkSize;
-  const firstSlot = Math.floor(info.offset / cs);
-  const endSlot = Math.ceil((info.offset + info.length) / cs);
-  const queue: Array<{ slot: number; data: Promise<Buffer> }> = [];
-  const load = (slot: number, digest: Buffer): Promise<Buffer> => {
-    const size = Math.min(cs, header.virtualSize - slot * cs);
-    if (digest.equals(ZERO_DIGEST)) return Promise.resolve(Buffer.alloc(size));
-    const hex = digest.toString('hex');
-    return repo.chunks.read(hex).then((raw) => {
-      if (raw.length !== size) throw new RepositoryError('CORRUPT', `chunk ${hex} at slot ${slot} has ${raw.length} bytes, the slot ${size}`);
-      return raw;
-    });
-  };
-  const emit = (slot: number, raw: Buffer): Buffer => {
+  const cs = reader.chunkSize;
+  const end = info.offset + info.length;
+  for await (const { slot, data } of reader.slotsInOrder(Math.floor(info.offset / cs), Math.ceil(end / cs), { inFlight: READ_AHEAD })) {
     const start = slot * cs;
-    const from = Math.max(info.offset, start) - start;
-    const to = Math.min(info.offset + info.length, start + raw.length) - start;
-    return raw.subarray(from, to);
-  };
-  for await (const { first, slots } of readSlots(file, firstSlot, endSlot)) {
-    for (let o = 0; o < slots.length; o += DIGEST_SIZE) {
-      const slot = first + o / DIGEST_SIZE;
-      const p = load(slot, Buffer.from(slots.subarray(o, o + DIGEST_SIZE)));
-      p.catch(() => undefined); // awaited in order below
-      queue.push({ slot, data: p });
-      if (queue.length >= READ_AHEAD) {
-        const q = queue.shift()!;
-        yield emit(q.slot, await q.data);
-      }
-    }
-  }
-  while (queue.length) {
-    const q = queue.shift()!;
-    yield emit(q.slot, await q.data);
+    yield data.subarray(Math.max(info.offset, start) - start, Math.min(end, start + data.length) - start);
   }
 }
 

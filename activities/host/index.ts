@@ -3,6 +3,7 @@
 // and every step first checks that the VM is still here (VmNotOnHost otherwise).
 import { ApplicationFailure, Context, CancelledFailure } from '@temporalio/activity';
 import { HypervisorError, type HypervisorAdapter, type VmFacts } from '../../hypervisor/types';
+import { RepositoryError } from '../../repository/errors';
 import { StorageApiError, type StorageClient } from '../../storage-api/client';
 import { crashPoint } from '../../faults/crash-point';
 import { withHeartbeat } from '../heartbeat';
@@ -45,6 +46,12 @@ export function toFailure(err: unknown): never {
   if (err instanceof StorageApiError && err.code === 'CORRUPT') {
     throw ApplicationFailure.nonRetryable(
       `the repository reports damaged data: ${err.message}; run \`hvprotect verify --read-data\`, then a consistency check (\`hvprotect check VM\`) repairs it from the source`,
+      'RecoveryPointDamaged',
+    );
+  }
+  if (err instanceof RepositoryError && err.code === 'CORRUPT') {
+    throw ApplicationFailure.nonRetryable(
+      `damaged data in the recovery point: ${err.message}; run \`hvprotect verify --read-data\`, then a consistency check (\`hvprotect check VM\`) repairs it from the source`,
       'RecoveryPointDamaged',
     );
   }

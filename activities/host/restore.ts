@@ -1,14 +1,14 @@
-// Restore on a host: fetch a recovery point's disks from the storage API, check every chunk
-// against the point's index digests, and write them as VHDX (sparse: zero chunks are not
-// written) or raw; then, for a whole-VM restore, register the VM on this host, off.
-import { createHash } from 'node:crypto';
+// Restore on a host: a recovery point's disks read through recovery's verified reader over the
+// storage API (every chunk checked against the index digests, fetch overlapped with the write)
+// and written as VHDX or raw (sparse: zero chunks are not written); then, for a whole-VM
+// restore, register the VM on this host, off.
 import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import type { HypervisorAdapter, VmFacts } from '../../hypervisor/types';
 import type { StorageClient } from '../../storage-api/client';
-import { createDynamicVhdx, openVhdx } from '../../vhdx';
+import { PointDiskReader, openDiskWriter, restorePointDisk, storageApiChunkSource } from '../../recovery';
 import { toFailure } from './index';
 
 export interface RestoreDisksRequest {
@@ -43,46 +43,11 @@ export interface RestoreHostActivities {
   checkVmOff(vm: string): Promise<{ exists: boolean; state?: string }>;
 }
 
-const DIGEST = 32;
-
 /** A restored file name: the backed-up name's last component, nothing a path can escape with. */
 export function safeFileName(name: string, diskId: string, format: 'vhdx' | 'raw'): string {
   const base = (name.split(/[\\/]/).pop() ?? '').replace(/[^A-Za-z0-9._-]/g, '_').replace(/^\.+/, '');
   const stem = base ? base.replace(/\.(a?vhdx|vhd|raw|img)$/i, '') : diskId;
   return `${stem || diskId}.${format === 'vhdx' ? 'vhdx' : 'raw'}`;
-}
-
-interface DiskWriter {
-  write(offset: number, data: Buffer): Promise<void>;
-  close(): Promise<void>;
-}
-
-async function openWriter(file: string, format: 'vhdx' | 'raw', virtualSize: number, resuming: boolean): Promise<DiskWriter> {
-  if (format === 'raw') {
-    const fh = await fsp.open(file, resuming ? 'r+' : 'w');
-    await fh.truncate(virtualSize); // sparse: unwritten (zero) chunks take no space
-    return {
-      write: async (offset, data) => {
-        await fh.write(data, 0, data.length, offset);
-      },
-      close: async () => {
-        await fh.sync();
-        await fh.close();
-      },
-    };
-  }
-  if (!resuming) {
-    await fsp.rm(file, { force: true });
-    await createDynamicVhdx(file, { virtualSize });
-  }
-  const disk = await openVhdx(file, { writable: true });
-  return {
-    write: (offset, data) => disk.write(offset, data),
-    close: async () => {
-      await disk.flush();
-      await disk.close();
-    },
-  };
 }
 
 export function createRestoreHostActivities(deps: { adapter: HypervisorAdapter; storage: StorageClient }): RestoreHostActivities {
@@ -115,52 +80,18 @@ export function createRestoreHostActivities(deps: { adapter: HypervisorAdapter; 
             out.push({ diskId: d.diskId, path: file, bytesWritten: 0, chunksVerified: 0 });
             continue;
           }
-          const index = await storage.getIndex({ dataSource: req.dataSource, pointId: req.pointId }, d.diskId);
-          if (index.virtualSize !== d.virtualSize) {
-            throw ApplicationFailure.nonRetryable(`index of disk ${d.diskId} says ${index.virtualSize} bytes, manifest ${d.virtualSize}`, 'RecoveryPointDamaged');
+          const reader = await PointDiskReader.open(storageApiChunkSource(storage, { dataSource: req.dataSource, pointId: req.pointId }, d.diskId));
+          if (reader.virtualSize !== d.virtualSize) {
+            throw ApplicationFailure.nonRetryable(`index of disk ${d.diskId} says ${reader.virtualSize} bytes, manifest ${d.virtualSize}`, 'RecoveryPointDamaged');
           }
-          const writer = await openWriter(file, req.format, d.virtualSize, resuming);
-          let bytesWritten = 0;
-          let verified = 0;
+          const writer = await openDiskWriter(file, req.format, d.virtualSize, resuming);
+          let done;
           try {
-            const slots = index.count;
-            const BATCH = 64;
-            for (let s0 = startSlot; s0 < slots; s0 += BATCH) {
-              const batch: number[] = [];
-              for (let s = s0; s < Math.min(slots, s0 + BATCH); s++) {
-                const dg = index.slots.subarray(s * DIGEST, (s + 1) * DIGEST);
-                if (!dg.equals(Buffer.alloc(DIGEST))) batch.push(s);
-              }
-              // Fetch in parallel, write in order.
-              const chunks = await Promise.all(
-                batch.map(async (s) => {
-                  const digest = index.slots.subarray(s * DIGEST, (s + 1) * DIGEST).toString('hex');
-                  const data = await storage.getChunk(digest);
-                  if (createHash('sha256').update(data).digest('hex') !== digest) {
-                    throw ApplicationFailure.nonRetryable(
-                      `chunk ${digest} of disk ${d.diskId} (offset ${s * index.chunkSize}) does not match its digest: ` +
-                        'the repository is damaged; run `hvprotect verify --read-data` and restore an older point',
-                      'RecoveryPointDamaged',
-                    );
-                  }
-                  const expected = Math.min(index.chunkSize, d.virtualSize - s * index.chunkSize);
-                  if (data.length !== expected) {
-                    throw ApplicationFailure.nonRetryable(`chunk ${digest} is ${data.length} bytes, slot needs ${expected}`, 'RecoveryPointDamaged');
-                  }
-                  return { s, data };
-                }),
-              );
-              for (const { s, data } of chunks) {
-                await writer.write(s * index.chunkSize, data);
-                bytesWritten += data.length;
-                verified++;
-              }
-              ctx.heartbeat({ disk: di, slot: Math.min(slots, s0 + BATCH) });
-            }
+            done = await restorePointDisk(reader, writer, { fromSlot: startSlot, onProgress: (p) => ctx.heartbeat({ disk: di, slot: p.nextSlot }) });
           } finally {
             await writer.close();
           }
-          out.push({ diskId: d.diskId, path: file, bytesWritten, chunksVerified: verified });
+          out.push({ diskId: d.diskId, path: file, bytesWritten: done.bytesWritten, chunksVerified: done.chunksVerified });
         }
         return out;
       } catch (err) {
