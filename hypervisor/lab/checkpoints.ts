@@ -7,10 +7,12 @@ import * as path from 'node:path';
 import { HypervisorError, type BackupCheckpoint, type BackupMode, type ChangedRanges, type DiskReader, type OfflineMethod } from '../types';
 import { changesBetween, currentTrackingPoint, formatTrackingId, parseTrackingId } from './change-tracking';
 import type { CheckpointRecord, LabState, VmRecord } from './state';
+import { crashPoint } from '../../faults/crash-point';
 import { exists, failed, type LabStore } from './store';
 import * as vhdx from './vhdx-io';
 
-export async function createBackupCheckpoint(lab: LabStore,
+export async function createBackupCheckpoint(
+  lab: LabStore,
   host: string,
   vm: string,
   opts: { mode: BackupMode; offlineMethod?: OfflineMethod | 'none'; label?: string },
@@ -21,41 +23,56 @@ export async function createBackupCheckpoint(lab: LabStore,
   if (method !== 'save' && method !== 'pause' && method !== 'none') throw failed(`bad offline method ${JSON.stringify(method)}`);
   return lab.mutate('createBackupCheckpoint', async (s) => {
     const rec = lab.findVmOnHost(s, vm, host);
-    if (rec.checkpoint) {
-      if (opts.label !== undefined && rec.checkpoint.label === opts.label) return backupCheckpoint(lab, rec, rec.checkpoint);
-      throw failed(`VM ${rec.name} already has backup checkpoint ${rec.checkpoint.checkpointId}; release it first`, {
-        vmId: rec.vmId,
-        checkpointId: rec.checkpoint.checkpointId,
-      });
-    }
-    const pt = rec.disks.find((d) => d.passthrough);
-    if (pt) {
-      throw failed(`VM ${rec.name} has passthrough disk ${pt.diskId}: a checkpoint cannot include it; protect the VM at guest level`, {
-        vmId: rec.vmId,
-        diskId: pt.diskId,
-      });
-    }
-    const checkpointId = randomUUID();
-    const ck: CheckpointRecord = {
-      checkpointId,
-      createdAt: new Date().toISOString(),
-      mode: opts.mode,
-      ...(opts.label !== undefined ? { label: String(opts.label) } : {}),
-      disks: [],
-    };
+    let ck: CheckpointRecord;
     let quietSince: number | undefined;
-    if (opts.mode === 'offline' && method !== 'none' && rec.state === 'running') {
-      quietSince = performance.now();
-      rec.state = method === 'save' ? 'saved' : 'paused';
-      ck.resumeTo = 'running';
-      rec.checkpoint = ck;
-      await lab.persist(s);
+    if (rec.checkpoint) {
+      const prior = rec.checkpoint;
+      if (opts.label === undefined || prior.label !== opts.label) {
+        throw failed(`VM ${rec.name} already has backup checkpoint ${prior.checkpointId}; release it first`, {
+          vmId: rec.vmId,
+          checkpointId: prior.checkpointId,
+        });
+      }
+      if (!prior.pending) {
+        // A retry of a request that made its checkpoint: the same one, and a VM it quieted runs again.
+        if (prior.resumeTo) resumeQuieted(rec, prior);
+        return backupCheckpoint(lab, rec, prior);
+      }
+      // The first attempt stopped between quiescing the VM and recording the disks: finish its work.
+      ck = prior;
+      await removeUnrecordedChildren(lab, rec, ck);
+      ck.disks = [];
+    } else {
+      const pt = rec.disks.find((d) => d.passthrough);
+      if (pt) {
+        throw failed(`VM ${rec.name} has passthrough disk ${pt.diskId}: a checkpoint cannot include it; protect the VM at guest level`, {
+          vmId: rec.vmId,
+          diskId: pt.diskId,
+        });
+      }
+      ck = {
+        checkpointId: randomUUID(),
+        createdAt: new Date().toISOString(),
+        mode: opts.mode,
+        ...(opts.label !== undefined ? { label: String(opts.label) } : {}),
+        disks: [],
+      };
+      if (opts.mode === 'offline' && method !== 'none' && rec.state === 'running') {
+        quietSince = performance.now();
+        rec.state = method === 'save' ? 'saved' : 'paused';
+        ck.resumeTo = 'running';
+        ck.pending = true;
+        ck.quiescedAt = new Date().toISOString();
+        rec.checkpoint = ck;
+        await lab.persist(s); // a crash from here on leaves a record of the VM we quieted
+        crashPoint('lab:checkpoint-quiesced');
+      }
     }
     try {
       for (const d of rec.disks) {
         const folder = lab.paths.diskFolder(rec, d);
         const frozenFile = d.chain.length ? d.chain[d.chain.length - 1] : d.fileName;
-        const childFile = `${d.diskId}-${checkpointId.slice(0, 8)}.avhdx`;
+        const childFile = childFileName(d.diskId, ck.checkpointId);
         const point = await currentTrackingPoint(lab.paths.trackingLog(rec, d));
         await vhdx.createChild(path.join(folder, childFile), path.join(folder, frozenFile));
         d.chain.push(childFile);
@@ -70,23 +87,45 @@ export async function createBackupCheckpoint(lab: LabStore,
         d.generation += 1;
         await fsp.rm(path.join(lab.paths.diskFolder(rec, d), c.childFile), { force: true });
       }
-      if (ck.resumeTo) rec.state = ck.resumeTo;
+      if (ck.resumeTo && (rec.state === 'saved' || rec.state === 'paused')) rec.state = ck.resumeTo;
       delete rec.checkpoint;
       await lab.persist(s);
       throw failed(`cannot create a backup checkpoint of VM ${rec.name}: ${(e as Error).message}`, { vmId: rec.vmId });
     }
     if (rec.writeLoad) ck.guestWriteSeq = rec.writeLoad.writes;
+    delete ck.pending;
     rec.checkpoint = ck;
-    if (quietSince !== undefined) {
+    if (ck.resumeTo) {
       await lab.persist(s); // the differencing disks exist before the VM runs again
-      rec.state = 'running';
-      delete ck.resumeTo;
-      ck.downtimeMs = Math.max(0, Math.round((performance.now() - quietSince) * 1000) / 1000);
-    } else if (opts.mode === 'offline') {
+      resumeQuieted(rec, ck, quietSince);
+    } else if (opts.mode === 'offline' && ck.downtimeMs === undefined) {
       ck.downtimeMs = 0;
     }
     return backupCheckpoint(lab, rec, ck);
   });
+}
+
+function childFileName(diskId: string, checkpointId: string): string {
+  return `${diskId}-${checkpointId.slice(0, 8)}.avhdx`;
+}
+
+/** The VM a checkpoint quieted runs again (only if it is still quiet: an administrator may have acted). */
+function resumeQuieted(rec: VmRecord, ck: CheckpointRecord, quietSince?: number): void {
+  if (rec.state === 'saved' || rec.state === 'paused') rec.state = ck.resumeTo!;
+  ck.downtimeMs =
+    quietSince !== undefined
+      ? Math.max(0, Math.round((performance.now() - quietSince) * 1000) / 1000)
+      : Math.max(0, Date.now() - Date.parse(ck.quiescedAt ?? ck.createdAt));
+  delete ck.resumeTo;
+  delete ck.quiescedAt;
+}
+
+/** Differencing disks an interrupted attempt made but did not record (the chain does not name them). */
+async function removeUnrecordedChildren(lab: LabStore, rec: VmRecord, ck: CheckpointRecord): Promise<void> {
+  for (const d of rec.disks) {
+    const childFile = childFileName(d.diskId, ck.checkpointId);
+    if (!d.chain.includes(childFile)) await fsp.rm(path.join(lab.paths.diskFolder(rec, d), childFile), { force: true });
+  }
 }
 
 export function backupCheckpoint(lab: LabStore, rec: VmRecord, ck: CheckpointRecord): BackupCheckpoint {
@@ -133,6 +172,7 @@ export async function releaseCheckpoint(lab: LabStore, host: string, vm: string,
     const rec = lab.findVmOnHost(s, vm, host);
     const ck = rec.checkpoint;
     if (!ck || ck.checkpointId !== checkpointId) return; // already released
+    if (ck.pending) await removeUnrecordedChildren(lab, rec, ck);
     for (const c of ck.disks) {
       const d = lab.disk(rec, c.diskId);
       const folder = lab.paths.diskFolder(rec, d);

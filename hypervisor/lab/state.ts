@@ -68,6 +68,10 @@ export interface CheckpointRecord {
   guestWriteSeq?: number;
   /** Set while an offline checkpoint keeps the VM saved or paused: the state to return to. */
   resumeTo?: VmState;
+  /** When the VM was quieted for it (while resumeTo is set). */
+  quiescedAt?: string;
+  /** The VM is quiet but the differencing disks are not recorded yet: a retry by label finishes it. */
+  pending?: boolean;
   disks: { diskId: string; frozenFile: string; childFile: string; changeTrackingId: string; virtualSize: number }[];
 }
 

@@ -53,6 +53,7 @@ export function spawnTsMain(
   file: string,
   args: string[],
   stdio: import('node:child_process').StdioOptions = ['ignore', 'inherit', 'inherit'],
+  env: NodeJS.ProcessEnv = {},
 ): import('node:child_process').ChildProcess {
   const entry = `
     const fs = require('fs'); const swc = require(process.env.HVP_LAB_SWC);
@@ -64,7 +65,7 @@ export function spawnTsMain(
   const { spawn } = require('node:child_process') as typeof import('node:child_process');
   return spawn(process.execPath, ['-e', entry, file, ...args], {
     stdio,
-    env: { ...process.env, HVP_LAB_SWC: require.resolve('@swc/core') },
+    env: { ...process.env, ...env, HVP_LAB_SWC: require.resolve('@swc/core') },
   });
 }
 
