@@ -25,12 +25,18 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-export async function writeFileDurable(target: string, data: Buffer | string): Promise<void> {
+/**
+ * The one way a file is written in place of another: temp -> (fsync) -> rename -> (fsync of the
+ * folder). `fsync: false` keeps the atomic rename but skips both syncs, for files rewritten on
+ * every call whose loss to a power cut costs only a retry (the backup session's state).
+ */
+export async function writeFileDurable(target: string, data: Buffer | string, opts: { fsync?: boolean } = {}): Promise<void> {
+  const sync = opts.fsync !== false;
   const tmp = tempNameFor(target);
   const fh = await fs.open(tmp, 'wx', 0o640);
   try {
     await fh.writeFile(data);
-    await fh.sync();
+    if (sync) await fh.sync();
   } catch (err) {
     await fh.close().catch(() => undefined);
     await fs.rm(tmp, { force: true });
@@ -43,16 +49,7 @@ export async function writeFileDurable(target: string, data: Buffer | string): P
     await fs.rm(tmp, { force: true });
     throw err;
   }
-  await fsyncDir(path.dirname(target));
-}
-
-export async function fsyncFile(file: string): Promise<void> {
-  const fh = await fs.open(file, 'r+');
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
+  if (sync) await fsyncDir(path.dirname(target));
 }
 
 /** Append one line and fsync it (the deletion log). */

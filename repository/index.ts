@@ -1,9 +1,16 @@
 // Public surface of the repository library.
-export { Repository, KeyedMutex, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, MAX_POINT_CHUNK_SIZE, REPOSITORY_FORMAT } from './repository';
+export { Repository, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, MAX_POINT_CHUNK_SIZE, REPOSITORY_FORMAT } from './repository';
+export type { DataSourceSettings, OpenRepositoryOptions, RepositoryConfig } from './repository';
+export { KeyedMutex } from './mutex';
+export type { BackupSession, CommitPointInput, IndexCounters } from './sessions';
+export type { PointDeletion, DeletionReason } from './points';
+export { BackupLeases } from './leases';
+export type { RestoreLease, BackupLeaseHolder } from './leases';
+export { planRetention } from './retention';
+export type { RetentionInput, RetentionPlan } from './retention';
 export type {
-  BackupSession, CommitPointInput, DataSourceSettings, OpenRepositoryOptions, PointDeletion, RepositoryConfig, RestoreLease,
-} from './repository';
-export type { RecoveryPointManifest, RecoveryPointDisk, RecoveryPointKind, BackupMode } from './manifest';
+  RecoveryPointManifest, RecoveryPointDisk, RecoveryPointKind, BackupMode, BackupRecord, DiskTransferRecord, VmConfiguration,
+} from './manifest';
 export { RepositoryError } from './errors';
 export type { RepositoryErrorCode } from './errors';
 export { parseShadowStorageSize, formatShadowStorageSize, DPM_MAX_POINTS } from './shadow-storage';

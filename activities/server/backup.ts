@@ -1,10 +1,9 @@
 // Server-side steps of a backup: plan against the repository, commit, retention, the one-backup-
 // at-a-time lease. They run in the protection server process, next to its repository.
-import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
-import { KeyedMutex, Repository, RepositoryError, type RecoveryPointManifest } from '../../repository';
+import { BackupLeases, Repository, RepositoryError, type RecoveryPointManifest } from '../../repository';
 import type { TokenStore } from '../../storage-api/tokens';
 import type { ProtectionMetrics } from '../../metrics/metrics';
 import { crashPoint } from '../../faults/crash-point';
@@ -29,13 +28,6 @@ export interface ServerActivityDeps {
   metrics?: ProtectionMetrics;
 }
 
-interface LeaseRecord {
-  dataSource: string;
-  workflowId: string;
-  runId: string;
-  at: string;
-}
-
 /** Converts repository errors into failures the workflow branches on. */
 function asFailure(err: unknown): never {
   const code = (err as NodeJS.ErrnoException)?.code;
@@ -54,56 +46,17 @@ function asFailure(err: unknown): never {
   throw err;
 }
 
-/** Change-tracking ids recorded per disk in a point's vm record. */
-export function pointChangeTracking(point: RecoveryPointManifest): Record<string, string> {
-  const ct = (point.vm as { changeTracking?: Record<string, string> }).changeTracking;
-  return ct && typeof ct === 'object' ? ct : {};
-}
-
 export function createServerActivities(deps: ServerActivityDeps): ServerActivities {
   const { repository } = deps;
-  const leaseDir = path.join(deps.stateDir, 'backup-leases');
-  // Check-then-write of a lease must not interleave for one data source (two backups started in
-  // the same instant would both win). One server process owns a data source, so a per-data-source
-  // queue in this process makes it atomic.
-  const leases = new KeyedMutex();
-  const leaseFile = (ds: string) => path.join(leaseDir, `${ds}.json`);
-
-  async function readLease(ds: string): Promise<LeaseRecord | undefined> {
+  const leases = new BackupLeases(path.join(deps.stateDir, 'backup-leases'), async (holder) => {
     try {
-      return JSON.parse(await fs.readFile(leaseFile(ds), 'utf8')) as LeaseRecord;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-      throw err;
-    }
-  }
-
-  async function holderRuns(lease: LeaseRecord): Promise<boolean> {
-    try {
-      const d = await deps.temporal().workflow.getHandle(lease.workflowId, lease.runId).describe();
+      const d = await deps.temporal().workflow.getHandle(holder.workflowId, holder.runId).describe();
       return d.status.name === 'RUNNING';
     } catch (err) {
       if ((err as Error).name === 'WorkflowNotFoundError') return false;
       throw err;
     }
-  }
-
-  async function takeLease(dataSource: string, workflowId: string, runId: string): Promise<void> {
-    await fs.mkdir(leaseDir, { recursive: true });
-    const current = await readLease(dataSource);
-    if (current && current.workflowId !== workflowId && (await holderRuns(current))) {
-      throw ApplicationFailure.nonRetryable(
-        `a backup of ${dataSource} is already running (workflow ${current.workflowId}, since ${current.at}); ` +
-          'two backups of one VM never run at once: wait for it or cancel it in the Web UI',
-        'BackupAlreadyRunning',
-        current,
-      );
-    }
-    const record: LeaseRecord = { dataSource, workflowId, runId, at: new Date().toISOString() };
-    const tmp = `${leaseFile(dataSource)}.${process.pid}.tmp`;
-    await fs.writeFile(tmp, JSON.stringify(record));
-    await fs.rename(tmp, leaseFile(dataSource));
-  }
+  });
 
   const activities: ServerActivities = {
     async listHosts() {
@@ -116,14 +69,19 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
 
     async acquireBackupLease({ dataSource, workflowId, runId }) {
       await repository.ensureDataSource(dataSource).catch(asFailure);
-      await leases.run(dataSource, () => takeLease(dataSource, workflowId, runId));
+      const lease = await leases.take(dataSource, workflowId, runId);
+      if (!lease.taken) {
+        throw ApplicationFailure.nonRetryable(
+          `a backup of ${dataSource} is already running (workflow ${lease.holder.workflowId}, since ${lease.holder.at}); ` +
+            'two backups of one VM never run at once: wait for it or cancel it in the Web UI',
+          'BackupAlreadyRunning',
+          lease.holder,
+        );
+      }
     },
 
     async releaseBackupLease({ dataSource, workflowId }) {
-      await leases.run(dataSource, async () => {
-        const current = await readLease(dataSource);
-        if (current?.workflowId === workflowId) await fs.rm(leaseFile(dataSource), { force: true });
-      });
+      await leases.release(dataSource, workflowId);
     },
 
 
@@ -132,7 +90,7 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
         const settings = await repository.ensureDataSource(req.dataSource);
         const points = await repository.listPoints(req.dataSource);
         const last = points[points.length - 1];
-        const tracking = last ? pointChangeTracking(last) : {};
+        const tracking = last?.backup.changeTracking ?? {};
         const session = await repository.beginSession(req.dataSource, { basePoint: last?.pointId, chunkSize: settings.chunkSize });
         Context.current().heartbeat();
         let kind: TransferKind;
@@ -194,10 +152,12 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
     {
       // A retry after a lost reply finds its point already there: return it.
       const existing = (await repository.listPoints(req.dataSource).catch(asFailure)).find(
-        (p) => (p.vm as { workflowId?: string }).workflowId === req.workflowId,
+        (p) => p.backup.workflowId === req.workflowId,
       );
       const toResult = (p: RecoveryPointManifest): CommittedPoint => ({ pointId: p.pointId, createdAt: p.createdAt, storedBytes: p.ownedBytes });
       if (existing) return toResult(existing);
+      // The lab's guest write counter is a fact of the test world, not of the VM's configuration.
+      const { guestWriteSeq, ...vm } = req.vm;
       try {
         crashPoint('server:before-commit');
         const point = await repository.commitPoint(req.sessionId, {
@@ -205,22 +165,23 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
           mode: req.mode,
           createdAt: req.checkpointCreatedAt,
           disks: req.disks.map((d) => ({ diskId: d.diskId, fileName: d.fileName, virtualSize: d.virtualSize })),
-          vm: {
-            ...req.vm,
+          backup: {
             workflowId: req.workflowId,
-            modeReasons: req.modeReasons,
-            downtimeMs: req.downtimeMs,
             changeTracking: Object.fromEntries(req.disks.map((d) => [d.diskId, d.changeTrackingId])),
+            modeReasons: req.modeReasons,
+            ...(req.downtimeMs !== undefined ? { downtimeMs: req.downtimeMs } : {}),
             transfer: req.disks.map((d) => ({
               diskId: d.diskId,
               kind: d.kind,
-              fallbackReason: d.fallbackReason,
+              ...(d.fallbackReason !== undefined ? { fallbackReason: d.fallbackReason } : {}),
               bytesRead: d.bytesRead,
               bytesSent: d.bytesSent,
               changedChunks: d.changedChunks,
               durationMs: d.durationMs,
             })),
           },
+          vm,
+          annotations: guestWriteSeq !== undefined ? { guestWriteSeq } : {},
         });
         crashPoint('server:after-commit');
         const m = deps.metrics;

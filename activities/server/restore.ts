@@ -32,7 +32,7 @@ export function createRestoreServerActivities(deps: { repository: Repository }):
           );
         }
         const lease = await repository.beginRestore(dataSource, point.pointId);
-        const vm = point.vm as RestoreLeaseResult['vm'];
+        const { vm } = point;
         return {
           leaseId: lease.leaseId,
           pointId: point.pointId,

@@ -35,7 +35,7 @@ test('initial replica, then express full, while the guest keeps writing: each po
     const first = await backup({ dataSource: 'web01', vm: facts.vmId });
     expect(first).toMatchObject({ kind: 'initial-replica', mode: 'online', host: 'hv01' });
     const p1 = await stack.server.repository.getPoint('web01', first.pointId);
-    const seq1 = (p1.vm as { guestWriteSeq: number }).guestWriteSeq;
+    const seq1 = Number(p1.annotations.guestWriteSeq);
     expect(seq1).toBeGreaterThanOrEqual(0);
     expect((await restoredBytes('web01', first.pointId, diskId)).equals(expectedDiskContent(initial, 7, seq1))).toBe(true);
 
@@ -43,7 +43,7 @@ test('initial replica, then express full, while the guest keeps writing: each po
     const second = await backup({ dataSource: 'web01', vm: facts.vmId });
     expect(second.kind).toBe('express-full');
     const p2 = await stack.server.repository.getPoint('web01', second.pointId);
-    const seq2 = (p2.vm as { guestWriteSeq: number }).guestWriteSeq;
+    const seq2 = Number(p2.annotations.guestWriteSeq);
     expect(seq2).toBeGreaterThan(seq1);
     expect((await restoredBytes('web01', second.pointId, diskId)).equals(expectedDiskContent(initial, 7, seq2))).toBe(true);
     // Express full reads only what changed, not the disk.

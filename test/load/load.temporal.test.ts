@@ -146,7 +146,7 @@ test(`${HOSTS.length * VMS_PER_HOST} VMs on ${HOSTS.length} hosts at once: all p
   const ids = new Set([...state.ids, ...manual.map((m) => m.handle.workflowId)]);
   for (const v of vms) {
     for (const p of await stack.server.repository.listPoints(v.ds)) {
-      const wf = (p.vm as { workflowId?: string }).workflowId;
+      const wf = p.backup.workflowId;
       if (wf) ids.add(wf);
     }
   }
@@ -177,7 +177,7 @@ test(`${HOSTS.length * VMS_PER_HOST} VMs on ${HOSTS.length} hosts at once: all p
   }
   for (const v of vms) {
     const points = await stack.server.repository.listPoints(v.ds);
-    expect({ ds: v.ds, points: points.map((p) => (p.vm as { workflowId?: string }).workflowId).sort() }).toEqual({ ds: v.ds, points: (committedIds.get(v.ds) ?? []).sort() });
+    expect({ ds: v.ds, points: points.map((p) => p.backup.workflowId).sort() }).toEqual({ ds: v.ds, points: (committedIds.get(v.ds) ?? []).sort() });
     expect(points.length).toBeGreaterThanOrEqual(1);
   }
 

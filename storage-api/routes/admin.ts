@@ -1,0 +1,67 @@
+// Management (admin token): agent tokens, shadow storage as vssadmin has it, point deletion,
+// retention, the deletion log, GC and verify.
+import type { FastifyInstance } from 'fastify';
+import { checkDataSourceId, collectGarbage, verifyRepository } from '../../repository';
+import type { Repository } from '../../repository';
+import { API_PREFIX as P } from '../protocol';
+import type { TokenRole, TokenStore } from '../tokens';
+import { text } from './schemas';
+
+const SIZE_HINT = 'maxSize as text: "20GB", "15%", "1073741824" or "UNBOUNDED"';
+const maxSize = { type: ['string', 'null'], maxLength: 64 } as const;
+
+export function adminRoutes(app: FastifyInstance, repo: Repository, tokens: TokenStore): void {
+  const admin = { access: 'admin' } as const;
+
+  app.post<{ Body: { name: string; role?: TokenRole } }>(`${P}/admin/tokens`, {
+    config: { ...admin, hint: 'send { "name": HOST OR PERSON, "role"?: "agent" | "admin" }' },
+    schema: { body: { type: 'object', required: ['name'], additionalProperties: false, properties: { name: text(128), role: { enum: ['agent', 'admin'] } } } },
+  }, async (req, reply) => {
+    const role = req.body.role ?? 'agent';
+    const token = await tokens.issue(req.body.name, role);
+    return reply.code(201).send({ name: req.body.name, role, token });
+  });
+  app.get(`${P}/admin/tokens`, { config: admin }, async () => ({ tokens: tokens.list() }));
+  app.delete<{ Params: { name: string } }>(`${P}/admin/tokens/:name`, { config: admin }, async (req, reply) => {
+    await tokens.revoke(req.params.name);
+    return reply.code(204).send();
+  });
+
+  app.get<{ Querystring: { dataSource?: string } }>(`${P}/admin/shadowstorage`, {
+    config: { ...admin, hint: 'query ?dataSource=ID (optional)' },
+    schema: { querystring: { type: 'object', additionalProperties: false, properties: { dataSource: text(256) } } },
+  }, async (req) => {
+    const ds = req.query.dataSource;
+    return { shadowStorage: await repo.listShadowStorage(ds === undefined ? undefined : checkDataSourceId(ds)) };
+  });
+  app.post<{ Body: { dataSource: string; maxSize?: string | null } }>(`${P}/admin/shadowstorage`, {
+    config: { ...admin, hint: `send { "dataSource": ID, "maxSize"?: ... }; ${SIZE_HINT}` },
+    schema: { body: { type: 'object', required: ['dataSource'], additionalProperties: false, properties: { dataSource: text(256), maxSize } } },
+  }, async (req, reply) => reply.code(201).send(await repo.addShadowStorage(checkDataSourceId(req.body.dataSource), req.body.maxSize ?? undefined)));
+  app.patch<{ Params: { ds: string }; Body: { maxSize?: string | null; maxPoints?: number; retentionRangeDays?: number | null } }>(`${P}/admin/shadowstorage/:ds`, {
+    config: { ...admin, hint: `send any of { "maxSize", "maxPoints": 1..448, "retentionRangeDays": days or null }; ${SIZE_HINT}` },
+    schema: {
+      body: {
+        type: 'object',
+        additionalProperties: false,
+        properties: { maxSize, maxPoints: { type: 'integer' }, retentionRangeDays: { type: ['integer', 'null'] } },
+      },
+    },
+  }, async (req) => {
+    const { maxSize: size, maxPoints, retentionRangeDays } = req.body;
+    return repo.resizeShadowStorage(checkDataSourceId(req.params.ds), { maxSize: size ?? undefined, maxPoints, retentionRangeDays });
+  });
+  app.post<{ Params: { ds: string } }>(`${P}/admin/datasources/:ds/delete-oldest`, { config: admin }, async (req) => repo.deleteOldestPoint(checkDataSourceId(req.params.ds)));
+  app.post<{ Params: { ds: string } }>(`${P}/admin/datasources/:ds/enforce-retention`, { config: admin }, async (req) => ({ deleted: await repo.enforceRetention(checkDataSourceId(req.params.ds)) }));
+  app.get(`${P}/admin/deletions`, { config: admin }, async () => ({ deletions: await repo.readDeletionLog() }));
+  app.post(`${P}/admin/gc`, { config: admin }, async () => collectGarbage(repo));
+  app.post<{ Body: { readData?: boolean; quarantine?: boolean; dataSource?: string } }>(`${P}/admin/verify`, {
+    config: { ...admin, hint: 'send { "readData"?: boolean, "quarantine"?: boolean, "dataSource"?: ID }' },
+    schema: {
+      body: { type: 'object', additionalProperties: false, properties: { readData: { type: 'boolean' }, quarantine: { type: 'boolean' }, dataSource: text(256) } },
+    },
+  }, async (req) => {
+    const { readData = false, quarantine, dataSource } = req.body;
+    return verifyRepository(repo, { readData, quarantine: readData && quarantine !== false, dataSource: dataSource === undefined ? undefined : checkDataSourceId(dataSource) });
+  });
+}

@@ -1,0 +1,62 @@
+// Chunks: which are missing, upload one or a batch (every digest recomputed before anything is
+// stored), read one back.
+import type { FastifyInstance } from 'fastify';
+import { MAX_CHUNK_SIZE, RepositoryError, checkDigest } from '../../repository';
+import type { Repository } from '../../repository';
+import { API_PREFIX as P, MAX_CHUNK_BATCH_BODY, MAX_MISSING_QUERY, decodeChunkBatch } from '../protocol';
+
+const BATCH_HINT = 'send records of 32-byte digest + u32 LE length + chunk bytes';
+
+export function chunkRoutes(app: FastifyInstance, repo: Repository): void {
+  app.post<{ Body: { digests: string[] } }>(`${P}/chunks/missing`, {
+    bodyLimit: MAX_MISSING_QUERY * 67 + 1024,
+    config: { hint: `send { "digests": [ up to ${MAX_MISSING_QUERY} SHA-256 digests as 64 lowercase hex digits ] }` },
+    schema: {
+      body: {
+        type: 'object',
+        required: ['digests'],
+        additionalProperties: false,
+        properties: { digests: { type: 'array', maxItems: MAX_MISSING_QUERY, items: { type: 'string', pattern: '^[0-9a-f]{64}$' } } },
+      },
+    },
+  }, async (req) => {
+    const missing: string[] = [];
+    const unique = [...new Set(req.body.digests)];
+    let next = 0;
+    await Promise.all(Array.from({ length: 16 }, async () => {
+      while (next < unique.length) {
+        const d = unique[next++];
+        if ((await repo.chunks.touch(d)) === undefined) missing.push(d);
+      }
+    }));
+    return { missing };
+  });
+
+  app.put<{ Params: { digest: string } }>(`${P}/chunks/:digest`, { bodyLimit: MAX_CHUNK_SIZE }, async (req, reply) => {
+    const digest = checkDigest(req.params.digest);
+    const body = req.body;
+    if (!Buffer.isBuffer(body)) throw new RepositoryError('INVALID_ARGUMENT', 'chunk body must be application/octet-stream', 'send the raw chunk bytes');
+    const [r] = await repo.chunks.insertBatch(body, [{ digest, offset: 0, length: body.length }]);
+    return reply.code(r.written ? 201 : 200).send({ digest, ...r });
+  });
+
+  app.post(`${P}/chunks/batch`, { bodyLimit: MAX_CHUNK_BATCH_BODY }, async (req, reply) => {
+    const body = req.body;
+    if (!Buffer.isBuffer(body)) throw new RepositoryError('INVALID_ARGUMENT', 'chunk batch body must be application/octet-stream', BATCH_HINT);
+    let chunks: Array<{ digest: string; data: Buffer }>;
+    try {
+      chunks = decodeChunkBatch(body);
+    } catch (err) {
+      throw new RepositoryError('INVALID_ARGUMENT', `chunk batch: ${err instanceof Error ? err.message : String(err)}`, BATCH_HINT);
+    }
+    // Every digest is checked before anything is stored: a bad batch stores nothing.
+    const items = chunks.map((c) => ({ digest: c.digest, offset: c.data.byteOffset - body.byteOffset, length: c.data.length }));
+    const stored = await repo.chunks.insertBatch(body, items);
+    return reply.code(201).send({ results: stored.map((r, i) => ({ digest: items[i].digest, ...r })) });
+  });
+
+  app.get<{ Params: { digest: string } }>(`${P}/chunks/:digest`, async (req, reply) => {
+    const raw = await repo.chunks.read(checkDigest(req.params.digest));
+    return reply.type('application/octet-stream').send(raw);
+  });
+}
