@@ -19,6 +19,7 @@ import {
 } from '../types';
 import { openVhdx } from '../../vhdx';
 import { runPowerShell } from './powershell';
+import { CheckpointRecords, type CheckpointRecord } from './checkpoint-record';
 import { RctStore, type RctStoreEntry } from './rct-store';
 import { buildScript, type ScriptOp } from './scripts';
 import {
@@ -55,6 +56,11 @@ export interface HyperVOptions {
   timeoutMs?: number;
   /** Timeout of checkpoint creation and release (guest VSS can take minutes). Default 30 min. */
   checkpointTimeoutMs?: number;
+  /**
+   * How long CreateSnapshot may run while an offline VM is paused or saved for it; past that the
+   * job is asked to terminate and the VM is resumed. Default 5 min.
+   */
+  quiescedTimeoutMs?: number;
   /** Bytes asked of one GetVirtualDiskChanges call. Default 64 GiB. */
   rctQueryBytes?: number;
   /** GetVirtualDiskChanges calls one PowerShell process makes before handing back. Default 256. */
@@ -129,6 +135,7 @@ export class HyperVHypervisor implements HypervisorAdapter {
   readonly hostName: string;
   private readonly opts: HyperVOptions;
   private readonly store: RctStore;
+  private readonly records: CheckpointRecords;
   private executable?: string;
 
   constructor(opts: HyperVOptions = {}) {
@@ -136,6 +143,12 @@ export class HyperVHypervisor implements HypervisorAdapter {
     this.hostName = opts.hostName ?? os.hostname();
     const dir = opts.stateDir ?? path.join(process.env.ProgramData ?? os.tmpdir(), 'hvprotect', 'hyperv-rct');
     this.store = new RctStore(dir, Math.max(1, opts.referencePointsKept ?? 4));
+    this.records = new CheckpointRecords(dir);
+  }
+
+  /** Our record of an unfinished checkpoint on the VM; unreadable counts as none (and is reported by the caller). */
+  private async record(vmId: string): Promise<CheckpointRecord | undefined> {
+    return GUID.test(vmId) ? this.records.get(vmId) : undefined;
   }
 
   private powershell(): string {
@@ -189,23 +202,36 @@ export class HyperVHypervisor implements HypervisorAdapter {
     vmId: string,
     opts: { mode: BackupMode; offlineMethod?: OfflineMethod | 'none'; label?: string },
   ): Promise<BackupCheckpoint> {
+    const label = opts.label ?? '';
+    const offlineMethod = opts.offlineMethod ?? 'none';
+    // Without a VM id (a GUID) there is nowhere to record a pause, so none is made.
+    if (opts.mode === 'offline' && offlineMethod !== 'none' && !GUID.test(vmId)) {
+      throw new HypervisorError('HypervisorCommandFailed', `an offline checkpoint that pauses or saves the VM needs its id, not '${vmId}'`, { vm: vmId });
+    }
+    const held = await this.record(vmId);
+    if (GUID.test(vmId)) await this.records.ensureDir();
     const params = {
       vm: vmId,
       mode: opts.mode,
       // undefined or 'none': do not touch the VM (it is off, saved, paused or a replica).
-      offlineMethod: opts.offlineMethod ?? 'none',
-      label: opts.label ?? '',
+      offlineMethod,
+      label,
       // Msvm_VirtualSystemSnapshotSettingData.ConsistencyLevel: 1 application-consistent (guest VSS),
       // 2 crash-consistent (offline: the VM is saved or paused, so its disks are quiet anyway).
       consistencyLevel: opts.mode === 'online' ? 1 : 2,
+      recordPath: GUID.test(vmId) ? this.records.file(vmId) : '',
+      heldQuiet: held?.quiesced ?? '',
+      recordCheckpointId: held && label && held.label === label ? held.checkpointId ?? '' : '',
+      quiescedJobTimeoutSec: Math.max(5, Math.floor((this.opts.quiescedTimeoutMs ?? 5 * 60_000) / 1000)),
     };
     let result: Record<string, unknown>;
     try {
       result = await this.run('create-checkpoint', params, true);
     } catch (e) {
-      if (opts.mode === 'offline' && e instanceof HypervisorError) await this.resumeAfterFailedOffline(vmId, e);
+      if (e instanceof HypervisorError && GUID.test(vmId)) await this.resumeAfterFailure(vmId, e);
       throw e;
     }
+    if (GUID.test(vmId)) await this.records.remove(vmId);
     const checkpointId = String(result.snapshotInstanceId ?? '').replace(/^Microsoft:/i, '').toLowerCase();
     if (!GUID.test(checkpointId)) {
       throw new HypervisorError('HypervisorCommandFailed', `CreateSnapshot returned no usable snapshot id ('${checkpointId}')`, { result });
@@ -240,14 +266,25 @@ export class HyperVHypervisor implements HypervisorAdapter {
     };
   }
 
-  /** An offline checkpoint that failed after quiescing (or was killed) must not leave the VM down. */
-  private async resumeAfterFailedOffline(vmId: string, e: HypervisorError): Promise<void> {
-    const trace = asArray<{ step: string }>(e.details.trace).map((t) => t.step);
-    const leftDown = e.details.timedOut === true || (trace.includes('quiesced') && !trace.includes('resumed'));
-    if (!leftDown) return;
+  /**
+   * A checkpoint attempt that failed or was killed after quiescing must not leave the VM down; only
+   * a pause or save our record holds is undone. The record stays while it names a checkpoint (a
+   * retry by label finds it by id), marked as no longer holding the VM.
+   */
+  private async resumeAfterFailure(vmId: string, e: HypervisorError): Promise<void> {
+    let held: CheckpointRecord | undefined;
     try {
-      await this.resumeVm(vmId);
+      held = await this.records.get(vmId);
+    } catch (readError) {
+      e.details.recordError = (readError as Error).message;
+      return;
+    }
+    if (!held?.quiesced) return;
+    try {
+      await this.run('power', { vm: vmId, action: 'resume-held', held: held.quiesced }, true);
       e.details.resumedAfterFailure = true;
+      if (held.checkpointId) await this.records.put(vmId, { ...held, quiesced: null });
+      else await this.records.remove(vmId);
     } catch (resumeError) {
       e.details.resumedAfterFailure = false;
       e.details.resumeError = (resumeError as Error).message;
@@ -266,7 +303,11 @@ export class HyperVHypervisor implements HypervisorAdapter {
   /** releaseCheckpoint with what it left: the reference point and its RCT ids per disk. */
   async releaseToReferencePoint(vmId: string, checkpointId: string): Promise<ReleasedCheckpoint> {
     const ckpt = HyperVHypervisor.checkpointGuid(checkpointId);
-    const result = await this.run('release-checkpoint', { vm: vmId, checkpointId: ckpt }, true);
+    const held = await this.record(vmId);
+    const result = await this.run('release-checkpoint', { vm: vmId, checkpointId: ckpt, heldQuiet: held?.quiesced ?? '' }, true);
+    // The VM is not held any more; a record that names another checkpoint stays for that one.
+    if (held && (held.checkpointId === null || held.checkpointId === ckpt)) await this.records.remove(vmId);
+    else if (held?.quiesced) await this.records.put(vmId, { ...held, quiesced: null });
     if (result.alreadyReleased === true) {
       const known = GUID.test(String(result.vmId)) ? await this.store.get(String(result.vmId), ckpt).catch(() => undefined) : undefined;
       return {
@@ -318,6 +359,12 @@ export class HyperVHypervisor implements HypervisorAdapter {
     const result = await this.run('checkpoints-by-label', { vm: vmId, label });
     const ids = asArray<unknown>(result.checkpointIds).map((id) => String(id).toLowerCase());
     for (const id of ids) await this.releaseToReferencePoint(vmId, id);
+    // An attempt killed between quiescing the VM and CreateSnapshot left a pause and no checkpoint.
+    const held = await this.record(vmId);
+    if (held && held.label === label) {
+      if (held.quiesced) await this.run('power', { vm: vmId, action: 'resume-held', held: held.quiesced }, true);
+      await this.records.remove(vmId);
+    }
     return ids;
   }
 

@@ -28,8 +28,10 @@
 //     [in] uint64 ByteOffset, [in] uint64 ByteLength ("must be less than the size of the disk"),
 //     [out] uint64 ProcessedByteLength ("may be equal to ByteLength or less"),
 //     [out] uint64 ChangedByteOffsets[], [out] uint64 ChangedByteLengths[], [out] CIM_ConcreteJob REF Job)
-//   Msvm_ConcreteJob.JobState: 3 Starting, 4 Running, 5 Suspended, 6 Shutting Down, 7 Completed,
-//     8 Terminated, 9 Killed, 10 Exception.
+//   Msvm_VirtualSystemSnapshotService.DestroySnapshot([in] CIM_VirtualSystemSettingData REF AffectedSnapshot,
+//     [out] CIM_ConcreteJob REF Job)
+//   Msvm_ConcreteJob.JobState: 2 New, 3 Starting, 4 Running, 5 Suspended, 6 Shutting Down, 7 Completed,
+//     8 Terminated, 9 Killed, 10 Exception; RequestStateChange(RequestedState 4) asks it to terminate.
 //   Msvm_KvpExchangeComponent.GuestIntrinsicExchangeItems: XML <INSTANCE CLASSNAME="Msvm_KvpExchangeDataItem">
 //     with PROPERTY Name (OSName, OSVersion, OSPlatformId…) and Data.
 
@@ -118,16 +120,22 @@ function Get-HvpComputerSystem($vm) {
   Get-CimInstance -Namespace $ns -ClassName Msvm_ComputerSystem -Filter ("Name='{0}'" -f ([string]$vm.Id))
 }
 
-# Waits for the Msvm_ConcreteJob of a method that returned 4096; throws on failure.
-function Wait-HvpCimJob($r, [string]$method) {
+# Waits for the Msvm_ConcreteJob of a method that returned 4096; throws on failure. A job that
+# outlives its time is asked to terminate, not left running behind the error.
+function Wait-HvpCimJob($r, [string]$method, [double]$timeoutSec = 0) {
   $script:step = $method
   $rv = [int]$r.ReturnValue
   if ($rv -eq 0) { return $null }
   if ($rv -ne 4096) { Fail-Hvp ('{0} returned {1}' -f $method, $rv) @{ cmdlet = 'Invoke-CimMethod'; method = $method; returnValue = $rv } }
   $job = $r.Job | Get-CimInstance
-  $deadline = (Get-Date).AddSeconds([double]$p.jobTimeoutSec)
-  while ($job.JobState -in 3, 4, 5, 6) {
-    if ((Get-Date) -gt $deadline) { Fail-Hvp ('{0}: job still running after {1} s' -f $method, $p.jobTimeoutSec) @{ cmdlet = 'Invoke-CimMethod'; method = $method } }
+  if ($timeoutSec -le 0) { $timeoutSec = [double]$p.jobTimeoutSec }
+  $deadline = (Get-Date).AddSeconds($timeoutSec)
+  while ($job.JobState -in 2, 3, 4, 5, 6) {
+    if ((Get-Date) -gt $deadline) {
+      $terminate = $null
+      try { $terminate = [int](Invoke-CimMethod -InputObject $job -MethodName RequestStateChange -Arguments @{ RequestedState = [uint16]4 }).ReturnValue } catch { }
+      Fail-Hvp ('{0}: job still running after {1} s' -f $method, $timeoutSec) @{ cmdlet = 'Invoke-CimMethod'; method = $method; jobTimedOut = $true; terminateReturnValue = $terminate }
+    }
     Start-Sleep -Milliseconds 500
     $job = $job | Get-CimInstance
   }
@@ -135,6 +143,29 @@ function Wait-HvpCimJob($r, [string]$method) {
     Fail-Hvp ('{0}: job ended in state {1}: {2}' -f $method, $job.JobState, $job.ErrorDescription) @{ cmdlet = 'Invoke-CimMethod'; method = $method; jobState = [int]$job.JobState; errorCode = [int]$job.ErrorCode }
   }
   return $job
+}
+
+# The record of what an unfinished checkpoint holds (checkpoint-record.ts), flushed to disk and
+# moved into place before the VM is touched.
+function Write-HvpRecord([string]$quiesced, [string]$checkpointId) {
+  if (-not $p.recordPath) { return }
+  $q = $null; if ($quiesced) { $q = $quiesced }
+  $c = $null; if ($checkpointId) { $c = $checkpointId }
+  $rec = @{ version = 1; label = [string]$p.label; quiesced = $q; checkpointId = $c; at = (Get-Date).ToUniversalTime().ToString('o') }
+  $bytes = (New-Object System.Text.UTF8Encoding($false)).GetBytes((ConvertTo-Json -InputObject $rec -Compress))
+  $tmp = [string]$p.recordPath + '.tmp'
+  $fs = [IO.File]::Open($tmp, [IO.FileMode]::Create, [IO.FileAccess]::Write, [IO.FileShare]::None)
+  try { $fs.Write($bytes, 0, $bytes.Length); $fs.Flush($true) } finally { $fs.Dispose() }
+  Move-Item -LiteralPath $tmp -Destination ([string]$p.recordPath) -Force
+}
+
+# Resumes the VM only when our record says we quieted it that way ($held) and it is still so: a VM
+# an administrator paused or saved is left as it is.
+function Resume-HvpHeld($vm, [string]$held) {
+  $state = [string](Get-VM -Id $vm.Id).State
+  if ($held -eq 'pause' -and $state -eq 'Paused') { $script:step = 'Resume-VM'; Resume-VM -VM $vm; return 'Resume-VM' }
+  if ($held -eq 'save' -and $state -eq 'Saved') { $script:step = 'Start-VM'; Start-VM -VM $vm; return 'Start-VM' }
+  return $null
 }
 
 function Format-HvpReferencePoint($rp) {
@@ -331,27 +362,41 @@ const BODIES: Record<ScriptOp, string> = {
     New-CimInstance -ClientOnly -Property @{ ConsistencyLevel = [byte]$p.consistencyLevel; IgnoreNonSnapshottableDisks = $true }
   $ser = [Microsoft.Management.Infrastructure.Serialization.CimSerializer]::Create()
   $embedded = [Text.Encoding]::Unicode.GetString($ser.Serialize($settings, [Microsoft.Management.Infrastructure.Serialization.InstanceSerializationOptions]::None))
+  $script:trace = New-Object System.Collections.ArrayList
+  function Add-HvpTrace([string]$s) { [void]$script:trace.Add(@{ step = $s; at = (Get-Date).ToUniversalTime().ToString('o') }) }
+  # 'pause' or 'save' when our record says an earlier attempt quieted this VM and never resumed it.
+  $held = [string]$p.heldQuiet
 
-  # Idempotent by label: a retried request finds the checkpoint its first attempt made.
+  # Idempotent by label: a retried request finds the checkpoint its first attempt made, by its label,
+  # or by the id in our record when that attempt did not live to rename it.
   if ($p.label) {
     $existing = @(Get-HvpSnapshots $vm | Where-Object { [string]$_.SnapshotType -eq 'Recovery' -and [string]$_.Name -eq [string]$p.label })[0]
+    if (-not $existing -and $p.recordCheckpointId) {
+      $recorded = ([guid][string]$p.recordCheckpointId).ToString()
+      $existing = @(Get-HvpSnapshots $vm | Where-Object { [string]$_.SnapshotType -eq 'Recovery' -and [string]$_.Id -eq $recorded })[0]
+      if ($existing) { $script:step = 'Rename-VMSnapshot'; Rename-VMSnapshot -VMSnapshot $existing -NewName ([string]$p.label) }
+    }
     if ($existing) {
+      $resumed = Resume-HvpHeld $vm $held
+      if ($resumed) { Add-HvpTrace 'resumed' }
       Write-HvpResult @{
         vmId = [string]$vm.Id; host = $env:COMPUTERNAME; snapshotInstanceId = 'Microsoft:' + [string]$existing.Id; reused = $true
-        creationTime = $existing.CreationTime.ToUniversalTime().ToString('o'); stateBefore = [string]$vm.State; quiesced = $null
-        trace = @(); disks = @(Get-HvpCheckpointDisks $existing) }
+        creationTime = $existing.CreationTime.ToUniversalTime().ToString('o'); stateBefore = [string]$vm.State; quiesced = $null; resumed = $resumed
+        trace = @($script:trace); disks = @(Get-HvpCheckpointDisks $existing) }
       return
     }
   }
 
-  $script:trace = New-Object System.Collections.ArrayList
-  function Add-HvpTrace([string]$s) { [void]$script:trace.Add(@{ step = $s; at = (Get-Date).ToUniversalTime().ToString('o') }) }
   $stateBefore = [string]$vm.State
   $quiesced = $null
+  if (($held -eq 'pause' -and $stateBefore -eq 'Paused') -or ($held -eq 'save' -and $stateBefore -eq 'Saved')) { $quiesced = $held; Add-HvpTrace 'held' }
   $snap = $null
+  $primary = $null
   try {
-    # Offline: make the VM quiet, take the checkpoint, bring it back at once (finally).
-    if ($p.mode -eq 'offline' -and $stateBefore -eq 'Running' -and ($p.offlineMethod -eq 'save' -or $p.offlineMethod -eq 'pause')) {
+    # Offline: make the VM quiet, take the checkpoint, bring it back at once (below).
+    if (-not $quiesced -and $p.mode -eq 'offline' -and $stateBefore -eq 'Running' -and ($p.offlineMethod -eq 'save' -or $p.offlineMethod -eq 'pause')) {
+      $script:step = 'record'
+      Write-HvpRecord ([string]$p.offlineMethod) ''
       if ($p.offlineMethod -eq 'pause') {
         $script:step = 'Suspend-VM'; Add-HvpTrace 'Suspend-VM'; Suspend-VM -VM $vm; $quiesced = 'pause'
       } else {
@@ -363,30 +408,57 @@ const BODIES: Record<ScriptOp, string> = {
     Add-HvpTrace 'CreateSnapshot'
     $r = Invoke-CimMethod -InputObject $svc -MethodName CreateSnapshot -Arguments @{
       AffectedSystem = $cs; SnapshotSettings = $embedded; SnapshotType = [uint16]32768 }
-    $job = Wait-HvpCimJob $r 'CreateSnapshot'
+    # A quiet VM waits for this job: its own, shorter limit.
+    $limit = 0
+    if ($quiesced) { $limit = [double]$p.quiescedJobTimeoutSec }
+    $job = Wait-HvpCimJob $r 'CreateSnapshot' $limit
     if ($job) { $snap = @(Get-CimAssociatedInstance -InputObject $job -ResultClassName Msvm_VirtualSystemSettingData)[0] }
     if (-not $snap -and $r.ResultingSnapshot) { $snap = $r.ResultingSnapshot | Get-CimInstance }
     if (-not $snap) { Fail-Hvp 'CreateSnapshot finished but named no snapshot' @{ method = 'CreateSnapshot' } }
     Add-HvpTrace 'snapshot-created'
-  } finally {
-    if ($quiesced -eq 'pause') { $script:step = 'Resume-VM'; Add-HvpTrace 'Resume-VM'; Resume-VM -VM $vm; Add-HvpTrace 'resumed' }
-    elseif ($quiesced -eq 'save') { $script:step = 'Start-VM'; Add-HvpTrace 'Start-VM'; Start-VM -VM $vm; Add-HvpTrace 'resumed' }
+    if ($p.label) { $script:step = 'record'; Write-HvpRecord ([string]$quiesced) (([string]$snap.InstanceID) -replace '^Microsoft:', '') }
+  } catch {
+    $primary = $_
+    $primaryStep = $script:step
   }
+  # Resumed here, not in a finally: an error while resuming must not hide the error that came first.
+  $resumeError = $null
+  if ($quiesced) {
+    try {
+      if ($quiesced -eq 'pause') { $script:step = 'Resume-VM'; Add-HvpTrace 'Resume-VM'; Resume-VM -VM $vm }
+      else { $script:step = 'Start-VM'; Add-HvpTrace 'Start-VM'; Start-VM -VM $vm }
+      Add-HvpTrace 'resumed'
+    } catch { $resumeError = $_.Exception.Message }
+  }
+  if ($primary) {
+    $script:step = $primaryStep
+    if ($resumeError) { if (-not $script:failure) { $script:failure = @{} }; $script:failure.resumeError = $resumeError }
+    throw $primary
+  }
+  if ($resumeError) { Fail-Hvp ('the checkpoint was taken but the VM could not be resumed: {0}' -f $resumeError) @{ resumeError = $resumeError } }
 
   $snapId = ([string]$snap.InstanceID) -replace '^Microsoft:', ''
   $script:step = 'Get-VMSnapshot'
   $vs = @(Get-HvpSnapshots $vm | Where-Object { [string]$_.Id -eq $snapId })[0]
   if (-not $vs) { Fail-Hvp ('snapshot {0} was created but Get-VMSnapshot does not list it' -f $snapId) @{ } }
-  $labelError = $null
   if ($p.label) {
     $script:step = 'Rename-VMSnapshot'
-    try { Rename-VMSnapshot -VMSnapshot $vs -NewName ([string]$p.label) } catch { $labelError = $_.Exception.Message }
+    try { Rename-VMSnapshot -VMSnapshot $vs -NewName ([string]$p.label) }
+    catch {
+      # A checkpoint without its label is found by no retry and no release: remove it and fail.
+      $renameError = $_.Exception.Message
+      $script:step = 'DestroySnapshot'
+      $d = Invoke-CimMethod -InputObject $svc -MethodName DestroySnapshot -Arguments @{ AffectedSnapshot = $snap }
+      $null = Wait-HvpCimJob $d 'DestroySnapshot'
+      $script:step = 'Rename-VMSnapshot'
+      Fail-Hvp ('the recovery checkpoint could not be named {0} and was removed: {1}' -f $p.label, $renameError) @{ labelError = $renameError; checkpointRemoved = $true }
+    }
   }
   Write-HvpResult @{
     vmId = [string]$vm.Id; host = $env:COMPUTERNAME; snapshotInstanceId = [string]$snap.InstanceID
     virtualSystemType = [string]$snap.VirtualSystemType; creationTime = $vs.CreationTime.ToUniversalTime().ToString('o')
     stateBefore = $stateBefore; quiesced = $quiesced; trace = @($script:trace); disks = @(Get-HvpCheckpointDisks $vs)
-    reused = $false; labelError = $labelError
+    reused = $false
   }
 `,
 
@@ -433,17 +505,16 @@ const BODIES: Record<ScriptOp, string> = {
   $script:step = 'Msvm_VirtualSystemSettingData'
   $snap = Get-CimInstance -Namespace $ns -ClassName Msvm_VirtualSystemSettingData -Filter ("InstanceID='Microsoft:{0}'" -f $ckpt)
   $state = [string]$vm.State
-  $resumed = $null
   if (-not $snap) {
-    Write-HvpResult @{ vmId = [string]$vm.Id; alreadyReleased = $true; state = $state }
+    $resumed = Resume-HvpHeld $vm ([string]$p.heldQuiet)
+    Write-HvpResult @{ vmId = [string]$vm.Id; alreadyReleased = $true; state = $state; resumed = $resumed }
     return
   }
   if ([string]$snap.VirtualSystemType -ne 'Microsoft:Hyper-V:Snapshot:Recovery') {
     Fail-Hvp ('checkpoint {0} is a {1}, not a recovery checkpoint; it is not ours to release' -f $ckpt, $snap.VirtualSystemType) @{ }
   }
-  # A pause or save left by an interrupted offline checkpoint ends here.
-  if ($state -eq 'Paused') { $script:step = 'Resume-VM'; Resume-VM -VM $vm; $resumed = 'Resume-VM' }
-  elseif ($state -eq 'Saved') { $script:step = 'Start-VM'; Start-VM -VM $vm; $resumed = 'Start-VM' }
+  # A pause or save our interrupted offline checkpoint left (our record says so) ends here; no other.
+  $resumed = Resume-HvpHeld $vm ([string]$p.heldQuiet)
   $script:step = 'Msvm_VirtualSystemSnapshotService'
   $svc = Get-CimInstance -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotService
   $script:step = 'ConvertToReferencePoint'
@@ -502,6 +573,7 @@ const BODIES: Record<ScriptOp, string> = {
       if ($before -eq 'Running' -or $before -eq 'Paused') { $script:step = 'Save-VM'; Save-VM -VM $vm }
       elseif ($before -ne 'Saved') { Fail-Hvp ('cannot save a VM that is {0}' -f $before) @{ cmdlet = 'Save-VM' } }
     }
+    'resume-held' { $null = Resume-HvpHeld $vm ([string]$p.held) }
     'resume' {
       if ($before -eq 'Paused') { $script:step = 'Resume-VM'; Resume-VM -VM $vm }
       elseif ($before -eq 'Saved') { $script:step = 'Start-VM'; Start-VM -VM $vm }
@@ -521,3 +593,6 @@ export function buildScript(op: ScriptOp, params: Record<string, unknown>): stri
   const preamble = PREAMBLE.replace('__PARAMS__', () => encodeParams(params));
   return `# hvprotect-op: ${op}\n${preamble}${MAIN_OPEN}${BODIES[op]}${MAIN_CLOSE}`;
 }
+
+/** Every operation that has a script. */
+export const SCRIPT_OPS = Object.keys(BODIES) as ScriptOp[];

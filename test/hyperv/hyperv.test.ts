@@ -266,7 +266,7 @@ describe('backup checkpoints', () => {
           'CimSerializer',
           '-MethodName CreateSnapshot',
           'SnapshotType = [uint16]32768',
-          'JobState -in 3, 4, 5, 6',
+          'JobState -in 2, 3, 4, 5, 6',
           'Rename-VMSnapshot',
           'Get-VMHardDiskDrive -VMSnapshot',
         ],
@@ -292,19 +292,25 @@ describe('backup checkpoints', () => {
       {
         op: 'create-checkpoint',
         fixture: 'create-checkpoint-offline.json',
-        expectParams: { vm: LINUX_VM, mode: 'offline', consistencyLevel: 2, offlineMethod: 'save' },
+        expectParams: { vm: LINUX_VM, mode: 'offline', consistencyLevel: 2, offlineMethod: 'save', heldQuiet: '', recordCheckpointId: '' },
+        record: { quiesced: 'save', checkpointId: '5d6e7f80-9a1b-4c2d-8e3f-4a5b6c7d8e9f' },
       },
     ]);
     const ckpt = await f.adapter.createBackupCheckpoint(LINUX_VM, { mode: 'offline', offlineMethod: 'save', label: 'b/2' });
+    // Done and resumed: the record of the pause is gone.
+    expect(fs.existsSync(path.join(f.dir, 'rct', `${LINUX_VM}.checkpoint.json`))).toBe(false);
     expect(ckpt.mode).toBe('offline');
     expect(ckpt.downtimeMs).toBe(6500);
     expect(ckpt.checkpointId).toBe('5d6e7f80-9a1b-4c2d-8e3f-4a5b6c7d8e9f');
     expect(ckpt.disks).toHaveLength(1);
-    // The order inside the one script: quiesce, snapshot, then resume in a finally block.
+    // The order inside the one script: record, quiesce, snapshot, then resume after the catch.
     const { script } = f.calls()[0];
+    const record = script.indexOf("Write-HvpRecord ([string]$p.offlineMethod) ''");
     const save = script.indexOf('Save-VM -VM $vm');
     const create = script.indexOf('-MethodName CreateSnapshot');
-    const fin = script.indexOf('} finally {', create);
+    const fin = script.indexOf('$primary = $_', create);
+    expect(record).toBeGreaterThan(0);
+    expect(save).toBeGreaterThan(record);
     const start = script.indexOf('Start-VM -VM $vm', fin);
     const resume = script.indexOf('Resume-VM -VM $vm', fin);
     expect(save).toBeGreaterThan(0);
@@ -315,10 +321,11 @@ describe('backup checkpoints', () => {
     expect(script.indexOf('Suspend-VM -VM $vm')).toBeLessThan(create);
   });
 
-  test('offline failure after the save: the VM is resumed before the error is reported', async () => {
+  test('offline failure after the pause: the VM our record holds is resumed before the error is reported', async () => {
     const f = fakeHost([
       {
         op: 'create-checkpoint',
+        record: { quiesced: 'pause', checkpointId: null },
         error: {
           type: 'HypervisorCommandFailed',
           message: 'CreateSnapshot: job ended in state 10: The operation failed.',
@@ -328,13 +335,80 @@ describe('backup checkpoints', () => {
           trace: [{ step: 'Suspend-VM', at: '2026-11-24T03:00:00Z' }, { step: 'quiesced', at: '2026-11-24T03:00:00.1Z' }, { step: 'CreateSnapshot', at: '2026-11-24T03:00:00.2Z' }],
         },
       },
-      { op: 'power', expectParams: { vm: LINUX_VM, action: 'resume' }, result: { before: 'Paused', after: 'Running' } },
+      { op: 'power', expectParams: { vm: LINUX_VM, action: 'resume-held', held: 'pause' }, result: { before: 'Paused', after: 'Running' } },
     ]);
     const e = await rejection(f.adapter.createBackupCheckpoint(LINUX_VM, { mode: 'offline', offlineMethod: 'pause' }));
     expect(e.type).toBe('HypervisorCommandFailed');
     expect(e.message).toContain('Invoke-CimMethod');
     expect(e.details.resumedAfterFailure).toBe(true);
     expect(f.calls().map((c) => c.op)).toEqual(['create-checkpoint', 'power']);
+    expect(fs.existsSync(path.join(f.dir, 'rct', `${LINUX_VM}.checkpoint.json`))).toBe(false);
+  });
+
+  test('a failure that quieted nothing (the VM was already paused by someone else) resumes nothing', async () => {
+    const f = fakeHost([
+      {
+        op: 'create-checkpoint',
+        error: { type: 'HypervisorCommandFailed', message: 'CreateSnapshot returned 32775', cmdlet: 'Invoke-CimMethod', returnValue: 32775, trace: [{ step: 'CreateSnapshot', at: '2026-11-24T03:00:00Z' }] },
+      },
+    ]);
+    const e = await rejection(f.adapter.createBackupCheckpoint(LINUX_VM, { mode: 'offline', offlineMethod: 'pause' }));
+    expect(e.details.resumedAfterFailure).toBeUndefined();
+    expect(f.calls().map((c) => c.op)).toEqual(['create-checkpoint']);
+  });
+
+  test('release resumes only a VM our record holds: heldQuiet comes from the record, and the record goes', async () => {
+    const rec = path.join('rct', `${WIN_VM}.checkpoint.json`);
+    const f = fakeHost([
+      { op: 'release-checkpoint', fixture: 'release.json', expectParams: { vm: WIN_VM, checkpointId: CKPT, heldQuiet: '' } },
+      { op: 'release-checkpoint', fixture: 'release.json', expectParams: { vm: WIN_VM, checkpointId: CKPT, heldQuiet: 'save' } },
+    ]);
+    // No record: an administrator's paused or saved VM is not ours to resume.
+    await f.adapter.releaseCheckpoint(WIN_VM, CKPT);
+    fs.writeFileSync(path.join(f.dir, rec), JSON.stringify({ version: 1, label: 'backup/sql01/1', quiesced: 'save', checkpointId: CKPT, at: '2026-11-24T03:00:00Z' }));
+    await f.adapter.releaseCheckpoint(WIN_VM, CKPT);
+    expect(fs.existsSync(path.join(f.dir, rec))).toBe(false);
+    expect(f.remaining()).toBe(0);
+  });
+
+  test('a retry by label after a crash before the rename finds the checkpoint by the id in the record and resumes the held VM', async () => {
+    const f = fakeHost([
+      {
+        op: 'create-checkpoint',
+        expectParams: { vm: WIN_VM, label: 'backup/sql01/1', heldQuiet: 'pause', recordCheckpointId: CKPT },
+        expectCmdlets: ['Rename-VMSnapshot -VMSnapshot $existing -NewName ([string]$p.label)'],
+        result: { ...JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', 'create-checkpoint-online.json'), 'utf8')), reused: true, resumed: 'Resume-VM', trace: [] },
+      },
+    ]);
+    fs.mkdirSync(path.join(f.dir, 'rct'), { recursive: true });
+    fs.writeFileSync(path.join(f.dir, 'rct', `${WIN_VM}.checkpoint.json`), JSON.stringify({ version: 1, label: 'backup/sql01/1', quiesced: 'pause', checkpointId: CKPT.toUpperCase(), at: 'x' }));
+    const ckpt = await f.adapter.createBackupCheckpoint(WIN_VM, { mode: 'offline', offlineMethod: 'pause', label: 'backup/sql01/1' });
+    expect(ckpt.checkpointId).toBe(CKPT);
+  });
+
+  test('release by label after a crash between the pause and CreateSnapshot resumes the held VM (no checkpoint to release)', async () => {
+    const f = fakeHost([
+      { op: 'checkpoints-by-label', expectParams: { vm: LINUX_VM, label: 'backup/b/7' }, result: { vmId: LINUX_VM, checkpointIds: [] } },
+      { op: 'power', expectParams: { vm: LINUX_VM, action: 'resume-held', held: 'pause' }, result: { before: 'Paused', after: 'Running' } },
+    ]);
+    fs.mkdirSync(path.join(f.dir, 'rct'), { recursive: true });
+    fs.writeFileSync(path.join(f.dir, 'rct', `${LINUX_VM}.checkpoint.json`), JSON.stringify({ version: 1, label: 'backup/b/7', quiesced: 'pause', checkpointId: null, at: 'x' }));
+    expect(await f.adapter.releaseCheckpointsByLabel(LINUX_VM, 'backup/b/7')).toEqual([]);
+    expect(f.remaining()).toBe(0);
+    expect(fs.existsSync(path.join(f.dir, 'rct', `${LINUX_VM}.checkpoint.json`))).toBe(false);
+  });
+
+  test('a label that cannot be set removes the new checkpoint and fails (no unnamed recovery checkpoint is left)', async () => {
+    const f = fakeHost([
+      {
+        op: 'create-checkpoint',
+        expectCmdlets: ['-MethodName DestroySnapshot -Arguments @{ AffectedSnapshot = $snap }'],
+        error: { type: 'HypervisorCommandFailed', message: 'the recovery checkpoint could not be named backup/x/1 and was removed: Access denied', cmdlet: 'Rename-VMSnapshot', labelError: 'Access denied', checkpointRemoved: true },
+      },
+    ]);
+    const e = await rejection(f.adapter.createBackupCheckpoint(WIN_VM, { mode: 'online', label: 'backup/x/1' }));
+    expect(e.message).toContain('could not be named');
+    expect(e.details.checkpointRemoved).toBe(true);
   });
 
   test('a retried request with the same label gets the same checkpoint back', async () => {
@@ -602,8 +676,8 @@ describe('failures', () => {
   test('an offline checkpoint that times out tries to resume the VM', async () => {
     const f = fakeHost(
       [
-        { op: 'create-checkpoint', fixture: 'create-checkpoint-offline.json', sleepMs: 10_000 },
-        { op: 'power', expectParams: { action: 'resume' }, result: { before: 'Saved', after: 'Running' } },
+        { op: 'create-checkpoint', fixture: 'create-checkpoint-offline.json', sleepMs: 10_000, record: { quiesced: 'save', checkpointId: null } },
+        { op: 'power', expectParams: { action: 'resume-held', held: 'save' }, result: { before: 'Saved', after: 'Running' } },
       ],
       { checkpointTimeoutMs: 400 },
     );

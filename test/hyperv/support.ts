@@ -19,6 +19,8 @@ export interface Step {
   exitCode?: number;
   sleepMs?: number;
   banner?: boolean;
+  /** Written to the script's recordPath (the checkpoint record) before the answer. */
+  record?: { quiesced: 'pause' | 'save' | null; checkpointId: string | null };
 }
 
 export interface LoggedCall {

@@ -1,0 +1,78 @@
+// What an unfinished backup checkpoint of ours holds on a VM, kept on the host's disk so that a
+// retry or a release after a crash knows it, and touches nothing it does not hold.
+//
+// Why it exists: an offline checkpoint pauses or saves the VM, and the process doing it can die
+// (agent killed, host rebooted mid-backup) before it resumes the VM or renames the new recovery
+// checkpoint to its label. Without a record, a retry or a release cannot tell a VM hvprotect paused
+// from one an administrator left paused or saved on purpose.
+//
+// Written by the create-checkpoint script itself (it alone knows the moment it quiesces and the id
+// CreateSnapshot returned), read and removed here. Format: `<dir>/<vmId>.checkpoint.json` =
+// { version: 1, label, quiesced: 'pause' | 'save' | null, checkpointId: GUID | null, at }, written
+// to `<file>.tmp` with a flush to disk and moved into place.
+import * as fs from 'node:fs/promises';
+import * as path from 'node:path';
+
+export interface CheckpointRecord {
+  version: 1;
+  label: string;
+  /** How hvprotect quieted the VM; null once resumed (or never quieted). */
+  quiesced: 'pause' | 'save' | null;
+  /** The recovery checkpoint CreateSnapshot made, once it exists. */
+  checkpointId: string | null;
+  at: string;
+}
+
+const SAFE_VM_ID = /^[0-9a-f-]{36}$/i;
+
+export class CheckpointRecords {
+  constructor(readonly dir: string) {}
+
+  /** Where the script writes the record of `vmId` (a GUID; anything else must not become a path). */
+  file(vmId: string): string {
+    if (!SAFE_VM_ID.test(vmId)) throw new Error(`not a VM id: ${JSON.stringify(vmId)}`);
+    return path.join(this.dir, `${vmId.toLowerCase()}.checkpoint.json`);
+  }
+
+  /** The record, or undefined when there is none; a damaged record is an error (never guessed). */
+  async get(vmId: string): Promise<CheckpointRecord | undefined> {
+    if (!SAFE_VM_ID.test(vmId)) return undefined;
+    let text: string;
+    try {
+      text = await fs.readFile(this.file(vmId), 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+    // PowerShell may write a byte-order mark.
+    const r = JSON.parse(text.replace(/^\uFEFF/, '')) as CheckpointRecord;
+    const quiesced = r.quiesced ?? null;
+    if (r.version !== 1 || typeof r.label !== 'string' || (quiesced !== null && quiesced !== 'pause' && quiesced !== 'save')) {
+      throw new Error(`${this.file(vmId)}: not an hvprotect checkpoint record`);
+    }
+    return { version: 1, label: r.label, quiesced, checkpointId: r.checkpointId ? String(r.checkpointId).toLowerCase() : null, at: String(r.at ?? '') };
+  }
+
+  /** Replace the record (temp file, fsync, rename), as the script writes it. */
+  async put(vmId: string, record: CheckpointRecord): Promise<void> {
+    await this.ensureDir();
+    const target = this.file(vmId);
+    const tmp = `${target}.${process.pid}.tmp`;
+    const fh = await fs.open(tmp, 'w');
+    try {
+      await fh.writeFile(JSON.stringify(record));
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fs.rename(tmp, target);
+  }
+
+  async remove(vmId: string): Promise<void> {
+    if (SAFE_VM_ID.test(vmId)) await fs.rm(this.file(vmId), { force: true });
+  }
+
+  async ensureDir(): Promise<void> {
+    await fs.mkdir(this.dir, { recursive: true });
+  }
+}
