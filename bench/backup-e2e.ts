@@ -1,7 +1,7 @@
 // Benchmark: a backup end to end, as the product runs it — a Temporal workflow on a real dev
 // server, the protection server (repository + storage API + workflows), and the host agent as
 // its own process reading a lab VM's VHDX — against the repository's own incremental ingest of
-// the same changed ranges (storage-api/ingest.ts `ingestDisk`, no Temporal, no VHDX, no lab).
+// the same changed ranges (ingest/ `ingestDisk`, the transferDisk activity's own pipeline, without Temporal, VHDX or lab).
 //
 //   npx tsc -p . && node dist/bench/backup-e2e.js [--size-gib 4] [--rounds 3] [--fill 0.7] [--keep]
 //
@@ -37,10 +37,10 @@ const mib = (b: number) => (b / MiB).toFixed(1);
 
 async function ingestChild(url: string, token: string, image: string, rangesFile: string, basePoint: string): Promise<void> {
   const { StorageClient } = await import('../storage-api/client');
-  const { ingestDisk } = await import('../storage-api/ingest');
+  const { allSlots, ingestDisk, openRawFileReader, slotsOfRanges } = await import('../ingest');
   const client = new StorageClient(url, token);
-  const fh = await fs.open(image, 'r');
-  const virtualSize = (await fh.stat()).size;
+  const reader = await openRawFileReader(image);
+  const { virtualSize } = reader;
   const ranges = rangesFile !== '-' ? (JSON.parse(await fs.readFile(rangesFile, 'utf8')) as Array<{ offset: number; length: number }>) : undefined;
   await new Promise<void>((resolve) => {
     process.once('message', () => resolve());
@@ -48,19 +48,14 @@ async function ingestChild(url: string, token: string, image: string, rangesFile
   });
   const t0 = performance.now();
   const session = await client.beginSession(DS, basePoint !== '-' ? { basePoint } : {});
+  // The agent's transferDisk path (ingest/), with its defaults.
   const progress = await ingestDisk({
-    client,
+    reader,
+    storage: client,
     sessionId: session.sessionId,
     diskId: 'disk0',
-    virtualSize,
     chunkSize: session.chunkSize,
-    read: async (offset, length) => {
-      const buf = Buffer.allocUnsafe(length);
-      const { bytesRead } = await fh.read(buf, 0, length, offset);
-      return bytesRead === length ? buf : buf.subarray(0, bytesRead);
-    },
-    changedRanges: ranges,
-    concurrency: 4,
+    slots: ranges ? slotsOfRanges(ranges, session.chunkSize, virtualSize) : allSlots(virtualSize, session.chunkSize),
   });
   const manifest = await client.commitPoint(session.sessionId, {
     kind: ranges ? 'express-full' : 'initial-replica',
@@ -68,7 +63,7 @@ async function ingestChild(url: string, token: string, image: string, rangesFile
     disks: [{ diskId: 'disk0', fileName: path.basename(image), virtualSize }],
   });
   const wallMs = performance.now() - t0;
-  await fh.close();
+  await reader.close();
   process.send!({ wallMs, pointId: manifest.pointId, bytesRead: progress.bytesRead, bytesSent: progress.bytesSent, chunkSize: session.chunkSize }, () => process.exit(0));
 }
 
@@ -327,7 +322,7 @@ async function main(): Promise<void> {
       `- Processes: a Temporal dev server (\`temporal server start-dev\`, SQLite, headless, its own port), the protection server in the benchmark process ` +
         `(workflows, server activities, storage API, repository; peak RSS ${serverRss.toFixed(0)} MiB), the agent of hv01 as its own process ` +
         `(\`hvprotect agent\`, peak RSS ${agentRss.toFixed(0)} MiB). Data goes agent → storage API over loopback HTTP.`,
-      `- Repository-only path: \`ingestDisk\` (storage-api/ingest.ts) in a child process reading the raw copy (page cache warm), talking to a storage API ` +
+      `- Repository-only path: \`ingestDisk\` (ingest/, the pipeline the transferDisk activity runs) in a child process reading the raw copy (page cache warm), talking to a storage API ` +
         `on a repository of its own in another process (bench/repository-ingest-child.ts server, peak RSS ${repoServerRss.toFixed(0)} MiB); timed from beginSession to ` +
         'the committed manifest, process start-up excluded. It reads only the chunks under the changed ranges, as the express full does from change tracking.',
       '- The express full does in addition: lease, locate the VM, inspect it, plan, create the backup checkpoint (a real AVHDX), read through the VHDX ' +

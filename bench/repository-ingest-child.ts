@@ -25,31 +25,29 @@ async function server(repoDir: string, chunkSize: number): Promise<void> {
 async function agent(url: string, token: string, image: string, rangesFile: string, basePoint: string): Promise<void> {
   const start = process.hrtime.bigint();
   const { StorageClient } = await import('../storage-api/client');
-  const { ingestDisk } = await import('../storage-api/ingest');
+  const { allSlots, ingestDisk, openRawFileReader, slotsOfRanges } = await import('../ingest');
   const client = new StorageClient(url, token);
-  const fh = await fs.open(image, 'r');
-  const virtualSize = (await fh.stat()).size;
+  const reader = await openRawFileReader(image);
+  const { virtualSize } = reader;
   const ranges = rangesFile !== '-' ? (JSON.parse(await fs.readFile(rangesFile, 'utf8')) as Array<{ offset: number; length: number }>) : undefined;
   const session = await client.beginSession('bench-vm', basePoint !== '-' ? { basePoint } : {});
+  const env = (name: string) => (process.env[name] ? Number(process.env[name]) : undefined);
   const progress = await ingestDisk({
-    client, sessionId: session.sessionId, diskId: 'disk0', virtualSize, chunkSize: session.chunkSize,
-    read: async (offset, length) => {
-      const buf = Buffer.allocUnsafe(length);
-      const { bytesRead } = await fh.read(buf, 0, length, offset);
-      return bytesRead === length ? buf : buf.subarray(0, bytesRead);
-    },
-    changedRanges: ranges,
+    reader, storage: client, sessionId: session.sessionId, diskId: 'disk0', chunkSize: session.chunkSize,
+    slots: ranges ? slotsOfRanges(ranges, session.chunkSize, virtualSize) : allSlots(virtualSize, session.chunkSize),
     // The defaults unless overridden (for tuning runs).
-    concurrency: process.env.HVP_BENCH_CONCURRENCY ? Number(process.env.HVP_BENCH_CONCURRENCY) : undefined,
-    batchesInFlight: process.env.HVP_BENCH_IN_FLIGHT ? Number(process.env.HVP_BENCH_IN_FLIGHT) : undefined,
-    batchBytes: process.env.HVP_BENCH_BATCH_MIB ? Number(process.env.HVP_BENCH_BATCH_MIB) * 1024 * 1024 : undefined,
+    tuning: {
+      ...(env('HVP_BENCH_CONCURRENCY') ? { uploadConcurrency: env('HVP_BENCH_CONCURRENCY') } : {}),
+      ...(env('HVP_BENCH_IN_FLIGHT') ? { batchesInFlight: env('HVP_BENCH_IN_FLIGHT') } : {}),
+      ...(env('HVP_BENCH_BATCH_MIB') ? { batchBytes: env('HVP_BENCH_BATCH_MIB')! * 1024 * 1024 } : {}),
+    },
   });
   const ingestMs = Number(process.hrtime.bigint() - start) / 1e6;
   const manifest = await client.commitPoint(session.sessionId, {
     kind: ranges ? 'express-full' : 'initial-replica', mode: 'online',
     disks: [{ diskId: 'disk0', fileName: path.basename(image), virtualSize }],
   });
-  await fh.close();
+  await reader.close();
   const wallMs = Number(process.hrtime.bigint() - start) / 1e6;
   process.send!({ wallMs, ingestMs, cpu: process.cpuUsage(), faults: process.resourceUsage().minorPageFault, maxRssKiB: process.resourceUsage().maxRSS, pointId: manifest.pointId, progress, ownedBytes: manifest.ownedBytes }, () => process.exit(0));
 }

@@ -13,6 +13,7 @@
 // A host activity that finds the VM gone fails VmNotOnHost: the owner is resolved again and the
 // same step carries on on the new host, a bounded number of times.
 import {
+  ActivityCancellationType,
   ActivityFailure,
   ApplicationFailure,
   CancellationScope,
@@ -21,6 +22,7 @@ import {
   defineSignal,
   isCancellation,
   log,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -180,15 +182,23 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
   }
 
   /** Runs a host step on the owner; follows the VM if it moved or its host stopped answering. */
+  let relocation: Promise<VmLocation> | undefined;
   async function onOwner<T>(what: string, run: (queue: string, hostName: string) => Promise<T>): Promise<T> {
     for (;;) {
       if (!owner) owner = await resolveOwner('first look');
+      const tried = owner.host;
       try {
         return await run(hostTaskQueue(owner.host), owner.host);
       } catch (err) {
         const moved = failureType(err) === 'VmNotOnHost';
         const hostSilent = isScheduleToStartTimeout(err);
         if (!moved && !hostSilent) throw err;
+        // Disks transfer in parallel: the first step to notice the move follows the VM for all.
+        if (relocation) {
+          await relocation;
+          continue;
+        }
+        if (owner.host !== tried) continue;
         if (progress.relocations >= maxRelocations) {
           throw ApplicationFailure.nonRetryable(
             `gave up following VM ${input.vm} after ${progress.relocations} moves (during ${what})`,
@@ -197,7 +207,12 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
         }
         progress.relocations++;
         log.warn(`${what}: ${moved ? 'VM is no longer on' : 'no agent answered on'} ${owner.host}; resolving the owner again`);
-        owner = await resolveOwner(moved ? `moved away from ${owner.host}` : `${owner.host} not answering`);
+        relocation = resolveOwner(moved ? `moved away from ${owner.host}` : `${owner.host} not answering`);
+        try {
+          owner = await relocation;
+        } finally {
+          relocation = undefined;
+        }
       }
     }
   }
@@ -267,14 +282,13 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       progress.transferStartedAt = Date.now();
 
       const agents = await server.listHosts();
-      for (const disk of ckpt.disks) {
+      const transferOne = async (disk: BackupCheckpoint['disks'][number], i: number): Promise<void> => {
         const planned = plan.disks.find((p) => p.diskId === disk.diskId);
         // A disk on an SMB share is read by the file server's agent when one runs (no hop
         // through the Hyper-V host), else by the VM's host over SMB.
         const fileServer = facts.disks.find((d) => d.diskId === disk.diskId && d.storage === 'smb')?.fileServer;
         const viaFileServer = fileServer !== undefined && agents.includes(fileServer) ? fileServer : undefined;
         if (!planned) throw ApplicationFailure.nonRetryable(`disk ${disk.diskId} appeared after planning`, 'DiskSetChanged');
-        step(`transferring disk ${disk.diskId} (${planned.kind})`);
         const result = await onOwner(`transfer ${disk.diskId}`, (_queue, ownerHost) => {
           const h = viaFileServer ?? ownerHost;
           return host.transferDisk.executeWithOptions(
@@ -284,6 +298,8 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
               summary: `${planned.kind} of ${facts.name} disk ${disk.diskId} from ${h}`,
               startToCloseTimeout: '24 hours',
               heartbeatTimeout: timing.heartbeatTimeout,
+              // A failed sibling cancels this transfer; the checkpoint is released only once it stopped reading.
+              cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
               retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 50, nonRetryableErrorTypes: NON_RETRYABLE_HOST },
             } as ActivityOptions,
             [
@@ -304,10 +320,33 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
             ],
           );
         });
-        results.push(result);
+        results[i] = result;
         const d = progress.disks.find((x) => x.diskId === disk.diskId)!;
         Object.assign(d, { position: disk.virtualSize, bytesRead: result.bytesRead, bytesSent: result.bytesSent, done: true });
         summarise();
+      };
+
+      if (patched('parallel-disk-transfer')) {
+        // The disks of one VM go at once; the host's transfer queue keeps them within its limit.
+        step(`transferring ${ckpt.disks.length === 1 ? `disk ${ckpt.disks[0].diskId}` : `${ckpt.disks.length} disks`}`);
+        const transfers = new CancellationScope();
+        let firstFailure: unknown;
+        await transfers.run(() =>
+          Promise.allSettled(
+            ckpt.disks.map((disk, i) =>
+              transferOne(disk, i).catch((err: unknown) => {
+                firstFailure ??= err;
+                transfers.cancel();
+              }),
+            ),
+          ),
+        );
+        if (firstFailure !== undefined) throw firstFailure;
+      } else {
+        for (const [i, disk] of ckpt.disks.entries()) {
+          step(`transferring disk ${disk.diskId}`);
+          await transferOne(disk, i);
+        }
       }
 
       const kind = overallKind(plan.kind, results);

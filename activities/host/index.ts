@@ -7,8 +7,7 @@ import { RepositoryError } from '../../repository/errors';
 import { StorageApiError, type StorageClient } from '../../storage-api/client';
 import { crashPoint } from '../../faults/crash-point';
 import { withHeartbeat } from '../heartbeat';
-import { transferDiskSlots, type TransferPosition } from './transfer';
-import { slotsOfRanges } from '../../storage-api/ingest';
+import { ingestDisk, mergeSlots, nonZeroSlots, slotsOfRanges, type IngestPosition } from '../../ingest';
 import type {
   CheckpointRequest,
   DiskTransferRequest,
@@ -134,13 +133,13 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
         // The file server's agent reads disks on its shares wherever the VM runs.
         const checkHere = req.viaFileServer ? async () => undefined : () => ensureHere(req.vmId);
         await checkHere();
-        const resume = ctx.info.heartbeatDetails as (TransferPosition & { kind: DiskTransferResult['kind']; fallbackReason?: string }) | undefined;
+        const resume = ctx.info.heartbeatDetails as (IngestPosition & { kind: DiskTransferResult['kind']; fallbackReason?: string }) | undefined;
         const reader = await adapter.openCheckpointDisk(req.vmId, req.checkpointId, req.diskId);
         try {
           // What to read: decided once, and again identically on a retry.
           let kind = resume?.kind ?? req.kind;
           let fallbackReason = resume?.fallbackReason;
-          let slots: number[];
+          let slots: Iterable<number>;
           if (kind === 'express-full') {
             const changes = req.base?.changeTrackingId
               ? await adapter.changedRanges(req.vmId, req.checkpointId, req.diskId, req.base.changeTrackingId)
@@ -158,26 +157,24 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
           }
           if (kind !== 'express-full') {
             // Never-written space reads as zeros; skip it unless the base had data there.
-            const allocated = await reader.allocatedRanges();
-            slots = [...slotsOfRanges(allocated, req.chunkSize, req.virtualSize)];
-            if (baseSlots) slots = mergeSlots(slots, nonZeroSlots(baseSlots, req.chunkSize, req.virtualSize));
+            const allocated = slotsOfRanges(await reader.allocatedRanges(), req.chunkSize, req.virtualSize);
+            slots = baseSlots ? mergeSlots(allocated, nonZeroSlots(baseSlots, req.virtualSize, req.chunkSize)) : allocated;
           }
           let lastSignal = 0;
           let batches = 0;
-          const pos = await transferDiskSlots({
+          const pos = await ingestDisk({
             reader,
             storage,
             sessionId: req.sessionId,
             diskId: req.diskId,
             chunkSize: req.chunkSize,
-            kind,
-            basePointId: req.base?.pointId,
-            baseSlots,
             slots: slots!,
+            basePoint: req.base?.pointId ?? null,
+            baseSlots: kind === 'consistency-check' ? baseSlots : undefined,
             resume: resume && resume.nextSlot !== undefined ? resume : undefined,
-            batchSlots: deps.batchSlots,
+            tuning: deps.batchSlots ? { batchBytes: deps.batchSlots * req.chunkSize } : undefined,
             throttleBytesPerSecond: deps.throttleBytesPerSecond,
-            onBatch: async (p, diskOffset) => {
+            onProgress: async (p, diskOffset) => {
               ctx.heartbeat({ ...p, kind, fallbackReason });
               if (++batches === 2) crashPoint('agent:mid-transfer');
               if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled');
@@ -191,10 +188,6 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
               }
             },
           });
-          if (!req.base && pos.changedChunks === 0) {
-            // A disk that never held data still needs its (all-zero) index in the point.
-            await storage.putIndex(req.sessionId, req.diskId, { virtualSize: req.virtualSize, basePoint: null, slots: [0], digests: Buffer.alloc(32) });
-          }
           const result: DiskTransferResult = {
             diskId: req.diskId,
             readBy: adapter.hostName,
@@ -240,22 +233,4 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
       });
     },
   };
-}
-
-function nonZeroSlots(index: Buffer, chunkSize: number, virtualSize: number): number[] {
-  const n = Math.min(index.length / 32, Math.ceil(virtualSize / chunkSize));
-  const out: number[] = [];
-  for (let s = 0; s < n; s++) {
-    for (let b = s * 32; b < (s + 1) * 32; b++) {
-      if (index[b] !== 0) {
-        out.push(s);
-        break;
-      }
-    }
-  }
-  return out;
-}
-
-function mergeSlots(a: number[], b: number[]): number[] {
-  return [...new Set([...a, ...b])].sort((x, y) => x - y);
 }

@@ -5,6 +5,7 @@ import { startTestStack, restoredBytes as sharedRestoredBytes, startBackup as sh
 import { expectedDiskContent, initialDiskContent } from '../../hypervisor/lab';
 import type { BackupVmInput, BackupVmResult } from '../../workflows/backup-vm';
 import { SA } from '../../temporal/search-attribute-keys';
+import { readWorkflowRun } from '../load/history';
 
 const MiB = 1024 * 1024;
 const DISK = 24 * MiB;
@@ -160,4 +161,19 @@ test('two backups of one VM started in the same instant: one runs, the other is 
     expect(e?.message).toMatch(/already running.*never run at once/);
   }
   expect(await stack.server.repository.listPoints('twins')).toHaveLength(3);
+});
+
+test('the disks of one VM transfer at once, and each restores to its own content', async () => {
+  const contents = [11, 12, 13].map((seed) => ({ kind: 'random' as const, seed, fill: 0.5 }));
+  const facts = await stack.lab.createVm({ name: 'db01', host: 'hv02', disks: contents.map((content) => ({ sizeBytes: 8 * MiB, content })) });
+  const handle = await startBackup({ dataSource: 'db01', vm: facts.vmId });
+  const result: BackupVmResult = await handle.result();
+  const run = await readWorkflowRun(stack.client, handle.workflowId);
+  const transfers = run.activities.filter((a) => a.activityType === 'transferDisk');
+  expect(transfers).toHaveLength(3);
+  // All three were scheduled before the first of them finished: not one after another.
+  expect(Math.max(...transfers.map((t) => t.scheduledAt))).toBeLessThanOrEqual(Math.min(...transfers.map((t) => t.closedAt ?? Infinity)));
+  for (const [i, d] of facts.disks.entries()) {
+    expect((await restoredBytes('db01', result.pointId, d.diskId)).equals(initialDiskContent(contents[i], 8 * MiB))).toBe(true);
+  }
 });

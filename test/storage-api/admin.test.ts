@@ -1,5 +1,5 @@
 // The management calls the CLI makes, end to end through the client.
-import { ingestDisk } from '../../storage-api';
+import { allSlots, bufferDiskReader, ingestDisk } from '../../ingest';
 import { makeDisk, startFixture, type Fixture } from './support';
 
 const CHUNK = 64 * 1024;
@@ -15,7 +15,7 @@ describe('storage API management calls', () => {
     const size = 24 * CHUNK;
     const disk = makeDisk(size, seed);
     const s = await f.agent.beginSession(ds, { chunkSize: CHUNK, basePoint: base });
-    await ingestDisk({ client: f.agent, sessionId: s.sessionId, diskId: 'd', virtualSize: size, chunkSize: CHUNK, read: async (o, l) => disk.subarray(o, o + l) });
+    await ingestDisk({ reader: bufferDiskReader(disk), storage: f.agent, sessionId: s.sessionId, diskId: 'd', chunkSize: CHUNK, slots: allSlots(size, CHUNK) });
     return (await f.agent.commitPoint(s.sessionId, { kind: base ? 'express-full' : 'initial-replica', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] })).pointId;
   }
 
