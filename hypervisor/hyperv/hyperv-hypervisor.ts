@@ -37,6 +37,33 @@ import {
   type ReferencePointJson,
 } from './parse';
 
+/**
+ * A failed GetVirtualDiskChanges, named. Return values of Msvm_ImageManagementService methods:
+ * 32768 Failed, 32769 Access Denied, 32770 Not Supported, 32771 Status is unknown, 32772 Timeout,
+ * 32773 Invalid parameter, 32774 System is in use, 32775 Invalid state, 32776 Incorrect data type,
+ * 32777 System is not available, 32778 Out of memory, 32779 File not found. Transient: 32772,
+ * 32774, 32777 and a job past its time. A reset of change tracking: 32773 (the disk does not know
+ * the id: tracking was reset, the disk replaced) and a job that ended failed. Anything else is an
+ * error to report, never a silent full read.
+ */
+export function classifyRctFailure(failed: Record<string, unknown>): { transient: boolean; reset: boolean; what: string; returnValue?: number } {
+  const details = (failed.details ?? {}) as Record<string, unknown>;
+  const returnValue = num(details.returnValue);
+  const jobState = num(details.jobState);
+  const names: Record<number, string> = {
+    32768: 'failed', 32769: 'access denied', 32770: 'not supported', 32771: 'status unknown', 32772: 'timeout',
+    32773: 'invalid parameter', 32774: 'system is in use', 32775: 'invalid state', 32776: 'incorrect data type',
+    32777: 'system is not available', 32778: 'out of memory', 32779: 'file not found',
+  };
+  if (details.jobTimedOut === true) return { transient: true, reset: false, what: 'job timed out' };
+  if (returnValue !== undefined) {
+    const what = `return value ${returnValue}${names[returnValue] ? ` ${names[returnValue]}` : ''}`;
+    return { transient: [32772, 32774, 32777].includes(returnValue), reset: returnValue === 32773, what, returnValue };
+  }
+  if (jobState !== undefined) return { transient: false, reset: true, what: `job ended in state ${jobState}, error code ${num(details.errorCode) ?? 'unknown'}` };
+  return { transient: false, reset: false, what: 'no return value' };
+}
+
 /** What `openVhdx(path)` of the project's VHDX library returns (sync or async members). */
 export interface VhdxImage {
   readonly virtualSize: number;
@@ -76,6 +103,10 @@ export interface HyperVOptions {
   stateDir?: string;
   /** Reference points this adapter made that are kept per VM; older ones are destroyed. Default 4. */
   referencePointsKept?: number;
+  /** Tries of a GetVirtualDiskChanges call that failed transiently (32772, 32774, 32777, a job timeout). Default 5. */
+  rctAttempts?: number;
+  /** Wait before the first retry, doubled each time. Default 2 s. */
+  rctRetryDelayMs?: number;
 }
 
 /** What releasing a Hyper-V backup checkpoint leaves: a reference point whose RCT ids are the next base. */
@@ -253,7 +284,8 @@ export class HyperVHypervisor implements HypervisorAdapter {
         diskId: d.diskId,
         frozenPath: d.path,
         virtualSize: d.virtualSize,
-        changeTrackingId: `${PENDING_RCT_PREFIX}${checkpointId}`,
+        // The id read from the frozen file itself; the placeholder only where the file could not say.
+        changeTrackingId: d.rctId ?? `${PENDING_RCT_PREFIX}${checkpointId}`,
       }));
     return {
       checkpointId,
@@ -405,6 +437,7 @@ export class HyperVHypervisor implements HypervisorAdapter {
     const maxQueryBytes = Math.max(512, Math.min(this.opts.rctQueryBytes ?? 64 * 1024 * MiB, size - Math.min(MiB, size / 2)));
     const ranges: { offset: number; length: number }[] = [];
     let offset = 0;
+    let transientFailures = 0;
     while (offset < size) {
       const result = await this.run('disk-changes', {
         path: disk.path,
@@ -416,6 +449,7 @@ export class HyperVHypervisor implements HypervisorAdapter {
       });
       const failed = result.failed as Record<string, unknown> | null | undefined;
       const pages = asArray(result.pages);
+      const reached = pages.reduce((at, p) => at + (num(p.ProcessedByteLength) ?? 0), offset);
       let expected = offset;
       for (const page of pages) {
         const pageOffset = num(page.ByteOffset);
@@ -429,7 +463,23 @@ export class HyperVHypervisor implements HypervisorAdapter {
         expected += processed;
       }
       if (failed) {
-        return { tracked: false, ranges: [], reason: `GetVirtualDiskChanges failed since '${sinceId}': ${str(failed.message) ?? 'unknown error'}` };
+        const kind = classifyRctFailure(failed);
+        if (kind.transient && ++transientFailures < (this.opts.rctAttempts ?? 5)) {
+          // Hyper-V busy or slow: ask again from where it got to, not from the start, and never read all for it.
+          await new Promise((r) => setTimeout(r, (this.opts.rctRetryDelayMs ?? 2000) * 2 ** (transientFailures - 1)));
+          offset = Math.max(offset, reached);
+          continue;
+        }
+        if (kind.reset) {
+          return { tracked: false, ranges: [], reason: `change tracking reset on ${disk.path} since '${sinceId}' (${kind.what}): ${str(failed.message) ?? 'no message'}` };
+        }
+        throw new HypervisorError('HypervisorCommandFailed', `GetVirtualDiskChanges on ${disk.path} failed (${kind.what}): ${str(failed.message) ?? 'no message'}`, {
+          op: 'disk-changes',
+          path: disk.path,
+          ...(kind.returnValue !== undefined ? { returnValue: kind.returnValue } : {}),
+          transient: kind.transient,
+          attempts: kind.transient ? transientFailures : transientFailures + 1,
+        });
       }
       if (expected <= offset) {
         return { tracked: false, ranges: [], reason: `GetVirtualDiskChanges made no progress at offset ${offset}` };

@@ -325,15 +325,25 @@ export interface CheckpointDiskJson {
   path: string;
   virtualSize: number;
   passthrough: boolean;
+  /** The frozen file's own most recent RCT id (GetVirtualDiskInformation), when it has one. */
+  rctId?: string;
+  /** Why there is no RCT id (tracking off, the query failed). */
+  rctProblem?: string;
 }
 
 export function parseCheckpointDisks(v: unknown): CheckpointDiskJson[] {
-  return asArray(v).map((d) => ({
-    diskId: diskIdOf(d),
-    path: str(d.Path) ?? '',
-    virtualSize: num(d.Size) ?? 0,
-    passthrough: num(d.DiskNumber) !== undefined || !str(d.Path),
-  }));
+  return asArray(v).map((d) => {
+    const rct = (d.Rct ?? undefined) as Json | undefined;
+    const rctId = rct && rct.Enabled === true && !rct.Error ? str(rct.MostRecentId) : undefined;
+    return {
+      diskId: diskIdOf(d),
+      path: str(d.Path) ?? '',
+      virtualSize: num(d.Size) ?? 0,
+      passthrough: num(d.DiskNumber) !== undefined || !str(d.Path),
+      ...(rctId ? { rctId } : {}),
+      ...(rct && !rctId ? { rctProblem: str(rct.Error) ?? (rct.Enabled === false ? 'change tracking is off on this disk' : 'no RCT id') } : {}),
+    };
+  });
 }
 
 /** Sorted, merged, clipped to [0, limit). */

@@ -213,17 +213,71 @@ function Get-HvpSnapshots($vm) {
   @($seen.Values)
 }
 
-# The disks of a checkpoint: Get-VMHardDiskDrive -VMSnapshot names the files the checkpoint froze.
+# The RCT state a disk file itself holds (virtdisk.dll GetVirtualDiskInformation with
+# GET_VIRTUAL_DISK_INFO_CHANGE_TRACKING_STATE = 15): whether tracking is on, whether the file has
+# changes newer than its most recent id, and that id. The buffer: Version at 0, the union at 8
+# (Enabled, NewerChanges, then MostRecentId as a NUL-terminated UTF-16 string at 16).
+function Get-HvpRctState([string]$path) {
+  if (-not ('HvpVirtDisk' -as [type])) {
+    Add-Type -TypeDefinition @'
+using System;
+using System.ComponentModel;
+using System.Runtime.InteropServices;
+public static class HvpVirtDisk {
+  [StructLayout(LayoutKind.Sequential)] struct StorageType { public uint DeviceId; public Guid VendorId; }
+  [StructLayout(LayoutKind.Sequential)] struct OpenParameters2 { public int Version; public int GetInfoOnly; public int ReadOnly; public Guid ResiliencyGuid; }
+  [DllImport("virtdisk.dll", CharSet = CharSet.Unicode)]
+  static extern int OpenVirtualDisk(ref StorageType type, string path, int accessMask, int flags, ref OpenParameters2 parameters, out IntPtr handle);
+  [DllImport("virtdisk.dll")]
+  static extern int GetVirtualDiskInformation(IntPtr handle, ref int size, IntPtr info, IntPtr sizeUsed);
+  [DllImport("kernel32.dll")]
+  static extern bool CloseHandle(IntPtr handle);
+  public static object[] ChangeTrackingState(string path) {
+    StorageType type = new StorageType();
+    type.VendorId = new Guid("ec984aec-a0f9-47e9-901f-71415a66345b");
+    OpenParameters2 open = new OpenParameters2();
+    open.Version = 2; open.GetInfoOnly = 1; open.ReadOnly = 1;
+    IntPtr handle;
+    int rc = OpenVirtualDisk(ref type, path, 0, 0, ref open, out handle);
+    if (rc != 0) throw new Win32Exception(rc, "OpenVirtualDisk " + path);
+    try {
+      int size = 1024;
+      for (int attempt = 0; attempt < 4; attempt++) {
+        IntPtr buffer = Marshal.AllocHGlobal(size);
+        try {
+          for (int i = 0; i < size; i++) Marshal.WriteByte(buffer, i, 0);
+          Marshal.WriteInt32(buffer, 0, 15);
+          rc = GetVirtualDiskInformation(handle, ref size, buffer, IntPtr.Zero);
+          if (rc == 122) continue;
+          if (rc != 0) throw new Win32Exception(rc, "GetVirtualDiskInformation " + path);
+          return new object[] { Marshal.ReadInt32(buffer, 8) != 0, Marshal.ReadInt32(buffer, 12) != 0, Marshal.PtrToStringUni(IntPtr.Add(buffer, 16)) };
+        } finally { Marshal.FreeHGlobal(buffer); }
+      }
+      throw new Win32Exception(122, "GetVirtualDiskInformation " + path);
+    } finally { CloseHandle(handle); }
+  }
+}
+'@
+  }
+  $r = [HvpVirtDisk]::ChangeTrackingState($path)
+  @{ Enabled = [bool]$r[0]; NewerChanges = [bool]$r[1]; MostRecentId = [string]$r[2] }
+}
+
+# The disks of a checkpoint: Get-VMHardDiskDrive -VMSnapshot names the files the checkpoint froze;
+# each file's own most recent RCT id is the change-tracking id of this point.
 function Get-HvpCheckpointDisks($snapshot) {
   $script:step = 'Get-VMHardDiskDrive'
   @(Get-VMHardDiskDrive -VMSnapshot $snapshot | ForEach-Object {
     $d = Format-HvpDrive $_
     if ($d.Path -and $null -eq $d.DiskNumber) {
       $script:step = 'Get-VHD'
-      $v = Get-VHD -Path $d.Path
+      $v = Get-VHD -LiteralPath $d.Path
       $d.Size = [uint64]$v.Size
       $d.VhdType = [string]$v.VhdType
+      $d.VhdFormat = [string]$v.VhdFormat
       $d.ParentPath = [string]$v.ParentPath
+      $script:step = 'GetVirtualDiskInformation'
+      try { $d.Rct = Get-HvpRctState $d.Path } catch { $d.Rct = @{ Error = $_.Exception.Message } }
     }
     $d
   })
@@ -290,7 +344,7 @@ const BODIES: Record<ScriptOp, string> = {
       try {
         $path = $d.Path
         for ($i = 0; $i -lt 64 -and $path; $i++) {
-          $v = Get-VHD -Path $path
+          $v = Get-VHD -LiteralPath $path
           $d.Chain += @{ Path = [string]$v.Path; VhdType = [string]$v.VhdType; VhdFormat = [string]$v.VhdFormat; Size = [uint64]$v.Size; FileSize = [uint64]$v.FileSize; ParentPath = [string]$v.ParentPath }
           # Follow checkpoint files (.avhdx) down to the disk that holds the data.
           if ($v.ParentPath -and ($path -match '\.avhdx?$')) { $path = [string]$v.ParentPath } else { $path = $null }

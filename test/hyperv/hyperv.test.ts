@@ -79,7 +79,7 @@ describe('inspectVm', () => {
         expectCmdlets: [
           'Get-VMIntegrationService',
           'Get-VMHardDiskDrive',
-          'Get-VHD -Path',
+          'Get-VHD -LiteralPath',
           'Msvm_KvpExchangeComponent',
           'GuestIntrinsicExchangeItems',
           'Get-VMReplication',
@@ -280,7 +280,8 @@ describe('backup checkpoints', () => {
       mode: 'online',
       createdAt: new Date(1795485603123).toISOString(),
       disks: [
-        { diskId: 'scsi0-0', frozenPath: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01.vhdx', virtualSize: 136365211648, changeTrackingId: `${PENDING_RCT_PREFIX}${CKPT}` },
+        // Read from the frozen file itself (GetVirtualDiskInformation); the second file could not say.
+        { diskId: 'scsi0-0', frozenPath: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01.vhdx', virtualSize: 136365211648, changeTrackingId: 'rctX:c4f2a1b0:8d3e:4f51:a6b2:9c0d1e2f3a4b:00000002' },
         { diskId: 'scsi0-1', frozenPath: 'C:\\ClusterStorage\\Volume1\\SQL01\\SQL01-data.vhdx', virtualSize: 53687091200, changeTrackingId: `${PENDING_RCT_PREFIX}${CKPT}` },
       ],
     });
@@ -543,6 +544,58 @@ describe('changedRanges (Resilient Change Tracking)', () => {
     await f.adapter.releaseCheckpoint(WIN_VM, CKPT);
     const r = await f.adapter.changedRanges(WIN_VM, '7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d', 'scsi0-0', `${PENDING_RCT_PREFIX}${CKPT}`);
     expect(r).toEqual({ tracked: true, ranges: [] });
+  });
+
+  test('a transient failure (32774 in use) is asked again from where it got to, not read in full', async () => {
+    const f = fakeHost(
+      [
+        describeStep,
+        {
+          op: 'disk-changes',
+          expectParams: { offset: 0 },
+          result: {
+            pages: [{ ByteOffset: 0, ByteLength: GiB - MiB, ProcessedByteLength: 512 * MiB, ChangedByteOffsets: [0], ChangedByteLengths: [MiB] }],
+            failed: { message: 'GetVirtualDiskChanges returned 32774', details: { returnValue: 32774 } },
+          },
+        },
+        { op: 'disk-changes', result: { pages: [], failed: { message: 'job still running after 60 s', details: { jobTimedOut: true } } }, expectParams: { offset: 512 * MiB } },
+        {
+          op: 'disk-changes',
+          expectParams: { offset: 512 * MiB, length: 512 * MiB },
+          result: { pages: [{ ByteOffset: 512 * MiB, ByteLength: 512 * MiB, ProcessedByteLength: 512 * MiB, ChangedByteOffsets: [600 * MiB], ChangedByteLengths: [MiB] }], failed: null },
+        },
+      ],
+      { rctRetryDelayMs: 1 },
+    );
+    const r = await f.adapter.changedRanges(WIN_VM, CKPT, 'scsi0-0', 'rctX:base:1');
+    expect(r).toEqual({ tracked: true, ranges: [{ offset: 0, length: MiB }, { offset: 600 * MiB, length: MiB }] });
+    expect(f.remaining()).toBe(0);
+  });
+
+  test('transient failures past the attempts, or an error that is no reset, fail the call by name (never a silent full read)', async () => {
+    const busy = { op: 'disk-changes', result: { pages: [], failed: { message: 'returned 32777', details: { returnValue: 32777 } } } };
+    const f = fakeHost([describeStep, busy, busy, busy], { rctRetryDelayMs: 1, rctAttempts: 3 });
+    const e = await rejection(f.adapter.changedRanges(WIN_VM, CKPT, 'scsi0-0', 'rctX:base:1'));
+    expect(e.type).toBe('HypervisorCommandFailed');
+    expect(e.message).toContain('32777 system is not available');
+    expect(e.details).toMatchObject({ transient: true, attempts: 3, returnValue: 32777 });
+    f.next([describeStep, { op: 'disk-changes', result: { pages: [], failed: { message: 'returned 32779', details: { returnValue: 32779 } } } }]);
+    const notFound = await rejection(f.adapter.changedRanges(WIN_VM, CKPT, 'scsi0-0', 'rctX:base:1'));
+    expect(notFound.message).toContain('32779 file not found');
+  });
+
+  test('a reset is named: 32773 (the disk does not know the id) and a failed job give tracked: false saying why', async () => {
+    const f = fakeHost([
+      describeStep,
+      { op: 'disk-changes', result: { pages: [], failed: { message: 'GetVirtualDiskChanges returned 32773', details: { returnValue: 32773 } } } },
+      describeStep,
+      { op: 'disk-changes', result: { pages: [], failed: { message: 'job ended in state 10: The change tracking id is invalid', details: { jobState: 10, errorCode: 32768 } } } },
+    ]);
+    const a = await f.adapter.changedRanges(WIN_VM, CKPT, 'scsi0-0', 'rctX:old:1');
+    expect(a.tracked).toBe(false);
+    expect(a.reason).toMatch(/^change tracking reset on .*SQL01\.vhdx since 'rctX:old:1' \(return value 32773 invalid parameter\)/);
+    const b = await f.adapter.changedRanges(WIN_VM, CKPT, 'scsi0-0', 'rctX:old:1');
+    expect(b.reason).toContain('job ended in state 10, error code 32768');
   });
 
   test('an unknown placeholder, a failed query or no progress mean: read everything', async () => {

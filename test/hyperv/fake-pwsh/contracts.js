@@ -13,6 +13,7 @@ const PREAMBLE = [
     must: /function Resume-HvpHeld\(\$vm, \[string\]\$held\) \{\n  \$state = \[string\]\(Get-VM -Id \$vm\.Id\)\.State\n  if \(\$held -eq 'pause' -and \$state -eq 'Paused'\) \{ \$script:step = 'Resume-VM'; Resume-VM -VM \$vm; return 'Resume-VM' \}\n  if \(\$held -eq 'save' -and \$state -eq 'Saved'\) \{ \$script:step = 'Start-VM'; Start-VM -VM \$vm; return 'Start-VM' \}\n  return \$null\n\}/,
     why: 'Resume-HvpHeld resumes a paused VM and starts a saved one only as our record holds it',
   },
+  { mustNot: /Get-VHD -Path /, why: 'Get-VHD -Path takes wildcards ([ ] in a path): -LiteralPath' },
   { must: /while \(\$job\.JobState -in 2, 3, 4, 5, 6\)/, why: 'a job in state 2 (New) is waited for, not failed' },
   { must: /-MethodName RequestStateChange -Arguments @\{ RequestedState = \[uint16\]4 \}/, why: 'a job that outlives its time is asked to terminate' },
 ];
@@ -55,7 +56,10 @@ function violations(op, script) {
   const preamble = code.slice(0, open);
   const body = code.slice(open, close);
   const out = [];
-  for (const c of PREAMBLE) if (!c.must.test(preamble)) out.push(c.why);
+  for (const c of PREAMBLE) {
+    if (c.must && !c.must.test(preamble)) out.push(c.why);
+    if (c.mustNot && (c.mustNot.test(preamble) || c.mustNot.test(body))) out.push(c.why);
+  }
   for (const c of BODY[op] || []) {
     if (c.must && !c.must.test(body)) out.push(c.why);
     if (c.mustNot && c.mustNot.test(body)) out.push(c.why);
