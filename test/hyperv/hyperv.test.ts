@@ -729,10 +729,11 @@ describe('failures', () => {
   test('an offline checkpoint that times out tries to resume the VM', async () => {
     const f = fakeHost(
       [
-        { op: 'create-checkpoint', fixture: 'create-checkpoint-offline.json', sleepMs: 10_000, record: { quiesced: 'save', checkpointId: null } },
+        { op: 'create-checkpoint', fixture: 'create-checkpoint-offline.json', sleepMs: 30_000, record: { quiesced: 'save', checkpointId: null } },
         { op: 'power', expectParams: { action: 'resume-held', held: 'save' }, result: { before: 'Saved', after: 'Running' } },
       ],
-      { checkpointTimeoutMs: 400 },
+      // Long enough for the fake to start and write its record on a loaded machine.
+      { checkpointTimeoutMs: 4000 },
     );
     const e = await rejection(f.adapter.createBackupCheckpoint(LINUX_VM, { mode: 'offline', offlineMethod: 'save' }));
     expect(e.details).toMatchObject({ timedOut: true, resumedAfterFailure: true });
