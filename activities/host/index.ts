@@ -2,7 +2,7 @@
 // adapter, pushing disk data to the protection server's storage API. Idempotent, heartbeating,
 // and every step first checks that the VM is still here (VmNotOnHost otherwise).
 import { ApplicationFailure, Context, CancelledFailure } from '@temporalio/activity';
-import { HypervisorError, type HypervisorAdapter, type VmFacts } from '../../hypervisor/types';
+import { HypervisorError, type DiskReader, type HypervisorAdapter, type VmFacts } from '../../hypervisor/types';
 import { RepositoryError } from '../../repository/errors';
 import { StorageApiError, type StorageClient } from '../../storage-api/client';
 import { crashPoint } from '../../faults/crash-point';
@@ -134,7 +134,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
         const checkHere = req.viaFileServer ? async () => undefined : () => ensureHere(req.vmId);
         await checkHere();
         const resume = ctx.info.heartbeatDetails as (IngestPosition & { kind: DiskTransferResult['kind']; fallbackReason?: string }) | undefined;
-        const reader = await adapter.openCheckpointDisk(req.vmId, req.checkpointId, req.diskId);
+        const reader = countingReads(await adapter.openCheckpointDisk(req.vmId, req.checkpointId, req.diskId));
         try {
           // What to read: decided once, and again identically on a retry.
           let kind = resume?.kind ?? req.kind;
@@ -199,6 +199,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
             bytesSent: pos.bytesSent,
             chunksDeduplicated: pos.chunksDeduplicated,
             resumedFrom: resume?.nextSlot ?? 0,
+            attemptBytesRead: reader.bytesRead,
             durationMs: Date.now() - started,
           };
           ctx.log.info('disk transferred', { ...result });
@@ -233,4 +234,20 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
       });
     },
   };
+}
+
+/** The disk reader, counting the bytes this attempt really read (the result reports them). */
+function countingReads(reader: DiskReader): DiskReader & { bytesRead: number } {
+  const counted = {
+    bytesRead: 0,
+    virtualSize: reader.virtualSize,
+    async read(offset: number, length: number) {
+      const data = await reader.read(offset, length);
+      counted.bytesRead += data.length;
+      return data;
+    },
+    allocatedRanges: () => reader.allocatedRanges(),
+    close: () => reader.close(),
+  };
+  return counted;
 }

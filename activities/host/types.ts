@@ -53,6 +53,8 @@ export interface DiskTransferResult {
   /** Chunks that already were in the repository (dedup) among those read. */
   chunksDeduplicated: number;
   resumedFrom: number;
+  /** Bytes this attempt read from the disk (bytesRead includes what earlier attempts read). */
+  attemptBytesRead: number;
   durationMs: number;
 }
 

@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startTestStack, type TestStack } from '../support/stack';
+import { failureOf, startTestStack, type TestStack } from '../support/stack';
 import { initialDiskContent } from '../../hypervisor/lab';
 import { openVhdx } from '../../vhdx';
 import type { BackupVmResult } from '../../workflows/backup-vm';
@@ -88,8 +88,14 @@ test('disks exported as VHDX read the same through our reader and qemu-img', asy
 });
 
 test('restore to the original place refuses a running VM, then restores it off and it boots', async () => {
-  await expect(restore({ dataSource: 'app01', target: { kind: 'original' } })).rejects.toThrow();
   const first = [...expected.keys()][0];
+  await stack.lab.writeDisk('app01', first, 0, Buffer.alloc(MiB, 0xdd)); // the running guest's own data
+  const refused = await failureOf(restore({ dataSource: 'app01', target: { kind: 'original' } }));
+  expect(refused.types).toContain('VmNotOff');
+  expect(refused.text).toMatch(/app01 is running on hv01: turn it off/);
+  // Refused before anything was written: the running VM's disk is as the guest left it.
+  expect((await stack.lab.readDisk('app01', first, 0, MiB)).equals(Buffer.alloc(MiB, 0xdd))).toBe(true);
+  expect((await stack.lab.inspectVm('app01')).state).toBe('running');
   await stack.lab.writeDisk('app01', first, 0, Buffer.alloc(MiB, 0xee)); // the guest damages it after the backup
   await stack.lab.stopVm('app01');
   const r = await restore({ dataSource: 'app01', target: { kind: 'original' } });
@@ -118,5 +124,9 @@ test('restore as a new VM on another host: config and disks there, and it boots'
 });
 
 test('an unknown recovery point is a clear failure', async () => {
-  await expect(restore({ dataSource: 'app01', pointId: 'nope', target: { kind: 'export', host: 'hv01', dir: path.join(stack.dir, 'x'), format: 'raw' } })).rejects.toThrow();
+  const dir = path.join(stack.dir, 'unknown-point');
+  const refused = await failureOf(restore({ dataSource: 'app01', pointId: 'nope', target: { kind: 'export', host: 'hv01', dir, format: 'raw' } }));
+  expect(refused.types).toContain('UnknownRecoveryPoint');
+  expect(refused.text).toMatch(/no recovery point nope of app01; `hvprotect rp list app01` lists them/);
+  expect(fs.existsSync(dir)).toBe(false);
 });

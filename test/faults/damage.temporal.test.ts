@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import type { WorkflowHandle } from '@temporalio/client';
-import { startTestStack, restoredBytes as sharedRestoredBytes, startBackup as sharedStartBackup, waitForTransfer, type TestStack } from '../support/stack';
+import { failureOf, startTestStack, restoredBytes as sharedRestoredBytes, startBackup as sharedStartBackup, waitForTransfer, type TestStack } from '../support/stack';
 import { initialDiskContent } from '../../hypervisor/lab';
 import { verifyRepository } from '../../repository';
 import type { BackupVmInput, BackupVmResult } from '../../workflows/backup-vm';
@@ -27,17 +27,6 @@ afterAll(async () => {
 });
 
 const start = (input: BackupVmInput): Promise<WorkflowHandle> => sharedStartBackup(stack, input, { heartbeatTimeout: '3 seconds', locateTimeout: '3 seconds', hostScheduleToStart: '5 seconds', transferScheduleToStart: '5 seconds' });
-
-async function failureOf(handle: WorkflowHandle): Promise<string> {
-  try {
-    await handle.result();
-  } catch (err) {
-    const msgs: string[] = [];
-    for (let e: unknown = err; e; e = (e as { cause?: unknown }).cause) msgs.push(`${(e as Error).message} [${(e as { type?: string }).type ?? ''}]`);
-    return msgs.join(' <- ');
-  }
-  throw new Error('expected the backup to fail');
-}
 
 const restored = (ds: string, pointId: string, diskId: string) => sharedRestoredBytes(stack, ds, pointId, diskId);
 
@@ -84,7 +73,7 @@ test('a damaged VHDX on the host: a clear failure naming the disk, and nothing l
   const fd = fs.openSync(file, 'r+');
   fs.writeSync(fd, Buffer.alloc(128 * 1024, 0x5a), 0, 128 * 1024, 64 * 1024); // both VHDX headers
   fs.closeSync(fd);
-  const why = await failureOf(await start({ dataSource: 'broken', vm: facts.vmId }));
+  const { text: why } = await failureOf((await start({ dataSource: 'broken', vm: facts.vmId })).result());
   expect(why).toMatch(/broken|scsi0-0|\.vhdx/);
   expect(why).toMatch(/header|VHDX|checksum|damaged/i);
   expect((await stack.lab.inspectVm('broken')).checkpoints).toEqual([]);
@@ -97,26 +86,34 @@ test('a VM deleted mid-backup: a clear failure and the cleanup done', async () =
   await waitForTransfer(handle, 2 * MiB);
   await stack.lab.stopVm('doomed').catch(() => undefined);
   await stack.lab.deleteVm('doomed');
-  const why = await failureOf(handle);
+  const { text: why } = await failureOf(handle.result());
   expect(why).toMatch(/doomed|not found|VmUnreachable|VmNotFound/);
   expect(await stack.server.repository.listPoints('doomed')).toEqual([]);
   // No session left holding chunks against GC.
   expect((await stack.server.repository.listSessions()).filter((s) => s.dataSource === 'doomed')).toEqual([]);
 });
 
-test('a host that stops answering mid-transfer: the backup follows the VM to the node that took it over', async () => {
+test('a host that dies mid-transfer (kill -9 of its agent): the backup follows the VM to the node that took it over', async () => {
   const content = { kind: 'random' as const, seed: 74, fill: 1 };
   const facts = await stack.lab.createVm({ name: 'failover', host: 'hv01', storage: 'csv', disks: [{ sizeBytes: 24 * MiB, content }] });
-  const handle = await start({ dataSource: 'failover', vm: facts.vmId });
-  await waitForTransfer(handle, 2 * MiB);
-  await stack.stopAgent('hv01'); // the host dies…
-  await stack.lab.migrateVm('failover', 'hv02'); // …and the cluster moves its VM
-  const r = (await handle.result()) as BackupVmResult;
-  expect(r.host).toBe('hv02');
-  expect((await restored('failover', r.pointId, facts.disks[0].diskId)).equals(initialDiskContent(content, 24 * MiB))).toBe(true);
-  const f = await stack.lab.inspectVm('failover');
-  expect(f.checkpoints).toEqual([]);
-  await stack.startAgent('hv01');
+  // hv01's agent as a process, so that it dies at once: no grace to finish the transfer in.
+  await stack.stopAgent('hv01');
+  const agent = await stack.spawnAgent('hv01', ['--batch-slots', '4', '--throttle', '12']);
+  try {
+    const handle = await start({ dataSource: 'failover', vm: facts.vmId });
+    await waitForTransfer(handle, 2 * MiB);
+    agent.kill('SIGKILL'); // the host dies…
+    await new Promise((r) => agent.once('exit', r));
+    await stack.lab.migrateVm('failover', 'hv02'); // …and the cluster moves its VM
+    const r = (await handle.result()) as BackupVmResult;
+    expect(r.host).toBe('hv02');
+    expect(r.disks[0].readBy).toBe('hv02');
+    expect(r.disks[0].attemptBytesRead).toBeGreaterThan(0);
+    expect((await restored('failover', r.pointId, facts.disks[0].diskId)).equals(initialDiskContent(content, 24 * MiB))).toBe(true);
+    await noLeftovers('failover');
+  } finally {
+    await stack.startAgent('hv01');
+  }
 });
 
 test('a host that never returns, with the VM still on it: fails with a clear reason in bounded time', async () => {
@@ -124,7 +121,7 @@ test('a host that never returns, with the VM still on it: fails with a clear rea
   await stack.stopAgent('hv01');
   try {
     const t0 = Date.now();
-    const why = await failureOf(await start({ dataSource: 'stranded', vm: facts.vmId, policy: { hostWaitTimeout: '15 seconds' } }));
+    const { text: why } = await failureOf((await start({ dataSource: 'stranded', vm: facts.vmId, policy: { hostWaitTimeout: '15 seconds' } })).result());
     expect(why).toMatch(/was not found on any of the hosts with a running agent .* for 0 min|start the agent on the VM's host/);
     expect(Date.now() - t0).toBeLessThan(90_000);
   } finally {

@@ -19,7 +19,7 @@ import { backup, randomDisk } from '../repository/support';
 const SEED = 20261124;
 const P = '/v1';
 
-interface Reply { status: number; body: string; bytes?: number; json: Record<string, unknown> | undefined }
+interface Reply { status: number; body: string; raw?: Buffer; json: Record<string, unknown> | undefined }
 
 let parent: string;
 let repo: Repository;
@@ -27,6 +27,8 @@ let app: FastifyInstance;
 let agent: string;
 let admin: string;
 let point: RecoveryPointManifest;
+/** The disk backed up before the fuzzing (the point must restore to exactly these bytes). */
+const disk = randomDisk(4 * 64 * 1024, 3);
 const problems: string[] = [];
 
 let base: { host: string; port: number };
@@ -54,7 +56,7 @@ async function call(method: string, url: string, opts: { token?: string | null; 
           } catch {
             json = undefined;
           }
-          resolve({ status: res.statusCode ?? 0, body, bytes: raw.length, json });
+          resolve({ status: res.statusCode ?? 0, body, raw, json });
         });
       });
     } catch (err) {
@@ -106,7 +108,7 @@ function expectNoProblems(): void {
 
 beforeAll(async () => {
   parent = await mkdtemp(path.join(tmpdir(), 'hvp-fuzz-api-'));
-  repo = await Repository.open(path.join(parent, 'repo'), { create: true, unsafeSkipSync: true, defaultChunkSize: 64 * 1024, encoderThreads: 0, createChunkFolders: false });
+  repo = await Repository.open(path.join(parent, ...AROUND_REPOSITORY, 'repo'), { create: true, unsafeSkipSync: true, defaultChunkSize: 64 * 1024, encoderThreads: 0, createChunkFolders: false });
   const tokens = await TokenStore.open();
   agent = await tokens.issue('fuzz-agent-q7', 'agent');
   admin = await tokens.issue('fuzz-admin-q7', 'admin');
@@ -115,7 +117,7 @@ beforeAll(async () => {
   const addr = app.server.address();
   base = { host: '127.0.0.1', port: typeof addr === 'object' && addr ? addr.port : 0 };
   agentHttp = new http.Agent({ keepAlive: true, maxSockets: 4 });
-  point = await backup(repo, 'vm1', randomDisk(4 * 64 * 1024, 3));
+  point = await backup(repo, 'vm1', disk);
 });
 
 afterAll(async () => {
@@ -125,9 +127,31 @@ afterAll(async () => {
   if (parent) await fs.rm(parent, { recursive: true, force: true });
 });
 
+// The repository sits a few folders deep so that a path climbing out of it (`..`, `%2e%2e`, …)
+// lands in folders the test watches; nothing may appear anywhere in that tree but the
+// repository's own layout.
+const AROUND_REPOSITORY = ['a', 'b', 'c', 'd'];
+const REPOSITORY_LAYOUT = ['chunks', 'config', 'datasources', 'deletions.log', 'leases', 'lock', 'sessions'];
+
+async function strayFiles(): Promise<string[]> {
+  const stray: string[] = [];
+  const walk = async (rel: string, depth: number): Promise<void> => {
+    for (const name of await fs.readdir(path.join(parent, rel))) {
+      const child = path.join(rel, name);
+      if (depth < AROUND_REPOSITORY.length) {
+        if (name === AROUND_REPOSITORY[depth]) await walk(child, depth + 1);
+        else stray.push(child);
+      } else if (name !== 'repo') stray.push(child);
+    }
+  };
+  await walk('', 0);
+  const repoDir = path.join(...AROUND_REPOSITORY, 'repo');
+  for (const name of await fs.readdir(path.join(parent, repoDir))) if (!REPOSITORY_LAYOUT.includes(name)) stray.push(path.join(repoDir, name));
+  return stray;
+}
+
 afterEach(async () => {
-  // Nothing was written beside the repository folder.
-  expect(await fs.readdir(parent)).toEqual(['repo']);
+  expect(await strayFiles()).toEqual([]);
 });
 
 // ---- generators ---------------------------------------------------------------------------
@@ -404,10 +428,11 @@ describe('storage API under hostile input', () => {
     // The point taken before the fuzzing still restores.
     const r = await call('GET', `${P}/datasources/vm1/points/${point.pointId}/disks/disk0/raw`, { token: agent });
     expect(r.status).toBe(200);
+    expect(r.raw?.equals(disk)).toBe(true);
     // The index is streamed whole (64-byte header + 32 bytes per slot).
     const idx = await call('GET', `${P}/datasources/vm1/points/${point.pointId}/disks/disk0/index`, { token: agent });
     expect(idx.status).toBe(200);
-    expect(idx.bytes).toBe(64 + 4 * 32);
+    expect(idx.raw?.length).toBe(64 + 4 * 32);
     expectNoProblems();
   });
 });

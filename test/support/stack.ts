@@ -145,3 +145,30 @@ export async function waitForTransfer(handle: WorkflowHandle, minBytes: number):
     await new Promise((r) => setTimeout(r, 50));
   }
 }
+
+/** A failure's cause chain: every message with its failure type, and the types alone. */
+export interface FailureChain {
+  /** "message [Type] <- message [Type] …" from the outermost error in. */
+  text: string;
+  types: string[];
+}
+
+export function failureChain(err: unknown): FailureChain {
+  const parts: string[] = [];
+  const types: string[] = [];
+  for (let e = err as { message?: string; type?: string; cause?: unknown } | undefined, i = 0; e && i < 8; e = e.cause as typeof e, i++) {
+    parts.push(`${e.message} [${e.type ?? ''}]`);
+    if (e.type) types.push(e.type);
+  }
+  return { text: parts.join(' <- '), types };
+}
+
+/** The failure a workflow (or any promise) ends with; a success fails the test. */
+export async function failureOf(result: Promise<unknown>): Promise<FailureChain> {
+  try {
+    await result;
+  } catch (err) {
+    return failureChain(err);
+  }
+  throw new Error('expected a failure, it succeeded');
+}

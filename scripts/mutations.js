@@ -1,0 +1,237 @@
+#!/usr/bin/env node
+'use strict';
+// Mutation testing as a habit: each entry below breaks one piece of fault handling on purpose.
+// The script copies the tree once (node_modules and .tools linked), then for each mutation:
+// applies it, builds (the Temporal tests and the spawned CLI run from dist/), runs the tests
+// aimed at it, and reverts. A mutation the tests do not catch "survived": the script exits 1.
+//
+//   node scripts/mutations.js                 every mutation
+//   node scripts/mutations.js --only a,b      some of them (by name)
+//   node scripts/mutations.js --list          names, files and aimed tests
+//   node scripts/mutations.js --keep          keep the copy (path printed) to look at a survivor
+const { execFileSync, spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+
+const ROOT = path.resolve(__dirname, '..');
+
+/**
+ * name: what is broken; file: where; from/to: exact text replaced (must occur exactly once, so a
+ * refactoring that moves the code makes the script fail loudly instead of testing nothing);
+ * tests: jest paths; only: optional test-name pattern (-t) to run fewer tests of those files.
+ */
+const MUTATIONS = [
+  {
+    name: 'transfer-retry-restarts-from-zero',
+    why: 'a transfer retry ignores its heartbeat and re-reads the disk from slot 0',
+    file: 'activities/host/index.ts',
+    from: 'resume: resume && resume.nextSlot !== undefined ? resume : undefined,',
+    to: 'resume: undefined,',
+    tests: ['test/backup/faults.temporal.test.ts'],
+    only: 'kill -9 of the agent mid-transfer',
+  },
+  {
+    name: 'transfer-ignores-vm-leaving-host',
+    why: "the transfer keeps reading on the old host after the VM moved (only the release follows it)",
+    file: 'activities/host/index.ts',
+    from: "if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled');\n              await checkHere();",
+    to: "if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled');",
+    tests: ['test/backup/faults.temporal.test.ts'],
+    only: 'live migration within the cluster',
+  },
+  {
+    name: 'silent-host-not-followed',
+    why: 'a host whose agent stops answering is waited for instead of locating the VM again',
+    file: 'workflows/backup-vm.ts',
+    from: 'const hostSilent = isScheduleToStartTimeout(err);',
+    to: 'const hostSilent = false && isScheduleToStartTimeout(err);',
+    tests: ['test/faults/damage.temporal.test.ts'],
+    only: 'a host that stops answering',
+  },
+  {
+    name: 'chunk-read-skips-digest-check',
+    why: 'the restore reader returns chunk bytes without comparing their SHA-256 with the chunk name',
+    file: 'repository/chunk-store.ts',
+    from: "if (sha256(raw).toString('hex') !== digest) throw bad('SHA-256 of the content does not match its name');",
+    to: '',
+    tests: ['test/repository/verify.test.ts'],
+    only: 'CORRUPT',
+  },
+  {
+    name: 'manifest-written-in-place',
+    why: 'the manifest is written in place in two halves (half, fsync, half) instead of temp file + rename',
+    file: 'repository/repository.ts',
+    from: "await writeFileDurable(path.join(pdir, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\\n');",
+    to:
+      "{ const text = JSON.stringify(manifest, null, 2) + '\\n'; const fh = await fs.open(path.join(pdir, MANIFEST_FILE), 'w');" +
+      ' await fh.write(text.slice(0, text.length >> 1)); await fh.sync(); await fh.write(text.slice(text.length >> 1)); await fh.sync(); await fh.close(); }',
+    tests: ['test/repository/crash.test.ts'],
+  },
+  {
+    name: 'restore-original-skips-vm-off-check',
+    why: 'a restore to the original place does not check that the VM is off',
+    file: 'workflows/restore-vm.ts',
+    from: "if (off.exists && off.state !== 'off') {",
+    to: "if (off.exists && off.state !== 'off' && false) {",
+    tests: ['test/backup/restore.temporal.test.ts'],
+    only: 'original place',
+  },
+  {
+    name: 'unknown-point-restores-newest',
+    why: 'a restore of a recovery point that does not exist falls back to the newest point',
+    file: 'activities/server/restore.ts',
+    from: 'const point = pointId ? points.find((p) => p.pointId === pointId) : points[points.length - 1];',
+    to: 'const point = (pointId ? points.find((p) => p.pointId === pointId) : undefined) ?? points[points.length - 1];',
+    tests: ['test/backup/restore.temporal.test.ts'],
+    only: 'unknown recovery point',
+  },
+  {
+    name: 'mode-search-attribute-always-offline',
+    why: 'every backup is labelled offline in the Web UI, so a BackupMode filter cannot tell them apart',
+    file: 'workflows/backup-vm.ts',
+    from: 'upsertSearchAttributes([{ key: SA.mode, value: decision.mode }]);',
+    to: "upsertSearchAttributes([{ key: SA.mode, value: 'offline' }]);",
+    tests: ['test/ui/web-ui.temporal.test.ts'],
+  },
+  {
+    name: 'checkpoint-release-skipped',
+    why: 'releasing a backup checkpoint by id does nothing',
+    file: 'activities/host/index.ts',
+    from: 'await adapter.releaseCheckpoint(req.vmId, req.checkpointId);',
+    to: '',
+    tests: ['test/backup/faults.temporal.test.ts'],
+    only: 'failure after the checkpoint|cancelling',
+  },
+  {
+    name: 'upload-skips-digest-check',
+    why: 'the storage API stores an uploaded chunk without recomputing its SHA-256',
+    file: 'repository/encoder.ts',
+    from: 'if (actual !== digest) return reply({ id, mismatch: { digest, actual } });',
+    to: '',
+    tests: ['test/storage-api/refusals.test.ts', 'test/storage-api/ingest.test.ts'],
+  },
+  {
+    name: 'commit-with-missing-chunk',
+    why: 'an index naming a chunk the repository lacks is accepted, so a point can commit with a hole',
+    file: 'repository/repository.ts',
+    from: 'if (missing.length > 0) {',
+    to: 'if (missing.length > 0 && false) {',
+    tests: ['test/storage-api/refusals.test.ts', 'test/repository/verify.test.ts'],
+  },
+  {
+    name: 'release-resumes-vm-not-paused-by-us',
+    why: 'releasing a checkpoint resumes a VM that somebody else paused or saved',
+    file: 'hypervisor/lab/lab.ts',
+    from: "if (ck.resumeTo && (rec.state === 'saved' || rec.state === 'paused')) rec.state = ck.resumeTo;",
+    to: "if (rec.state === 'saved' || rec.state === 'paused') rec.state = 'running';",
+    tests: ['test/lab/checkpoint.test.ts', 'test/lab/vm-states.test.ts'],
+  },
+];
+
+function parseArgs(argv) {
+  const args = { only: undefined, list: false, keep: false };
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--only') args.only = argv[++i].split(',');
+    else if (argv[i] === '--list') args.list = true;
+    else if (argv[i] === '--keep') args.keep = true;
+    else throw new Error(`unknown argument ${argv[i]} (--only a,b | --list | --keep)`);
+  }
+  return args;
+}
+
+/** The tree as git sees it (tracked and new files, not ignored ones), with dependencies linked. */
+function copyTree() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hvp-mutants-'));
+  const files = execFileSync('git', ['ls-files', '-z', '-co', '--exclude-standard'], { cwd: ROOT, encoding: 'utf8' }).split('\0').filter(Boolean);
+  for (const f of files) {
+    const from = path.join(ROOT, f);
+    if (!fs.existsSync(from)) continue; // deleted in the work tree
+    fs.mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
+    fs.copyFileSync(from, path.join(dir, f));
+  }
+  for (const link of ['node_modules', '.tools']) if (fs.existsSync(path.join(ROOT, link))) fs.symlinkSync(path.join(ROOT, link), path.join(dir, link));
+  return dir;
+}
+
+function run(cmd, args, cwd) {
+  const r = spawnSync(cmd, args, { cwd, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, env: { ...process.env, FORCE_COLOR: '0' } });
+  return { ok: r.status === 0, out: `${r.stdout}${r.stderr}` };
+}
+
+function applyMutation(dir, m) {
+  const file = path.join(dir, m.file);
+  const text = fs.readFileSync(file, 'utf8');
+  const count = text.split(m.from).length - 1;
+  if (count !== 1) return { original: undefined, problem: `the text to replace occurs ${count} times in ${m.file}` };
+  fs.writeFileSync(file, text.replace(m.from, () => m.to));
+  return { original: text };
+}
+
+function failedTests(dir) {
+  try {
+    const report = JSON.parse(fs.readFileSync(path.join(dir, 'jest-mutant.json'), 'utf8'));
+    const failed = [];
+    for (const suite of report.testResults) {
+      for (const t of suite.assertionResults) if (t.status === 'failed') failed.push(t.fullName);
+      if (suite.status === 'failed' && !suite.assertionResults.some((t) => t.status === 'failed')) failed.push(`${path.relative(dir, suite.name)} (${suite.message.split('\n').find(Boolean)})`);
+    }
+    return failed;
+  } catch {
+    return [];
+  }
+}
+
+function main() {
+  const args = parseArgs(process.argv.slice(2));
+  const chosen = args.only ? MUTATIONS.filter((m) => args.only.includes(m.name)) : MUTATIONS;
+  if (args.only && chosen.length !== args.only.length) throw new Error(`unknown mutation in ${args.only.join(',')}; --list names them`);
+  if (args.list) {
+    for (const m of chosen) console.log(`${m.name}\n  ${m.why}\n  ${m.file} -> ${m.tests.join(' ')}${m.only ? ` -t '${m.only}'` : ''}`);
+    return 0;
+  }
+  const dir = copyTree();
+  console.log(`mutants in ${dir}`);
+  // The unmutated tree must build: otherwise every mutant would look killed.
+  const base = run(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.json'], dir);
+  if (!base.ok) throw new Error(`the unmutated tree does not build:\n${base.out}`);
+  const results = [];
+  for (const m of chosen) {
+    const t0 = Date.now();
+    const { original, problem } = applyMutation(dir, m);
+    let verdict;
+    let detail = '';
+    if (problem) {
+      verdict = 'STALE';
+      detail = problem;
+    } else {
+      const build = run(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.json'], dir);
+      if (!build.ok) {
+        verdict = 'STALE';
+        detail = `does not compile: ${build.out.split('\n').find((l) => l.includes('error')) ?? build.out.slice(0, 300)}`;
+      } else {
+        const jestArgs = ['node_modules/jest/bin/jest.js', '--ci', '--json', '--outputFile=jest-mutant.json', ...m.tests];
+        if (m.only) jestArgs.push('-t', m.only);
+        const tests = run(process.execPath, jestArgs, dir);
+        const failed = failedTests(dir);
+        verdict = tests.ok ? 'SURVIVED' : 'killed';
+        detail = tests.ok ? 'every aimed test passed' : `by ${failed.length ? failed.join('; ') : tests.out.slice(-500)}`;
+      }
+      fs.writeFileSync(path.join(dir, m.file), original);
+    }
+    const secs = Math.round((Date.now() - t0) / 1000);
+    results.push({ name: m.name, verdict, detail, secs });
+    console.log(`${verdict.padEnd(8)} ${m.name} (${secs} s): ${detail}`);
+  }
+  if (!args.keep) fs.rmSync(dir, { recursive: true, force: true });
+  const bad = results.filter((r) => r.verdict !== 'killed');
+  console.log(`\n${results.length - bad.length} of ${results.length} mutations killed${bad.length ? `; not killed: ${bad.map((r) => `${r.name} (${r.verdict})`).join(', ')}` : ''}`);
+  return bad.length ? 1 : 0;
+}
+
+try {
+  process.exitCode = main();
+} catch (err) {
+  console.error(`mutations: ${err.message}`);
+  process.exitCode = 2;
+}
