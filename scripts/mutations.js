@@ -8,6 +8,7 @@
 //   node scripts/mutations.js                 every mutation
 //   node scripts/mutations.js --only a,b      some of them (by name)
 //   node scripts/mutations.js --list          names, files and aimed tests
+//   node scripts/mutations.js --check         only that every mutation still applies (fast)
 //   node scripts/mutations.js --keep          keep the copy (path printed) to look at a survivor
 const { execFileSync, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -50,6 +51,17 @@ const MUTATIONS = [
     only: 'a host that stops answering',
   },
   {
+    name: 'checkpoint-retry-returns-pending-checkpoint',
+    why: 'a checkpoint retried by label after a crash while the VM was quiet is returned as it is: no disks, the VM left paused',
+    file: 'hypervisor/lab/checkpoints.ts',
+    from:
+      '      if (!prior.pending) {\n        // A retry of a request that made its checkpoint: the same one, and a VM it quieted runs again.\n' +
+      '        if (prior.resumeTo) resumeQuieted(rec, prior);\n        return backupCheckpoint(lab, rec, prior);\n      }',
+    to: '      return backupCheckpoint(lab, rec, prior);',
+    tests: ['test/faults/crash-matrix.temporal.test.ts'],
+    only: 'lab:checkpoint-quiesced',
+  },
+  {
     name: 'chunk-read-skips-digest-check',
     why: 'the restore reader returns chunk bytes without comparing their SHA-256 with the chunk name',
     file: 'repository/chunk-store.ts',
@@ -61,10 +73,10 @@ const MUTATIONS = [
   {
     name: 'manifest-written-in-place',
     why: 'the manifest is written in place in two halves (half, fsync, half) instead of temp file + rename',
-    file: 'repository/repository.ts',
-    from: "await writeFileDurable(path.join(pdir, MANIFEST_FILE), JSON.stringify(manifest, null, 2) + '\\n');",
+    file: 'repository/points.ts',
+    from: 'await writeFileDurable(this.layout.manifestFile(ds, manifest.pointId), manifestText(manifest));',
     to:
-      "{ const text = JSON.stringify(manifest, null, 2) + '\\n'; const fh = await fs.open(path.join(pdir, MANIFEST_FILE), 'w');" +
+      '{ const text = manifestText(manifest); const fh = await fs.open(this.layout.manifestFile(ds, manifest.pointId), \'w\');' +
       ' await fh.write(text.slice(0, text.length >> 1)); await fh.sync(); await fh.write(text.slice(text.length >> 1)); await fh.sync(); await fh.close(); }',
     tests: ['test/repository/crash.test.ts'],
   },
@@ -114,7 +126,7 @@ const MUTATIONS = [
   {
     name: 'commit-with-missing-chunk',
     why: 'an index naming a chunk the repository lacks is accepted, so a point can commit with a hole',
-    file: 'repository/repository.ts',
+    file: 'repository/sessions.ts',
     from: 'if (missing.length > 0) {',
     to: 'if (missing.length > 0 && false) {',
     tests: ['test/storage-api/refusals.test.ts', 'test/repository/verify.test.ts'],
@@ -122,20 +134,21 @@ const MUTATIONS = [
   {
     name: 'release-resumes-vm-not-paused-by-us',
     why: 'releasing a checkpoint resumes a VM that somebody else paused or saved',
-    file: 'hypervisor/lab/lab.ts',
-    from: "if (ck.resumeTo && (rec.state === 'saved' || rec.state === 'paused')) rec.state = ck.resumeTo;",
-    to: "if (rec.state === 'saved' || rec.state === 'paused') rec.state = 'running';",
+    file: 'hypervisor/lab/checkpoints.ts',
+    from: "    if (ck.resumeTo && (rec.state === 'saved' || rec.state === 'paused')) rec.state = ck.resumeTo;\n    delete rec.checkpoint;\n  });",
+    to: "    if (rec.state === 'saved' || rec.state === 'paused') rec.state = 'running';\n    delete rec.checkpoint;\n  });",
     tests: ['test/lab/checkpoint.test.ts', 'test/lab/vm-states.test.ts'],
   },
 ];
 
 function parseArgs(argv) {
-  const args = { only: undefined, list: false, keep: false };
+  const args = { only: undefined, list: false, keep: false, check: false };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--only') args.only = argv[++i].split(',');
     else if (argv[i] === '--list') args.list = true;
     else if (argv[i] === '--keep') args.keep = true;
-    else throw new Error(`unknown argument ${argv[i]} (--only a,b | --list | --keep)`);
+    else if (argv[i] === '--check') args.check = true;
+    else throw new Error(`unknown argument ${argv[i]} (--only a,b | --list | --check | --keep)`);
   }
   return args;
 }
@@ -189,6 +202,12 @@ function main() {
   if (args.list) {
     for (const m of chosen) console.log(`${m.name}\n  ${m.why}\n  ${m.file} -> ${m.tests.join(' ')}${m.only ? ` -t '${m.only}'` : ''}`);
     return 0;
+  }
+  if (args.check) {
+    const stale = chosen.filter((m) => fs.readFileSync(path.join(ROOT, m.file), 'utf8').split(m.from).length !== 2);
+    for (const m of stale) console.log(`STALE    ${m.name}: its text is not in ${m.file} exactly once`);
+    console.log(`${chosen.length - stale.length} of ${chosen.length} mutations apply`);
+    return stale.length ? 1 : 0;
   }
   const dir = copyTree();
   console.log(`mutants in ${dir}`);

@@ -1,6 +1,7 @@
 // The fault matrix: the agent or the protection server is killed (SIGKILL, from a crash point)
-// at each step of a backup — after the checkpoint, mid-transfer, before and after the release,
-// after planning, before and after the commit — and restarted. Every backup must finish with a
+// at each step of a backup — while an offline VM is saved or paused for its checkpoint, after the
+// checkpoint, mid-transfer, before and after the release, after planning, before and after the
+// commit — and restarted. Every backup must finish with a
 // recovery point that restores bit for bit, and leave no checkpoint and no paused VM behind.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -82,18 +83,21 @@ afterAll(async () => {
   if (!process.env.HVP_KEEP_TEST_STATE) fs.rmSync(dir, { recursive: true, force: true });
 });
 
-const CASES: { at: CrashPointName; who: 'agent' | 'server'; offline?: boolean }[] = [
-  { at: 'agent:after-checkpoint', who: 'agent', offline: true },
-  { at: 'agent:mid-transfer', who: 'agent' },
-  { at: 'agent:before-release', who: 'agent', offline: true },
-  { at: 'agent:after-release', who: 'agent' },
-  { at: 'server:after-plan', who: 'server' },
-  { at: 'server:before-commit', who: 'server' },
-  { at: 'server:after-commit', who: 'server' },
+const CASES: { at: CrashPointName; who: 'agent' | 'server'; offline: 'pause' | 'save' | false }[] = [
+  // Between quiescing the VM and resuming it: the VM is saved or paused, the checkpoint labelled, no disks yet.
+  { at: 'lab:checkpoint-quiesced', who: 'agent', offline: 'save' },
+  { at: 'lab:checkpoint-quiesced', who: 'agent', offline: 'pause' },
+  { at: 'agent:after-checkpoint', who: 'agent', offline: 'pause' },
+  { at: 'agent:mid-transfer', who: 'agent', offline: false },
+  { at: 'agent:before-release', who: 'agent', offline: 'pause' },
+  { at: 'agent:after-release', who: 'agent', offline: false },
+  { at: 'server:after-plan', who: 'server', offline: false },
+  { at: 'server:before-commit', who: 'server', offline: false },
+  { at: 'server:after-commit', who: 'server', offline: false },
 ];
 
-test.each(CASES)('kill -9 of the $who at $at: the backup finishes whole', async ({ at, who, offline }) => {
-  const name = `crash-${at.replace(/[^a-z]+/g, '-')}`;
+test.each(CASES)('kill -9 of the $who at $at (offline method: $offline): the backup finishes whole', async ({ at, who, offline }) => {
+  const name = `crash-${at.replace(/[^a-z]+/g, '-')}${offline ? `-${offline}` : ''}`;
   const content = { kind: 'random' as const, seed: name.length * 7, fill: 1 };
   const facts = await lab.createVm({
     name,
@@ -114,11 +118,17 @@ test.each(CASES)('kill -9 of the $who at $at: the backup finishes whole', async 
   const handle = await client.workflow.start('backupVm', {
     taskQueue: SERVER_TASK_QUEUE,
     workflowId: `backup/${name}/${randomUUID()}`,
-    args: [{ dataSource: name, vm: facts.vmId, policy: { offlineMethod: 'pause' }, timing: { heartbeatTimeout: '3 seconds' } }],
+    args: [{ dataSource: name, vm: facts.vmId, policy: { offlineMethod: offline || 'pause' }, timing: { heartbeatTimeout: '3 seconds' } }],
   });
   const victim = who === 'agent' ? procs.agent! : procs.server!;
   const signal = await Promise.race([exited(victim), new Promise((r) => setTimeout(() => r('timeout'), 60_000))]);
   expect(signal).toBe('SIGKILL');
+  if (at === 'lab:checkpoint-quiesced') {
+    // The crash landed in the window: the VM quiet, its checkpoint labelled with the backup, no disks yet.
+    const rec = await lab.getVm(facts.vmId);
+    expect(rec.state).toBe(offline === 'save' ? 'saved' : 'paused');
+    expect(rec.checkpoint).toMatchObject({ label: handle.workflowId, pending: true, disks: [] });
+  }
   if (who === 'agent') startAgent();
   else await startServer();
 

@@ -27,7 +27,16 @@ afterAll(async () => {
   await stack?.stop();
 });
 
-test('the workflow list and a backup page show VM, host, mode and kind', async () => {
+/** Reloads until the page text holds `wanted` (visibility lags behind a finished workflow). */
+async function waitForText(load: () => Promise<string>, wanted: string): Promise<string> {
+  for (const deadline = Date.now() + 30_000; ; ) {
+    const text = await load();
+    if (text.includes(wanted) || Date.now() > deadline) return text;
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+test('the workflow list filtered by BackupVm and BackupMode shows the offline backup and leaves the online one out; a backup page shows VM, host, mode and kind', async () => {
   const ui = process.env.HVP_TEST_TEMPORAL_UI;
   expect(ui).toBeTruthy();
   const facts = await stack.lab.createVm({
@@ -40,15 +49,27 @@ test('the workflow list and a backup page show VM, host, mode and kind', async (
   const workflowId = `backup/ui-linux/${new Date().toISOString()}-${randomUUID().slice(0, 4)}`;
   const handle = await stack.client.workflow.start('backupVm', { taskQueue: SERVER_TASK_QUEUE, workflowId, args: [{ dataSource: 'ui-linux', vm: facts.vmId }] });
   await handle.result();
+  // A second VM backed up online: the filters below must leave it out.
+  const other = await stack.lab.createVm({ name: 'ui-windows', host: 'hv01', disks: [{ sizeBytes: 1024 * 1024, content: { kind: 'random', seed: 62, fill: 1 } }] });
+  const otherId = `backup/ui-windows/${new Date().toISOString()}-${randomUUID().slice(0, 4)}`;
+  const online = await stack.client.workflow.execute('backupVm', { taskQueue: SERVER_TASK_QUEUE, workflowId: otherId, args: [{ dataSource: 'ui-windows', vm: other.vmId }] });
+  expect(online.mode).toBe('online');
   const runId = handle.firstExecutionRunId;
   const ns = stack.temporal.namespace;
   const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+  const listed = async (query: string): Promise<string> => {
+    await page.goto(`${ui}/namespaces/${ns}/workflows?query=${encodeURIComponent(query)}`, { waitUntil: 'networkidle' });
+    await page.getByText(workflowId).first().waitFor({ timeout: 30_000 });
+    return page.locator('body').innerText();
+  };
 
-  // The list, filtered by our search attributes as an administrator would.
-  const query = encodeURIComponent(`BackupVm="ui-linux" AND BackupMode="offline"`);
-  await page.goto(`${ui}/namespaces/${ns}/workflows?query=${query}`, { waitUntil: 'networkidle' });
-  await page.getByText(workflowId).first().waitFor({ timeout: 30_000 });
+  // Unfiltered (both backups' kind), both are listed: what the filters leave out would show.
+  expect(await waitForText(() => listed(`BackupKind="initial-replica"`), otherId)).toContain(workflowId);
+  // The list, filtered by our search attributes as an administrator would: only the offline backup.
+  const offlineOnly = await listed(`BackupVm="ui-linux" AND BackupMode="offline"`);
   await page.screenshot({ path: path.join(ARTIFACTS, 'workflow-list.png'), fullPage: true });
+  expect(offlineOnly).not.toContain(otherId);
+  expect(await listed(`BackupMode="offline"`)).not.toContain(otherId);
 
   // One backup: its search attributes and activity summaries.
   await page.goto(`${ui}/namespaces/${ns}/workflows/${encodeURIComponent(workflowId)}`, { waitUntil: 'networkidle' });
