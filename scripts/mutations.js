@@ -48,7 +48,7 @@ const MUTATIONS = [
     from: 'const hostSilent = isScheduleToStartTimeout(err);',
     to: 'const hostSilent = false && isScheduleToStartTimeout(err);',
     tests: ['test/faults/damage.temporal.test.ts'],
-    only: 'a host that stops answering',
+    only: 'a host that dies mid-transfer',
   },
   {
     name: 'checkpoint-retry-returns-pending-checkpoint',
@@ -138,6 +138,22 @@ const MUTATIONS = [
     from: "    if (ck.resumeTo && (rec.state === 'saved' || rec.state === 'paused')) rec.state = ck.resumeTo;\n    delete rec.checkpoint;\n  });",
     to: "    if (rec.state === 'saved' || rec.state === 'paused') rec.state = 'running';\n    delete rec.checkpoint;\n  });",
     tests: ['test/lab/checkpoint.test.ts', 'test/lab/vm-states.test.ts'],
+  },
+  {
+    name: 'hyperv-release-skips-resume',
+    why: "the Hyper-V release script converts the checkpoint without resuming the VM its offline checkpoint left quiet",
+    file: 'hypervisor/hyperv/scripts.ts',
+    from: "  $resumed = Resume-HvpHeld $vm ([string]$p.heldQuiet)\n  $script:step = 'Msvm_VirtualSystemSnapshotService'",
+    to: "  $resumed = $null\n  $script:step = 'Msvm_VirtualSystemSnapshotService'",
+    tests: ['test/hyperv/hyperv.test.ts'],
+  },
+  {
+    name: 'hyperv-label-wildcard-without-recovery-filter',
+    why: 'Hyper-V checkpoints are found by label with a wildcard match and without the recovery-checkpoint filter',
+    file: 'hypervisor/hyperv/scripts.ts',
+    from: "@(Get-HvpSnapshots $vm | Where-Object { [string]$_.SnapshotType -eq 'Recovery' -and [string]$_.Name -eq [string]$p.label } | ForEach-Object",
+    to: '@(Get-HvpSnapshots $vm | Where-Object { [string]$_.Name -like [string]$p.label } | ForEach-Object',
+    tests: ['test/hyperv/hyperv.test.ts'],
   },
 ];
 
