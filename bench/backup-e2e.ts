@@ -3,7 +3,7 @@
 // its own process reading a lab VM's VHDX — against the repository's own incremental ingest of
 // the same changed ranges (ingest/ `ingestDisk`, the transferDisk activity's own pipeline, without Temporal, VHDX or lab).
 //
-//   npx tsc -p . && node dist/bench/backup-e2e.js [--size-gib 4] [--rounds 3] [--fill 0.7] [--keep]
+//   npx tsc -p . && node dist/bench/backup-e2e.js [--size-gib 4] [--rounds 3] [--fill 0.7] [--multi-disk-gib 1] [--multi-rounds 1] [--keep]
 //
 // Steps: a lab VM with one dynamic VHDX (1 MiB regions of random data, `fill` of them; the rest
 // never written), an initial replica; then per round 1% of the disk changed in scattered 64 KiB
@@ -150,21 +150,25 @@ async function main(): Promise<void> {
 
     server = await startServer({ logger, temporal, stateDir: path.join(tmp, 'server'), apiPort: 0, registerSearchAttributes: false });
     const client = server.client;
-    const tokenFile = path.join(tmp, 'hv01.token');
-    await fs.writeFile(tokenFile, await server.tokens.issue('hv01', 'agent'), { mode: 0o600 });
-    const agentLog = openSync(path.join(tmp, 'agent-hv01.log'), 'a');
-    const agent = spawn(
-      process.execPath,
-      [path.join(ROOT, 'dist', 'client', 'cli.js'), 'agent', '--host', 'hv01', '--lab-root', lab.root, '--storage-url', server.storageApi.url, '--token-file', tokenFile],
-      { env: { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, HVPROTECT_LOG_FORMAT: 'json', HVPROTECT_LOG_LEVEL: 'warn' }, stdio: ['ignore', agentLog, agentLog] },
-    );
-    children.push(agent);
-    await waitForPollers(client, temporal.namespace, [hostTaskQueue('hv01'), hostTransferQueue('hv01')].map((name) => ({ name, kind: 'activity' as const })), 60_000);
+    const spawnAgent = async (hostName: string, extra: string[] = []) => {
+      const tokenFile = path.join(tmp, `${hostName}.token`);
+      await fs.writeFile(tokenFile, await server!.tokens.issue(hostName, 'agent'), { mode: 0o600 });
+      const log = openSync(path.join(tmp, `agent-${hostName}.log`), 'a');
+      const p = spawn(
+        process.execPath,
+        [path.join(ROOT, 'dist', 'client', 'cli.js'), 'agent', '--host', hostName, '--lab-root', lab.root, '--storage-url', server!.storageApi.url, '--token-file', tokenFile, ...extra],
+        { env: { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, HVPROTECT_LOG_FORMAT: 'json', HVPROTECT_LOG_LEVEL: 'warn' }, stdio: ['ignore', log, log] },
+      );
+      children.push(p);
+      await waitForPollers(client, temporal.namespace, [hostTaskQueue(hostName), hostTransferQueue(hostName)].map((name) => ({ name, kind: 'activity' as const })), 60_000);
+      return p;
+    };
+    const agent = await spawnAgent('hv01');
 
-    const backup = async (label: string): Promise<BackupRun & { result: BackupVmResult }> => {
-      const workflowId = `backup/${DS}/${label}`;
+    const backup = async (label: string, ds = DS, vmId = facts.vmId): Promise<BackupRun & { result: BackupVmResult }> => {
+      const workflowId = `backup/${ds}/${label}`;
       const t0 = performance.now();
-      const h = await client.workflow.start('backupVm', { taskQueue: SERVER_TASK_QUEUE, workflowId, args: [{ dataSource: DS, vm: facts.vmId }] });
+      const h = await client.workflow.start('backupVm', { taskQueue: SERVER_TASK_QUEUE, workflowId, args: [{ dataSource: ds, vm: vmId }] });
       const result = (await h.result()) as BackupVmResult;
       const wallMs = performance.now() - t0;
       const run = await readWorkflowRun(client, workflowId);
@@ -252,6 +256,28 @@ async function main(): Promise<void> {
       rounds.push({ writes: n, writeMs, express, repoOnly, noChange, order });
     }
 
+    // A VM with four disks: one after another (a host that runs one transfer at a time) against
+    // all at once (a host that runs four), the same amount of data each, different content so
+    // that neither deduplicates against the other; the order alternates by round.
+    const MULTI = Math.round(Number(opt('multi-disk-gib', '1')) * 1024 ** 3);
+    const multi: Array<{ sequentialMs: number; parallelMs: number }> = [];
+    if (MULTI > 0) {
+      await lab.createHost('hv02');
+      await lab.createHost('hv03');
+      await spawnAgent('hv02', ['--max-transfers', '1']);
+      await spawnAgent('hv03', ['--max-transfers', '4']);
+      for (let round = 0; round < Number(opt('multi-rounds', '1')); round++) {
+        const vm = async (host: string, seed: number) =>
+          lab.createVm({ name: `four-${host}-${round}`, host, disks: [0, 1, 2, 3].map((k) => ({ sizeBytes: MULTI, content: { kind: 'random' as const, seed: seed + k, fill: FILL } })) });
+        const seq = await vm('hv02', 500 + round * 10);
+        const par = await vm('hv03', 900 + round * 10);
+        const runSeq = () => backup(`four-disks-sequential-${round + 1}`, `four-seq-${round}`, seq.vmId);
+        const runPar = () => backup(`four-disks-parallel-${round + 1}`, `four-par-${round}`, par.vmId);
+        const [a, b] = round % 2 === 0 ? [await runSeq(), await runPar()] : [await runPar(), await runSeq()].reverse();
+        multi.push({ sequentialMs: a.wallMs, parallelMs: b.wallMs });
+      }
+    }
+
     const agentRss = peakRssMiB(agent.pid);
     const serverRss = process.resourceUsage().maxRSS / 1024;
     repoServer.send('stop');
@@ -294,6 +320,12 @@ async function main(): Promise<void> {
       `| transfer activity / repository-only (data path of the agent vs \`ingestDisk\`) | ${median(rounds.map((r) => r.express.transferActivityMs / r.repoOnly.wallMs)).toFixed(1)}× | ${rounds.map((r) => `${(r.express.transferActivityMs / r.repoOnly.wallMs).toFixed(1)}×`).join(', ')} |`,
       `| express full minus its transfer activity (every other step, workflow tasks, client round trips) | ${sec(median(ef.map((r) => r.wallMs - r.transferActivityMs)))} s | ${ef.map((r) => sec(r.wallMs - r.transferActivityMs)).join(', ')} |`,
       `| **no-change backup (workflow, start → result)** | **${sec(ncMed)} s** | ${nc.map((r) => sec(r.wallMs)).join(', ')} |`,
+      ...(multi.length
+        ? [
+            `| initial replica of a VM with four ${mib(MULTI)} MiB disks, one after another (agent --max-transfers 1) | ${sec(median(multi.map((m) => m.sequentialMs)))} s | ${multi.map((m) => sec(m.sequentialMs)).join(', ')} |`,
+            `| the same, the four disks at once (agent --max-transfers 4) | ${sec(median(multi.map((m) => m.parallelMs)))} s | ${multi.map((m) => sec(m.parallelMs)).join(', ')} |`,
+          ]
+        : []),
       '',
       'Overhead multiple per round = that round\'s express full wall time / that round\'s repository-only incremental (same ranges, same machine minutes); the order of the two alternates by round.',
       '',

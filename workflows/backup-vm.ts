@@ -5,7 +5,7 @@
 //   mode   ← decideBackupMode(facts)                 pure: online | offline + reasons
 //   plan   ← planBackup                              server: initial replica | express full | consistency check
 //   ckpt   ← createBackupCheckpoint                  host: offline = save/pause → checkpoint → resume
-//   try      transferDisk × disks                    host: heartbeats its position, resumes there
+//   try      transferDisk × disks, all at once       host: within its transfer limit; heartbeats its position, resumes there
 //            commitRecoveryPoint                     server: atomic, only now does the point exist
 //   finally  releaseBackupCheckpoint                 host: merge / reference point; resume the VM
 //   enforceRetention                                 server: retention range + shadow storage limit
