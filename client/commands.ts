@@ -20,6 +20,7 @@ import {
   startBackupNow,
 } from './protection';
 import { UsageError } from './errors';
+import { registerFileCommands, restoreVolumeCommand } from './files';
 
 async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
   const client = await connectClient(loadTemporalSettings());
@@ -60,7 +61,7 @@ export function workflowLink(workflowId: string): string {
   return `${webUiBase()}/namespaces/${encodeURIComponent(ns)}/workflows/${encodeURIComponent(workflowId)}`;
 }
 
-function addAdminOptions(cmd: Command): Command {
+export function addAdminOptions(cmd: Command): Command {
   return cmd
     .option('--server-dir <dir>', "the protection server's state folder (admin token, storage API address)")
     .option('--storage-url <url>', 'the storage API (default from --server-dir)')
@@ -71,7 +72,7 @@ function addAdminOptions(cmd: Command): Command {
 }
 
 /** A VM name, VM id or data source id → the data source id (asks Temporal's schedules; else as given). */
-async function dataSourceFor(vm: string): Promise<string> {
+export async function dataSourceFor(vm: string): Promise<string> {
   try {
     return await withClient(async (c) => (await dataSourceOf(c, vm)).dataSource);
   } catch (err) {
@@ -276,7 +277,9 @@ export function registerCommands(program: Command): void {
     );
   });
 
-  program
+  registerFileCommands(program, { addAdminOptions, dataSourceFor });
+
+  addAdminOptions(program
     .command('restore')
     .argument('<vm>', 'VM name, id or data source')
     .description('restore a recovery point: the whole VM (original place or another host) or its disks to a folder')
@@ -284,11 +287,18 @@ export function registerCommands(program: Command): void {
     .option('--original', 'to the original place (the VM must be off)')
     .option('--host <host>', 'as a VM on this host (or, with --to, the host that writes the files)')
     .option('--name <name>', 'name of the VM restored with --host')
-    .option('--to <dir>', 'export the disks to this folder on --host')
+    .option('--to <dir>', 'export the disks to this folder on --host (with --volume: here)')
+    .option('--volume <volume>', 'restore one volume (<diskId>p<N> or its label) as an image file, read here over the storage API')
+    .option('--stats', 'with --volume: report the bytes fetched on stderr', false)
     .addOption(new Option('--format <f>', 'disk format for --to').choices(['vhdx', 'raw']).default('vhdx'))
     .option('--json', 'print JSON', false)
-    .addHelpText('after', '\nExamples:\n  hvprotect restore web01 --original\n  hvprotect restore web01 --rp 20261124T020000Z-1a2b --host hv03 --name web01-test\n  hvprotect restore web01 --host hv01 --to /srv/restore --format raw\n')
+    .addHelpText('after', '\nExamples:\n  hvprotect restore web01 --original\n  hvprotect restore web01 --rp 20261124T020000Z-1a2b --host hv03 --name web01-test\n  hvprotect restore web01 --host hv01 --to /srv/restore --format raw\n  hvprotect restore web01 --volume scsi0-0p2 --to /srv/restore --format raw\n'))
     .action(async (vm: string, o) => {
+      if (o.volume) {
+        if (!o.to || o.original || o.host) throw new UsageError('--volume needs --to DIR (a folder here) and neither --original nor --host');
+        const r = await restoreVolumeCommand(await dataSourceFor(vm), o);
+        return out(o.json, r, () => `restored volume ${r.volume} of point ${r.pointId} to ${r.path} (${bytes(r.bytesWritten)} written)\n`);
+      }
       const targets = [o.original, o.to, o.host && !o.to].filter(Boolean).length;
       if (targets !== 1) throw new UsageError('say where to: exactly one of --original, --host H, or --to DIR (with --host H)');
       let target: RestoreTarget;

@@ -71,6 +71,7 @@ export function makeGuestImages(): GuestImages {
     cp -r tree ext-tree
     ln ext-tree/sub/hello.txt ext-tree/sub/hello-hardlink.txt
     ln -s sub/hello.txt ext-tree/link-to-hello
+    printf 'hostile\n' > "ext-tree/$(printf 'back\\\\slash ..\\a bell')"  # a name no host path should take as given
     truncate -s 3M ext-tree/sparse.bin
     printf 'island' | dd of=ext-tree/sparse.bin bs=1 seek=2000000 conv=notrunc status=none
     mke2fs -q -F -t ext4 -L guestext4 -b 1024 -d ext-tree ext4.img 16M

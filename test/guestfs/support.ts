@@ -81,6 +81,7 @@ export async function contentOf(fs: GuestFileSystem, e: GuestEntry): Promise<Buf
 export function listingLines(entries: Array<{ kind?: string; type?: string; path: string; size: number }>): string[] {
   return entries.map((e) => {
     const kind = e.kind ?? e.type;
-    return `${kind} ${e.path}${kind === 'dir' ? '' : ` ${e.size}`}`;
+    // fls prints a control character in a name as ^.
+    return `${kind} ${e.path.replace(/[\x00-\x1f]/g, '^')}${kind === 'dir' ? '' : ` ${e.size}`}`;
   }).sort();
 }
