@@ -60,6 +60,20 @@ export interface VmFacts {
   config: Record<string, unknown>;
   /** Backup checkpoints that exist now (left over ones show up here). */
   checkpoints: { checkpointId: string; createdAt: string; kind: 'backup' | 'standard'; label?: string }[];
+  /**
+   * Guest facts this host cannot see, named (e.g. guest volumes: file systems, dynamic disks and
+   * shadow storage live inside the guest). `volumes` then lists only what is known (maybe nothing);
+   * the backup-mode rules do not count an unknown as a reason to go offline.
+   */
+  unknownGuestFacts?: string[];
+  /**
+   * 'production': the host takes production checkpoints (Hyper-V 2016+): application-consistent
+   * where the guest can (VSS in Windows, a file-system freeze in Linux with the backup integration
+   * service), else crash-consistent on the running VM. Absent: the rule table alone decides.
+   */
+  checkpointConsistency?: 'production';
+  /** What cannot be backed up at host level on this VM, each with what to do (named at inspect). */
+  unsupported?: { diskId?: string; what: string; remedy: string }[];
 }
 
 export interface VmSummary {
@@ -84,6 +98,8 @@ export interface BackupCheckpoint {
   disks: { diskId: string; frozenPath: string; virtualSize: number; changeTrackingId: string }[];
   /** For offline: how long the VM was unavailable, in milliseconds. */
   downtimeMs?: number;
+  /** The consistency the checkpoint achieved, and why when it is less than asked. */
+  consistency?: { achieved: 'application-consistent' | 'crash-consistent'; reason?: string };
   /** For lab hosts: the guest write-load sequence number at checkpoint time (tests use it). */
   guestWriteSeq?: number;
 }

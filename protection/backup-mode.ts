@@ -25,7 +25,7 @@ export interface BackupModeDecision {
 
 export class BackupModeRefused extends Error {
   constructor(
-    readonly type: 'PassthroughDiskNotSupported' | 'OfflineBackupNotAllowed',
+    readonly type: 'PassthroughDiskNotSupported' | 'OfflineBackupNotAllowed' | 'HostLevelBackupNotSupported',
     message: string,
     readonly reasons: string[],
   ) {
@@ -40,7 +40,10 @@ export function onlineBlockers(facts: VmFacts): string[] {
   const vss = facts.integrationServices.backup;
   if (!vss.enabled) reasons.push('the Backup (volume shadow copy) integration service is disabled');
   else if (!vss.responding) reasons.push('the Backup (volume shadow copy) integration service is not responding in the guest');
-  if (facts.guestOsFamily !== 'windows') {
+  // A host with production checkpoints asks the guest (VSS, or a Linux file-system freeze) and falls
+  // back to crash-consistent on the running VM: an unknown or non-Windows guest is no reason to stop it.
+  const production = facts.checkpointConsistency === 'production';
+  if (facts.guestOsFamily !== 'windows' && !(production && facts.guestOsFamily === 'linux') && !(production && facts.unknownGuestFacts?.some((f) => f.startsWith('guest OS')))) {
     reasons.push(`the guest OS (${facts.guestOs || facts.guestOsFamily}) has no VSS writer for host-level backup`);
   } else if (facts.guestOsVersion && versionBelow(facts.guestOsVersion, [5, 2])) {
     reasons.push(`the guest OS ${facts.guestOs} is older than Windows Server 2003 (no VSS)`);
@@ -68,6 +71,14 @@ function versionBelow(version: string, min: [number, number]): boolean {
 }
 
 export function decideBackupMode(facts: VmFacts, policy: BackupModePolicy = {}): BackupModeDecision {
+  const unsupported = (facts.unsupported ?? []).filter((u) => u.diskId === undefined || !facts.disks.find((d) => d.diskId === u.diskId)?.passthrough);
+  if (unsupported.length) {
+    throw new BackupModeRefused(
+      'HostLevelBackupNotSupported',
+      `VM ${facts.name} cannot be backed up at host level: ${unsupported.map((u) => `${u.what} (${u.remedy})`).join('; ')}`,
+      unsupported.map((u) => u.what),
+    );
+  }
   const passthrough = facts.disks.filter((d) => d.passthrough).map((d) => d.diskId);
   if (passthrough.length) {
     throw new BackupModeRefused(

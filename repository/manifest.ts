@@ -56,6 +56,8 @@ export interface BackupRecord {
   modeReasons: string[];
   /** How long the VM was unavailable for an offline backup. */
   downtimeMs?: number;
+  /** The consistency the checkpoint achieved, and why when less than asked (absent: not known). */
+  consistency?: { achieved: 'application-consistent' | 'crash-consistent'; reason?: string };
   transfer: DiskTransferRecord[];
 }
 
@@ -127,6 +129,8 @@ export function backupRecordProblem(b: unknown): string | undefined {
   if (!isObject(b.changeTracking) || !Object.values(b.changeTracking).every(isString)) return 'backup.changeTracking is not a map of disk id to change-tracking id';
   if (!Array.isArray(b.modeReasons) || !b.modeReasons.every(isString)) return 'backup.modeReasons is not a list of strings';
   if (!optional(b.downtimeMs, (v) => typeof v === 'number' && v >= 0)) return 'backup.downtimeMs is not a duration';
+  const consistent = (c: unknown) => isObject(c) && (c.achieved === 'application-consistent' || c.achieved === 'crash-consistent') && optional(c.reason, isString);
+  if (!optional(b.consistency, consistent)) return 'backup.consistency is not { achieved: application-consistent | crash-consistent, reason? }';
   if (!Array.isArray(b.transfer)) return 'backup.transfer is not a list';
   for (const t of b.transfer as unknown[]) {
     if (!isObject(t) || typeof t.diskId !== 'string' || !isKind(t.kind) || !optional(t.fallbackReason, isString)) return 'a backup.transfer entry is not { diskId, kind, ... }';
@@ -162,7 +166,7 @@ function manifestProblem(m: Record<string, unknown>): string | undefined {
 }
 
 const VM_FIELDS = ['vmId', 'name', 'host', 'cluster', 'configPath', 'config'];
-const BACKUP_FIELDS = ['workflowId', 'changeTracking', 'modeReasons', 'downtimeMs', 'transfer'];
+const BACKUP_FIELDS = ['workflowId', 'changeTracking', 'modeReasons', 'downtimeMs', 'consistency', 'transfer'];
 
 /** A hvprotect-point/1 manifest in today's shape: its free-form `vm` split into the three sections. */
 function fromLegacy(m: Record<string, unknown>): Record<string, unknown> {

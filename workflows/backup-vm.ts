@@ -362,6 +362,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
         kind,
         modeReasons: decision.reasons,
         downtimeMs: ckpt.downtimeMs,
+        consistency: ckpt.consistency,
         checkpointCreatedAt: ckpt.createdAt,
         startedAt: workflowInfo().startTime.toISOString(),
         disks: results.map((r) => {

@@ -170,6 +170,7 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
             changeTracking: Object.fromEntries(req.disks.map((d) => [d.diskId, d.changeTrackingId])),
             modeReasons: req.modeReasons,
             ...(req.downtimeMs !== undefined ? { downtimeMs: req.downtimeMs } : {}),
+            ...(req.consistency !== undefined ? { consistency: req.consistency } : {}),
             transfer: req.disks.map((d) => ({
               diskId: d.diskId,
               kind: d.kind,

@@ -34,6 +34,8 @@ export interface CommitRequest {
   kind: TransferKind;
   modeReasons: string[];
   downtimeMs?: number;
+  /** The consistency the checkpoint achieved (and why, when less than asked); absent when unknown. */
+  consistency?: { achieved: 'application-consistent' | 'crash-consistent'; reason?: string };
   checkpointCreatedAt: string;
   /** When the backup workflow started (for the duration metric). */
   startedAt?: string;

@@ -46,6 +46,16 @@ import {
  * the id: tracking was reset, the disk replaced) and a job that ended failed. Anything else is an
  * error to report, never a silent full read.
  */
+/**
+ * An application-consistent CreateSnapshot that failed inside the guest: the job ended in error
+ * (VSS writers or the Linux freeze failed, the backup integration service did not answer). A return
+ * value, a timeout of our process, or a failure before CreateSnapshot is no reason to try again.
+ */
+export function isGuestConsistencyFailure(e: unknown): boolean {
+  if (!(e instanceof HypervisorError) || e.type !== 'HypervisorCommandFailed') return false;
+  return e.details.method === 'CreateSnapshot' && e.details.jobState !== undefined && e.details.timedOut !== true;
+}
+
 export function classifyRctFailure(failed: Record<string, unknown>): { transient: boolean; reset: boolean; what: string; returnValue?: number } {
   const details = (failed.details ?? {}) as Record<string, unknown>;
   const returnValue = num(details.returnValue);
@@ -103,6 +113,18 @@ export interface HyperVOptions {
   stateDir?: string;
   /** Reference points this adapter made that are kept per VM; older ones are destroyed. Default 4. */
   referencePointsKept?: number;
+  /**
+   * GuestBackupType of application-consistent checkpoints: 'copy' (default) leaves the guest's own
+   * backup history and application logs alone; 'full' lets guest applications (SQL Server,
+   * Exchange) truncate their logs, for VMs whose only backup is hvprotect.
+   */
+  guestBackupType?: 'copy' | 'full';
+  /**
+   * When the guest cannot give an application-consistent checkpoint (VSS or the Linux freeze
+   * fails): 'crash-consistent' (default) takes one of the running VM without downtime and says so
+   * on the checkpoint; 'fail' reports the failure.
+   */
+  applicationConsistentFallback?: 'crash-consistent' | 'fail';
   /** Tries of a GetVirtualDiskChanges call that failed transiently (32772, 32774, 32777, a job timeout). Default 5. */
   rctAttempts?: number;
   /** Wait before the first retry, doubled each time. Default 2 s. */
@@ -233,6 +255,21 @@ export class HyperVHypervisor implements HypervisorAdapter {
     vmId: string,
     opts: { mode: BackupMode; offlineMethod?: OfflineMethod | 'none'; label?: string },
   ): Promise<BackupCheckpoint> {
+    try {
+      return await this.createCheckpointOnce(vmId, opts, opts.mode === 'online' ? 1 : 2);
+    } catch (e) {
+      if (!(opts.mode === 'online' && this.opts.applicationConsistentFallback !== 'fail' && isGuestConsistencyFailure(e))) throw e;
+      // The guest could not quiesce itself: a crash-consistent checkpoint of the running VM, said so.
+      const crash = await this.createCheckpointOnce(vmId, opts, 2);
+      return { ...crash, consistency: { achieved: 'crash-consistent', reason: `the guest could not give an application-consistent checkpoint: ${(e as Error).message}` } };
+    }
+  }
+
+  private async createCheckpointOnce(
+    vmId: string,
+    opts: { mode: BackupMode; offlineMethod?: OfflineMethod | 'none'; label?: string },
+    consistencyLevel: 1 | 2,
+  ): Promise<BackupCheckpoint> {
     const label = opts.label ?? '';
     const offlineMethod = opts.offlineMethod ?? 'none';
     // Without a VM id (a GUID) there is nowhere to record a pause, so none is made.
@@ -249,7 +286,8 @@ export class HyperVHypervisor implements HypervisorAdapter {
       label,
       // Msvm_VirtualSystemSnapshotSettingData.ConsistencyLevel: 1 application-consistent (guest VSS),
       // 2 crash-consistent (offline: the VM is saved or paused, so its disks are quiet anyway).
-      consistencyLevel: opts.mode === 'online' ? 1 : 2,
+      consistencyLevel,
+      guestBackupType: this.opts.guestBackupType === 'full' ? 1 : 2,
       recordPath: GUID.test(vmId) ? this.records.file(vmId) : '',
       heldQuiet: held?.quiesced ?? '',
       recordCheckpointId: held && label && held.label === label ? held.checkpointId ?? '' : '',
@@ -295,6 +333,9 @@ export class HyperVHypervisor implements HypervisorAdapter {
       createdAt: isoDate(result.creationTime),
       disks,
       ...(downtimeMs !== undefined ? { downtimeMs } : {}),
+      // A reused checkpoint (a retry) does not say how consistent it was: left unknown, not guessed.
+      ...(num(result.consistencyLevel) === 1 ? { consistency: { achieved: 'application-consistent' as const } } : {}),
+      ...(num(result.consistencyLevel) === 2 ? { consistency: { achieved: 'crash-consistent' as const } } : {}),
     };
   }
 

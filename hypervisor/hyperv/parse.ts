@@ -142,8 +142,13 @@ export function guestFamily(kvp: Json): 'windows' | 'linux' | 'other' {
   return 'other';
 }
 
-function integration(list: Json[], names: string[]): { enabled: boolean; responding: boolean } | undefined {
-  const svc = list.find((s) => names.some((n) => String(s.Name ?? '').toLowerCase() === n.toLowerCase()));
+// Integration services by the class id that ends their Id ("Microsoft:<VM id>\\<class id>"), which
+// no host language changes; the English names only for output that has no Id.
+export const INTEGRATION_SERVICE_IDS = { backup: '35fa2e29-ea23-4236-96ae-3a6ebacba440', heartbeat: '57164f39-9115-4e78-ab55-382f3bd5422d' } as const;
+
+function integration(list: Json[], classId: string, names: string[]): { enabled: boolean; responding: boolean } | undefined {
+  const byId = list.find((s) => String(s.Id ?? '').toLowerCase().endsWith(classId));
+  const svc = byId ?? list.find((s) => !str(s.Id) && names.some((n) => String(s.Name ?? '').toLowerCase() === n.toLowerCase()));
   if (!svc) return undefined;
   const op = svc.PrimaryOperationalStatus;
   const responding = op === 2 || String(op).toLowerCase() === 'ok' || String(svc.PrimaryStatusDescription ?? '').toUpperCase() === 'OK';
@@ -213,20 +218,6 @@ export interface InspectOptions {
   lastReferencePoint?: { referencePointId?: string; disks: Record<string, string> };
 }
 
-/**
- * Guest volumes cannot be seen from the host: DPM learns file systems, dynamic disks and shadow
- * storage from the guest's VSS writer metadata during the backup itself. The approximation taken
- * here: one basic volume per virtual disk, NTFS for Windows guests ("unknown" otherwise), shadow
- * storage on itself. A guest that does not fit (FAT, a dynamic disk, shadow storage elsewhere) is
- * caught by Hyper-V at checkpoint time: the application-consistent CreateSnapshot job fails and the
- * adapter reports it, so a wrong guess costs a retry offline, never a silently bad backup.
- */
-export function approximateGuestVolumes(family: VmFacts['guestOsFamily'], disks: VmDisk[]): GuestVolume[] {
-  return disks
-    .filter((d) => !d.passthrough)
-    .map((d) => ({ name: `disk:${d.diskId}`, fileSystem: family === 'windows' ? 'NTFS' : 'unknown', dynamicDisk: false }));
-}
-
 export function parseInspect(result: Json, opts: InspectOptions): VmFacts {
   const vm = (result.vm ?? {}) as Json;
   const kvp = (result.kvp && typeof result.kvp === 'object' ? result.kvp : {}) as Json;
@@ -264,8 +255,8 @@ export function parseInspect(result: Json, opts: InspectOptions): VmFacts {
   });
 
   const is = asArray(result.integrationServices);
-  const backup = integration(is, ['VSS', 'Backup (volume shadow copy)']) ?? { enabled: false, responding: false };
-  const heartbeat = integration(is, ['Heartbeat']);
+  const backup = integration(is, INTEGRATION_SERVICE_IDS.backup, ['VSS', 'Backup (volume shadow copy)']) ?? { enabled: false, responding: false };
+  const heartbeat = integration(is, INTEGRATION_SERVICE_IDS.heartbeat, ['Heartbeat']);
 
   const c = result.cluster as Json | null | undefined;
   const repl = (result.replication ?? {}) as Json;
@@ -279,6 +270,10 @@ export function parseInspect(result: Json, opts: InspectOptions): VmFacts {
   }));
 
   const guestOs = str(kvp.OSName) ?? 'unknown';
+  const unknownGuestFacts: string[] = [];
+  if (!str(kvp.OSName)) {
+    unknownGuestFacts.push('guest OS: the VM reports none over KVP (Data Exchange off, the VM not running, or no integration services)');
+  }
   const facts: Omit<VmFacts, 'volumes'> = {
     vmId: String(vm.Id).toLowerCase(),
     name: String(vm.Name),
@@ -315,9 +310,48 @@ export function parseInspect(result: Json, opts: InspectOptions): VmFacts {
       drives: drives.map((d) => ({ diskId: diskIdOf(d), controller: controllerOf(d.ControllerType), number: num(d.ControllerNumber), location: num(d.ControllerLocation), path: str(d.Path) })),
     },
     checkpoints,
+    checkpointConsistency: 'production',
   };
-  const volumes = opts.guestVolumes?.(facts) ?? approximateGuestVolumes(family, disks);
-  return { ...facts, volumes };
+  const unsupported = unsupportedAtHostLevel(vm, drives, disks);
+  if (unsupported.length) facts.unsupported = unsupported;
+  const known = opts.guestVolumes?.(facts);
+  if (!known) unknownGuestFacts.push('guest volumes: file systems, dynamic disks and shadow storage are inside the guest and not visible from the host');
+  return { ...facts, volumes: known ?? [], ...(unknownGuestFacts.length ? { unknownGuestFacts } : {}) };
+}
+
+/** The lowest VM configuration version with resilient change tracking (Windows Server 2016 is 8.0). */
+const RCT_MIN_VERSION = [6, 2];
+
+/** What host-level backup cannot do on this VM, named at inspect with what to do about it. */
+export function unsupportedAtHostLevel(vm: Json, drives: Json[], disks: VmDisk[]): NonNullable<VmFacts['unsupported']> {
+  const out: NonNullable<VmFacts['unsupported']> = [];
+  const version = str(vm.Version);
+  const [major = 0, minor = 0] = (version ?? '').split('.').map((x) => Number.parseInt(x, 10) || 0);
+  if (version && (major < RCT_MIN_VERSION[0] || (major === RCT_MIN_VERSION[0] && minor < RCT_MIN_VERSION[1]))) {
+    out.push({
+      what: `VM configuration version ${version} has no resilient change tracking or recovery checkpoints (6.2 or later needed)`,
+      remedy: `upgrade it with Update-VMVersion -Name '${str(vm.Name) ?? ''}' while the VM is off (it can then no longer run on an older host)`,
+    });
+  }
+  drives.forEach((d, i) => {
+    const disk = disks[i];
+    if (!disk) return;
+    if (disk.passthrough) {
+      out.push({ diskId: disk.diskId, what: `disk ${disk.diskId} is a passthrough (physical) disk, which a host-level checkpoint cannot include`, remedy: 'protect this VM with guest-level protection (an agent inside the guest)' });
+      return;
+    }
+    const chain = asArray(d.Chain);
+    const base = chain.length ? chain[chain.length - 1] : undefined;
+    const format = str(base?.VhdFormat) ?? '';
+    if (/^vhd$/i.test(format) || (!format && /\.vhd$/i.test(disk.basePath))) {
+      out.push({
+        diskId: disk.diskId,
+        what: `disk ${disk.diskId} (${disk.basePath}) is a VHD file: resilient change tracking needs VHDX`,
+        remedy: `with the VM off, Convert-VHD -Path '${disk.basePath}' -DestinationPath '${disk.basePath.replace(/\.vhd$/i, '.vhdx')}' and attach the VHDX in its place`,
+      });
+    }
+  });
+  return out;
 }
 
 export interface CheckpointDiskJson {

@@ -331,7 +331,7 @@ const BODIES: Record<ScriptOp, string> = {
 
   $script:step = 'Get-VMIntegrationService'
   $is = @(Get-VMIntegrationService -VM $vm | ForEach-Object {
-    @{ Name = [string]$_.Name; Enabled = [bool]$_.Enabled; PrimaryStatusDescription = [string]$_.PrimaryStatusDescription; PrimaryOperationalStatus = [string]$_.PrimaryOperationalStatus }
+    @{ Id = [string]$_.Id; Name = [string]$_.Name; Enabled = [bool]$_.Enabled; PrimaryStatusDescription = [string]$_.PrimaryStatusDescription; PrimaryOperationalStatus = [string]$_.PrimaryOperationalStatus }
   })
 
   $script:step = 'Get-VMHardDiskDrive'
@@ -412,8 +412,15 @@ const BODIES: Record<ScriptOp, string> = {
   $script:step = 'Msvm_VirtualSystemSnapshotService'
   $svc = Get-CimInstance -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotService
   $script:step = 'Msvm_VirtualSystemSnapshotSettingData'
-  $settings = Get-CimClass -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotSettingData |
-    New-CimInstance -ClientOnly -Property @{ ConsistencyLevel = [byte]$p.consistencyLevel; IgnoreNonSnapshottableDisks = $true }
+  $settingsClass = Get-CimClass -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotSettingData
+  $props = @{ ConsistencyLevel = [byte]$p.consistencyLevel; IgnoreNonSnapshottableDisks = $true }
+  # GuestBackupType (1 Full: guest applications truncate their logs, 2 Copy: they do not) exists
+  # from Windows Server 2016 version 1703 on; older hosts do what their VSS requester defaults to.
+  $guestBackupTypeSet = $false
+  if ([int]$p.guestBackupType -gt 0 -and @($settingsClass.CimClassProperties | ForEach-Object { $_.Name }) -contains 'GuestBackupType') {
+    $props.GuestBackupType = [byte]$p.guestBackupType; $guestBackupTypeSet = $true
+  }
+  $settings = $settingsClass | New-CimInstance -ClientOnly -Property $props
   $ser = [Microsoft.Management.Infrastructure.Serialization.CimSerializer]::Create()
   $embedded = [Text.Encoding]::Unicode.GetString($ser.Serialize($settings, [Microsoft.Management.Infrastructure.Serialization.InstanceSerializationOptions]::None))
   $script:trace = New-Object System.Collections.ArrayList
@@ -512,7 +519,7 @@ const BODIES: Record<ScriptOp, string> = {
     vmId = [string]$vm.Id; host = $env:COMPUTERNAME; snapshotInstanceId = [string]$snap.InstanceID
     virtualSystemType = [string]$snap.VirtualSystemType; creationTime = $vs.CreationTime.ToUniversalTime().ToString('o')
     stateBefore = $stateBefore; quiesced = $quiesced; trace = @($script:trace); disks = @(Get-HvpCheckpointDisks $vs)
-    reused = $false
+    reused = $false; consistencyLevel = [int]$p.consistencyLevel; guestBackupTypeSet = $guestBackupTypeSet
   }
 `,
 

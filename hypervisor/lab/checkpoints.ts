@@ -140,6 +140,8 @@ export function backupCheckpoint(lab: LabStore, rec: VmRecord, ck: CheckpointRec
       return { diskId: c.diskId, frozenPath: path.join(lab.paths.diskFolder(rec, d), c.frozenFile), virtualSize: c.virtualSize, changeTrackingId: c.changeTrackingId };
     }),
     ...(ck.downtimeMs !== undefined ? { downtimeMs: ck.downtimeMs } : {}),
+    // The lab's guest has no writers: an online checkpoint stands for VSS having succeeded.
+    consistency: { achieved: ck.mode === 'online' ? ('application-consistent' as const) : ('crash-consistent' as const) },
     ...(ck.guestWriteSeq !== undefined ? { guestWriteSeq: ck.guestWriteSeq } : {}),
   };
 }

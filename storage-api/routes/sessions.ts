@@ -38,6 +38,12 @@ const commitBody = {
         changeTracking: { type: 'object', additionalProperties: text(1024) },
         modeReasons: { type: 'array', maxItems: 256, items: text(1024) },
         downtimeMs: count,
+        consistency: {
+          type: 'object',
+          required: ['achieved'],
+          additionalProperties: false,
+          properties: { achieved: { enum: ['application-consistent', 'crash-consistent'] }, reason: text(1024) },
+        },
         transfer: {
           type: 'array',
           maxItems: 4096,

@@ -76,6 +76,8 @@ test('a Linux guest is backed up offline: paused for the checkpoint, resumed, do
   expect(r.mode).toBe('offline');
   expect(r.modeReasons.join('; ')).toMatch(/no VSS writer/);
   expect(typeof r.downtimeMs).toBe('number');
+  // The point records the consistency the checkpoint achieved: the VM was paused, crash-consistent.
+  expect((await stack.server.repository.getPoint('db-linux', r.pointId)).backup.consistency).toEqual({ achieved: 'crash-consistent' });
   const after = await stack.lab.inspectVm('db-linux');
   expect(after.state).toBe('running');
   expect(after.checkpoints).toEqual([]);

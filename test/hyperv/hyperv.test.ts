@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { HyperVHypervisor, PENDING_RCT_PREFIX, findPowerShell, psQuote } from '../../hypervisor/hyperv';
 import { RctStore } from '../../hypervisor/hyperv/rct-store';
 import { HypervisorError } from '../../hypervisor/types';
+import { BackupModeRefused, decideBackupMode } from '../../protection/backup-mode';
 import { createDynamicVhdx, openVhdx } from '../../vhdx';
 import { CKPT, FAKE_PWSH, LINUX_VM, NASTY_NAME, WIN_VM, fakeHost } from './support';
 
@@ -124,11 +125,14 @@ describe('inspectVm', () => {
         controller: 'scsi',
       },
     ]);
-    // Host-side approximation: one basic NTFS volume per virtual disk of a Windows guest.
-    expect(facts.volumes).toEqual([
-      { name: 'disk:scsi0-0', fileSystem: 'NTFS', dynamicDisk: false },
-      { name: 'disk:scsi0-1', fileSystem: 'NTFS', dynamicDisk: false },
-    ]);
+    // Guest volumes are inside the guest: unknown, not invented, and no reason to go offline.
+    expect(facts.volumes).toEqual([]);
+    expect(facts.unknownGuestFacts).toEqual([expect.stringMatching(/^guest volumes: /)]);
+    expect(facts.checkpointConsistency).toBe('production');
+    expect(facts.unsupported).toBeUndefined();
+    expect(decideBackupMode(facts)).toEqual({ mode: 'online', quiesce: 'vss', reasons: [] });
+    // The integration services were found by their class ids, whatever the host's language calls them.
+    expect(f.calls()[0].script).toContain('@{ Id = [string]$_.Id; Name = [string]$_.Name;');
     expect(facts.checkpoints).toEqual([
       { checkpointId: '44c5a1d2-3b4c-4d5e-8f6a-7b8c9d0e1f2a', createdAt: '2026-11-20T08:00:00.000Z', kind: 'standard' },
       { checkpointId: CKPT, createdAt: '2026-11-24T02:00:03.123Z', kind: 'backup', label: 'backup/sql01/2026-11-24T02:00:00Z' },
@@ -174,7 +178,9 @@ describe('inspectVm', () => {
         controller: 'scsi',
       },
     ]);
-    expect(facts.volumes).toEqual([{ name: 'disk:scsi0-0', fileSystem: 'unknown', dynamicDisk: false }]);
+    expect(facts.volumes).toEqual([]);
+    // Hyper-V 2016+ takes a production checkpoint of a Linux guest (a file-system freeze): online.
+    expect(decideBackupMode(facts).mode).toBe('online');
   });
 
   test('a clustered VM on CSV with a disk on an SMB share', async () => {
@@ -207,7 +213,35 @@ describe('inspectVm', () => {
       ['ide0-0', 'ide', false, 42949672960],
       ['scsi0-1', 'scsi', true, 0],
     ]);
-    expect(facts.volumes).toEqual([{ name: 'disk:ide0-0', fileSystem: 'NTFS', dynamicDisk: false }]);
+    expect(facts.volumes).toEqual([]);
+    // This legacy VM (configuration 5.0) is named for that too.
+    expect(facts.unsupported).toEqual([
+      { what: expect.stringContaining('configuration version 5.0'), remedy: expect.stringContaining('Update-VMVersion') },
+      { diskId: 'scsi0-1', what: expect.stringContaining('passthrough'), remedy: expect.stringContaining('guest-level protection') },
+    ]);
+    expect(() => decideBackupMode({ ...facts, unsupported: facts.unsupported!.slice(1) })).toThrow(expect.objectContaining({ type: 'PassthroughDiskNotSupported' }));
+  });
+
+  test('a VHD disk and a configuration version without RCT are named at inspect with what to do', async () => {
+    const fixture = JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', 'inspect-windows.json'), 'utf8'));
+    fixture.vm.Version = '5.0';
+    fixture.disks[1].Path = 'E:\\old[1]\\data.vhd';
+    fixture.disks[1].Chain = [{ Path: 'E:\\old[1]\\data.vhd', VhdType: 'Dynamic', VhdFormat: 'VHD', Size: 1073741824, ParentPath: '' }];
+    const f = fakeHost([{ op: 'inspect', result: fixture, expectCmdlets: ['Get-VHD -LiteralPath $path'] }]);
+    const facts = await f.adapter.inspectVm(WIN_VM);
+    expect(facts.unsupported).toEqual([
+      { what: expect.stringContaining('configuration version 5.0 has no resilient change tracking'), remedy: expect.stringContaining('Update-VMVersion') },
+      { diskId: 'scsi0-1', what: expect.stringContaining('is a VHD file'), remedy: expect.stringContaining("-DestinationPath 'E:\\old[1]\\data.vhdx'") },
+    ]);
+    let refused: unknown;
+    try {
+      decideBackupMode(facts);
+    } catch (e) {
+      refused = e;
+    }
+    expect(refused).toBeInstanceOf(BackupModeRefused);
+    expect((refused as BackupModeRefused).type).toBe('HostLevelBackupNotSupported');
+    expect((refused as BackupModeRefused).message).toMatch(/Convert-VHD/);
   });
 
   test('guest volumes supplied by the caller replace the approximation', async () => {
@@ -410,6 +444,36 @@ describe('backup checkpoints', () => {
     const e = await rejection(f.adapter.createBackupCheckpoint(WIN_VM, { mode: 'online', label: 'backup/x/1' }));
     expect(e.message).toContain('could not be named');
     expect(e.details.checkpointRemoved).toBe(true);
+  });
+
+  test('a guest that cannot quiesce: crash-consistent on the running VM, and the checkpoint says so and why', async () => {
+    const online = JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', 'create-checkpoint-online.json'), 'utf8'));
+    const f = fakeHost([
+      {
+        op: 'create-checkpoint',
+        expectParams: { consistencyLevel: 1, guestBackupType: 2 },
+        error: { type: 'HypervisorCommandFailed', message: "CreateSnapshot: job ended in state 10: 'SQL01' could not initiate a checkpoint operation: the VSS writer SqlServerWriter failed", method: 'CreateSnapshot', jobState: 10, errorCode: 32768, step: 'CreateSnapshot' },
+      },
+      { op: 'create-checkpoint', expectParams: { consistencyLevel: 2, offlineMethod: 'none', label: 'backup/sql01/3' }, result: { ...online, consistencyLevel: 2 } },
+    ]);
+    const ckpt = await f.adapter.createBackupCheckpoint(WIN_VM, { mode: 'online', label: 'backup/sql01/3' });
+    expect(ckpt.consistency).toEqual({ achieved: 'crash-consistent', reason: expect.stringContaining('SqlServerWriter failed') });
+    expect(ckpt.downtimeMs).toBeUndefined();
+  });
+
+  test('no fallback when the policy says fail, or when the failure was not the guest', async () => {
+    const guest = { op: 'create-checkpoint', error: { type: 'HypervisorCommandFailed', message: 'job ended in state 10', method: 'CreateSnapshot', jobState: 10 } };
+    const f = fakeHost([guest], { applicationConsistentFallback: 'fail', guestBackupType: 'full' });
+    expect((await rejection(f.adapter.createBackupCheckpoint(WIN_VM, { mode: 'online' }))).message).toContain('state 10');
+    expect(f.calls()[0].params.guestBackupType).toBe(1);
+    const g = fakeHost([{ op: 'create-checkpoint', error: { type: 'HypervisorCommandFailed', message: 'CreateSnapshot returned 32775', method: 'CreateSnapshot', returnValue: 32775 } }]);
+    await rejection(g.adapter.createBackupCheckpoint(WIN_VM, { mode: 'online' }));
+    expect(g.calls()).toHaveLength(1);
+  });
+
+  test('GuestBackupType is set only where the host knows it (Windows Server 2016 1703 and later)', async () => {
+    const f = fakeHost([{ op: 'create-checkpoint', fixture: 'create-checkpoint-online.json', expectCmdlets: ["-contains 'GuestBackupType'", '$props.GuestBackupType = [byte]$p.guestBackupType'] }]);
+    await f.adapter.createBackupCheckpoint(WIN_VM, { mode: 'online' });
   });
 
   test('a retried request with the same label gets the same checkpoint back', async () => {
