@@ -5,6 +5,7 @@ import type { ClusterGroupState, GuestVolume, VmState } from '../types';
 import { Lab, type LabDiskSpec, type LabVmPatch, type StorageSpec } from './lab';
 import { runGuestWriteLoad } from './guest-write-load';
 import { createSampleLab } from './sample';
+import { changeGuestFile } from './guest-files';
 
 const UNITS: Record<string, number> = { '': 1, b: 1, k: 1024, kib: 1024, m: 1024 ** 2, mib: 1024 ** 2, g: 1024 ** 3, gib: 1024 ** 3, t: 1024 ** 4, tib: 1024 ** 4 };
 
@@ -174,6 +175,15 @@ export function labCommand(): Command {
     .requiredOption('--to <host>')
     .action(async (v: string, o: { to: string }) => print(await (await open()).enableReplication(v, o.to)));
   vm.command('delete <vm>').action(async (v: string) => (await open()).deleteVm(v));
+  const files = vm.command('files').description("change a file inside a guest's file system (NTFS, ext4, FAT) through the guest write path");
+  files
+    .command('put <vm> <item> <source>')
+    .description('copy the local file SOURCE to VOLUME:PATH in the guest (VOLUME = <diskId>p<N> or the label); folders are made')
+    .action(async (v: string, item: string, source: string) => print(await changeGuestFile(await open(), v, item, { put: source })));
+  files
+    .command('rm <vm> <item>')
+    .description('remove the file VOLUME:PATH in the guest')
+    .action(async (v: string, item: string) => print(await changeGuestFile(await open(), v, item, { rm: true })));
 
   cmd
     .command('write-load <vm>')

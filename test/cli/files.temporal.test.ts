@@ -61,10 +61,12 @@ beforeAll(async () => {
   fs.copyFileSync(img.gptDisk, images[0]);
   // Between the points: on NTFS /sub/hello.txt changed and /tiny.txt deleted; on FAT the same.
   execFileSync('bash', ['-euo', 'pipefail', '-c', `
-    mkdir -p mnt2 && ntfs-3g ntfs.img mnt2
+    mkdir -p mnt2 && { ntfs-3g -o no_detach ntfs.img mnt2 & ntfs3g=$!; }
+    until mountpoint -q mnt2; do sleep 0.05; done
     printf 'changed after the first point\\n' > mnt2/sub/hello.txt
     rm mnt2/tiny.txt
     umount mnt2
+    wait $ntfs3g  # ntfs-3g has written everything
     dd if=ntfs.img of=gpt.img bs=1M seek=41 conv=notrunc status=none
     export MTOOLS_SKIP_CHECK=1
     printf 'changed on FAT\\n' > new-hello.txt

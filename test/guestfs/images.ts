@@ -50,8 +50,10 @@ export function makeGuestImages(): GuestImages {
     `
     truncate -s 24M ntfs.img
     mkntfs -q -F -f -L GUESTNTFS ntfs.img >/dev/null 2>&1
-    mkdir -p mnt && ntfs-3g ntfs.img mnt
+    # ntfs-3g in the foreground (no_detach) so that we can wait for it to finish writing after umount.
+    mkdir -p mnt && { ntfs-3g -o no_detach ntfs.img mnt & ntfs3g=$!; }
     trap 'umount mnt 2>/dev/null || true' EXIT
+    until mountpoint -q mnt; do sleep 0.05; done
     cp -r tree/. mnt/
     ln mnt/sub/hello.txt mnt/sub/hello-hardlink.txt
     mkdir mnt/frag
@@ -61,6 +63,7 @@ export function makeGuestImages(): GuestImages {
     truncate -s 3M mnt/sparse.bin
     printf 'island' | dd of=mnt/sparse.bin bs=1 seek=2000000 conv=notrunc status=none
     umount mnt
+    wait $ntfs3g
     trap - EXIT
     `,
     dir,
