@@ -43,14 +43,21 @@ export interface Fake {
   next(steps: Step[]): void;
 }
 
-export function fakeHost(steps: Step[], opts: HyperVOptions = {}): Fake {
+export interface FakeScenario {
+  /** Model the VM's power state from this one on (inspect answers with it). */
+  vm?: { state: 'Running' | 'Paused' | 'Saved' | 'Off' };
+  /** Answer in Windows PowerShell 5.1's shapes (dates, enums as numbers, {value,Count} arrays). */
+  shape?: '5.1' | '7';
+}
+
+export function fakeHost(steps: Step[], opts: HyperVOptions = {}, scenarioOpts: FakeScenario = {}): Fake {
   fs.chmodSync(FAKE_PWSH, 0o755);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hvp-hyperv-'));
   const scenario = path.join(dir, 'scenario.json');
   const log = path.join(dir, 'calls.jsonl');
   let total = 0;
   const next = (s: Step[]) => {
-    fs.writeFileSync(scenario, JSON.stringify({ steps: s }));
+    fs.writeFileSync(scenario, JSON.stringify({ steps: s, ...scenarioOpts }));
     fs.rmSync(`${scenario}.next`, { force: true });
     total = s.length;
   };
