@@ -108,10 +108,10 @@ const MUTATIONS = [
   },
   {
     name: 'checkpoint-release-skipped',
-    why: 'releasing a backup checkpoint by id does nothing',
+    why: 'the release step reports success without releasing the checkpoint (neither by id nor by label)',
     file: 'activities/host/index.ts',
-    from: 'await adapter.releaseCheckpoint(req.vmId, req.checkpointId);',
-    to: '',
+    from: "crashPoint('agent:before-release');",
+    to: "crashPoint('agent:before-release');\n          if (req.label) return { released: [] };",
     tests: ['test/backup/faults.temporal.test.ts'],
     only: 'failure after the checkpoint|cancelling',
   },
@@ -130,6 +130,14 @@ const MUTATIONS = [
     from: 'if (missing.length > 0) {',
     to: 'if (missing.length > 0 && false) {',
     tests: ['test/storage-api/refusals.test.ts', 'test/repository/verify.test.ts'],
+  },
+  {
+    name: 'data-source-id-unchecked',
+    why: 'a data source id from a request becomes a path without its check, so `..` climbs out of the repository',
+    file: 'repository/ids.ts',
+    from: "export const checkDataSourceId = (v: unknown): string =>\n  check('data source id', v, DATA_SOURCE_ID,",
+    to: "export const checkDataSourceId = (v: unknown): string =>\n  typeof v === 'string' && v !== '' ? v : check('data source id', v, DATA_SOURCE_ID,",
+    tests: ['test/fuzz/storage-api.fuzz.test.ts'],
   },
   {
     name: 'release-resumes-vm-not-paused-by-us',
