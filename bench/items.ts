@@ -49,7 +49,7 @@ async function main(): Promise<void> {
     console.log(`making a ${DISK / GiB} GiB GPT disk with NTFS in ${tmp}`);
     const t0 = Date.now();
     execFileSync('bash', ['-euo', 'pipefail', '-c', `
-      truncate -s ${DISK - MiB - 34 * 512} ntfs.img
+      truncate -s ${DISK - 2 * MiB} ntfs.img
       mkntfs -q -Q -F -L BENCHNTFS ntfs.img >/dev/null 2>&1
       mkdir mnt && { ntfs-3g -o no_detach ntfs.img mnt & ntfs3g=$!; }
       trap 'umount mnt 2>/dev/null || true' EXIT
@@ -60,7 +60,7 @@ async function main(): Promise<void> {
       for i in 1 2 3 4 5; do head -c ${256 * MiB} /dev/urandom > mnt/data/other-$i.bin; done
       umount mnt; wait $ntfs3g; trap - EXIT  # umount returns before ntfs-3g has written everything
       truncate -s ${DISK} disk.raw
-      printf 'label: gpt\\nstart=2048, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\\n' | sfdisk -q disk.raw
+      printf 'label: gpt\\nstart=2048, size=${(DISK - 2 * MiB) / 512}, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\\n' | sfdisk -q disk.raw
       dd if=ntfs.img of=disk.raw bs=4M seek=1M oflag=seek_bytes conv=sparse,notrunc status=none
       rm ntfs.img
     `], { cwd: tmp, stdio: ['ignore', 'inherit', 'inherit'] });

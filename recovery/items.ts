@@ -63,7 +63,7 @@ export function findVolume(open: OpenPoint, spec: string): PointVolume {
   if (byName) return byName;
   const byLabel = open.volumes.filter((v) => v.fileSystem?.label && v.fileSystem.label.toLowerCase() === spec.toLowerCase());
   if (byLabel.length === 1) return byLabel[0];
-  const known = open.volumes.map((v) => `${v.name}${v.fileSystem?.label ? ` (${v.fileSystem.label})` : ''}`).join(', ');
+  const known = open.volumes.map((v) => `${v.name}${v.fileSystem?.label ? ` (${v.fileSystem.label})` : v.note ? ` [${v.note}]` : ''}`).join(', ');
   throw new ItemRecoveryError(byLabel.length > 1 ? `label ${spec} names ${byLabel.length} volumes: use one of ${byLabel.map((v) => v.name).join(', ')}` : `no volume ${spec} in point ${open.point.pointId}; its volumes: ${known || '(none)'}`);
 }
 
