@@ -174,6 +174,9 @@ export function buildProgram(): Command {
     .option('--hypervisor <kind>', 'lab | hyperv', hypervisorKind, 'lab')
     .option('--lab-root <dir>', 'the lab folder (for --hypervisor lab)', '.hvprotect/dev/lab')
     .option('--powershell <path>', 'PowerShell to run (for --hypervisor hyperv; default pwsh or powershell.exe on PATH)')
+    .option('--hyperv-state-dir <dir>', 'RCT store and checkpoint records (for --hypervisor hyperv; default %ProgramData%\\hvprotect\\hyperv-rct; a CSV folder on a cluster)')
+    .addOption(new Option('--guest-backup-type <type>', 'GuestBackupType of online checkpoints: copy leaves guest application logs alone, full lets them truncate').choices(['copy', 'full']).default('copy'))
+    .addOption(new Option('--app-consistent-fallback <what>', 'when the guest cannot quiesce: a crash-consistent checkpoint of the running VM, or fail').choices(['crash-consistent', 'fail']).default('crash-consistent'))
     .option('--storage-url <url>', 'the protection server\'s storage API', process.env.HVPROTECT_STORAGE_URL ?? 'http://127.0.0.1:8780')
     .option('--token-file <file>', 'file with this agent\'s token (default: $HVPROTECT_AGENT_TOKEN)')
     .option('--storage-ca <file>', 'CA bundle (PEM) that signs the storage API\'s certificate, for https:// (default $HVPROTECT_STORAGE_CA)')
@@ -203,7 +206,13 @@ export function buildProgram(): Command {
       const adapter =
         o.hypervisor === 'lab'
           ? await LabHypervisor.open(o.labRoot, o.host)
-          : new HyperVHypervisor({ hostName: o.host, powershell: o.powershell });
+          : new HyperVHypervisor({
+              hostName: o.host,
+              powershell: o.powershell,
+              stateDir: o.hypervStateDir,
+              guestBackupType: o.guestBackupType,
+              applicationConsistentFallback: o.appConsistentFallback,
+            });
       const agent = await startAgent({ logger, adapter, storageUrl: o.storageUrl, token, storageTls, maxConcurrentTransfers: o.maxTransfers, batchSlots: o.batchSlots,
         throttleBytesPerSecond: o.throttle ? o.throttle * 1_000_000 : undefined, progressIntervalMs: o.progressMs });
       await Promise.race([agent.done, untilSignal(() => agent.shutdown(), (m) => logger.info(m))]);
