@@ -141,11 +141,15 @@ export interface HypervisorAdapter {
   ): Promise<BackupCheckpoint>;
   /**
    * Releases a backup checkpoint: merges the differencing disks back (lab) or converts it to
-   * a reference point (Hyper-V), and resumes the VM if a pause or save is still in force.
+   * a reference point (Hyper-V), and resumes the VM only if this checkpoint paused or saved it and
+   * it still is (a VM someone else paused or saved is left as it is).
    * Idempotent: releasing a checkpoint that is already gone succeeds.
    */
   releaseCheckpoint(vmId: string, checkpointId: string): Promise<void>;
-  /** Releases every backup checkpoint of the VM carrying `label` (cleanup after a lost reply). */
+  /**
+   * Releases every backup checkpoint of the VM carrying `label` (cleanup after a lost reply), and
+   * resumes a VM an attempt with that label quieted and never resumed (killed before its checkpoint existed).
+   */
   releaseCheckpointsByLabel?(vmId: string, label: string): Promise<string[]>;
   /** Changed ranges of a disk between change-tracking id `sinceId` and the checkpoint. */
   changedRanges(vmId: string, checkpointId: string, diskId: string, sinceId: string): Promise<ChangedRanges>;
