@@ -68,7 +68,7 @@ export interface IngestOptions {
   throttleBytesPerSecond?: number;
   /**
    * After each batch is in the session, in order, with the disk offset every slot before which
-   * is done. Awaited: throw to stop (cancellation, the VM moved).
+   * is done; once per batch, never after the last. Awaited: throw to stop (cancellation, the VM moved).
    */
   onProgress?: (position: IngestPosition, diskOffset: number) => Promise<void> | void;
   signal?: AbortSignal;
@@ -222,7 +222,6 @@ export async function ingestDisk(o: IngestOptions): Promise<IngestPosition> {
     // Nothing written (no change, an empty disk, or all resumed): the disk's staged index must exist.
     await o.storage.putIndex(o.sessionId, o.diskId, { virtualSize, basePoint: o.basePoint, slots: [], digests: Buffer.alloc(0) });
   }
-  await o.onProgress?.({ ...pos }, virtualSize);
   return pos;
 }
 
