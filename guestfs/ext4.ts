@@ -24,7 +24,7 @@
 //   scan of every block sees exactly the real entries. An inline directory starts with the parent's
 //   inode number (4 bytes), then entries.
 import { GuestFsError } from './errors';
-import type { EntryType, GuestEntry, GuestFileSystem, RandomAccess } from './types';
+import { readAhead, type EntryType, type GuestEntry, type GuestFileSystem, type RandomAccess } from './types';
 
 const INCOMPAT_FILETYPE = 0x2;
 const INCOMPAT_RECOVER = 0x4;
@@ -300,25 +300,30 @@ export class Ext4FileSystem implements GuestFileSystem {
       throw new GuestFsError(this.volume, path, 'block-mapped file (ext2/ext3 indirect blocks): not read by this reader');
     }
     const extents = await this.extents(ino, path);
-    let pos = 0; // bytes of the file produced so far
-    const emitZeros = function* (upTo: number): Generator<Buffer> {
-      while (pos < upTo) {
-        const n = Math.min(PIECE, upTo - pos);
-        pos += n;
-        yield Buffer.alloc(n);
+    const { dev, blockSize } = this;
+    function* pieces(): Generator<() => Promise<Buffer>> {
+      let pos = 0; // bytes of the file covered so far
+      function* zerosUpTo(upTo: number): Generator<() => Promise<Buffer>> {
+        while (pos < upTo) {
+          const n = Math.min(PIECE, upTo - pos);
+          pos += n;
+          yield async () => Buffer.alloc(n);
+        }
       }
-    };
-    for (const x of extents) {
-      const start = x.logical * this.blockSize;
-      if (start >= ino.size) break;
-      yield* emitZeros(start);
-      const end = Math.min(ino.size, start + x.length * this.blockSize);
-      while (pos < end) {
-        const n = Math.min(PIECE, end - pos);
-        yield x.uninit ? Buffer.alloc(n) : await this.dev.read(x.physical * this.blockSize + (pos - start), n);
-        pos += n;
+      for (const x of extents) {
+        const start = x.logical * blockSize;
+        if (start >= ino.size) break;
+        yield* zerosUpTo(start);
+        const end = Math.min(ino.size, start + x.length * blockSize);
+        while (pos < end) {
+          const n = Math.min(PIECE, end - pos);
+          const at = x.physical * blockSize + (pos - start);
+          yield x.uninit ? async () => Buffer.alloc(n) : () => dev.read(at, n);
+          pos += n;
+        }
       }
+      yield* zerosUpTo(ino.size);
     }
-    yield* emitZeros(ino.size);
+    yield* readAhead(pieces());
   }
 }

@@ -15,7 +15,7 @@
 // Long-name slot: 0 order (0x40 = last), 1/14/28 13 UTF-16 units in three pieces, 13 checksum of
 //   the 8.3 name; slots precede their short entry, last first.
 import { GuestFsError } from './errors';
-import type { GuestEntry, GuestFileSystem, RandomAccess } from './types';
+import { readAhead, type GuestEntry, type GuestFileSystem, type RandomAccess } from './types';
 
 /** A directory holds at most 65,536 entries (the format's own limit): 2 MiB. */
 const MAX_DIR_BYTES = 65536 * 32;
@@ -112,15 +112,20 @@ export class FatFileSystem implements GuestFileSystem {
     if (left === 0) return;
     const clusters = await this.chain(file.id, file.path, Math.ceil(file.size / this.clusterBytes));
     if (clusters.length * this.clusterBytes < file.size) throw new GuestFsError(this.volume, file.path, `cluster chain of ${clusters.length} clusters holds less than the ${file.size} bytes the directory entry claims`);
-    for (const run of runsOf(clusters)) {
-      for (let c = 0; c < run.count && left > 0; ) {
-        const n = Math.min(run.count - c, Math.max(1, Math.floor(PIECE / this.clusterBytes)));
-        const len = Math.min(n * this.clusterBytes, left);
-        yield await this.dev.read(this.clusterOffset(run.first + c), len);
-        left -= len;
-        c += n;
+    const self = this;
+    function* pieces(): Generator<() => Promise<Buffer>> {
+      for (const run of runsOf(clusters)) {
+        for (let c = 0; c < run.count && left > 0; ) {
+          const n = Math.min(run.count - c, Math.max(1, Math.floor(PIECE / self.clusterBytes)));
+          const len = Math.min(n * self.clusterBytes, left);
+          const at = self.clusterOffset(run.first + c);
+          yield () => self.dev.read(at, len);
+          left -= len;
+          c += n;
+        }
       }
     }
+    yield* readAhead(pieces());
   }
 
   private clusterOffset(c: number): number {

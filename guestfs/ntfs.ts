@@ -26,7 +26,7 @@
 //   high 16: sequence), 8 length u16, 10 key length u16, 12 flags (1 child node, 2 last entry),
 //   16 key = a $FILE_NAME value; the child's VCN in the entry's last 8 bytes.
 import { GuestFsError } from './errors';
-import type { GuestEntry, GuestFileSystem, RandomAccess } from './types';
+import { readAhead, type GuestEntry, type GuestFileSystem, type RandomAccess } from './types';
 
 const ATTR_STANDARD_INFORMATION = 0x10;
 const ATTR_ATTRIBUTE_LIST = 0x20;
@@ -225,16 +225,22 @@ export class NtfsFileSystem implements GuestFileSystem {
     const runs = data.flatMap((a) => a.runs);
     const size = first.dataSize;
     const initialized = Math.min(first.initializedSize, size);
-    for (let pos = 0; pos < size; ) {
-      const n = Math.min(PIECE, size - pos);
-      if (pos >= initialized) yield Buffer.alloc(n);
-      else {
-        const live = Math.min(n, initialized - pos);
-        const b = await this.readRuns(runs, pos, live, file.path, '$DATA');
-        yield live === n ? b : Buffer.concat([b, Buffer.alloc(n - live)]);
+    const self = this;
+    function* pieces(): Generator<() => Promise<Buffer>> {
+      for (let pos = 0; pos < size; pos += PIECE) {
+        const at = pos;
+        const n = Math.min(PIECE, size - at);
+        if (at >= initialized) yield async () => Buffer.alloc(n);
+        else {
+          const live = Math.min(n, initialized - at);
+          yield async () => {
+            const b = await self.readRuns(runs, at, live, file.path, '$DATA');
+            return live === n ? b : Buffer.concat([b, Buffer.alloc(n - live)]);
+          };
+        }
       }
-      pos += n;
     }
+    yield* readAhead(pieces());
   }
 
   private unreadable(a: Attribute): string | undefined {

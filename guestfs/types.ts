@@ -53,3 +53,27 @@ export function slice(of: RandomAccess, start: number, length: number): RandomAc
     },
   };
 }
+
+/**
+ * The pieces `reads` make, in order, with the next `depth - 1` already being read while one is
+ * consumed: a file streams at the speed of its reads, not of one read after another.
+ */
+export async function* readAhead(reads: Iterable<() => Promise<Buffer>>, depth = 3): AsyncGenerator<Buffer> {
+  const it = reads[Symbol.iterator]();
+  const queue: Promise<Buffer>[] = [];
+  const fill = () => {
+    while (queue.length < depth) {
+      const r = it.next();
+      if (r.done) return;
+      const p = r.value();
+      p.catch(() => undefined); // awaited in order below
+      queue.push(p);
+    }
+  };
+  fill();
+  while (queue.length) {
+    const b = await queue.shift()!;
+    fill();
+    yield b;
+  }
+}
