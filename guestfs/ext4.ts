@@ -262,9 +262,11 @@ export class Ext4FileSystem implements GuestFileSystem {
   private async extents(ino: Inode, path: string): Promise<Extent[]> {
     const out: Extent[] = [];
     const maxBlocks = Math.ceil(ino.size / this.blockSize);
-    let visitedNodes = 0;
+    // A tree never shares a node: a block reached twice is a loop or a hostile fan-out (work without end).
+    const seen = new Set<number>();
     const walk = async (node: Buffer, depthExpected: number | undefined): Promise<void> => {
-      if (++visitedNodes > 1 + Math.ceil(maxBlocks / 4) + 16) throw new GuestFsError(this.volume, path, 'extent tree has more nodes than the file has blocks');
+      if (seen.size > 1 + Math.ceil(maxBlocks / 4) + 16) throw new GuestFsError(this.volume, path, 'extent tree has more nodes than the file has blocks');
+      if (out.length > this.blockCount) throw new GuestFsError(this.volume, path, `more extents than the volume has blocks (${this.blockCount})`);
       if (node.readUInt16LE(0) !== 0xf30a) throw new GuestFsError(this.volume, path, 'extent tree node without the 0xF30A magic');
       const entries = node.readUInt16LE(2);
       const depth = node.readUInt16LE(6);
@@ -282,6 +284,8 @@ export class Ext4FileSystem implements GuestFileSystem {
         } else {
           const child = e.readUInt32LE(4) + e.readUInt16LE(8) * 2 ** 32;
           if (child >= this.blockCount) throw new GuestFsError(this.volume, path, `extent index points at block ${child}, past the volume`);
+          if (seen.has(child)) throw new GuestFsError(this.volume, path, `extent tree reaches block ${child} twice`);
+          seen.add(child);
           await walk(await this.dev.read(child * this.blockSize, this.blockSize), depth - 1);
         }
       }
