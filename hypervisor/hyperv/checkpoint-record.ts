@@ -21,6 +21,8 @@ export interface CheckpointRecord {
   /** The recovery checkpoint CreateSnapshot made, once it exists. */
   checkpointId: string | null;
   at: string;
+  /** diskId → the RCT id read from the frozen file (kept until release, which checks it). */
+  rctIds?: Record<string, string>;
 }
 
 const SAFE_VM_ID = /^[0-9a-f-]{36}$/i;
@@ -50,7 +52,8 @@ export class CheckpointRecords {
     if (r.version !== 1 || typeof r.label !== 'string' || (quiesced !== null && quiesced !== 'pause' && quiesced !== 'save')) {
       throw new Error(`${this.file(vmId)}: not an hvprotect checkpoint record`);
     }
-    return { version: 1, label: r.label, quiesced, checkpointId: r.checkpointId ? String(r.checkpointId).toLowerCase() : null, at: String(r.at ?? '') };
+    const rctIds = r.rctIds && typeof r.rctIds === 'object' ? Object.fromEntries(Object.entries(r.rctIds).map(([k, v]) => [k, String(v)])) : undefined;
+    return { version: 1, label: r.label, quiesced, checkpointId: r.checkpointId ? String(r.checkpointId).toLowerCase() : null, at: String(r.at ?? ''), ...(rctIds ? { rctIds } : {}) };
   }
 
   /** Replace the record (temp file, fsync, rename), as the script writes it. */

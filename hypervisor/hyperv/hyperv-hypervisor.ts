@@ -300,7 +300,6 @@ export class HyperVHypervisor implements HypervisorAdapter {
       if (e instanceof HypervisorError && GUID.test(vmId)) await this.resumeAfterFailure(vmId, e);
       throw e;
     }
-    if (GUID.test(vmId)) await this.records.remove(vmId);
     const checkpointId = String(result.snapshotInstanceId ?? '').replace(/^Microsoft:/i, '').toLowerCase();
     if (!GUID.test(checkpointId)) {
       throw new HypervisorError('HypervisorCommandFailed', `CreateSnapshot returned no usable snapshot id ('${checkpointId}')`, { result });
@@ -325,6 +324,12 @@ export class HyperVHypervisor implements HypervisorAdapter {
         // The id read from the frozen file itself; the placeholder only where the file could not say.
         changeTrackingId: d.rctId ?? `${PENDING_RCT_PREFIX}${checkpointId}`,
       }));
+    // The VM runs again: the record now only keeps the ids read from the disks, for release to check.
+    if (GUID.test(vmId)) {
+      const rctIds = Object.fromEntries(disks.filter((d) => !d.changeTrackingId.startsWith(PENDING_RCT_PREFIX)).map((d) => [d.diskId, d.changeTrackingId]));
+      if (label) await this.records.put(vmId, { version: 1, label, quiesced: null, checkpointId, at: new Date().toISOString(), rctIds });
+      else await this.records.remove(vmId);
+    }
     return {
       checkpointId,
       vmId: str(result.vmId)?.toLowerCase() ?? vmId,
@@ -391,11 +396,21 @@ export class HyperVHypervisor implements HypervisorAdapter {
     }
     const rp = parseReferencePoint(result.referencePoint as Record<string, unknown> | undefined);
     const ids = rp ? rctIdsByDisk(rp, asArray(result.diskInstances), asArray(result.drives)) : new Map<string, string>();
+    // The ids read from the frozen files at checkpoint time, checked against the reference point's.
+    const read = held?.checkpointId === ckpt ? held.rctIds ?? {} : {};
+    const differ = Object.entries(read).filter(([diskId, id]) => ids.has(diskId) && ids.get(diskId) !== id);
     const released: ReleasedCheckpoint = {
       alreadyReleased: false,
       ...(rp ? { referencePointId: rp.InstanceID } : {}),
       disks: [...ids].map(([diskId, changeTrackingId]) => ({ diskId, changeTrackingId })),
       ...(str(result.resumed) ? { resumed: str(result.resumed) } : {}),
+      ...(differ.length
+        ? {
+            warning: `RCT ids read from the disk differ from the reference point's for ${differ
+              .map(([diskId, id]) => `${diskId} (read ${id}, reference point ${ids.get(diskId)})`)
+              .join(', ')}: the next backup of those disks may find its base unknown and do a consistency check`,
+          }
+        : {}),
     };
     const vmGuid = String(result.vmId ?? '').toLowerCase();
     if (rp && GUID.test(vmGuid)) {

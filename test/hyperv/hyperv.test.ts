@@ -332,8 +332,8 @@ describe('backup checkpoints', () => {
       },
     ]);
     const ckpt = await f.adapter.createBackupCheckpoint(LINUX_VM, { mode: 'offline', offlineMethod: 'save', label: 'b/2' });
-    // Done and resumed: the record of the pause is gone.
-    expect(fs.existsSync(path.join(f.dir, 'rct', `${LINUX_VM}.checkpoint.json`))).toBe(false);
+    // Done and resumed: the record holds no pause any more, only the checkpoint (for retries and release).
+    expect(JSON.parse(fs.readFileSync(path.join(f.dir, 'rct', `${LINUX_VM}.checkpoint.json`), 'utf8'))).toMatchObject({ quiesced: null, checkpointId: '5d6e7f80-9a1b-4c2d-8e3f-4a5b6c7d8e9f' });
     expect(ckpt.mode).toBe('offline');
     expect(ckpt.downtimeMs).toBe(6500);
     expect(ckpt.checkpointId).toBe('5d6e7f80-9a1b-4c2d-8e3f-4a5b6c7d8e9f');
@@ -404,6 +404,21 @@ describe('backup checkpoints', () => {
     await f.adapter.releaseCheckpoint(WIN_VM, CKPT);
     expect(fs.existsSync(path.join(f.dir, rec))).toBe(false);
     expect(f.remaining()).toBe(0);
+  });
+
+  test('release checks the RCT ids read from the frozen files against the reference point and warns when they differ', async () => {
+    const f = fakeHost([
+      { op: 'create-checkpoint', fixture: 'create-checkpoint-online.json' },
+      { op: 'release-checkpoint', fixture: 'release.json' },
+      { op: 'create-checkpoint', fixture: 'create-checkpoint-online.json' },
+      { op: 'release-checkpoint', result: { ...JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', 'release.json'), 'utf8')), referencePoint: { ...JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', 'release.json'), 'utf8')).referencePoint, ResilientChangeTrackingIdentifiers: ['rctX:other:1', 'rctX:d5a3b2c1:9e4f:4a62:b7c3:0d1e2f3a4b5c:00000002'] } } },
+    ]);
+    await f.adapter.createBackupCheckpoint(WIN_VM, { mode: 'online', label: 'backup/sql01/5' });
+    expect((await f.adapter.releaseToReferencePoint(WIN_VM, CKPT)).warning).toBeUndefined();
+    await f.adapter.createBackupCheckpoint(WIN_VM, { mode: 'online', label: 'backup/sql01/6' });
+    const second = await f.adapter.releaseToReferencePoint(WIN_VM, CKPT);
+    expect(second.warning).toMatch(/differ from the reference point's for scsi0-0 \(read rctX:c4f2a1b0:.*, reference point rctX:other:1\)/);
+    expect(fs.existsSync(path.join(f.dir, 'rct', `${WIN_VM}.checkpoint.json`))).toBe(false);
   });
 
   test('a retry by label after a crash before the rename finds the checkpoint by the id in the record and resumes the held VM', async () => {
