@@ -9,10 +9,13 @@ export interface DiskWriter {
   close(): Promise<void>;
 }
 
-/** Opens (or, resuming, reopens) the file a disk is restored to; raw files are sparse. */
+/**
+ * Opens (or, resuming, reopens) the file a disk is restored to; raw files are sparse. A new file
+ * is created exclusively (EEXIST if anything is there) and readable by its owner only (0600).
+ */
 export async function openDiskWriter(file: string, format: 'vhdx' | 'raw', virtualSize: number, resuming: boolean): Promise<DiskWriter> {
   if (format === 'raw') {
-    const fh = await fsp.open(file, resuming ? 'r+' : 'w');
+    const fh = await fsp.open(file, resuming ? 'r+' : 'wx', 0o600);
     await fh.truncate(virtualSize); // sparse: unwritten (zero) chunks take no space
     return {
       write: async (offset, data) => {
@@ -25,8 +28,9 @@ export async function openDiskWriter(file: string, format: 'vhdx' | 'raw', virtu
     };
   }
   if (!resuming) {
-    await fsp.rm(file, { force: true });
+    await (await fsp.open(file, 'wx', 0o600)).close(); // claims the name; the VHDX is renamed over it
     await createDynamicVhdx(file, { virtualSize });
+    await fsp.chmod(file, 0o600);
   }
   const disk = await openVhdx(file, { writable: true });
   return {

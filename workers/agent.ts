@@ -12,6 +12,7 @@ import { StorageClient } from '../storage-api/client';
 import type { StorageClientTls } from '../storage-api/tls';
 import { createHostActivities } from '../activities/host';
 import { createRestoreHostActivities } from '../activities/host/restore';
+import { configuredRestoreRoots } from '../activities/host/restore-target';
 import { transferProgressSignal } from '../workflows/backup-vm';
 import { installRuntime } from './runtime';
 
@@ -28,6 +29,8 @@ export interface AgentOptions {
   batchSlots?: number;
   throttleBytesPerSecond?: number;
   progressIntervalMs?: number;
+  /** Folders restores may write under (`--restore-root`); default configuredRestoreRoots(). */
+  restoreRoots?: string[];
 }
 
 export interface RunningAgent {
@@ -55,7 +58,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const connection = await connectWorker(temporal);
   // Two workers: the light steps (locate, inspect, checkpoint, release) never queue behind
   // disk transfers, and transfers have their own per-host limit.
-  const { restoreDisks, ...restoreLight } = createRestoreHostActivities({ adapter, storage });
+  const { restoreDisks, ...restoreLight } = createRestoreHostActivities({ adapter, storage, restoreRoots: opts.restoreRoots ?? configuredRestoreRoots(undefined) });
   const { transferDisk, ...backupLight } = activities;
   const light = { ...backupLight, ...restoreLight };
   const worker = await Worker.create({

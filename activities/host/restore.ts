@@ -3,13 +3,13 @@
 // and written as VHDX or raw (sparse: zero chunks are not written); then, for a whole-VM
 // restore, register the VM on this host, off.
 import { promises as fsp } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import type { HypervisorAdapter, VmFacts } from '../../hypervisor/types';
 import type { StorageClient } from '../../storage-api/client';
 import { PointDiskReader, openDiskWriter, restorePointDisk, storageApiChunkSource } from '../../recovery';
 import { toFailure } from './index';
+import { createRestoreTargetPolicy } from './restore-target';
 
 export interface RestoreDisksRequest {
   dataSource: string;
@@ -50,47 +50,79 @@ export function safeFileName(name: string, diskId: string, format: 'vhdx' | 'raw
   return `${stem || diskId}.${format === 'vhdx' ? 'vhdx' : 'raw'}`;
 }
 
-export function createRestoreHostActivities(deps: { adapter: HypervisorAdapter; storage: StorageClient }): RestoreHostActivities {
+/** Where a disk is written until it is complete; the name carries the restore, so a retry of it reopens its own file. */
+function partialName(file: string, restoreId: string): string {
+  return path.join(path.dirname(file), `.${path.basename(file)}.${restoreId.replace(/[^A-Za-z0-9_-]/g, '_')}.partial`);
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fsp.lstat(p).then(() => true, () => false);
+}
+
+/** `restoreRoots`: folders exports may go under (see restore-target.ts). */
+export function createRestoreHostActivities(deps: { adapter: HypervisorAdapter; storage: StorageClient; restoreRoots: string[] }): RestoreHostActivities {
   const { adapter, storage } = deps;
+  const targets = createRestoreTargetPolicy({ adapter, roots: deps.restoreRoots });
+  const checkVmOff = async (vm: string): Promise<{ exists: boolean; state?: string }> => {
+    try {
+      const f = await adapter.inspectVm(vm);
+      return { exists: true, state: f.state };
+    } catch (err) {
+      const t = (err as { type?: string }).type;
+      if (t === 'VmNotFound' || t === 'VmNotOnHost') return { exists: false };
+      return toFailure(err);
+    }
+  };
   return {
-    async checkVmOff(vm) {
-      try {
-        const f = await adapter.inspectVm(vm);
-        return { exists: true, state: f.state };
-      } catch (err) {
-        const t = (err as { type?: string }).type;
-        if (t === 'VmNotFound' || t === 'VmNotOnHost') return { exists: false };
-        return toFailure(err);
-      }
-    },
+    checkVmOff,
 
     async restoreDisks(req) {
       const ctx = Context.current();
       const resume = ctx.info.heartbeatDetails as { disk: number; slot: number } | undefined;
-      const dir = req.targetDir ?? path.join(os.tmpdir(), 'hvprotect-restore', req.restoreId.replace(/[^A-Za-z0-9._-]/g, '_'));
-      await fsp.mkdir(dir, { recursive: true });
       const out: RestoredDisk[] = [];
       try {
+        const dir = req.targetDir === undefined ? await targets.stagingDir(String(req.restoreId)) : await targets.exportDir(req.targetDir);
+        const files = req.disks.map((d) => path.join(dir, safeFileName(d.fileName, d.diskId, req.format)));
+        if (new Set(files).size !== files.length) throw ApplicationFailure.nonRetryable(`two disks of the point would be written to the same file in ${dir}`, 'RestoreTargetRefused');
+        for (let di = resume?.disk ?? 0; di < files.length; di++) {
+          if (await exists(files[di])) {
+            throw ApplicationFailure.nonRetryable(`${files[di]} exists already: a restore never writes over a file; choose another folder or move it away`, 'RestoreTargetRefused');
+          }
+        }
         for (let di = 0; di < req.disks.length; di++) {
           const d = req.disks[di];
-          const file = path.join(dir, safeFileName(d.fileName, d.diskId, req.format));
-          const resuming = !!resume && resume.disk === di;
-          const startSlot = resume && resume.disk === di ? resume.slot : 0;
+          const file = files[di];
+          const partial = partialName(file, String(req.restoreId));
+          const resuming = !!resume && resume.disk === di && (await exists(partial));
+          const startSlot = resuming ? resume!.slot : 0;
           if (resume && di < resume.disk) {
             out.push({ diskId: d.diskId, path: file, bytesWritten: 0, chunksVerified: 0 });
             continue;
           }
+          // Left by an attempt of this restore that died before its first heartbeat.
+          if (!resuming) await fsp.rm(partial, { force: true });
           const reader = await PointDiskReader.open(storageApiChunkSource(storage, { dataSource: req.dataSource, pointId: req.pointId }, d.diskId));
           if (reader.virtualSize !== d.virtualSize) {
             throw ApplicationFailure.nonRetryable(`index of disk ${d.diskId} says ${reader.virtualSize} bytes, manifest ${d.virtualSize}`, 'RecoveryPointDamaged');
           }
-          const writer = await openDiskWriter(file, req.format, d.virtualSize, resuming);
+          const writer = await openDiskWriter(partial, req.format, d.virtualSize, resuming);
           let done;
           try {
             done = await restorePointDisk(reader, writer, { fromSlot: startSlot, onProgress: (p) => ctx.heartbeat({ disk: di, slot: p.nextSlot }) });
           } finally {
             await writer.close();
           }
+          // link, not rename: it fails when a file appeared under the name meanwhile.
+          try {
+            await fsp.link(partial, file);
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+              throw ApplicationFailure.nonRetryable(`${file} exists already: a restore never writes over a file (the restored copy is ${partial})`, 'RestoreTargetRefused');
+            }
+            throw err;
+          }
+          await fsp.unlink(partial);
+          ctx.heartbeat({ disk: di + 1, slot: 0 });
           out.push({ diskId: d.diskId, path: file, bytesWritten: done.bytesWritten, chunksVerified: done.chunksVerified });
         }
         return out;
@@ -107,6 +139,16 @@ export function createRestoreHostActivities(deps: { adapter: HypervisorAdapter; 
         );
       }
       try {
+        await targets.checkImportDisks((Array.isArray(req.disks) ? req.disks : []).map((d) => d?.path));
+        if (req.replace) {
+          // The workflow checked too, but anyone who can reach Temporal could skip the workflow.
+          const vmId = req.vmId ?? (req.config as { vmId?: unknown } | null)?.vmId;
+          if (typeof vmId !== 'string') throw ApplicationFailure.nonRetryable('a restore over a VM needs its id', 'InvalidInput');
+          const off = await checkVmOff(vmId);
+          if (off.exists && off.state !== 'off') {
+            throw ApplicationFailure.nonRetryable(`VM ${vmId} is ${off.state} on ${adapter.hostName}: turn it off before restoring over it`, 'VmNotOff');
+          }
+        }
         return await adapter.importVm({ config: req.config, disks: req.disks, vmId: req.vmId, name: req.name, replace: req.replace });
       } catch (err) {
         return toFailure(err);
