@@ -11,6 +11,7 @@ import path from 'node:path';
 import { startDevStack } from './dev';
 import { EXIT_USAGE, UsageError, reportAndExit } from './errors';
 import { startAgent } from '../workers/agent';
+import { configuredRestoreRoots } from '../activities/host/restore-target';
 import { LabHypervisor } from '../hypervisor/lab';
 import { HyperVHypervisor } from '../hypervisor/hyperv';
 import { positiveInt, registerCommands } from './commands';
@@ -129,6 +130,8 @@ export function buildProgram(): Command {
     .option('--api-port <port>', 'storage API port (0 = any free port)', portOrZero, 8780)
     .option('--metrics-port <port>', 'Prometheus /metrics (ours, followed by the Temporal SDK runtime\'s)', port, 9464)
     .option('--sdk-metrics-port <port>', 'where the Temporal SDK runtime\'s own exporter listens (default: metrics port + 1)', port)
+    .option('--metrics-host <host>', '/metrics listen address (e.g. a management network\'s)', '127.0.0.1')
+    .option('--metrics-token-file <file>', '/metrics answers only Authorization: Bearer <the token in this file>')
     .option('--api-tls-cert <file>', 'serve the storage API over HTTPS with this certificate (PEM, chain allowed)')
     .option('--api-tls-key <file>', 'the key of --api-tls-cert (PEM)')
     .option('--api-tls-client-ca <file>', 'mutual TLS: agents must present a certificate signed by this CA (PEM)')
@@ -143,6 +146,8 @@ export function buildProgram(): Command {
     )
     .action(async (o) => {
       const logger = createLogger({ name: 'hvprotect-server' });
+      const metricsToken = o.metricsTokenFile ? readSecretFile(o.metricsTokenFile, '--metrics-token-file') : undefined;
+      if (metricsToken === '') throw new UsageError(`--metrics-token-file ${o.metricsTokenFile} is empty`);
       const sdk = `127.0.0.1:${o.sdkMetricsPort ?? o.metricsPort + 1}`;
       let apiTls;
       try {
@@ -161,6 +166,8 @@ export function buildProgram(): Command {
         apiHost: o.apiHost,
         apiPort: o.apiPort,
         metricsPort: o.metricsPort,
+        metricsHost: o.metricsHost,
+        metricsToken,
         sdkMetricsUrl: `http://${sdk}/metrics`,
       });
       process.stdout.write(`storage API ${server.storageApi.url}\nmetrics ${server.metricsUrl}\n`);
@@ -184,6 +191,7 @@ export function buildProgram(): Command {
     .option('--storage-key <file>', 'the key of --storage-cert (PEM)')
     .option('--max-transfers <n>', 'disk transfers at once on this host (DPM default 3)', positiveInt, 3)
     .option('--throttle <MBps>', 'read bandwidth limit per disk transfer, MB/s', positiveInt)
+    .option('--restore-root <dir...>', 'folders restores may write under (repeatable; default $HVPROTECT_RESTORE_ROOTS, else the temp folder)')
     .addOption(new Option('--batch-slots <n>', 'chunks per transfer batch (tests)').argParser(positiveInt).hideHelp())
     .addOption(new Option('--progress-ms <n>', 'progress signal interval (tests)').argParser(positiveInt).hideHelp())
     .addHelpText(
@@ -214,7 +222,7 @@ export function buildProgram(): Command {
               applicationConsistentFallback: o.appConsistentFallback,
             });
       const agent = await startAgent({ logger, adapter, storageUrl: o.storageUrl, token, storageTls, maxConcurrentTransfers: o.maxTransfers, batchSlots: o.batchSlots,
-        throttleBytesPerSecond: o.throttle ? o.throttle * 1_000_000 : undefined, progressIntervalMs: o.progressMs });
+        throttleBytesPerSecond: o.throttle ? o.throttle * 1_000_000 : undefined, progressIntervalMs: o.progressMs, restoreRoots: configuredRestoreRoots(o.restoreRoot) });
       await Promise.race([agent.done, untilSignal(() => agent.shutdown(), (m) => logger.info(m))]);
     });
 

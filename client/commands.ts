@@ -412,8 +412,14 @@ export function registerCommands(program: Command): void {
   });
 
   const token = program.command('token').description('agent tokens for the storage API (stored hashed)');
-  addAdminOptions(token.command('issue').requiredOption('--host <name>', 'the agent host').option('--admin', 'an admin token instead', false)).action(async (o) => {
-    process.stdout.write(`${await adminStorage(o).issueToken(o.host, o.admin ? 'admin' : 'agent')}\n`);
+  addAdminOptions(
+    token
+      .command('issue')
+      .requiredOption('--host <name>', 'the agent host')
+      .option('--admin', 'an admin token instead', false)
+      .option('--rotate', 'replace a live token: the old one stays valid until the agent first uses the new one', false),
+  ).action(async (o) => {
+    process.stdout.write(`${await adminStorage(o).issueToken(o.host, o.admin ? 'admin' : 'agent', { rotate: o.rotate })}\n`);
   });
   addAdminOptions(token.command('revoke').argument('<name>', 'host or admin name')).action(async (name: string, o) => {
     await adminStorage(o).revokeToken(name);

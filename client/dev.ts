@@ -77,7 +77,8 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
     const sample = await createSampleLab(lab, { diskSize: opts.diskSize });
     const hosts = [...sample.nodes, sample.standalone, sample.fileServer];
     for (const host of hosts) {
-      // In-process agents get a fresh token each start (only its hash is kept).
+      // In-process agents get a fresh token each start (only its hash is kept); the last start's agents are gone.
+      if (server.tokens.isLive(host)) await server.tokens.revoke(host);
       const token = await server.tokens.issue(host, 'agent');
       agents.push(
         await startAgent({ logger: logger.child({ process: 'agent', host }), adapter: await LabHypervisor.open(lab, host), storageUrl: server.storageApi.url, token, temporal: settings }),

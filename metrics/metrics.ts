@@ -2,6 +2,7 @@
 // backup duration, offline downtime) on one /metrics endpoint, followed by the Temporal SDK
 // runtime's own metrics when its Prometheus exporter runs (Runtime telemetry), so one scrape
 // target has both.
+import { createHash, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
@@ -50,9 +51,24 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-/** Serves /metrics; `sdkMetricsUrl` is fetched and appended (the SDK runtime's exporter). */
-export async function startMetricsServer(opts: { metrics: ProtectionMetrics; host?: string; port: number; sdkMetricsUrl?: string }): Promise<MetricsServer> {
+/** Whether `header` is `Bearer <token>`, compared in constant time. */
+function bearerMatches(header: string | undefined, token: string): boolean {
+  const want = createHash('sha256').update(`Bearer ${token}`).digest();
+  const got = createHash('sha256').update(header ?? '').digest();
+  return timingSafeEqual(want, got);
+}
+
+/**
+ * Serves /metrics on `host` (default loopback); `sdkMetricsUrl` is fetched and appended (the SDK
+ * runtime's exporter). With `token`, a scrape must send `Authorization: Bearer <token>`.
+ */
+export async function startMetricsServer(opts: { metrics: ProtectionMetrics; host?: string; port: number; sdkMetricsUrl?: string; token?: string }): Promise<MetricsServer> {
   const server = http.createServer(async (req, res) => {
+    if (opts.token !== undefined && !bearerMatches(req.headers.authorization, opts.token)) {
+      res.writeHead(401, { 'content-type': 'text/plain', 'www-authenticate': 'Bearer realm="hvprotect metrics"', connection: 'close' })
+        .end('a bearer token is required (the server\'s --metrics-token-file; Prometheus: authorization.credentials_file)\n');
+      return;
+    }
     if (req.url !== '/metrics') {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('only /metrics here\n');
       return;
@@ -74,5 +90,5 @@ export async function startMetricsServer(opts: { metrics: ProtectionMetrics; hos
     server.listen(opts.port, host, () => resolve());
   });
   const addr = server.address() as { port: number };
-  return { url: `http://${host}:${addr.port}/metrics`, close: () => new Promise((r) => server.close(() => r())) };
+  return { url: `http://${host.includes(':') ? `[${host}]` : host}:${addr.port}/metrics`, close: () => new Promise((r) => server.close(() => r())) };
 }

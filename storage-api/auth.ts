@@ -25,7 +25,7 @@ export function registerAuth(app: FastifyInstance, tokens: TokenStore): void {
     }
     const identity = tokens.authenticate(auth.slice(7).trim());
     if (!identity) {
-      return fail(reply, 401, { error: 'UNAUTHENTICATED', message: 'unknown or revoked token', hint: 'ask the administrator for a new token (hvprotect token issue --agent <host>)' });
+      return fail(reply, 401, { error: 'UNAUTHENTICATED', message: 'unknown or revoked token', hint: 'ask the administrator for a new token (hvprotect token issue --host <host> --rotate)' });
     }
     req.identity = identity;
     const needed = req.routeOptions.config?.access ?? 'agent';

@@ -249,8 +249,8 @@ export class StorageClient {
 
   // ---- management (admin token) -----------------------------------------------------------
 
-  async issueToken(name: string, role: 'agent' | 'admin' = 'agent'): Promise<string> {
-    return (await this.json<{ token: string }>('POST', '/admin/tokens', { name, role })).token;
+  async issueToken(name: string, role: 'agent' | 'admin' = 'agent', opts: { rotate?: boolean } = {}): Promise<string> {
+    return (await this.json<{ token: string }>('POST', '/admin/tokens', { name, role, ...(opts.rotate ? { rotate: true } : {}) })).token;
   }
 
   async revokeToken(name: string): Promise<void> {

@@ -39,6 +39,10 @@ export interface ServerOptions {
   maxConcurrentWorkflowTasks?: number;
   /** Port of /metrics (ours + the SDK's); undefined = no metrics endpoint, 0 = any free port. */
   metricsPort?: number;
+  /** Listen address of /metrics (default 127.0.0.1). */
+  metricsHost?: string;
+  /** When set, /metrics answers only `Authorization: Bearer <metricsToken>`. */
+  metricsToken?: string;
   /** Where the SDK runtime's Prometheus exporter listens (set when the runtime was installed with it). */
   sdkMetricsUrl?: string;
 }
@@ -69,6 +73,8 @@ async function ensureAdminToken(tokens: TokenStore, stateDir: string): Promise<s
     const token = fs.readFileSync(file, 'utf8').trim();
     if (tokens.authenticate(token)?.role === 'admin') return token;
   }
+  // The file was its only holder: the token it held (if any) ends here.
+  if (tokens.isLive('admin')) await tokens.revoke('admin');
   const token = await tokens.issue('admin', 'admin');
   fs.writeFileSync(`${file}.tmp`, `${token}\n`, { mode: 0o600 });
   fs.renameSync(`${file}.tmp`, file);
@@ -106,7 +112,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   fs.writeFileSync(path.join(stateDir, 'storage-api.url'), `${storageApi.url}\n`);
 
   const metrics = new ProtectionMetrics();
-  const metricsServer = opts.metricsPort === undefined ? undefined : await startMetricsServer({ metrics, port: opts.metricsPort, sdkMetricsUrl: opts.sdkMetricsUrl });
+  const metricsServer = opts.metricsPort === undefined ? undefined : await startMetricsServer({ metrics, host: opts.metricsHost, port: opts.metricsPort, sdkMetricsUrl: opts.sdkMetricsUrl, token: opts.metricsToken });
 
   const connection = await connectWorker(temporal);
   const worker = await Worker.create({

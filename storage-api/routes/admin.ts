@@ -13,12 +13,12 @@ const maxSize = { type: ['string', 'null'], maxLength: 64 } as const;
 export function adminRoutes(app: FastifyInstance, repo: Repository, tokens: TokenStore): void {
   const admin = { access: 'admin' } as const;
 
-  app.post<{ Body: { name: string; role?: TokenRole } }>(`${P}/admin/tokens`, {
-    config: { ...admin, hint: 'send { "name": HOST OR PERSON, "role"?: "agent" | "admin" }' },
-    schema: { body: { type: 'object', required: ['name'], additionalProperties: false, properties: { name: text(128), role: { enum: ['agent', 'admin'] } } } },
+  app.post<{ Body: { name: string; role?: TokenRole; rotate?: boolean } }>(`${P}/admin/tokens`, {
+    config: { ...admin, hint: 'send { "name": HOST OR PERSON, "role"?: "agent" | "admin", "rotate"?: true }' },
+    schema: { body: { type: 'object', required: ['name'], additionalProperties: false, properties: { name: text(128), role: { enum: ['agent', 'admin'] }, rotate: { type: 'boolean' } } } },
   }, async (req, reply) => {
     const role = req.body.role ?? 'agent';
-    const token = await tokens.issue(req.body.name, role);
+    const token = await tokens.issue(req.body.name, role, { rotate: req.body.rotate === true });
     return reply.code(201).send({ name: req.body.name, role, token });
   });
   app.get(`${P}/admin/tokens`, { config: admin }, async () => ({ tokens: tokens.list() }));

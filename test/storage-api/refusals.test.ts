@@ -1,4 +1,5 @@
 // Every refusal of the storage API: authentication, authorization, bodies, ids, unknown things.
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as http from 'node:http';
@@ -104,6 +105,29 @@ describe('storage API refusals', () => {
     const revoked = await refused(agent.listPoints('vm'));
     expect(revoked.status).toBe(401);
     expect(revoked.message).toMatch(/unknown or revoked/);
+  });
+
+  it('does not replace a live token without --rotate; a rotation keeps the old token until the new one is used (#18)', async () => {
+    const old = await f.admin.issueToken('hv-host-10');
+    const running = new StorageClient(f.api.url, old);
+    expect(await running.listPoints('vm')).toEqual([]);
+    // The attack: issuing again silently cut off the running agent.
+    const again = await refused(f.admin.issueToken('hv-host-10'));
+    expect(again.status).toBe(409);
+    expect(again.message).toMatch(/hv-host-10 holds a live agent token/);
+    expect(again.hint).toMatch(/--rotate/);
+    expect(await running.listPoints('vm')).toEqual([]);
+    const fresh = await f.admin.issueToken('hv-host-10', 'agent', { rotate: true });
+    expect(await running.listPoints('vm')).toEqual([]); // still valid: the agent has not picked up the new one
+    expect(await new StorageClient(f.api.url, fresh).listPoints('vm')).toEqual([]);
+    const ended = await refused(running.listPoints('vm'));
+    expect(ended.status).toBe(401);
+    expect(await new StorageClient(f.api.url, fresh).listPoints('vm')).toEqual([]);
+    // The 401 names flags `token issue` has.
+    const help = spawnSync(process.execPath, [path.resolve(__dirname, '..', '..', 'dist', 'client', 'cli.js'), 'token', 'issue', '--help'], { encoding: 'utf8' }).stdout;
+    for (const flag of String(ended.hint).match(/--[a-z-]+/g) ?? ['(none)']) expect(help).toContain(flag);
+    await f.admin.revokeToken('hv-host-10');
+    expect((await refused(new StorageClient(f.api.url, fresh).listPoints('vm'))).status).toBe(401);
   });
 
   it('keeps only hashes of tokens on disk', async () => {
