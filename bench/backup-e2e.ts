@@ -115,7 +115,7 @@ async function main(): Promise<void> {
   const { createLogger } = await import('../log/logger');
   const { startServer } = await import('../workers/server');
   const { Lab } = await import('../hypervisor/lab');
-  const { SERVER_TASK_QUEUE, hostTaskQueue, hostTransferQueue } = await import('../temporal/task-queues');
+  const { hostTaskQueue, hostTransferQueue } = await import('../temporal/task-queues');
   const { readWorkflowRun, outsideActivitiesMs } = await import('../test/load/history');
   type BackupVmResult = import('../workflows/backup-vm').BackupVmResult;
 
@@ -156,7 +156,7 @@ async function main(): Promise<void> {
       const log = openSync(path.join(tmp, `agent-${hostName}.log`), 'a');
       const p = spawn(
         process.execPath,
-        [path.join(ROOT, 'dist', 'client', 'cli.js'), 'agent', '--host', hostName, '--lab-root', lab.root, '--storage-url', server!.storageApi.url, '--token-file', tokenFile, ...extra],
+        [path.join(ROOT, 'dist', 'client', 'cli.js'), 'agent', '--host', hostName, '--lab-root', lab.root, '--server', `${server!.id}=${tokenFile}`, ...extra],
         { env: { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, HVPROTECT_LOG_FORMAT: 'json', HVPROTECT_LOG_LEVEL: 'warn' }, stdio: ['ignore', log, log] },
       );
       children.push(p);
@@ -168,7 +168,7 @@ async function main(): Promise<void> {
     const backup = async (label: string, ds = DS, vmId = facts.vmId): Promise<BackupRun & { result: BackupVmResult }> => {
       const workflowId = `backup/${ds}/${label}`;
       const t0 = performance.now();
-      const h = await client.workflow.start('backupVm', { taskQueue: SERVER_TASK_QUEUE, workflowId, args: [{ dataSource: ds, vm: vmId }] });
+      const h = await client.workflow.start('backupVm', { taskQueue: server!.taskQueue, workflowId, args: [{ dataSource: ds, vm: vmId }] });
       const result = (await h.result()) as BackupVmResult;
       const wallMs = performance.now() - t0;
       const run = await readWorkflowRun(client, workflowId);
@@ -291,7 +291,7 @@ async function main(): Promise<void> {
     const efMed = median(ef.map((r) => r.wallMs));
     const roMed = median(rounds.map((r) => r.repoOnly.wallMs));
     const ncMed = median(nc.map((r) => r.wallMs));
-    const stepOrder = ['acquireBackupLease', 'listHosts', 'locateVm', 'inspectVm', 'planBackup', 'createBackupCheckpoint', 'transferDisk', 'commitRecoveryPoint', 'releaseBackupCheckpoint', 'releaseBackupLease', 'enforceRetention'];
+    const stepOrder = ['listHosts', 'locateVm', 'inspectVm', 'planBackup', 'createBackupCheckpoint', 'transferDisk', 'commitRecoveryPoint', 'releaseBackupCheckpoint', 'enforceRetention'];
     const stepNames = [...new Set([...stepOrder, ...ef.flatMap((r) => r.steps.map((s) => s.activity))])].filter((n) => ef.some((r) => r.steps.some((s) => s.activity === n)));
     const stepMs = (runs: BackupRun[], name: string) => median(runs.map((r) => r.steps.filter((s) => s.activity === name).reduce((a, s) => Math.max(a, s.ms), 0)));
     const row = (r: BackupRun) =>

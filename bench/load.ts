@@ -22,12 +22,15 @@ import { ScheduleOverlapPolicy, type WorkflowHandle } from '@temporalio/client';
 import { waitForPollers } from './support';
 import { startDevServer, freePort, type DevServer } from '../temporal/dev-server';
 import { connectClient, loadTemporalSettings } from '../temporal/connection';
-import { SERVER_TASK_QUEUE, hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
+import { serverTaskQueue, hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
+
+const SERVER_ID = 'load01';
+const SERVER_TASK_QUEUE = serverTaskQueue(SERVER_ID);
 import { Lab } from '../hypervisor/lab';
 import { StorageClient } from '../storage-api/client';
 import { backupInput, protectVm, scheduleIdOf } from '../client/protection';
 import type { BackupVmInput, BackupVmResult } from '../workflows/backup-vm';
-import { leaseInterval, maxOverlap, outsideActivitiesMs, overlappingPairs, quantile, readWorkflowRuns, transfersByHost, transferMs, withRetry, type WorkflowRun } from '../test/load/history';
+import { jobInterval, maxOverlap, outsideActivitiesMs, overlappingPairs, quantile, readWorkflowRuns, transfersByHost, transferMs, withRetry, type WorkflowRun } from '../test/load/history';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -133,7 +136,7 @@ async function main(): Promise<void> {
     // The protection server, its own process.
     const stateDir = path.join(tmp, 'server');
     const metricsPort = await freePort();
-    const server = spawn(process.execPath, [CLI, 'server', '--state-dir', stateDir, '--api-port', '0', '--metrics-port', String(metricsPort)], {
+    const server = spawn(process.execPath, [CLI, 'server', '--id', SERVER_ID, '--state-dir', stateDir, '--api-port', '0', '--metrics-port', String(metricsPort)], {
       env,
       stdio: ['ignore', log('server'), log('server')],
     });
@@ -165,7 +168,7 @@ async function main(): Promise<void> {
     for (const h of HOSTS) {
       const tokenFile = path.join(tmp, `${h}.token`);
       await fs.writeFile(tokenFile, await admin.issueToken(h, 'agent'), { mode: 0o600 });
-      const a = spawn(process.execPath, [CLI, 'agent', '--host', h, '--lab-root', lab.root, '--storage-url', storageUrl, '--token-file', tokenFile], {
+      const a = spawn(process.execPath, [CLI, 'agent', '--host', h, '--lab-root', lab.root, '--server', `${SERVER_ID}=${tokenFile}`], {
         env,
         stdio: ['ignore', log(`agent-${h}`), log(`agent-${h}`)],
       });
@@ -325,9 +328,9 @@ async function main(): Promise<void> {
       const byHost = transfersByHost(runs);
       const peaks = Object.fromEntries([...byHost].map(([h, iv]) => [h, maxOverlap(iv).max]));
       const transfersPerHost = Object.fromEntries([...byHost].map(([h, iv]) => [h, iv.length]));
-      const byDs = new Map<string, NonNullable<ReturnType<typeof leaseInterval>>[]>();
+      const byDs = new Map<string, NonNullable<ReturnType<typeof jobInterval>>[]>();
       for (const r of runs) {
-        const iv = leaseInterval(r);
+        const iv = jobInterval(r);
         if (iv) byDs.set((r.input as BackupVmInput).dataSource, [...(byDs.get((r.input as BackupVmInput).dataSource) ?? []), iv]);
       }
       const overlaps = [...byDs.values()].flatMap((ivs) => overlappingPairs(ivs)).map(([a, b]) => `${a.label} / ${b.label}`);

@@ -2,9 +2,13 @@
 // hvprotect: the command-line tool and the two processes (server, agent).
 import fs from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import type { Client } from '@temporalio/client';
 import { createLogger } from '../log/logger';
 import { connectClient, loadTemporalSettings } from '../temporal/connection';
-import { SERVER_TASK_QUEUE } from '../temporal/task-queues';
+import { listServers } from './protection';
+import { livePollers } from '../temporal/pollers';
+import { hostTaskQueue } from '../temporal/task-queues';
+import { serversOfAgent } from '../workers/agent';
 import { startServer } from '../workers/server';
 import { installRuntime } from '../workers/runtime';
 import path from 'node:path';
@@ -57,6 +61,72 @@ function untilSignal(stop: () => Promise<void>, log: (msg: string) => void): Pro
   });
 }
 
+function collectServer(value: string, prev: { id: string; file: string }[]): { id: string; file: string }[] {
+  const m = /^([a-z0-9][a-z0-9-]{0,31})=(.+)$/.exec(value);
+  if (!m) throw new InvalidArgumentError('give ID=TOKEN_FILE, e.g. dpm01=/etc/hvprotect/dpm01.token.');
+  return [...prev, { id: m[1], file: m[2] }];
+}
+
+function collectServerUrl(value: string, prev: Record<string, string>): Record<string, string> {
+  const m = /^([a-z0-9][a-z0-9-]{0,31})=(https?:\/\/.+)$/.exec(value);
+  if (!m) throw new InvalidArgumentError('give ID=URL, e.g. dpm01=https://dpm01:8780.');
+  return { ...prev, [m[1]]: m[2] };
+}
+
+interface DoctorReport {
+  servers: Awaited<ReturnType<typeof listServers>>;
+  agents: { host: string; servers: string[] }[];
+  problems: string[];
+  selfCheck?: { server: string; ms: number };
+}
+
+/** What doctor finds: servers, agents, and what is wrong with them. */
+async function doctor(client: Client, namespace: string, timeoutSeconds: number): Promise<DoctorReport> {
+  const servers = await listServers(client);
+  const problems: string[] = [];
+  if (!servers.length) problems.push('no protection server has registered: start one with `hvprotect server` (or `npm start`)');
+  for (const sv of servers) {
+    if (sv.foreignPollers.length) problems.push(`task queue ${sv.taskQueue} is polled by another repository's server too (${sv.foreignPollers.join(', ')}): give one of them another --id`);
+    if (!sv.running && sv.dataSources.length) problems.push(`server ${sv.id} owns ${sv.dataSources.join(', ')} but is not running: their backups wait until it returns (or \`hvprotect protect move VM --to OTHER\`)`);
+  }
+  // Agents: every host queue the protected VMs' hosts use, read from the pollers' identities.
+  const hosts = new Set<string>();
+  const owners = new Map<string, Set<string>>();
+  for await (const wf of client.workflow.list({ query: "WorkflowType = 'backupVm' AND BackupHost IS NOT NULL", pageSize: 200 })) {
+    const host = wf.typedSearchAttributes.get({ name: 'BackupHost', type: 'KEYWORD' } as never) as string | undefined;
+    const server = wf.typedSearchAttributes.get({ name: 'BackupServer', type: 'KEYWORD' } as never) as string | undefined;
+    if (!host) continue;
+    hosts.add(host);
+    if (server && servers.find((s) => s.id === server)?.dataSources.length) owners.set(host, new Set([...(owners.get(host) ?? []), server]));
+    if (hosts.size > 200) break;
+  }
+  const agents: DoctorReport['agents'] = [];
+  for (const host of [...hosts].sort()) {
+    const ids = (await livePollers(client, namespace, hostTaskQueue(host)).catch(() => [])).map((p) => serversOfAgent(p.identity)).filter((a) => a !== undefined);
+    const served = [...new Set(ids.flatMap((a) => a!.servers))].sort();
+    if (!ids.length) {
+      problems.push(`no agent polls for host ${host} (backups of its VMs wait): start \`hvprotect agent --host ${host}\``);
+      continue;
+    }
+    agents.push({ host, servers: served });
+    for (const owner of owners.get(host) ?? []) {
+      if (!served.includes(owner)) problems.push(`the agent on ${host} holds no credential for ${owner}, which owns VMs backed up on ${host}: add --server ${owner}=TOKEN_FILE`);
+    }
+  }
+  let selfCheck: DoctorReport['selfCheck'];
+  const running = servers.find((s) => s.running);
+  if (running) {
+    const started = Date.now();
+    try {
+      await client.workflow.execute('selfCheck', { taskQueue: running.taskQueue, workflowId: `self-check/${new Date().toISOString()}`, workflowExecutionTimeout: `${timeoutSeconds} seconds` });
+      selfCheck = { server: running.id, ms: Date.now() - started };
+    } catch {
+      problems.push(`protection server ${running.id} did not run the self-check within ${timeoutSeconds} s`);
+    }
+  } else if (servers.length) problems.push('no protection server is running');
+  return { servers, agents, problems, selfCheck };
+}
+
 export function buildProgram(): Command {
   const program = new Command('hvprotect')
     .description('Hyper-V virtual machine protection; every backup is a durable Temporal workflow.')
@@ -74,6 +144,7 @@ export function buildProgram(): Command {
     .option('--sdk-metrics-port <port>', 'where the Temporal SDK runtime\'s own exporter listens (default: metrics port + 1)', port)
     .option('--headless', 'no Web UI', false)
     .option('--bare', 'only Temporal and the protection server (no lab, agents or protections)', false)
+    .option('--servers <n>', 'protection servers to run (dpm01, dpm02, …), the sample VMs split between them', positiveInt, 1)
     .option('--no-first-backups', 'protect the sample VMs but do not back them up now')
     .addOption(new Option('--disk-size <MiB>', 'size of each sample disk in MiB (default 64)').argParser(positiveInt).hideHelp())
     .addHelpText('after', '\nExamples:\n  npm start\n  hvprotect dev --temporal-port 7300 --ui-port 8300 --api-port 8790\n')
@@ -88,6 +159,7 @@ export function buildProgram(): Command {
         sdkMetricsPort: o.sdkMetricsPort,
         headless: o.headless,
         bare: o.bare,
+        servers: o.servers,
         noFirstBackups: !o.firstBackups,
         diskSize: o.diskSize ? o.diskSize * 1024 * 1024 : undefined,
         logger,
@@ -99,8 +171,7 @@ export function buildProgram(): Command {
         'hvprotect is running (Ctrl-C stops everything; a second start resumes from the same state).',
         `  Web UI:        ${ui}`,
         `  Temporal:      ${stack.temporal.address} (namespace ${stack.temporal.namespace})`,
-        `  Storage API:   ${stack.server.storageApi.url} (admin token in ${path.join(stack.server.stateDir, 'admin.token')})`,
-        `  Repository:    ${stack.server.repository.root}`,
+        ...stack.servers.map((sv) => `  Server ${sv.id}:  storage API ${sv.storageApi.url}, repository ${sv.repository.root} (admin token in ${path.join(sv.stateDir, 'admin.token')})`),
         `  Metrics:       ${stack.server.metricsUrl}`,
         stack.lab ? `  Lab:           ${stack.lab.root} (agents: ${stack.agents.map((a) => a.host).join(', ')})` : '',
         stack.protections.length ? `  Protected:     ${stack.protections.map((p) => `${p.vm}${p.dataSource !== p.vm ? ` (${p.dataSource})` : ''}`).join(', ')}` : '',
@@ -123,8 +194,9 @@ export function buildProgram(): Command {
 
   program
     .command('server')
-    .description('Run the protection server: repository, storage API, workflows and server activities (task queue hvprotect-server)')
-    .option('--state-dir <dir>', 'repository, agent tokens and leases', '.hvprotect/server')
+    .description('Run a protection server: repository, storage API, the workflows of the data sources it owns and its activities (task queue hvprotect-server-<id>)')
+    .option('--id <id>', 'this server\'s id, e.g. dpm01 (default: as recorded in its repository, else derived from the repository)')
+    .option('--state-dir <dir>', 'repository, agent tokens and admin token', '.hvprotect/server')
     .option('--repository <dir>', 'repository folder (default <state-dir>/repository)')
     .option('--api-host <host>', 'storage API listen address', '127.0.0.1')
     .option('--api-port <port>', 'storage API port (0 = any free port)', portOrZero, 8780)
@@ -158,6 +230,7 @@ export function buildProgram(): Command {
       const encryptionKey = o.encryptionKeyFile ? await EncryptionKey.load(o.encryptionKeyFile) : undefined;
       installRuntime({ logger, prometheusBindAddress: sdk });
       const server = await startServer({
+        id: o.id,
         apiTls,
         encryptionKey,
         logger,
@@ -170,7 +243,7 @@ export function buildProgram(): Command {
         metricsToken,
         sdkMetricsUrl: `http://${sdk}/metrics`,
       });
-      process.stdout.write(`storage API ${server.storageApi.url}\nmetrics ${server.metricsUrl}\n`);
+      process.stdout.write(`protection server ${server.id} on task queue ${server.taskQueue}\nstorage API ${server.storageApi.url}\nmetrics ${server.metricsUrl}\n`);
       await Promise.race([server.done, untilSignal(() => server.shutdown(), (m) => logger.info(m))]);
     });
 
@@ -184,8 +257,8 @@ export function buildProgram(): Command {
     .option('--hyperv-state-dir <dir>', 'RCT store and checkpoint records (for --hypervisor hyperv; default %ProgramData%\\hvprotect\\hyperv-rct; a CSV folder on a cluster)')
     .addOption(new Option('--guest-backup-type <type>', 'GuestBackupType of online checkpoints: copy leaves guest application logs alone, full lets them truncate').choices(['copy', 'full']).default('copy'))
     .addOption(new Option('--app-consistent-fallback <what>', 'when the guest cannot quiesce: a crash-consistent checkpoint of the running VM, or fail').choices(['crash-consistent', 'fail']).default('crash-consistent'))
-    .option('--storage-url <url>', 'the protection server\'s storage API', process.env.HVPROTECT_STORAGE_URL ?? 'http://127.0.0.1:8780')
-    .option('--token-file <file>', 'file with this agent\'s token (default: $HVPROTECT_AGENT_TOKEN)')
+    .option('--server <id=token-file>', 'a protection server this agent serves and the file with its token for it (repeat for each server)', collectServer, [])
+    .option('--server-url <id=url>', 'where that server\'s storage API is (default: the address the server sends with each job)', collectServerUrl, {})
     .option('--storage-ca <file>', 'CA bundle (PEM) that signs the storage API\'s certificate, for https:// (default $HVPROTECT_STORAGE_CA)')
     .option('--storage-cert <file>', 'this agent\'s client certificate (PEM), when the server requires one (--api-tls-client-ca)')
     .option('--storage-key <file>', 'the key of --storage-cert (PEM)')
@@ -196,15 +269,19 @@ export function buildProgram(): Command {
     .addOption(new Option('--progress-ms <n>', 'progress signal interval (tests)').argParser(positiveInt).hideHelp())
     .addHelpText(
       'after',
-      '\nThe token comes from `hvprotect token issue --host NAME` on the server side.\n\nExamples:\n' +
-        '  HVPROTECT_AGENT_TOKEN=hvp_... hvprotect agent --host hv01 --hypervisor hyperv --storage-url http://dpm01:8780\n' +
-        '  hvprotect agent --host hv01 --hypervisor hyperv --storage-url https://dpm01:8780 --storage-ca ca.crt --storage-cert hv01.crt --storage-key hv01.key\n' +
-        '  hvprotect agent --host lab1 --lab-root .hvprotect/dev/lab --token-file .hvprotect/dev/agents/lab1.token\n',
+      '\nEach token comes from `hvprotect token issue --host NAME` against that server. A job from a server\n' +
+        'the agent holds no token for is refused.\n\nExamples:\n' +
+        '  hvprotect agent --host hv01 --hypervisor hyperv --server dpm01=/etc/hvprotect/dpm01.token --server dpm02=/etc/hvprotect/dpm02.token\n' +
+        '  hvprotect agent --host hv01 --hypervisor hyperv --server dpm01=dpm01.token --server-url dpm01=https://dpm01:8780 --storage-ca ca.crt --storage-cert hv01.crt --storage-key hv01.key\n' +
+        '  hvprotect agent --host lab1 --lab-root .hvprotect/dev/lab --server dpm01=.hvprotect/dev/agents/lab1.token\n',
     )
     .action(async (o) => {
       const logger = createLogger({ name: 'hvprotect-agent' });
-      const token = o.tokenFile ? readSecretFile(o.tokenFile, '--token-file') : process.env.HVPROTECT_AGENT_TOKEN;
-      if (!token) throw new UsageError('the agent needs its token: --token-file FILE or HVPROTECT_AGENT_TOKEN (from `hvprotect token issue --host NAME`)');
+      const pairs = o.server as { id: string; file: string }[];
+      if (!pairs.length) throw new UsageError('the agent serves the servers it holds a token for: --server ID=TOKEN_FILE (from `hvprotect token issue --host NAME` against that server)');
+      const urls = o.serverUrl as Record<string, string>;
+      for (const id of Object.keys(urls)) if (!pairs.some((p) => p.id === id)) throw new UsageError(`--server-url ${id}=…: no --server ${id}=TOKEN_FILE`);
+      const servers = pairs.map((p) => ({ id: p.id, token: readSecretFile(p.file, `--server ${p.id}=`), storageUrl: urls[p.id] }));
       let storageTls;
       try {
         storageTls = loadClientTls({ caFile: o.storageCa ?? (process.env.HVPROTECT_STORAGE_CA || undefined), certFile: o.storageCert, keyFile: o.storageKey });
@@ -221,40 +298,32 @@ export function buildProgram(): Command {
               guestBackupType: o.guestBackupType,
               applicationConsistentFallback: o.appConsistentFallback,
             });
-      const agent = await startAgent({ logger, adapter, storageUrl: o.storageUrl, token, storageTls, maxConcurrentTransfers: o.maxTransfers, batchSlots: o.batchSlots,
+      const agent = await startAgent({ logger, adapter, servers, storageTls, maxConcurrentTransfers: o.maxTransfers, batchSlots: o.batchSlots,
         throttleBytesPerSecond: o.throttle ? o.throttle * 1_000_000 : undefined, progressIntervalMs: o.progressMs, restoreRoots: configuredRestoreRoots(o.restoreRoot) });
       await Promise.race([agent.done, untilSignal(() => agent.shutdown(), (m) => logger.info(m))]);
     });
 
   program
     .command('doctor')
-    .description('Check that Temporal answers and a protection server runs workflows (runs the self-check workflow)')
-    .option('--timeout <seconds>', 'how long to wait for a protection server', positiveInt, 30)
+    .description('Check the installation: Temporal answers, every protection server (and what it owns) and every agent (the servers it serves), and what is wrong')
+    .option('--timeout <seconds>', 'how long to wait for a protection server to run the self-check', positiveInt, 30)
     .option('--json', 'print the result as JSON', false)
-    .addHelpText('after', '\nExample:\n  hvprotect doctor --timeout 10\n')
+    .addHelpText('after', '\nExit code 1 when something is wrong.\n\nExample:\n  hvprotect doctor --timeout 10\n')
     .action(async (o) => {
       const settings = loadTemporalSettings();
       const client = await connectClient(settings);
-      const started = Date.now();
-      const handle = await client.workflow.start('selfCheck', {
-        taskQueue: SERVER_TASK_QUEUE,
-        workflowId: `self-check/${new Date().toISOString()}`,
-        workflowExecutionTimeout: `${o.timeout} seconds`,
-      });
       try {
-        const result = await handle.result();
-        const ms = Date.now() - started;
-        if (o.json) process.stdout.write(`${JSON.stringify({ ok: true, ms, ...result })}\n`);
-        else
-          process.stdout.write(
-            `ok: Temporal at ${settings.address} (namespace ${settings.namespace}); protection server ` +
-              `${result.server.hostname} answered on ${result.server.taskQueue} in ${ms} ms\n`,
-          );
-      } catch {
-        throw new Error(
-          `no protection server answered on task queue ${SERVER_TASK_QUEUE} within ${o.timeout} s: ` +
-            'start one with `hvprotect server` (or `npm start`)',
-        );
+        const report = await doctor(client, settings.namespace, o.timeout);
+        if (o.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+        else {
+          const lines = [`Temporal at ${settings.address} (namespace ${settings.namespace})`, 'servers:'];
+          for (const sv of report.servers) lines.push(`  ${sv.id}  ${sv.running ? 'running' : 'NOT RUNNING'}  queue ${sv.taskQueue}  repository ${sv.repository}  storage ${sv.storageUrl}  owns ${sv.dataSources.length}${sv.dataSources.length ? ` (${sv.dataSources.join(', ')})` : ''}`);
+          lines.push('agents:');
+          for (const a of report.agents) lines.push(`  ${a.host}  serves ${a.servers.join(', ') || 'none'}`);
+          lines.push(report.problems.length ? `problems:\n${report.problems.map((p) => `  - ${p}`).join('\n')}` : `ok: self-check answered by ${report.selfCheck?.server} in ${report.selfCheck?.ms} ms`);
+          process.stdout.write(`${lines.join('\n')}\n`);
+        }
+        if (report.problems.length) process.exitCode = 1;
       } finally {
         await client.connection.close();
       }

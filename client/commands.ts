@@ -3,7 +3,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { connectClient, loadTemporalSettings } from '../temporal/connection';
-import { SERVER_TASK_QUEUE } from '../temporal/task-queues';
+import { serverTaskQueue } from '../temporal/task-queues';
 import { backupProgressQuery, type BackupProgress, type BackupVmResult } from '../workflows/backup-vm';
 import type { RestoreTarget, RestoreVmResult } from '../workflows/restore-vm';
 import { parseShadowStorageSize } from '../repository';
@@ -11,7 +11,11 @@ import { adminStorage } from './admin';
 import { bytes, out, table } from './format';
 import {
   dataSourceOf,
+  describeProtection,
+  JobRefused,
   listProtections,
+  moveProtection,
+  startJob,
   parseTimes,
   protectVm,
   removeProtection,
@@ -21,6 +25,9 @@ import {
 } from './protection';
 import { UsageError } from './errors';
 import { registerFileCommands, restoreVolumeCommand } from './files';
+import { listServers } from './protection';
+import { randomUUID } from 'node:crypto';
+import type { RecoveryPointSummary } from '../activities/server/restore';
 
 async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
   const client = await connectClient(loadTemporalSettings());
@@ -120,6 +127,23 @@ async function followBackup(handle: WorkflowHandle, json: boolean): Promise<Back
   }
 }
 
+/** Recovery points of a data source on every server that keeps (or kept) a chain of it. */
+async function recoveryPointsOf(client: Client, dataSource: string): Promise<RecoveryPointSummary[]> {
+  const info = await describeProtection(client, dataSource).catch(() => undefined);
+  const servers = info ? [...new Set(info.chains.map((ch) => ch.server).concat(info.server))] : (await listServers(client)).map((s) => s.id);
+  const lists = await Promise.all(
+    servers.map((id) =>
+      client.workflow.execute('recoveryPoints', {
+        taskQueue: serverTaskQueue(id),
+        workflowId: `rp-list/${dataSource}/${id}/${randomUUID().slice(0, 8)}`,
+        args: [{ dataSource }],
+        workflowExecutionTimeout: '30 seconds',
+      }) as Promise<RecoveryPointSummary[]>,
+    ),
+  );
+  return lists.flat().sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+}
+
 export function registerCommands(program: Command): void {
   // ---- protect -------------------------------------------------------------------------------
   const protect = program.command('protect').description('Protect VMs: a schedule of express full backups per VM, with retention');
@@ -137,6 +161,7 @@ export function registerCommands(program: Command): void {
       .addOption(new Option('--offline-method <m>', 'how to make a running VM quiet for an offline backup').choices(['save', 'pause']).default('save'))
       .option('--replica', 'protect the Hyper-V Replica copy on the replica server', false)
       .option('--data-source <id>', 'data source id (default from the VM name)')
+      .option('--server <id>', 'the protection server that owns it (default: the only one, else the one owning fewest)')
       .option('--backup-now', 'start the first backup now', false)
       .option('--json', 'print JSON', false)
       .addHelpText('after', '\nExamples:\n  hvprotect protect add web01 --at 02:00,14:00 --retention-days 14\n  hvprotect protect add app-linux01 --every 6 --offline-method pause --backup-now\n'),
@@ -147,6 +172,7 @@ export function registerCommands(program: Command): void {
       const vm = await resolveVm(client, vmArg);
       const p = await protectVm(client, {
         vm,
+        server: o.server,
         dataSource: o.dataSource,
         schedule: { at, everyHours: o.every },
         allowOffline: o.offline,
@@ -163,7 +189,7 @@ export function registerCommands(program: Command): void {
       return { ...p, firstBackup };
     });
     out(o.json, info, () =>
-      `protected ${info.vm} (${info.vmId}) as ${info.dataSource}: ${info.spec}; next ${info.nextRuns[0] ?? '-'}\n` +
+      `protected ${info.vm} (${info.vmId}) as ${info.dataSource} by ${info.server}: ${info.spec}; next ${info.nextRuns[0] ?? '-'}\n` +
       (info.firstBackup ? `first backup started: ${workflowLink(info.firstBackup)}\n` : ''),
     );
   });
@@ -175,8 +201,8 @@ export function registerCommands(program: Command): void {
       const all = await withClient(listProtections);
       out(o.json, all, () =>
         table(
-          all.map((p) => ({ datasource: p.dataSource, vm: p.vm, schedule: p.spec, state: p.paused ? 'paused' : 'active', next: p.nextRuns[0] ?? '-', last: p.recentRuns.at(-1)?.startedAt ?? '-' })),
-          ['datasource', 'vm', 'schedule', 'state', 'next', 'last'],
+          all.map((p) => ({ datasource: p.dataSource, vm: p.vm, server: p.server, schedule: p.spec, state: p.running ? `${p.running.kind} running` : p.paused ? 'paused' : 'active', next: p.nextRuns[0] ?? '-', last: p.recentRuns.at(-1)?.startedAt ?? '-' })),
+          ['datasource', 'vm', 'server', 'schedule', 'state', 'next', 'last'],
         ),
       );
     });
@@ -204,6 +230,23 @@ export function registerCommands(program: Command): void {
       process.stdout.write(`removed protection of ${ds}; its recovery points are kept\n`);
     });
 
+  protect
+    .command('move')
+    .argument('<vm>', 'VM name, id or data source')
+    .requiredOption('--to <server>', 'the protection server to own it from now on')
+    .description("hand a VM's protection to another server (DPM's switch protection): its next backup starts a chain there")
+    .option('--json', 'print JSON', false)
+    .addHelpText('after', '\nExample:\n  hvprotect protect move web01 --to dpm02\n')
+    .action(async (vm: string, o) => {
+      const p = await withClient(async (c) => moveProtection(c, (await dataSourceOf(c, vm)).dataSource, o.to));
+      const old = p.chains.filter((c) => c.server !== p.server);
+      out(o.json, p, () =>
+        `${p.dataSource} is now protected by ${p.server}. Its next backup there is an initial replica: the new chain is not seeded from the old one, ` +
+        'because the two servers keep separate repositories and copying a chain between them is no cheaper than one full read of what the VM has allocated (an express full needs the base in the same repository).\n' +
+        (old.length ? `The old chain stays restorable on ${[...new Set(old.map((c) => c.server))].join(', ')} until its retention lets it go (\`hvprotect rp list ${p.vm}\`).\n` : ''),
+      );
+    });
+
   // ---- backup now, check, status ----------------------------------------------------------------
   for (const [name, kind, what] of [
     ['backup', 'auto', 'back up a protected VM now (express full, or initial replica the first time)'],
@@ -219,7 +262,14 @@ export function registerCommands(program: Command): void {
       .action(async (vm: string, o) => {
         await withClient(async (c) => {
           const p = await dataSourceOf(c, vm);
-          const handle = await startBackupNow(c, p, kind);
+          let handle: WorkflowHandle;
+          try {
+            handle = await startBackupNow(c, p, kind);
+          } catch (err) {
+            if (!(err instanceof JobRefused)) throw err;
+            const running = (await describeProtection(c, p.dataSource).catch(() => undefined))?.running;
+            throw new JobRefused(`${err.message}${running ? ` (${workflowLink(running.workflowId)})` : ''}`, err.type);
+          }
           if (!o.wait) {
             out(o.json, { workflowId: handle.workflowId, link: workflowLink(handle.workflowId) }, () => `started ${handle.workflowId}\n  ${workflowLink(handle.workflowId)}\n`);
             return;
@@ -250,6 +300,7 @@ export function registerCommands(program: Command): void {
             status: wf.status.name,
             vm: String(sa.get({ name: 'BackupVm', type: 'KEYWORD' } as never) ?? ''),
             host: String(sa.get({ name: 'BackupHost', type: 'KEYWORD' } as never) ?? ''),
+            server: String(sa.get({ name: 'BackupServer', type: 'KEYWORD' } as never) ?? ''),
             mode: String(sa.get({ name: 'BackupMode', type: 'KEYWORD' } as never) ?? ''),
             kind: String(sa.get({ name: 'BackupKind', type: 'KEYWORD' } as never) ?? ''),
             started: wf.startTime.toISOString(),
@@ -259,23 +310,24 @@ export function registerCommands(program: Command): void {
         }
         return rows;
       });
-      out(o.json, jobs, () => table(jobs, ['status', 'vm', 'host', 'mode', 'kind', 'started', 'workflowId']) + (jobs[0] ? `\nWeb UI: ${webUiBase()}\n` : ''));
+      out(o.json, jobs, () => table(jobs, ['status', 'vm', 'server', 'host', 'mode', 'kind', 'started', 'workflowId']) + (jobs[0] ? `\nWeb UI: ${webUiBase()}\n` : ''));
     });
 
   // ---- recovery points and restore ---------------------------------------------------------------
   const rp = program.command('rp').description('recovery points');
-  addAdminOptions(
-    rp.command('list').argument('<vm>', 'VM name, id or data source').description('recovery points of a VM, oldest first').option('--json', 'print JSON', false),
-  ).action(async (vm: string, o) => {
-    const ds = await dataSourceFor(vm);
-    const points = await adminStorage(o).listPoints(ds);
-    out(o.json, points, () =>
-      table(
-        points.map((p) => ({ point: p.pointId, created: p.createdAt, kind: p.kind, mode: p.mode, disks: p.disks.length, size: bytes(p.disks.reduce((s, d) => s + d.virtualSize, 0)), stored: bytes(p.ownedBytes) })),
-        ['point', 'created', 'kind', 'mode', 'disks', 'size', 'stored'],
-      ),
-    );
-  });
+  rp.command('list')
+    .argument('<vm>', 'VM name, id or data source')
+    .description('recovery points of a VM on every server that keeps a chain of it, oldest first')
+    .option('--json', 'print JSON', false)
+    .action(async (vm: string, o) => {
+      const points = await withClient(async (c) => recoveryPointsOf(c, await dataSourceFor(vm)));
+      out(o.json, points, () =>
+        table(
+          points.map((p) => ({ point: p.pointId, server: p.server, created: p.createdAt, kind: p.kind, mode: p.mode, disks: p.disks, size: bytes(p.virtualSize), stored: bytes(p.storedBytes) })),
+          ['point', 'server', 'created', 'kind', 'mode', 'disks', 'size', 'stored'],
+        ),
+      );
+    });
 
   registerFileCommands(program, { addAdminOptions, dataSourceFor });
 
@@ -309,11 +361,18 @@ export function registerCommands(program: Command): void {
       } else target = { kind: 'host', host: o.host, name: o.name, newId: true };
       const r = await withClient(async (c) => {
         const ds = (await dataSourceOf(c, vm).catch(() => ({ dataSource: vm }))).dataSource;
-        const handle = await c.workflow.start('restoreVm', {
-          taskQueue: SERVER_TASK_QUEUE,
-          workflowId: `restore/${ds}/${new Date().toISOString()}`,
-          args: [{ dataSource: ds, pointId: o.rp, target }],
-        });
+        // The point's server restores it: the newest point overall, or the one named.
+        const points = await recoveryPointsOf(c, ds);
+        const point = o.rp ? points.find((p) => p.pointId === o.rp) : points.at(-1);
+        if (!point) throw new UsageError(o.rp ? `no recovery point ${o.rp} of ${ds}; \`hvprotect rp list ${vm}\` lists them` : `${ds} has no recovery point yet`);
+        const input = { dataSource: ds, pointId: point.pointId, target };
+        let handle: WorkflowHandle;
+        if (target.kind === 'original') {
+          // Through the protection: never while a backup or check of it runs.
+          handle = (await startJob(c, ds, { kind: 'restore', by: 'cli', restore: input, server: point.server })).handle;
+        } else {
+          handle = await c.workflow.start('restoreVm', { taskQueue: serverTaskQueue(point.server), workflowId: `restore/${ds}/${new Date().toISOString()}`, args: [input] });
+        }
         if (!o.json) process.stderr.write(`${handle.workflowId}\n  ${workflowLink(handle.workflowId)}\n`);
         try {
           return (await handle.result()) as RestoreVmResult;

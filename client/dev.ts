@@ -31,11 +31,15 @@ export interface DevOptions {
   bare?: boolean;
   /** Do not start the first backups. */
   noFirstBackups?: boolean;
+  /** Protection servers to run (dpm01, dpm02, …; default 1); the sample VMs are split between them. */
+  servers?: number;
 }
 
 export interface DevStack {
   temporal: DevServer;
+  /** The first server (dpm01). */
   server: RunningServer;
+  servers: RunningServer[];
   agents: RunningAgent[];
   lab?: Lab;
   protections: ProtectionInfo[];
@@ -60,29 +64,37 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
   });
   const settings = loadTemporalSettings({ TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace });
   const agents: RunningAgent[] = [];
-  let server: RunningServer | undefined;
+  const servers: RunningServer[] = [];
   let load: WriteLoadProcess | undefined;
   const stop = async () => {
     await load?.stop().catch(() => undefined);
     for (const a of agents) await a.shutdown().catch((err) => logger.warn({ err }, 'agent shutdown'));
-    await server?.shutdown().catch((err) => logger.warn({ err }, 'server shutdown'));
+    for (const sv of servers) await sv.shutdown().catch((err) => logger.warn({ err }, 'server shutdown'));
     await temporal.stop();
   };
   try {
-    server = await startServer({ logger: logger.child({ process: 'server' }), temporal: settings, stateDir: path.join(stateDir, 'server'), apiPort: opts.apiPort,
-      metricsPort: opts.metricsPort, sdkMetricsUrl: sdkMetrics ? `http://${sdkMetrics}/metrics` : undefined });
-    if (opts.bare) return { temporal, server, agents, protections: [], firstBackups: [], stop };
+    // dpm01 keeps the folder a one-server start always used; dpm02… get folders of their own.
+    for (let i = 1; i <= (opts.servers ?? 1); i++) {
+      const id = `dpm${String(i).padStart(2, '0')}`;
+      servers.push(
+        await startServer({ id, logger: logger.child({ process: 'server', server: id }), temporal: settings, stateDir: path.join(stateDir, i === 1 ? 'server' : `server-${id}`),
+          apiPort: opts.apiPort && opts.apiPort + i - 1, metricsPort: i === 1 ? opts.metricsPort : undefined, sdkMetricsUrl: i === 1 && sdkMetrics ? `http://${sdkMetrics}/metrics` : undefined }),
+      );
+    }
+    const server = servers[0];
+    if (opts.bare) return { temporal, server, servers, agents, protections: [], firstBackups: [], stop };
 
     const lab = await Lab.open(path.join(stateDir, 'lab'));
     const sample = await createSampleLab(lab, { diskSize: opts.diskSize });
     const hosts = [...sample.nodes, sample.standalone, sample.fileServer];
     for (const host of hosts) {
-      // In-process agents get a fresh token each start (only its hash is kept); the last start's agents are gone.
-      if (server.tokens.isLive(host)) await server.tokens.revoke(host);
-      const token = await server.tokens.issue(host, 'agent');
-      agents.push(
-        await startAgent({ logger: logger.child({ process: 'agent', host }), adapter: await LabHypervisor.open(lab, host), storageUrl: server.storageApi.url, token, temporal: settings }),
-      );
+      // In-process agents get a fresh token from every server each start (only its hash is kept); the last start's agents are gone.
+      const credentials = [];
+      for (const sv of servers) {
+        if (sv.tokens.isLive(host)) await sv.tokens.revoke(host);
+        credentials.push({ id: sv.id, token: await sv.tokens.issue(host, 'agent') });
+      }
+      agents.push(await startAgent({ logger: logger.child({ process: 'agent', host }), adapter: await LabHypervisor.open(lab, host), servers: credentials, temporal: settings }));
     }
     // A guest that keeps writing while it is backed up.
     load = await lab.startWriteLoad({ vm: sample.vms.web01.vmId, seed: 2026, intervalMs: 200, batch: 1 }).catch((err) => {
@@ -96,6 +108,7 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
     for (const [label, facts] of Object.entries(sample.vms)) {
       const dataSource = dataSourceIdFor(label);
       if (protectedAlready.has(dataSource)) continue;
+      // Without --server, each goes to the server owning fewest: the VMs split between servers.
       const p = await protectVm(client, {
         vm: { vmId: facts.vmId, name: facts.name, host: facts.host, state: facts.state },
         dataSource,
@@ -104,7 +117,7 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
       });
       if (!opts.noFirstBackups) firstBackups.push((await startBackupNow(client, p)).workflowId);
     }
-    return { temporal, server, agents, lab, protections: await listProtections(client), firstBackups, stop };
+    return { temporal, server, servers, agents, lab, protections: await listProtections(client), firstBackups, stop };
   } catch (err) {
     await stop().catch(() => undefined);
     throw err;

@@ -1,15 +1,27 @@
-// Protection of a VM = a Temporal Schedule per data source that starts backupVm (express full at
-// the given times, or every N hours), with an overlap policy that never runs two at once; plus
-// the data source's retention in the repository. Backups "now" and consistency checks are the
-// same workflow started by hand, with readable ids.
+// Protection of a VM = a long-lived protection workflow per data source (`protection/<ds>`) on
+// the queue of the server that owns it, which serialises its jobs; plus a Temporal Schedule
+// (`protect/<ds>`) that asks it for express fulls at the given times, and the data source's
+// retention in the owner's repository. Backups and checks "now" go through the same protection.
 import { randomUUID } from 'node:crypto';
 import type { Client, ScheduleDescription, ScheduleSpec, WorkflowHandle } from '@temporalio/client';
 import type { Duration } from '@temporalio/common';
-import { ScheduleOverlapPolicy, ScheduleNotFoundError } from '@temporalio/client';
+import { ScheduleOverlapPolicy, ScheduleNotFoundError, WorkflowExecutionAlreadyStartedError, WorkflowUpdateFailedError } from '@temporalio/client';
 import { SA } from '../temporal/search-attribute-keys';
-import { SERVER_TASK_QUEUE } from '../temporal/task-queues';
+import { serverTaskQueue } from '../temporal/task-queues';
+import { livePollers } from '../temporal/pollers';
 import type { BackupVmInput } from '../workflows/backup-vm';
 import type { FindVmsResult } from '../workflows/find-vm';
+import type { ServerRecord } from '../workflows/protection-server';
+import {
+  moveToUpdate,
+  protectionStateQuery,
+  protectionWorkflowId,
+  startJobUpdate,
+  unprotectUpdate,
+  type JobInfo,
+  type JobRequest,
+  type ProtectionState,
+} from '../workflows/protection';
 import type { VmSummary } from '../hypervisor/types';
 import { UsageError } from './errors';
 
@@ -23,6 +35,8 @@ export interface ProtectionSchedule {
 
 export interface ProtectOptions {
   vm: VmSummary;
+  /** The owner (default: the only server, else the one owning fewest data sources). */
+  server?: string;
   dataSource?: string;
   schedule: ProtectionSchedule;
   allowOffline?: boolean;
@@ -32,6 +46,12 @@ export interface ProtectOptions {
 
 export interface ProtectionInfo {
   dataSource: string;
+  /** The server that owns the data source (runs its jobs, keeps its chain). */
+  server: string;
+  /** Every server that keeps (or kept) a chain of it, oldest first. */
+  chains: ProtectionState['chains'];
+  running?: JobInfo;
+  skippedRuns: number;
   vm: string;
   vmId: string;
   scheduleId: string;
@@ -95,7 +115,7 @@ export class UnknownVm extends Error {
 /** Finds a VM by name or id on the hosts whose agents run; an unknown one lists close names. */
 export async function resolveVm(client: Client, vm: string): Promise<VmSummary> {
   const found: FindVmsResult = await client.workflow.execute('findVms', {
-    taskQueue: SERVER_TASK_QUEUE,
+    taskQueue: (await anyRunningServer(client)).taskQueue,
     workflowId: `find-vms/${randomUUID()}`,
     args: [{}],
     workflowExecutionTimeout: '2 minutes',
@@ -124,7 +144,7 @@ export function backupInput(dataSource: string, vm: VmSummary, o: Pick<ProtectOp
 
 export async function protectVm(client: Client, o: ProtectOptions): Promise<ProtectionInfo> {
   const dataSource = o.dataSource ?? dataSourceIdFor(o.vm.name);
-  const scheduleId = scheduleIdOf(dataSource);
+  const server = await chooseServer(client, o.server);
   const spec: ScheduleSpec = o.schedule.everyHours
     ? { intervals: [{ every: `${o.schedule.everyHours} hours` as Duration }] }
     : {
@@ -133,23 +153,41 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
           return { hour, minute, comment: `express full at ${t}` };
         }),
       };
+  const state: ProtectionState = {
+    dataSource,
+    vm: o.vm.name,
+    vmId: o.vm.vmId,
+    server,
+    backup: backupInput(dataSource, o.vm, o),
+    chains: [{ server, since: new Date().toISOString() }],
+    recent: [],
+    skippedRuns: 0,
+  };
+  try {
+    await client.workflow.start('protection', {
+      workflowId: protectionWorkflowId(dataSource),
+      taskQueue: serverTaskQueue(server),
+      args: [state],
+      staticSummary: `protection of ${o.vm.name} by ${server}`,
+      memo: { vm: o.vm.name, vmId: o.vm.vmId, dataSource, server },
+      typedSearchAttributes: [
+        { key: SA.dataSource, value: dataSource },
+        { key: SA.vm, value: o.vm.name },
+        { key: SA.server, value: server },
+      ],
+    });
+  } catch (err) {
+    if (err instanceof WorkflowExecutionAlreadyStartedError) {
+      throw new UsageError(`${o.vm.name} is already protected as data source ${dataSource} (${protectionWorkflowId(dataSource)}); remove it first or pick --data-source`);
+    }
+    throw err;
+  }
   try {
     await client.schedule.create({
-      scheduleId,
+      scheduleId: scheduleIdOf(dataSource),
       spec: { ...spec, timezone: o.schedule.timezone },
-      action: {
-        type: 'startWorkflow',
-        workflowType: 'backupVm',
-        taskQueue: SERVER_TASK_QUEUE,
-        workflowId: `backup/${dataSource}`,
-        args: [backupInput(dataSource, o.vm, o)],
-        staticSummary: `scheduled backup of ${o.vm.name}`,
-        typedSearchAttributes: [
-          { key: SA.dataSource, value: dataSource },
-          { key: SA.vm, value: o.vm.name },
-        ],
-      },
-      // Never two backups of one VM: a run still going makes the next one skip.
+      action: scheduleAction(dataSource, o.vm.name, server),
+      // The protection skips a run that finds a job going; the schedule need not start two either.
       policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 hour', pauseOnFailure: false },
       memo: { vm: o.vm.name, vmId: o.vm.vmId, dataSource },
       typedSearchAttributes: [
@@ -159,12 +197,77 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
       state: { note: `protection of ${o.vm.name} (${o.vm.vmId})` },
     });
   } catch (err) {
-    if ((err as Error).name === 'ScheduleAlreadyRunning') {
-      throw new UsageError(`${o.vm.name} is already protected as data source ${dataSource} (schedule ${scheduleId}); remove it first or pick --data-source`);
-    }
-    throw err;
+    if ((err as Error).name !== 'ScheduleAlreadyRunning') throw err;
   }
   return describeProtection(client, dataSource);
+}
+
+function scheduleAction(dataSource: string, vm: string, server: string) {
+  return {
+    type: 'startWorkflow' as const,
+    workflowType: 'scheduledBackup',
+    taskQueue: serverTaskQueue(server),
+    workflowId: `scheduled/${dataSource}`,
+    args: [{ dataSource }],
+    staticSummary: `scheduled backup of ${vm}`,
+    typedSearchAttributes: [
+      { key: SA.dataSource, value: dataSource },
+      { key: SA.vm, value: vm },
+    ],
+  };
+}
+
+// ---- servers ---------------------------------------------------------------------------------
+
+export interface ServerStatus extends ServerRecord {
+  running: boolean;
+  /** Poller identities on its queue that belong to another repository (two servers with one id). */
+  foreignPollers: string[];
+  dataSources: string[];
+}
+
+/** Every protection server that registered in this namespace, whether it runs now, and what it owns. */
+export async function listServers(client: Client): Promise<ServerStatus[]> {
+  const owned = new Map<string, string[]>();
+  for await (const wf of client.workflow.list({ query: "WorkflowType = 'protection' AND ExecutionStatus = 'Running'" })) {
+    const m = (await wf.memo) as { server?: string; dataSource?: string } | undefined;
+    if (m?.server && m.dataSource) owned.set(m.server, [...(owned.get(m.server) ?? []), m.dataSource]);
+  }
+  const out: ServerStatus[] = [];
+  for await (const wf of client.workflow.list({ query: "WorkflowType = 'protectionServer' AND ExecutionStatus = 'Running'" })) {
+    const r = ((await wf.memo) ?? {}) as unknown as ServerRecord;
+    if (!r.id) continue;
+    const pollers = await livePollers(client, client.options.namespace, r.taskQueue).catch(() => []);
+    const ids = [...new Set(pollers.map((p) => p.identity))];
+    out.push({
+      ...r,
+      running: ids.some((i) => i.startsWith(`${r.id}/${r.repositoryId}@`)),
+      foreignPollers: ids.filter((i) => !i.startsWith(`${r.id}/${r.repositoryId}@`)),
+      dataSources: (owned.get(r.id) ?? []).sort(),
+    });
+  }
+  return out.sort((a, b) => a.id.localeCompare(b.id));
+}
+
+/** The server a new protection goes to: the one asked for, the only one, or the one owning fewest. */
+export async function chooseServer(client: Client, requested?: string): Promise<string> {
+  const servers = await listServers(client);
+  if (requested) {
+    if (!servers.some((s) => s.id === requested)) {
+      throw new UsageError(`no protection server ${requested}${servers.length ? `; servers: ${servers.map((s) => s.id).join(', ')}` : ': start one with `hvprotect server --id ' + requested + '`'}`);
+    }
+    return requested;
+  }
+  const running = servers.filter((s) => s.running);
+  if (running.length === 0) throw new UsageError('no protection server is running: start one with `hvprotect server` (or `npm start`)');
+  return running.sort((a, b) => a.dataSources.length - b.dataSources.length || a.id.localeCompare(b.id))[0].id;
+}
+
+/** Some running server, for jobs that any server can do (finding VMs, the self-check). */
+export async function anyRunningServer(client: Client): Promise<ServerStatus> {
+  const running = (await listServers(client)).filter((s) => s.running);
+  if (!running.length) throw new UsageError('no protection server is running: start one with `hvprotect server` (or `npm start`)');
+  return running[0];
 }
 
 function specText(d: ScheduleDescription): string {
@@ -180,33 +283,57 @@ function specText(d: ScheduleDescription): string {
 }
 
 export async function describeProtection(client: Client, dataSource: string): Promise<ProtectionInfo> {
-  const h = client.schedule.getHandle(scheduleIdOf(dataSource));
-  let d: ScheduleDescription;
+  const state = await protectionState(client, dataSource);
+  let d: ScheduleDescription | undefined;
   try {
-    d = await h.describe();
+    d = await client.schedule.getHandle(scheduleIdOf(dataSource)).describe();
   } catch (err) {
-    if (err instanceof ScheduleNotFoundError) throw new UsageError(`${dataSource} is not protected (\`hvprotect protect list\` shows what is)`);
-    throw err;
+    if (!(err instanceof ScheduleNotFoundError)) throw err;
   }
-  const memo = (d.memo ?? {}) as { vm?: string; vmId?: string };
   return {
     dataSource,
-    vm: memo.vm ?? '?',
-    vmId: memo.vmId ?? '?',
-    scheduleId: d.scheduleId,
-    paused: d.state.paused,
-    note: d.state.note,
-    spec: specText(d),
-    nextRuns: d.info.nextActionTimes.slice(0, 3).map((t) => t.toISOString()),
-    recentRuns: d.info.recentActions.slice(-5).map((a) => ({ workflowId: a.action.workflow.workflowId, startedAt: a.takenAt.toISOString() })),
+    server: state.server,
+    chains: state.chains,
+    running: state.running,
+    skippedRuns: state.skippedRuns,
+    vm: state.vm,
+    vmId: state.vmId,
+    scheduleId: scheduleIdOf(dataSource),
+    paused: d?.state.paused ?? false,
+    note: d?.state.note,
+    spec: d ? specText(d) : 'no schedule',
+    nextRuns: d ? d.info.nextActionTimes.slice(0, 3).map((t) => t.toISOString()) : [],
+    recentRuns: state.recent.filter((r) => r.outcome !== 'skipped').slice(-5).map((r) => ({ workflowId: r.workflowId, startedAt: r.startedAt })),
   };
+}
+
+/** The protection's state: by query when its owner runs, else what its memo says. */
+export async function protectionState(client: Client, dataSource: string): Promise<ProtectionState> {
+  const handle = client.workflow.getHandle(protectionWorkflowId(dataSource));
+  let described;
+  try {
+    described = await handle.describe();
+  } catch (err) {
+    if ((err as Error).name === 'WorkflowNotFoundError') throw new UsageError(`${dataSource} is not protected (\`hvprotect protect list\` shows what is)`);
+    throw err;
+  }
+  if (described.status.name !== 'RUNNING') throw new UsageError(`${dataSource} is not protected (\`hvprotect protect list\` shows what is)`);
+  try {
+    return await withTimeout(handle.query(protectionStateQuery), 5_000);
+  } catch {
+    const m = ((await described.memo) ?? {}) as { vm?: string; vmId?: string; server?: string };
+    return { dataSource, vm: m.vm ?? '?', vmId: m.vmId ?? '?', server: m.server ?? '?', backup: { dataSource, vm: m.vmId ?? dataSource }, chains: [], recent: [], skippedRuns: 0 };
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  return Promise.race([p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error('timed out')), ms).unref())]);
 }
 
 export async function listProtections(client: Client): Promise<ProtectionInfo[]> {
   const out: ProtectionInfo[] = [];
-  for await (const s of client.schedule.list()) {
-    if (!s.scheduleId.startsWith(SCHEDULE_PREFIX)) continue;
-    out.push(await describeProtection(client, s.scheduleId.slice(SCHEDULE_PREFIX.length)));
+  for await (const wf of client.workflow.list({ query: "WorkflowType = 'protection' AND ExecutionStatus = 'Running'" })) {
+    out.push(await describeProtection(client, wf.workflowId.slice('protection/'.length)));
   }
   return out.sort((a, b) => a.dataSource.localeCompare(b.dataSource));
 }
@@ -221,7 +348,49 @@ export async function setProtectionPaused(client: Client, dataSource: string, pa
 
 export async function removeProtection(client: Client, dataSource: string): Promise<void> {
   await describeProtection(client, dataSource);
-  await client.schedule.getHandle(scheduleIdOf(dataSource)).delete();
+  await client.schedule.getHandle(scheduleIdOf(dataSource)).delete().catch((err) => {
+    if (!(err instanceof ScheduleNotFoundError)) throw err;
+  });
+  await client.workflow.getHandle(protectionWorkflowId(dataSource)).executeUpdate(unprotectUpdate, { args: [{ by: 'cli' }] }).catch((err) => {
+    throw refusal(err);
+  });
+}
+
+/** Hands a data source to another server: its next backup starts a chain there. */
+export async function moveProtection(client: Client, dataSource: string, to: string): Promise<ProtectionInfo> {
+  const before = await describeProtection(client, dataSource);
+  if (before.server === to) throw new UsageError(`${dataSource} is already protected by ${to}`);
+  const target = (await listServers(client)).find((s) => s.id === to);
+  if (!target) throw new UsageError(`no protection server ${to}: \`hvprotect doctor\` lists the servers`);
+  if (!target.running) throw new UsageError(`protection server ${to} is not running: start it first (\`hvprotect server --id ${to}\`)`);
+  await client.workflow.getHandle(protectionWorkflowId(dataSource)).executeUpdate(moveToUpdate, { args: [{ to, by: 'cli' }] }).catch((err) => {
+    throw refusal(err);
+  });
+  await client.schedule.getHandle(scheduleIdOf(dataSource)).update((prev) => ({ ...prev, action: { ...prev.action, taskQueue: serverTaskQueue(to) } })).catch((err) => {
+    if (!(err instanceof ScheduleNotFoundError)) throw err;
+  });
+  // The move continues the protection on the new owner's queue: wait until it answers there.
+  for (const deadline = Date.now() + 30_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 200))) {
+    const info = await describeProtection(client, dataSource).catch(() => undefined);
+    if (info?.server === to) return info;
+  }
+  return describeProtection(client, dataSource);
+}
+
+/** A refused update, as one clear line. */
+function refusal(err: unknown): Error {
+  if (err instanceof WorkflowUpdateFailedError) {
+    const cause = err.cause as { message?: string; type?: string } | undefined;
+    return new JobRefused(cause?.message ?? err.message, cause?.type);
+  }
+  return err as Error;
+}
+
+export class JobRefused extends Error {
+  override name = 'JobRefused';
+  constructor(message: string, readonly type?: string) {
+    super(message);
+  }
 }
 
 /** Finds the data source protecting a VM (by data source id, VM name or VM id). */
@@ -239,20 +408,19 @@ export async function dataSourceOf(client: Client, vmOrDs: string): Promise<Prot
   );
 }
 
-/** Starts a backup (or consistency check) now, with the schedule's own input. */
-export async function startBackupNow(client: Client, p: ProtectionInfo, kind: 'auto' | 'consistency-check' = 'auto'): Promise<WorkflowHandle> {
-  const d = await client.schedule.getHandle(p.scheduleId).describe();
-  const action = d.action as { args?: unknown[] };
-  const input = { ...(action.args?.[0] as BackupVmInput), kind };
-  const verb = kind === 'consistency-check' ? 'check' : 'backup';
-  return client.workflow.start('backupVm', {
-    taskQueue: SERVER_TASK_QUEUE,
-    workflowId: `${verb}/${p.dataSource}/${new Date().toISOString()}`,
-    args: [input],
-    staticSummary: `${kind === 'consistency-check' ? 'consistency check' : 'backup'} of ${p.vm} (started from the CLI)`,
-    typedSearchAttributes: [
-      { key: SA.dataSource, value: p.dataSource },
-      { key: SA.vm, value: p.vm },
-    ],
-  });
+/** Asks the protection for a job now; refused (JobRefused) when one of the data source runs. */
+export async function startJob(client: Client, dataSource: string, req: JobRequest): Promise<{ job: JobInfo; handle: WorkflowHandle }> {
+  const requestId = req.requestId ?? randomUUID();
+  const job = await client.workflow
+    .getHandle(protectionWorkflowId(dataSource))
+    .executeUpdate(startJobUpdate, { args: [{ ...req, requestId }], updateId: requestId })
+    .catch((err) => {
+      throw refusal(err);
+    });
+  return { job, handle: client.workflow.getHandle(job.workflowId) };
+}
+
+/** Starts a backup (or consistency check) now, through the protection. */
+export async function startBackupNow(client: Client, p: Pick<ProtectionInfo, 'dataSource'>, kind: 'auto' | 'consistency-check' = 'auto', by = 'cli'): Promise<WorkflowHandle> {
+  return (await startJob(client, p.dataSource, { kind: kind === 'consistency-check' ? 'check' : 'backup', by })).handle;
 }

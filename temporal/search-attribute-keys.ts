@@ -12,5 +12,7 @@ export const SA = {
   /** initial-replica | express-full | consistency-check | restore */
   kind: defineSearchAttributeKey('BackupKind', SearchAttributeType.KEYWORD),
   dataSource: defineSearchAttributeKey('BackupDataSource', SearchAttributeType.KEYWORD),
+  /** Id of the protection server that owns the data source (runs its jobs, keeps its chain). */
+  server: defineSearchAttributeKey('BackupServer', SearchAttributeType.KEYWORD),
 } as const;
 

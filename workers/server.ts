@@ -1,12 +1,15 @@
 // `hvprotect server`: the protection server process. Owns the repository, serves the storage API
-// to host agents, and runs every workflow plus the server-side activities on hvprotect-server.
+// to host agents, and runs the workflows of the data sources it owns plus the server-side
+// activities on its own task queue, hvprotect-server-<id>.
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Client, Connection } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import type { Logger } from '../log/logger';
 import { connectClient, connectWorker, loadTemporalSettings, type TemporalSettings } from '../temporal/connection';
-import { SERVER_TASK_QUEUE } from '../temporal/task-queues';
+import os from 'node:os';
+import { refuseSharedQueue, resolveServerIdentity, type ServerIdentity } from './server-identity';
+import { protectionServer, serverStartedSignal, serverWorkflowId, type ServerRecord } from '../workflows/protection-server';
 import { registerSearchAttributes } from '../temporal/search-attributes';
 import { installRuntime } from './runtime';
 import { ProtectionMetrics, startMetricsServer } from '../metrics/metrics';
@@ -22,7 +25,8 @@ import { startStorageApi, type StorageApi } from '../storage-api/server';
 export interface ServerOptions {
   logger: Logger;
   temporal?: TemporalSettings;
-  taskQueue?: string;
+  /** The server's id (default: as recorded in its repository, else derived from the repository's id). */
+  id?: string;
   /** Folder for the repository, tokens and leases (default .hvprotect/server). */
   stateDir?: string;
   /** Repository folder (default <stateDir>/repository). */
@@ -48,7 +52,9 @@ export interface ServerOptions {
 }
 
 export interface RunningServer {
+  id: string;
   taskQueue: string;
+  identity: ServerIdentity;
   stateDir: string;
   repository: Repository;
   tokens: TokenStore;
@@ -85,7 +91,6 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const { logger } = opts;
   installRuntime({ logger });
   const temporal = opts.temporal ?? loadTemporalSettings();
-  const taskQueue = opts.taskQueue ?? SERVER_TASK_QUEUE;
   const stateDir = path.resolve(opts.stateDir ?? '.hvprotect/server');
   fs.mkdirSync(stateDir, { recursive: true });
 
@@ -99,6 +104,16 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     logger: logger.child({ component: 'repository' }),
     encryptionKey: opts.encryptionKey,
   });
+  let identity: ServerIdentity;
+  try {
+    identity = await resolveServerIdentity(repository.root, repository.config.id, opts.id);
+    await refuseSharedQueue(client, temporal.namespace, identity);
+  } catch (err) {
+    await repository.close().catch(() => undefined);
+    await client.connection.close().catch(() => undefined);
+    throw err;
+  }
+  const { taskQueue } = identity;
   const tokens = await TokenStore.open(path.join(stateDir, 'tokens.json'));
   const adminToken = await ensureAdminToken(tokens, stateDir);
   const storageApi = await startStorageApi({
@@ -114,22 +129,44 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const metrics = new ProtectionMetrics();
   const metricsServer = opts.metricsPort === undefined ? undefined : await startMetricsServer({ metrics, host: opts.metricsHost, port: opts.metricsPort, sdkMetricsUrl: opts.sdkMetricsUrl, token: opts.metricsToken });
 
+  const self = { id: identity.id, storageUrl: storageApi.url };
   const connection = await connectWorker(temporal);
   const worker = await Worker.create({
     connection,
     namespace: temporal.namespace,
     taskQueue,
+    identity: identity.workerIdentity,
     workflowsPath: workflowsPath(),
     activities: {
       ...selfCheckActivities,
-      ...createServerActivities({ repository, tokens, stateDir, temporal: () => client, metrics }),
-      ...createRestoreServerActivities({ repository }),
+      ...createServerActivities({ repository, tokens, self, metrics }),
+      ...createRestoreServerActivities({ repository, self }),
     },
     maxConcurrentWorkflowTaskExecutions: opts.maxConcurrentWorkflowTasks,
     shutdownGraceTime: '30 seconds',
   });
+  // The server's record in Temporal (`server/<id>`): what doctor and the CLI read.
+  const record: ServerRecord = {
+    id: identity.id,
+    taskQueue,
+    repositoryId: identity.repositoryId,
+    repository: repository.root,
+    storageUrl: storageApi.url,
+    machine: os.hostname(),
+    pid: process.pid,
+    startedAt: new Date().toISOString(),
+  };
+  await client.workflow.signalWithStart(protectionServer, {
+    workflowId: serverWorkflowId(identity.id),
+    taskQueue,
+    args: [record],
+    signal: serverStartedSignal,
+    signalArgs: [record],
+    staticSummary: `protection server ${identity.id}`,
+  });
+  fs.writeFileSync(path.join(stateDir, 'server.id'), `${identity.id}\n`);
   logger.info(
-    { address: temporal.address, namespace: temporal.namespace, taskQueue, storageApi: storageApi.url, repository: repository.root },
+    { id: identity.id, address: temporal.address, namespace: temporal.namespace, taskQueue, storageApi: storageApi.url, repository: repository.root },
     'protection server running',
   );
   const done = worker.run().finally(async () => {
@@ -140,7 +177,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     await client.connection.close().catch(() => undefined);
   });
   return {
+    id: identity.id,
     taskQueue,
+    identity,
     stateDir,
     repository,
     tokens,

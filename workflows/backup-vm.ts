@@ -1,4 +1,7 @@
 // backupVm: one run = one recovery point of one VM, the way DPM backs up a Hyper-V guest.
+// It runs on the task queue of the protection server that owns the data source (started by the
+// data source's protection workflow, which lets one job of a data source run at a time), so every
+// server step below touches that server's repository, wherever the VM migrates.
 //
 //   owner  ← resolve the VM's owner host            (probe the agents; follows migrations)
 //   facts  ← inspectVm                               host
@@ -11,34 +14,32 @@
 //   enforceRetention                                 server: retention range + shadow storage limit
 //
 // A host activity that finds the VM gone fails VmNotOnHost: the owner is resolved again and the
-// same step carries on on the new host, a bounded number of times.
+// same step carries on on the new host, a bounded number of times (follow-vm.ts).
 import {
   ActivityCancellationType,
-  ActivityFailure,
   ApplicationFailure,
   CancellationScope,
-  TimeoutFailure,
-  defineQuery,
-  defineSignal,
   isCancellation,
   log,
   patched,
   proxyActivities,
-  setCurrentDetails,
-  setHandler,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
 import type { ActivityOptions } from '@temporalio/workflow';
-import type { Duration } from '@temporalio/common';
+import type { Duration, RetryPolicy } from '@temporalio/common';
 import { msToNumber } from '@temporalio/common/lib/time';
 import type { BackupCheckpoint, VmFacts } from '../hypervisor/types';
-import type { DiskTransferResult, HostActivities, TransferKind, VmLocation } from '../activities/host/types';
+import type { DiskTransferResult, HostActivities, TransferKind } from '../activities/host/types';
 import type { BackupPlan, CommittedPoint, ServerActivities } from '../activities/server/types';
+import { HostFailure, JobFailure, NON_RETRYABLE_HOST, NON_RETRYABLE_SERVER } from '../activities/failures';
 import { decideBackupMode, BackupModeRefused, type BackupModeDecision, type BackupModePolicy } from '../protection/backup-mode';
 import { SA } from '../temporal/search-attribute-keys';
-import { locateVmOwner } from './locate';
-import { SERVER_TASK_QUEUE, hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
+import { hostTransferQueue } from '../temporal/task-queues';
+import { followVm, failureType } from './follow-vm';
+import { trackProgress } from './backup-progress';
+
+export { backupProgressQuery, transferProgressSignal, type BackupProgress, type DiskProgress, type TransferProgressSignal } from './backup-progress';
 
 export interface BackupVmInput {
   dataSource: string;
@@ -57,35 +58,13 @@ export interface BackupVmInput {
   timing?: { heartbeatTimeout?: string; hostScheduleToStart?: string; transferScheduleToStart?: string; locateTimeout?: string };
 }
 
-export interface DiskProgress {
-  diskId: string;
-  virtualSize: number;
-  position: number;
-  bytesRead: number;
-  bytesSent: number;
-  done: boolean;
-}
-
-export interface BackupProgress {
-  step: string;
-  vm: string;
-  host?: string;
-  mode?: string;
-  kind?: string;
-  relocations: number;
-  disks: DiskProgress[];
-  bytesRead: number;
-  bytesSent: number;
-  /** bytes read per second over the transfer so far */
-  rate: number;
-  transferStartedAt?: number;
-}
-
 export interface BackupVmResult {
   dataSource: string;
   pointId: string;
   vmName: string;
   host: string;
+  /** The protection server whose repository holds the point. */
+  server: string;
   mode: BackupModeDecision['mode'];
   modeReasons: string[];
   kind: TransferKind;
@@ -95,138 +74,53 @@ export interface BackupVmResult {
   retentionDeleted: string[];
 }
 
-export interface TransferProgressSignal {
-  diskId: string;
-  position: number;
-  bytesRead: number;
-  bytesSent: number;
-  at: number;
-}
-
-export const backupProgressQuery = defineQuery<BackupProgress>('progress');
-export const transferProgressSignal = defineSignal<[TransferProgressSignal]>('transferProgress');
-
-
-
-const NON_RETRYABLE_HOST = ['VmNotOnHost', 'VmNotFound', 'CheckpointNotFound', 'DiskDamaged', 'StorageRefused', 'ChangeTrackingLost', 'RepositoryFull', 'RecoveryPointDamaged', 'LabRefused'];
+// Server steps run on this workflow's own queue (its server's); they heartbeat, so a protection
+// server killed mid-step is retried in seconds.
+const server = proxyActivities<ServerActivities>({
+  startToCloseTimeout: '10 minutes',
+  heartbeatTimeout: '10 seconds',
+  retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10, nonRetryableErrorTypes: NON_RETRYABLE_SERVER },
+});
+// Host steps name their host's queue per call (the VM's owner at that moment).
+const host = proxyActivities<HostActivities>({
+  startToCloseTimeout: '10 minutes',
+  scheduleToStartTimeout: '2 minutes',
+  retry: { initialInterval: '1 second', maximumInterval: '20 seconds', maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE_HOST },
+});
+const TRANSFER_RETRY: RetryPolicy = { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 50, nonRetryableErrorTypes: NON_RETRYABLE_HOST };
+const RELEASE_RETRY: RetryPolicy = { maximumAttempts: 20, nonRetryableErrorTypes: [HostFailure.VmNotOnHost, HostFailure.VmNotFound] };
 
 export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
-  const { workflowId, runId } = workflowInfo();
-  const maxRelocations = input.policy?.maxRelocations ?? 5;
+  const { workflowId, parent } = workflowInfo();
   const timing = {
-    heartbeatTimeout: input.timing?.heartbeatTimeout ?? '60 seconds',
-    hostScheduleToStart: input.timing?.hostScheduleToStart ?? '2 minutes',
+    heartbeatTimeout: (input.timing?.heartbeatTimeout ?? '60 seconds') as Duration,
+    hostScheduleToStart: (input.timing?.hostScheduleToStart ?? '2 minutes') as Duration,
     // Transfers may wait behind the host's limit of concurrent transfers: be patient.
-    transferScheduleToStart: input.timing?.transferScheduleToStart ?? '1 hour',
+    transferScheduleToStart: (input.timing?.transferScheduleToStart ?? '1 hour') as Duration,
+  };
+  const { progress, step, startDisks, diskDone } = trackProgress(input.vm);
+  const vm = followVm(host, server, {
+    vm: input.vm,
+    role: input.role,
+    maxRelocations: input.policy?.maxRelocations ?? 5,
     locateTimeout: input.timing?.locateTimeout ?? '20 seconds',
     hostWaitTimeoutMs: msOf(input.policy?.hostWaitTimeout ?? '30 minutes'),
-  };
-  // Server steps heartbeat too: a protection server killed mid-step is retried in seconds.
-  const server = proxyActivities<ServerActivities>({
-    taskQueue: SERVER_TASK_QUEUE,
-    startToCloseTimeout: '10 minutes',
-    heartbeatTimeout: timing.heartbeatTimeout as Duration,
-    retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10, nonRetryableErrorTypes: ['BackupAlreadyRunning', 'ShadowStorageFull', 'UnknownDataSource', 'RepositoryFull'] },
+    onStep: step,
+    onFound: (found, relocations) => Object.assign(progress, { host: found.host, relocations }),
   });
-  const host = proxyActivities<HostActivities>({
-    startToCloseTimeout: '10 minutes',
-    scheduleToStartTimeout: timing.hostScheduleToStart as Duration,
-    retry: { initialInterval: '1 second', maximumInterval: '20 seconds', maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE_HOST },
-  });
-
-  // ---- state and handlers -------------------------------------------------------------------
-  const progress: BackupProgress = { step: 'starting', vm: input.vm, relocations: 0, disks: [], bytesRead: 0, bytesSent: 0, rate: 0 };
-  setHandler(backupProgressQuery, () => progress);
-  setHandler(transferProgressSignal, (p) => {
-    const d = progress.disks.find((x) => x.diskId === p.diskId);
-    if (!d || d.done) return;
-    Object.assign(d, { position: p.position, bytesRead: p.bytesRead, bytesSent: p.bytesSent });
-    summarise();
-  });
-  const summarise = () => {
-    progress.bytesRead = progress.disks.reduce((s, d) => s + d.bytesRead, 0);
-    progress.bytesSent = progress.disks.reduce((s, d) => s + d.bytesSent, 0);
-    const elapsed = progress.transferStartedAt ? (Date.now() - progress.transferStartedAt) / 1000 : 0;
-    progress.rate = elapsed > 0 ? Math.round(progress.bytesRead / elapsed) : 0;
-    setCurrentDetails(describe(progress));
-  };
-  const step = (name: string) => {
-    progress.step = name;
-    setCurrentDetails(describe(progress));
-    log.info(`backup step: ${name}`, { vm: input.vm, host: progress.host });
-  };
+  // Steps that heartbeat (checkpoint, transfer, release) are retried soon after an agent dies.
+  const hostStep = (queue: string, summary: string, more: ActivityOptions = {}) =>
+    ({ taskQueue: queue, summary, scheduleToStartTimeout: timing.hostScheduleToStart, heartbeatTimeout: timing.heartbeatTimeout, ...more }) as ActivityOptions;
   upsertSearchAttributes([
     { key: SA.dataSource, value: input.dataSource },
     { key: SA.vm, value: input.vm },
   ]);
 
-  // ---- where the VM is, and following it -----------------------------------------------------
-  let owner: VmLocation | undefined;
-
-  async function resolveOwner(reason: string): Promise<VmLocation> {
-    const found = await locateVmOwner(host, server, {
-      vm: input.vm,
-      role: input.role,
-      locateTimeout: timing.locateTimeout,
-      waitTimeoutMs: timing.hostWaitTimeoutMs,
-      onRound: (round) => step(`locating VM (${reason}${round ? `, try ${round + 1}` : ''})`),
-    });
-    if (owner && owner.host !== found.host) log.info('VM moved', { from: owner.host, to: found.host });
-    owner = found;
-    progress.host = found.host;
-    upsertSearchAttributes([
-      { key: SA.host, value: found.host },
-      ...(found.cluster ? [{ key: SA.cluster, value: found.cluster }] : []),
-    ]);
-    return found;
-  }
-
-  /** Runs a host step on the owner; follows the VM if it moved or its host stopped answering. */
-  let relocation: Promise<VmLocation> | undefined;
-  async function onOwner<T>(what: string, run: (queue: string, hostName: string) => Promise<T>): Promise<T> {
-    for (;;) {
-      if (!owner) owner = await resolveOwner('first look');
-      const tried = owner.host;
-      try {
-        return await run(hostTaskQueue(owner.host), owner.host);
-      } catch (err) {
-        const moved = failureType(err) === 'VmNotOnHost';
-        const hostSilent = isScheduleToStartTimeout(err);
-        if (!moved && !hostSilent) throw err;
-        // Disks transfer in parallel: the first step to notice the move follows the VM for all.
-        if (relocation) {
-          await relocation;
-          continue;
-        }
-        if (owner.host !== tried) continue;
-        if (progress.relocations >= maxRelocations) {
-          throw ApplicationFailure.nonRetryable(
-            `gave up following VM ${input.vm} after ${progress.relocations} moves (during ${what})`,
-            'TooManyRelocations',
-          );
-        }
-        progress.relocations++;
-        log.warn(`${what}: ${moved ? 'VM is no longer on' : 'no agent answered on'} ${owner.host}; resolving the owner again`);
-        relocation = resolveOwner(moved ? `moved away from ${owner.host}` : `${owner.host} not answering`);
-        try {
-          owner = await relocation;
-        } finally {
-          relocation = undefined;
-        }
-      }
-    }
-  }
-
-  // ---- the procedure --------------------------------------------------------------------------
-  step('acquiring the backup lease');
-  await server.acquireBackupLease({ dataSource: input.dataSource, workflowId, runId });
   try {
-    await resolveOwner('first look');
+    await vm.owner();
     step('inspecting the VM');
-    const facts: VmFacts = await onOwner('inspect', (taskQueue, h) =>
-      // Inspecting is quick (a Get-VM and friends): a lost task is retried in 2 minutes, not 10.
-      host.inspectVm.executeWithOptions({ taskQueue, summary: `inspect ${input.vm} on ${h}`, startToCloseTimeout: '2 minutes' } as ActivityOptions, [input.vm]),
-    );
+    // Inspecting is quick (a Get-VM and friends): a lost task is retried in 2 minutes, not 10.
+    const facts: VmFacts = await vm.onOwner('inspect', (q, h) => host.inspectVm.executeWithOptions(hostStep(q, `inspect ${input.vm} on ${h}`, { startToCloseTimeout: '2 minutes', heartbeatTimeout: undefined }), [input.vm]));
     progress.vm = facts.name;
     upsertSearchAttributes([{ key: SA.vm, value: facts.name }]);
 
@@ -250,19 +144,21 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       requestedKind: input.kind ?? 'auto',
     });
     progress.kind = plan.kind;
-    upsertSearchAttributes([{ key: SA.kind, value: plan.kind }]);
+    progress.server = plan.server.id;
+    upsertSearchAttributes([{ key: SA.kind, value: plan.kind }, { key: SA.server, value: plan.server.id }]);
 
     // A backup checkpoint left by an earlier run that could not release it (its host was down, the
-    // reply was lost) would block ours and grow forever: the lease says no other backup runs, so
-    // release it first.
+    // reply was lost) would block ours and grow forever. Only a run its protection started may
+    // release it: the protection lets no other job of this data source run meanwhile.
+    const serialised = parent?.workflowId === `protection/${input.dataSource}`;
     const leftovers = facts.checkpoints.filter((c) => c.kind === 'backup' && c.label !== workflowId);
-    for (const c of leftovers) {
+    if (leftovers.length && !serialised) log.warn('leftover backup checkpoints left alone: this run was not started by the protection', { leftovers: leftovers.length });
+    for (const c of serialised ? leftovers : []) {
       step(`releasing a leftover backup checkpoint ${c.checkpointId}${c.label ? ` of ${c.label}` : ''}`);
-      await onOwner('release leftover', (taskQueue, h) =>
-        host.releaseBackupCheckpoint.executeWithOptions(
-          { taskQueue, summary: `release leftover checkpoint ${c.checkpointId} of ${facts.name} on ${h}`, heartbeatTimeout: timing.heartbeatTimeout } as ActivityOptions,
-          [{ vmId: facts.vmId, label: c.label ?? `leftover-${c.checkpointId}`, checkpointId: c.checkpointId }],
-        ),
+      await vm.onOwner('release leftover', (q, h) =>
+        host.releaseBackupCheckpoint.executeWithOptions(hostStep(q, `release leftover checkpoint ${c.checkpointId} of ${facts.name} on ${h}`), [
+          { vmId: facts.vmId, label: c.label ?? `leftover-${c.checkpointId}`, checkpointId: c.checkpointId },
+        ]),
       );
     }
 
@@ -271,40 +167,36 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     const results: DiskTransferResult[] = [];
     try {
       step(decision.mode === 'online' ? 'creating the backup checkpoint (VSS in the guest)' : `creating the backup checkpoint (offline, ${decision.quiesce})`);
-      checkpoint = await onOwner('checkpoint', (taskQueue, h) =>
-        host.createBackupCheckpoint.executeWithOptions(
-          { taskQueue, summary: `${decision.mode} checkpoint of ${facts.name} on ${h}`, heartbeatTimeout: timing.heartbeatTimeout } as ActivityOptions,
-          [{ vmId: facts.vmId, mode: decision.mode, offlineMethod: decision.quiesce === 'save' || decision.quiesce === 'pause' ? decision.quiesce : 'none', label: workflowId }],
-        ),
+      checkpoint = await vm.onOwner('checkpoint', (q, h) =>
+        host.createBackupCheckpoint.executeWithOptions(hostStep(q, `${decision.mode} checkpoint of ${facts.name} on ${h}`), [
+          { vmId: facts.vmId, mode: decision.mode, offlineMethod: decision.quiesce === 'save' || decision.quiesce === 'pause' ? decision.quiesce : 'none', label: workflowId },
+        ]),
       );
       const ckpt = checkpoint;
-      progress.disks = ckpt.disks.map((d) => ({ diskId: d.diskId, virtualSize: d.virtualSize, position: 0, bytesRead: 0, bytesSent: 0, done: false }));
-      progress.transferStartedAt = Date.now();
+      startDisks(ckpt.disks);
 
       const agents = await server.listHosts();
       const transferOne = async (disk: BackupCheckpoint['disks'][number], i: number): Promise<void> => {
         const planned = plan.disks.find((p) => p.diskId === disk.diskId);
+        if (!planned) throw ApplicationFailure.nonRetryable(`disk ${disk.diskId} appeared after planning`, JobFailure.DiskSetChanged);
         // A disk on an SMB share is read by the file server's agent when one runs (no hop
         // through the Hyper-V host), else by the VM's host over SMB.
         const fileServer = facts.disks.find((d) => d.diskId === disk.diskId && d.storage === 'smb')?.fileServer;
         const viaFileServer = fileServer !== undefined && agents.includes(fileServer) ? fileServer : undefined;
-        if (!planned) throw ApplicationFailure.nonRetryable(`disk ${disk.diskId} appeared after planning`, 'DiskSetChanged');
-        const result = await onOwner(`transfer ${disk.diskId}`, (_queue, ownerHost) => {
+        const result = await vm.onOwner(`transfer ${disk.diskId}`, (_q, ownerHost) => {
           const h = viaFileServer ?? ownerHost;
           return host.transferDisk.executeWithOptions(
-            {
-              taskQueue: hostTransferQueue(h),
+            hostStep(hostTransferQueue(h), `${planned.kind} of ${facts.name} disk ${disk.diskId} from ${h} to ${plan.server.id}`, {
               scheduleToStartTimeout: timing.transferScheduleToStart,
-              summary: `${planned.kind} of ${facts.name} disk ${disk.diskId} from ${h}`,
               startToCloseTimeout: '24 hours',
-              heartbeatTimeout: timing.heartbeatTimeout,
+              retry: TRANSFER_RETRY,
               // A failed sibling cancels this transfer; the checkpoint is released only once it stopped reading.
               cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-              retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 50, nonRetryableErrorTypes: NON_RETRYABLE_HOST },
-            } as ActivityOptions,
+            }),
             [
               {
                 workflowId,
+                server: plan.server,
                 dataSource: input.dataSource,
                 sessionId: plan.sessionId,
                 vmId: facts.vmId,
@@ -321,9 +213,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
           );
         });
         results[i] = result;
-        const d = progress.disks.find((x) => x.diskId === disk.diskId)!;
-        Object.assign(d, { position: disk.virtualSize, bytesRead: result.bytesRead, bytesSent: result.bytesSent, done: true });
-        summarise();
+        diskDone(disk.diskId, result);
       };
 
       if (patched('parallel-disk-transfer')) {
@@ -353,11 +243,12 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       progress.kind = kind;
       upsertSearchAttributes([{ key: SA.kind, value: kind }]);
       step('committing the recovery point');
+      const owner = vm.current!;
       committed = await server.commitRecoveryPoint({
         dataSource: input.dataSource,
         sessionId: plan.sessionId,
         workflowId,
-        vm: { vmId: facts.vmId, name: facts.name, host: owner!.host, cluster: facts.cluster?.name, config: facts.config, configPath: facts.configPath, guestWriteSeq: ckpt.guestWriteSeq },
+        vm: { vmId: facts.vmId, name: facts.name, host: owner.host, cluster: facts.cluster?.name, config: facts.config, configPath: facts.configPath, guestWriteSeq: ckpt.guestWriteSeq },
         mode: decision.mode,
         kind,
         modeReasons: decision.reasons,
@@ -384,17 +275,16 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
         step('releasing the backup checkpoint');
         let releaseError: unknown;
         try {
-          await onOwner('release', (taskQueue, h) =>
-            host.releaseBackupCheckpoint.executeWithOptions(
-              { taskQueue, summary: `release backup checkpoint of ${progress.vm} on ${h}`, heartbeatTimeout: timing.heartbeatTimeout, retry: { maximumAttempts: 20, nonRetryableErrorTypes: ['VmNotOnHost', 'VmNotFound'] } } as ActivityOptions,
-              [{ vmId: input.vm, label: workflowId, checkpointId: checkpoint?.checkpointId }],
-            ),
+          await vm.onOwner('release', (q, h) =>
+            host.releaseBackupCheckpoint.executeWithOptions(hostStep(q, `release backup checkpoint of ${progress.vm} on ${h}`, { retry: RELEASE_RETRY }), [
+              { vmId: input.vm, label: workflowId, checkpointId: checkpoint?.checkpointId },
+            ]),
           );
         } catch (err) {
           // VM deleted, or nowhere to be found: nothing can be released now; the next backup of
           // the VM releases leftovers first. Anything else is this backup's failure.
           const t = failureType(err);
-          if (t !== 'VmNotFound' && t !== 'VmUnreachable') releaseError = err;
+          if (t !== HostFailure.VmNotFound && t !== 'VmUnreachable') releaseError = err;
           else log.warn('could not release the backup checkpoint: VM gone', { type: t });
         }
         // Uploaded chunks stop being protected from GC once the session is gone.
@@ -410,7 +300,8 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       dataSource: input.dataSource,
       pointId: committed!.pointId,
       vmName: facts.name,
-      host: owner!.host,
+      host: vm.current!.host,
+      server: plan.server.id,
       mode: decision.mode,
       modeReasons: decision.reasons,
       kind: progress.kind as TransferKind,
@@ -422,8 +313,6 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
   } catch (err) {
     if (!isCancellation(err)) step(`failed: ${(err as Error).message}`);
     throw err;
-  } finally {
-    await CancellationScope.nonCancellable(() => server.releaseBackupLease({ dataSource: input.dataSource, workflowId }));
   }
 }
 
@@ -432,19 +321,6 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
 function overallKind(planned: TransferKind, results: DiskTransferResult[]): TransferKind {
   if (planned === 'initial-replica') return planned;
   return results.some((r) => r.kind === 'consistency-check') ? 'consistency-check' : planned;
-}
-
-function failureType(err: unknown): string | undefined {
-  let e: unknown = err;
-  for (let i = 0; i < 5 && e; i++) {
-    if (e instanceof ApplicationFailure && e.type) return e.type;
-    e = (e as { cause?: unknown }).cause;
-  }
-  return undefined;
-}
-
-function isScheduleToStartTimeout(err: unknown): boolean {
-  return err instanceof ActivityFailure && err.cause instanceof TimeoutFailure && err.cause.timeoutType === 'SCHEDULE_TO_START';
 }
 
 function baseName(p: string): string {
@@ -457,21 +333,6 @@ function msOf(d: string): number {
   try {
     return msToNumber(d as Duration);
   } catch {
-    throw ApplicationFailure.nonRetryable(`invalid duration "${d}": e.g. "30 minutes", "15 s", "2h"`, 'InvalidInput');
+    throw ApplicationFailure.nonRetryable(`invalid duration "${d}": e.g. "30 minutes", "15 s", "2h"`, JobFailure.InvalidInput);
   }
-}
-
-function describe(p: BackupProgress): string {
-  const lines = [`**${p.step}**`, `VM ${p.vm}${p.host ? ` on ${p.host}` : ''}${p.mode ? `, ${p.mode}` : ''}${p.kind ? `, ${p.kind}` : ''}`];
-  for (const d of p.disks) {
-    const pct = d.virtualSize ? Math.floor((100 * d.position) / d.virtualSize) : 0;
-    lines.push(`disk ${d.diskId}: ${d.done ? 'done' : `${pct}%`}, read ${mib(d.bytesRead)}, sent ${mib(d.bytesSent)}`);
-  }
-  if (p.rate) lines.push(`rate ${mib(p.rate)}/s`);
-  if (p.relocations) lines.push(`followed the VM ${p.relocations} time(s)`);
-  return lines.join('\n');
-}
-
-function mib(n: number): string {
-  return `${(n / 1048576).toFixed(1)} MiB`;
 }

@@ -5,9 +5,9 @@ import type { ActivityOptions } from '@temporalio/workflow';
 import type { HostActivities } from '../activities/host/types';
 import type { ServerActivities } from '../activities/server/types';
 import type { VmSummary } from '../hypervisor/types';
-import { SERVER_TASK_QUEUE, hostTaskQueue } from '../temporal/task-queues';
+import { hostTaskQueue } from '../temporal/task-queues';
 
-const server = proxyActivities<ServerActivities>({ taskQueue: SERVER_TASK_QUEUE, startToCloseTimeout: '1 minute' });
+const server = proxyActivities<ServerActivities>({ startToCloseTimeout: '1 minute' });
 const host = proxyActivities<HostActivities>({ startToCloseTimeout: '1 minute', retry: { maximumAttempts: 1 } });
 
 export interface FindVmsResult {

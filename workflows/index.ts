@@ -3,3 +3,6 @@ export * from './self-check';
 export * from './backup-vm';
 export * from './restore-vm';
 export * from './find-vm';
+export * from './protection';
+export * from './protection-server';
+export * from './recovery-points';

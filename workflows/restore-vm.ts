@@ -19,7 +19,7 @@ import type { RestoreHostActivities, RestoredDisk } from '../activities/host/res
 import type { ServerActivities } from '../activities/server/types';
 import type { RestoreServerActivities } from '../activities/server/restore';
 import { SA } from '../temporal/search-attribute-keys';
-import { SERVER_TASK_QUEUE, hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
+import { hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
 import { locateVmOwner } from './locate';
 
 export type RestoreTarget =
@@ -45,8 +45,8 @@ export interface RestoreVmResult {
   vmName?: string;
 }
 
+// Server steps on this workflow's own queue: the server whose repository holds the point.
 const server = proxyActivities<ServerActivities & RestoreServerActivities>({
-  taskQueue: SERVER_TASK_QUEUE,
   startToCloseTimeout: '5 minutes',
   retry: { maximumAttempts: 10, nonRetryableErrorTypes: ['UnknownRecoveryPoint', 'UnknownDataSource'] },
 });
@@ -63,6 +63,11 @@ export async function restoreVm(input: RestoreVmInput): Promise<RestoreVmResult>
     { key: SA.dataSource, value: input.dataSource },
     { key: SA.kind, value: 'restore' },
   ]);
+  // An original-place restore replaces the VM's disks: only its protection may start one, so no
+  // backup or check of the data source runs meanwhile.
+  if (input.target.kind === 'original' && workflowInfo().parent?.workflowId !== `protection/${input.dataSource}`) {
+    throw ApplicationFailure.nonRetryable(`an original-place restore of ${input.dataSource} goes through its protection: hvprotect restore VM --original`, 'InvalidInput');
+  }
 
   details('leasing the recovery point');
   const lease = await server.beginRestoreLease({ dataSource: input.dataSource, pointId: input.pointId });
@@ -104,6 +109,7 @@ export async function restoreVm(input: RestoreVmInput): Promise<RestoreVmResult>
       } as ActivityOptions,
       [
         {
+          server: lease.server,
           dataSource: input.dataSource,
           pointId: lease.pointId,
           disks: lease.disks,

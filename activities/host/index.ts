@@ -8,11 +8,13 @@ import { StorageApiError, type StorageClient } from '../../storage-api/client';
 import { crashPoint } from '../../faults/crash-point';
 import { withHeartbeat } from '../heartbeat';
 import { ingestDisk, mergeSlots, nonZeroSlots, slotsOfRanges, type IngestPosition } from '../../ingest';
+import { HostFailure } from '../failures';
 import type {
   CheckpointRequest,
   DiskTransferRequest,
   DiskTransferResult,
   HostActivities,
+  ServerEndpoint,
   ReleaseRequest,
   VmLocation,
 } from './types';
@@ -20,7 +22,8 @@ import type { TransferProgressSignal } from '../../workflows/backup-vm';
 
 export interface HostActivityDeps {
   adapter: HypervisorAdapter;
-  storage: StorageClient;
+  /** The storage API client for a protection server; fails ServerNotTrusted for one without a credential here. */
+  storageFor: (server: ServerEndpoint) => StorageClient;
   /** Sends transfer progress to the backup workflow (for its progress query); best effort. */
   signalProgress?: (workflowId: string, p: TransferProgressSignal) => Promise<void>;
   /** How often progress is signalled, ms (default 2000). */
@@ -66,13 +69,13 @@ export function toFailure(err: unknown): never {
   }
   const e = err as Error;
   // The lab's own refusals (bad config, a VM in the way) do not change on retry.
-  if (e?.name === 'LabError') throw ApplicationFailure.nonRetryable(e.message, 'LabRefused');
+  if (e?.name === 'LabError') throw ApplicationFailure.nonRetryable(e.message, HostFailure.HypervisorRefused);
   if (e?.name === 'VhdxError') throw ApplicationFailure.nonRetryable(`disk damaged: ${e.message}`, 'DiskDamaged');
   throw err;
 }
 
 export function createHostActivities(deps: HostActivityDeps): HostActivities {
-  const { adapter, storage } = deps;
+  const { adapter } = deps;
 
   async function ensureHere(vm: string): Promise<void> {
     if (!(await adapter.isVmOnHost(vm))) {
@@ -130,6 +133,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
       const ctx = Context.current();
       const started = Date.now();
       try {
+        const storage = deps.storageFor(req.server);
         // The file server's agent reads disks on its shares wherever the VM runs.
         const checkHere = req.viaFileServer ? async () => undefined : () => ensureHere(req.vmId);
         await checkHere();

@@ -8,10 +8,13 @@ import { ApplicationFailure, Context } from '@temporalio/activity';
 import type { HypervisorAdapter, VmFacts } from '../../hypervisor/types';
 import type { StorageClient } from '../../storage-api/client';
 import { PointDiskReader, openDiskWriter, restorePointDisk, storageApiChunkSource } from '../../recovery';
+import type { ServerEndpoint } from './types';
 import { toFailure } from './index';
 import { createRestoreTargetPolicy } from './restore-target';
 
 export interface RestoreDisksRequest {
+  /** The server whose repository holds the point. */
+  server: ServerEndpoint;
   dataSource: string;
   pointId: string;
   disks: { diskId: string; virtualSize: number; chunkSize: number; fileName: string }[];
@@ -60,8 +63,8 @@ async function exists(p: string): Promise<boolean> {
 }
 
 /** `restoreRoots`: folders exports may go under (see restore-target.ts). */
-export function createRestoreHostActivities(deps: { adapter: HypervisorAdapter; storage: StorageClient; restoreRoots: string[] }): RestoreHostActivities {
-  const { adapter, storage } = deps;
+export function createRestoreHostActivities(deps: { adapter: HypervisorAdapter; storageFor: (server: ServerEndpoint) => StorageClient; restoreRoots: string[] }): RestoreHostActivities {
+  const { adapter } = deps;
   const targets = createRestoreTargetPolicy({ adapter, roots: deps.restoreRoots });
   const checkVmOff = async (vm: string): Promise<{ exists: boolean; state?: string }> => {
     try {
@@ -79,6 +82,7 @@ export function createRestoreHostActivities(deps: { adapter: HypervisorAdapter; 
     async restoreDisks(req) {
       const ctx = Context.current();
       const resume = ctx.info.heartbeatDetails as { disk: number; slot: number } | undefined;
+      const storage = deps.storageFor(req.server);
       const out: RestoredDisk[] = [];
       try {
         const dir = req.targetDir === undefined ? await targets.stagingDir(String(req.restoreId)) : await targets.exportDir(req.targetDir);

@@ -10,6 +10,12 @@ export interface VmLocation {
   cluster?: string;
 }
 
+/** The protection server a step works for: the agent answers only servers it holds a credential for. */
+export interface ServerEndpoint {
+  id: string;
+  storageUrl: string;
+}
+
 export interface CheckpointRequest {
   vmId: string;
   mode: BackupMode;
@@ -22,6 +28,8 @@ export type TransferKind = 'initial-replica' | 'express-full' | 'consistency-che
 
 export interface DiskTransferRequest {
   workflowId: string;
+  /** Where the chunks go: the server that owns the data source. */
+  server: ServerEndpoint;
   dataSource: string;
   /** Storage session (holds uploaded chunks and index slots against GC until commit). */
   sessionId: string;
@@ -72,12 +80,3 @@ export interface HostActivities {
   transferDisk(req: DiskTransferRequest): Promise<DiskTransferResult>;
   releaseBackupCheckpoint(req: ReleaseRequest): Promise<{ released: string[] }>;
 }
-
-/** Failure types host activities raise as non-retryable ApplicationFailures. */
-export const HostFailure = {
-  VmNotOnHost: 'VmNotOnHost',
-  VmNotFound: 'VmNotFound',
-  CheckpointNotFound: 'CheckpointNotFound',
-  DiskDamaged: 'DiskDamaged',
-  StorageRefused: 'StorageRefused',
-} as const;

@@ -1,14 +1,12 @@
-// Server-side steps of a backup: plan against the repository, commit, retention, the one-backup-
-// at-a-time lease. They run in the protection server process, next to its repository.
-import path from 'node:path';
+// Server-side steps of a backup: plan against the repository, commit, retention. They run in the
+// protection server process that owns the data source, next to its repository.
 import { ApplicationFailure, Context } from '@temporalio/activity';
-import type { Client } from '@temporalio/client';
-import { BackupLeases, Repository, RepositoryError, type RecoveryPointManifest } from '../../repository';
+import { Repository, RepositoryError, type RecoveryPointManifest } from '../../repository';
 import type { TokenStore } from '../../storage-api/tokens';
 import type { ProtectionMetrics } from '../../metrics/metrics';
 import { crashPoint } from '../../faults/crash-point';
 import { withHeartbeat } from '../heartbeat';
-import type { TransferKind } from '../host/types';
+import type { ServerEndpoint, TransferKind } from '../host/types';
 import type {
   BackupPlan,
   BackupPlanRequest,
@@ -21,10 +19,8 @@ import type {
 export interface ServerActivityDeps {
   repository: Repository;
   tokens: TokenStore;
-  /** Folder for the server's own state (backup leases). */
-  stateDir: string;
-  /** To ask whether the holder of a lease still runs. */
-  temporal: () => Client;
+  /** This server, as agents address it. */
+  self: ServerEndpoint;
   metrics?: ProtectionMetrics;
 }
 
@@ -48,16 +44,6 @@ function asFailure(err: unknown): never {
 
 export function createServerActivities(deps: ServerActivityDeps): ServerActivities {
   const { repository } = deps;
-  const leases = new BackupLeases(path.join(deps.stateDir, 'backup-leases'), async (holder) => {
-    try {
-      const d = await deps.temporal().workflow.getHandle(holder.workflowId, holder.runId).describe();
-      return d.status.name === 'RUNNING';
-    } catch (err) {
-      if ((err as Error).name === 'WorkflowNotFoundError') return false;
-      throw err;
-    }
-  });
-
   const activities: ServerActivities = {
     async listHosts() {
       return deps.tokens
@@ -66,24 +52,6 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
         .map((t) => t.name)
         .sort();
     },
-
-    async acquireBackupLease({ dataSource, workflowId, runId }) {
-      await repository.ensureDataSource(dataSource).catch(asFailure);
-      const lease = await leases.take(dataSource, workflowId, runId);
-      if (!lease.taken) {
-        throw ApplicationFailure.nonRetryable(
-          `a backup of ${dataSource} is already running (workflow ${lease.holder.workflowId}, since ${lease.holder.at}); ` +
-            'two backups of one VM never run at once: wait for it or cancel it in the Web UI',
-          'BackupAlreadyRunning',
-          lease.holder,
-        );
-      }
-    },
-
-    async releaseBackupLease({ dataSource, workflowId }) {
-      await leases.release(dataSource, workflowId);
-    },
-
 
     async planBackup(req: BackupPlanRequest): Promise<BackupPlan> {
       try {
@@ -117,7 +85,7 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
           return { diskId: d.diskId, chunkSize: settings.chunkSize, kind: diskKind, base };
         });
         crashPoint('server:after-plan');
-        return { kind, reason, sessionId: session.sessionId, disks };
+        return { kind, reason, sessionId: session.sessionId, server: deps.self, disks };
       } catch (err) {
         return asFailure(err);
       }

@@ -1,8 +1,11 @@
 // Server side of a restore: a lease that keeps the point from eviction while it is read.
 import { ApplicationFailure } from '@temporalio/activity';
 import { RepositoryError, type Repository } from '../../repository';
+import type { ServerEndpoint } from '../host/types';
 
 export interface RestoreLeaseResult {
+  /** This server, for the agent that reads the point. */
+  server: ServerEndpoint;
   leaseId: string;
   pointId: string;
   createdAt: string;
@@ -11,14 +14,44 @@ export interface RestoreLeaseResult {
   vm: { vmId?: string; name?: string; host?: string; config?: unknown };
 }
 
+/** A recovery point as `rp list` shows it, with the server whose repository holds it. */
+export interface RecoveryPointSummary {
+  server: string;
+  pointId: string;
+  createdAt: string;
+  kind: string;
+  mode: string;
+  disks: number;
+  virtualSize: number;
+  storedBytes: number;
+}
+
 export interface RestoreServerActivities {
+  /** This server's recovery points of a data source, oldest first (none when it keeps no chain of it). */
+  listRecoveryPoints(req: { dataSource: string }): Promise<RecoveryPointSummary[]>;
   beginRestoreLease(req: { dataSource: string; pointId?: string }): Promise<RestoreLeaseResult>;
   endRestoreLease(req: { leaseId: string }): Promise<void>;
 }
 
-export function createRestoreServerActivities(deps: { repository: Repository }): RestoreServerActivities {
+export function createRestoreServerActivities(deps: { repository: Repository; self: ServerEndpoint }): RestoreServerActivities {
   const { repository } = deps;
   return {
+    async listRecoveryPoints({ dataSource }) {
+      const points = await repository.listPoints(dataSource).catch((err) => {
+        if (err instanceof RepositoryError && err.code === 'NOT_FOUND') return [];
+        throw err;
+      });
+      return points.map((p) => ({
+        server: deps.self.id,
+        pointId: p.pointId,
+        createdAt: p.createdAt,
+        kind: p.kind,
+        mode: p.mode,
+        disks: p.disks.length,
+        virtualSize: p.disks.reduce((s, d) => s + d.virtualSize, 0),
+        storedBytes: p.ownedBytes,
+      }));
+    },
     async beginRestoreLease({ dataSource, pointId }) {
       try {
         const points = await repository.listPoints(dataSource);
@@ -34,6 +67,7 @@ export function createRestoreServerActivities(deps: { repository: Repository }):
         const lease = await repository.beginRestore(dataSource, point.pointId);
         const { vm } = point;
         return {
+          server: deps.self,
           leaseId: lease.leaseId,
           pointId: point.pointId,
           createdAt: point.createdAt,

@@ -1,6 +1,6 @@
 // What the protection server does for a backup, as the workflow sees it (types only).
 import type { BackupMode } from '../../hypervisor/types';
-import type { TransferKind, DiskTransferResult } from '../host/types';
+import type { TransferKind, DiskTransferResult, ServerEndpoint } from '../host/types';
 
 export interface BackupPlanRequest {
   dataSource: string;
@@ -17,6 +17,8 @@ export interface BackupPlan {
   reason: string;
   /** Storage session id: chunks uploaded under it are safe from GC until commit or abort. */
   sessionId: string;
+  /** This server, for the agents' requests. */
+  server: ServerEndpoint;
   disks: {
     diskId: string;
     chunkSize: number;
@@ -54,17 +56,8 @@ export interface RetentionResult {
 
 export interface ServerActivities {
   listHosts(): Promise<string[]>;
-  /** One backup of a data source at a time; fails BackupAlreadyRunning naming the other run. */
-  acquireBackupLease(req: { dataSource: string; workflowId: string; runId: string }): Promise<void>;
-  releaseBackupLease(req: { dataSource: string; workflowId: string }): Promise<void>;
   planBackup(req: BackupPlanRequest): Promise<BackupPlan>;
   commitRecoveryPoint(req: CommitRequest): Promise<CommittedPoint>;
   abortSession(req: { dataSource: string; sessionId: string }): Promise<void>;
   enforceRetention(req: { dataSource: string; keepPointId?: string }): Promise<RetentionResult>;
 }
-
-export const ServerFailure = {
-  BackupAlreadyRunning: 'BackupAlreadyRunning',
-  ShadowStorageFull: 'ShadowStorageFull',
-  UnknownDataSource: 'UnknownDataSource',
-} as const;

@@ -6,6 +6,8 @@ import { expectedDiskContent, initialDiskContent } from '../../hypervisor/lab';
 import type { BackupVmInput, BackupVmResult } from '../../workflows/backup-vm';
 import { SA } from '../../temporal/search-attribute-keys';
 import { readWorkflowRun } from '../load/history';
+import { connectClient } from '../../temporal/connection';
+import { JobRefused, protectVm, protectionState, removeProtection, startBackupNow } from '../../client/protection';
 
 const MiB = 1024 * 1024;
 const DISK = 24 * MiB;
@@ -152,15 +154,25 @@ test('a Hyper-V Replica copy is backed up on the replica server without pausing 
   expect((await restoredBytes('erp01-replica', r.pointId, replica.disks[0].diskId)).equals(initialDiskContent(content, 4 * MiB))).toBe(true);
 });
 
-test('two backups of one VM started in the same instant: one runs, the other is refused', async () => {
+test('two clients ask for a backup of one VM in the same instant: one runs, the other is told what runs', async () => {
   const facts = await stack.lab.createVm({ name: 'twins', host: 'hv01', disks: [{ sizeBytes: 4 * MiB, content: { kind: 'random', seed: 19, fill: 1 } }] });
-  for (let round = 0; round < 3; round++) {
-    const [a, b] = await Promise.allSettled([backup({ dataSource: 'twins', vm: facts.vmId }), backup({ dataSource: 'twins', vm: facts.vmId })]);
-    expect([a.status, b.status].sort()).toEqual(['fulfilled', 'rejected']);
-    let e = (a.status === 'rejected' ? a : (b as PromiseRejectedResult)).reason as { cause?: unknown; type?: string; message?: string } | undefined;
-    while (e && e.type !== 'BackupAlreadyRunning') e = e.cause as typeof e;
-    expect(e?.type).toBe('BackupAlreadyRunning');
-    expect(e?.message).toMatch(/already running.*never run at once/);
+  await protectVm(stack.client, { vm: { vmId: facts.vmId, name: 'twins', host: 'hv01', state: 'running' }, dataSource: 'twins', schedule: { everyHours: 24 } });
+  const second = await connectClient(stack.temporal);
+  try {
+    for (let round = 0; round < 3; round++) {
+      const [a, b] = await Promise.allSettled([startBackupNow(stack.client, { dataSource: 'twins' }, 'auto', 'client A'), startBackupNow(second, { dataSource: 'twins' }, 'auto', 'client B')]);
+      expect([a.status, b.status].sort()).toEqual(['fulfilled', 'rejected']);
+      const refused = (a.status === 'rejected' ? a : (b as PromiseRejectedResult)).reason as Error;
+      expect(refused).toBeInstanceOf(JobRefused);
+      expect(refused.message).toMatch(/a backup of twins is running on .* \(backup\/twins\/.*, started by client [AB] at .*\): one backup, check or original-place restore at a time/);
+      const ran = (a.status === 'fulfilled' ? a : (b as PromiseFulfilledResult<WorkflowHandle>)).value;
+      await ran.result();
+      // The protection learns of the end in its next workflow task: ask again after that.
+      while ((await protectionState(stack.client, 'twins')).running) await new Promise((r) => setTimeout(r, 50));
+    }
+  } finally {
+    await second.connection.close();
+    await removeProtection(stack.client, 'twins');
   }
   expect(await stack.server.repository.listPoints('twins')).toHaveLength(3);
 });

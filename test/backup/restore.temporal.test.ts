@@ -9,7 +9,6 @@ import { initialDiskContent } from '../../hypervisor/lab';
 import { openVhdx } from '../../vhdx';
 import type { BackupVmResult } from '../../workflows/backup-vm';
 import type { RestoreVmInput, RestoreVmResult } from '../../workflows/restore-vm';
-import { SERVER_TASK_QUEUE } from '../../temporal/task-queues';
 
 const MiB = 1024 * 1024;
 let stack: TestStack;
@@ -28,7 +27,7 @@ function hasQemuImg(): boolean {
 
 async function restore(input: RestoreVmInput): Promise<RestoreVmResult> {
   return stack.client.workflow.execute('restoreVm', {
-    taskQueue: SERVER_TASK_QUEUE,
+    taskQueue: stack.server.taskQueue,
     workflowId: `restore/${input.dataSource}/${randomUUID()}`,
     args: [input],
   });
@@ -48,7 +47,7 @@ beforeAll(async () => {
   vmId = facts.vmId;
   expected = new Map(facts.disks.map((d, i) => [d.diskId, initialDiskContent(contents[i], d.virtualSize)]));
   point = await stack.client.workflow.execute('backupVm', {
-    taskQueue: SERVER_TASK_QUEUE,
+    taskQueue: stack.server.taskQueue,
     workflowId: `backup/app01/${randomUUID()}`,
     args: [{ dataSource: 'app01', vm: vmId }],
   });

@@ -10,7 +10,6 @@ import { startTestStack, type TestStack } from '../support/stack';
 import { initialDiskContent } from '../../hypervisor/lab';
 import { openDiskStream } from '../../repository';
 import { backupProgressQuery, type BackupVmResult } from '../../workflows/backup-vm';
-import { SERVER_TASK_QUEUE } from '../../temporal/task-queues';
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -38,7 +37,7 @@ test('kill -9 of the Temporal server mid-transfer: the backup finishes after it 
   const facts = await stack.lab.createVm({ name: 'survivor', host: 'hv01', disks: [{ sizeBytes: 36 * MiB, content }] });
   const workflowId = `backup/survivor/${randomUUID()}`;
   const handle = await stack.client.workflow.start('backupVm', {
-    taskQueue: SERVER_TASK_QUEUE,
+    taskQueue: stack.server.taskQueue,
     workflowId,
     args: [{ dataSource: 'survivor', vm: facts.vmId, timing: { heartbeatTimeout: '10 seconds' } }],
   });

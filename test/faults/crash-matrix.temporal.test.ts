@@ -15,7 +15,7 @@ import { Lab, initialDiskContent } from '../../hypervisor/lab';
 import { StorageClient } from '../../storage-api/client';
 import { testNamespace } from '../support/stack';
 import type { BackupVmResult } from '../../workflows/backup-vm';
-import { SERVER_TASK_QUEUE } from '../../temporal/task-queues';
+import { serverTaskQueue } from '../../temporal/task-queues';
 import type { CrashPointName } from '../../faults/crash-point';
 
 const MiB = 1024 * 1024;
@@ -35,7 +35,7 @@ function log(name: string) {
 async function startServer(crashAt?: CrashPointName): Promise<ChildProcess> {
   const child = spawn(
     process.execPath,
-    [CLI, 'server', '--state-dir', path.join(dir, 'server'), '--api-port', String(apiPort), '--metrics-port', String(metricsPort)],
+    [CLI, 'server', '--id', 'crash01', '--state-dir', path.join(dir, 'server'), '--api-port', String(apiPort), '--metrics-port', String(metricsPort)],
     { env: { ...env(), ...(crashAt ? { HVPROTECT_CRASH_AT: crashAt } : {}) }, stdio: ['ignore', log('server'), log('server')] },
   );
   procs.server = child;
@@ -52,7 +52,7 @@ async function startServer(crashAt?: CrashPointName): Promise<ChildProcess> {
 function startAgent(crashAt?: CrashPointName): ChildProcess {
   const child = spawn(
     process.execPath,
-    [CLI, 'agent', '--host', 'hv01', '--lab-root', lab.root, '--storage-url', `http://127.0.0.1:${apiPort}`, '--token-file', path.join(dir, 'hv01.token'), '--batch-slots', '4', '--throttle', '16'],
+    [CLI, 'agent', '--host', 'hv01', '--lab-root', lab.root, '--server', `crash01=${path.join(dir, 'hv01.token')}`, '--batch-slots', '4', '--throttle', '16'],
     { env: { ...env(), ...(crashAt ? { HVPROTECT_CRASH_AT: crashAt } : {}) }, stdio: ['ignore', log('agent'), log('agent')] },
   );
   procs.agent = child;
@@ -116,7 +116,7 @@ test.each(CASES)('kill -9 of the $who at $at (offline method: $offline): the bac
     await startServer(at);
   }
   const handle = await client.workflow.start('backupVm', {
-    taskQueue: SERVER_TASK_QUEUE,
+    taskQueue: serverTaskQueue('crash01'),
     workflowId: `backup/${name}/${randomUUID()}`,
     args: [{ dataSource: name, vm: facts.vmId, policy: { offlineMethod: offline || 'pause' }, timing: { heartbeatTimeout: '3 seconds' } }],
   });

@@ -160,8 +160,8 @@ test('a storage API that drops connections mid-upload: the transfer retries and 
   const flaky = await startAgent({
     logger: createLogger({ name: 'flaky', level: 'error', format: 'json', destination: path.join(stack.dir, 'flaky.log') }),
     adapter: await LabHypervisor.open(stack.lab, 'hv03'),
-    storageUrl: `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}`,
-    token: await stack.agentToken('hv03'),
+    // Pinned to the proxy: the agent's own address for the server wins over the one jobs carry.
+    servers: [{ id: stack.server.id, token: await stack.agentToken('hv03'), storageUrl: `http://127.0.0.1:${(proxy.address() as net.AddressInfo).port}` }],
     temporal: stack.temporal,
     batchSlots: 4,
   });

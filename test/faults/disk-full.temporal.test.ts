@@ -10,7 +10,6 @@ import { startTestStack, type TestStack } from '../support/stack';
 import { initialDiskContent } from '../../hypervisor/lab';
 import { openDiskStream } from '../../repository';
 import type { BackupVmResult } from '../../workflows/backup-vm';
-import { SERVER_TASK_QUEUE } from '../../temporal/task-queues';
 
 const MiB = 1024 * 1024;
 let stack: TestStack;
@@ -35,7 +34,7 @@ test('ENOSPC in the repository: clear failure, no point, no checkpoint; the next
   const facts = await stack.lab.createVm({ name: 'fat', host: 'hv01', disks: [{ sizeBytes: 20 * MiB, content }] });
   const start = () =>
     stack.client.workflow.start('backupVm', {
-      taskQueue: SERVER_TASK_QUEUE,
+      taskQueue: stack.server.taskQueue,
       workflowId: `backup/fat/${randomUUID()}`,
       args: [{ dataSource: 'fat', vm: facts.vmId, timing: { heartbeatTimeout: '5 seconds' } }],
     });

@@ -190,12 +190,13 @@ export function transfersByHost(runs: WorkflowRun[], transferQueuePrefix = 'hvpr
  * reported success (the lease was written before) to the moment releasing it started (it is
  * removed after). Two such intervals of one data source overlapping is a real violation.
  */
-export function leaseInterval(r: WorkflowRun): Interval | undefined {
-  const acquire = r.activities.find((a) => a.activityType === 'acquireBackupLease' && a.outcome === 'completed');
-  if (!acquire?.closedAt) return undefined;
-  const release = [...r.activities].reverse().find((a) => a.activityType === 'releaseBackupLease');
-  const end = release?.startedAt ?? release?.scheduledAt ?? r.closedAt ?? Date.now();
-  return { start: acquire.closedAt, end, label: r.workflowId };
+/** From a backup's first step to its last: when it held the VM (none when it ran no step). */
+export function jobInterval(r: WorkflowRun): Interval | undefined {
+  const steps = r.activities.filter((a) => a.scheduledAt !== undefined);
+  if (!steps.length) return undefined;
+  const start = Math.min(...steps.map((a) => a.scheduledAt!));
+  const end = Math.max(...steps.map((a) => a.closedAt ?? r.closedAt ?? Date.now()));
+  return { start, end, label: r.workflowId };
 }
 
 /** Time inside transfer activities (started → closed, summed over disks). */

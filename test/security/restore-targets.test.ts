@@ -36,8 +36,9 @@ afterAll(async () => {
 });
 
 // The lab itself lives in the temp folder: only `root` is a restore root here.
-const activities = () => createRestoreHostActivities({ adapter, storage: f.agent, restoreRoots: [root] });
+const activities = () => createRestoreHostActivities({ adapter, storageFor: () => f.agent, restoreRoots: [root] });
 const request = (targetDir: string | undefined, restoreId = 'wf-1'): RestoreDisksRequest => ({
+  server: { id: 'dpm01', storageUrl: 'http://unused' },
   dataSource: 'vm',
   pointId,
   disks: [{ diskId: 'disk0', virtualSize: disk.length, chunkSize: CS, fileName: 'app.vhdx' }],
@@ -81,7 +82,7 @@ test("an export into a registered VM's own folder is refused and its disk is unt
   const vm = await lab.lab.createVm({ name: 'live01', host: 'hv1', disks: [{ sizeBytes: 12 * CS }] });
   const live = (await adapter.inspectVm(vm.vmId)).disks[0].path;
   // The VM's folder is under a restore root (D:\\Hyper-V under D:\\ on a real host).
-  const acts = createRestoreHostActivities({ adapter, storage: f.agent, restoreRoots: [root, lab.root] });
+  const acts = createRestoreHostActivities({ adapter, storageFor: () => f.agent, restoreRoots: [root, lab.root] });
   const before = await fsp.readFile(live);
   await expect(new MockActivityEnvironment().run(acts.restoreDisks, { ...request(path.dirname(live), 'wf-3'), format: 'vhdx' as const })).rejects.toMatchObject({
     type: 'RestoreTargetRefused',

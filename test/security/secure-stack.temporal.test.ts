@@ -110,7 +110,7 @@ beforeAll(async () => {
   const log = fs.openSync(path.join(dir, 'agent-hv01.log'), 'a');
   agent = spawn(
     process.execPath,
-    [CLI, 'agent', '--host', 'hv01', '--lab-root', lab.root, '--storage-url', server.storageApi.url, '--token-file', tokenFile,
+    [CLI, 'agent', '--host', 'hv01', '--lab-root', lab.root, '--server', `${server.id}=${tokenFile}`,
       '--storage-ca', pki.caCert, '--storage-cert', pki.clientCert, '--storage-key', pki.clientKey, '--progress-ms', '100'],
     { env: { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, TEMPORAL_CONFIG_FILE: '/nonexistent/temporal.toml', HVPROTECT_LOG_FORMAT: 'json' }, stdio: ['ignore', log, log] },
   );

@@ -9,7 +9,6 @@ import { randomUUID } from 'node:crypto';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { openDiskStream } from '../../repository';
 import { backupProgressQuery, type BackupVmInput } from '../../workflows/backup-vm';
-import { SERVER_TASK_QUEUE } from '../../temporal/task-queues';
 import { createLogger } from '../../log/logger';
 import { loadTemporalSettings, type TemporalSettings } from '../../temporal/connection';
 import { startServer, type RunningServer } from '../../workers/server';
@@ -76,8 +75,7 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
       const agent = await startAgent({
         logger: logger.child({ host }),
         adapter: await LabHypervisor.open(lab, host),
-        storageUrl: server.storageApi.url,
-        token: await agentToken(host),
+        servers: [{ id: server.id, token: await agentToken(host) }],
         temporal,
         batchSlots: opts.batchSlots,
         throttleBytesPerSecond: opts.throttleBytesPerSecond,
@@ -92,7 +90,7 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
       const cli = path.resolve(__dirname, '..', '..', 'dist', 'client', 'cli.js');
       const child = spawn(
         process.execPath,
-        [cli, 'agent', '--host', host, '--lab-root', lab.root, '--storage-url', server.storageApi.url, '--token-file', tokenFile, '--progress-ms', '100', ...extraArgs],
+        [cli, 'agent', '--host', host, '--lab-root', lab.root, '--server', `${server.id}=${tokenFile}`, '--progress-ms', '100', ...extraArgs],
         {
           env: { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, HVPROTECT_LOG_FORMAT: 'json' },
           stdio: ['ignore', fs.openSync(path.join(dir, `agent-${host}.log`), 'a'), fs.openSync(path.join(dir, `agent-${host}.log`), 'a')],
@@ -130,7 +128,7 @@ export async function restoredBytes(stack: TestStack, ds: string, pointId: strin
 /** Starts backupVm with a readable id and short test timings (overridable per call). */
 export function startBackup(stack: TestStack, input: BackupVmInput, timing: BackupVmInput['timing'] = {}): Promise<WorkflowHandle> {
   return stack.client.workflow.start('backupVm', {
-    taskQueue: SERVER_TASK_QUEUE,
+    taskQueue: stack.server.taskQueue,
     workflowId: `backup/${input.dataSource}/${new Date().toISOString()}-${randomUUID().slice(0, 4)}`,
     args: [{ ...input, timing: { ...timing, ...input.timing } }],
   });

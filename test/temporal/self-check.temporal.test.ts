@@ -9,7 +9,8 @@ import { createLogger } from '../../log/logger';
 
 let client: Client;
 let server: RunningServer;
-const taskQueue = `hvprotect-server-test-${randomUUID().slice(0, 8)}`;
+const serverId = `test-${randomUUID().slice(0, 8)}`;
+const taskQueue = `hvprotect-server-${serverId}`;
 
 beforeAll(async () => {
   client = await connectClient();
@@ -17,7 +18,7 @@ beforeAll(async () => {
   const fs = await import('node:fs');
   const path = await import('node:path');
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'hvp-selfcheck-'));
-  server = await startServer({ logger: createLogger({ name: 'test', level: 'warn' }), taskQueue, stateDir, apiPort: 0 });
+  server = await startServer({ logger: createLogger({ name: 'test', level: 'warn' }), id: serverId, stateDir, apiPort: 0 });
 });
 
 afterAll(async () => {

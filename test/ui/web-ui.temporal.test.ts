@@ -6,7 +6,6 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { chromium, type Browser } from 'playwright-core';
 import { startTestStack, type TestStack } from '../support/stack';
-import { SERVER_TASK_QUEUE } from '../../temporal/task-queues';
 
 const CHROMIUM = process.env.HVPROTECT_CHROMIUM ?? '/usr/bin/chromium';
 const ARTIFACTS = path.resolve(__dirname, '..', '..', 'test-artifacts', 'ui');
@@ -47,12 +46,12 @@ test('the workflow list filtered by BackupVm and BackupMode shows the offline ba
     disks: [{ sizeBytes: 4 * 1024 * 1024, content: { kind: 'random', seed: 61, fill: 0.5 } }],
   });
   const workflowId = `backup/ui-linux/${new Date().toISOString()}-${randomUUID().slice(0, 4)}`;
-  const handle = await stack.client.workflow.start('backupVm', { taskQueue: SERVER_TASK_QUEUE, workflowId, args: [{ dataSource: 'ui-linux', vm: facts.vmId }] });
+  const handle = await stack.client.workflow.start('backupVm', { taskQueue: stack.server.taskQueue, workflowId, args: [{ dataSource: 'ui-linux', vm: facts.vmId }] });
   await handle.result();
   // A second VM backed up online: the filters below must leave it out.
   const other = await stack.lab.createVm({ name: 'ui-windows', host: 'hv01', disks: [{ sizeBytes: 1024 * 1024, content: { kind: 'random', seed: 62, fill: 1 } }] });
   const otherId = `backup/ui-windows/${new Date().toISOString()}-${randomUUID().slice(0, 4)}`;
-  const online = await stack.client.workflow.execute('backupVm', { taskQueue: SERVER_TASK_QUEUE, workflowId: otherId, args: [{ dataSource: 'ui-windows', vm: other.vmId }] });
+  const online = await stack.client.workflow.execute('backupVm', { taskQueue: stack.server.taskQueue, workflowId: otherId, args: [{ dataSource: 'ui-windows', vm: other.vmId }] });
   expect(online.mode).toBe('online');
   const runId = handle.firstExecutionRunId;
   const ns = stack.temporal.namespace;

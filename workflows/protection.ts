@@ -1,0 +1,256 @@
+// protection: one long-lived workflow per protected data source (`protection/<ds>`), the way DPM
+// keeps a data source in a protection group on one protection server.
+//
+//   owner    which protection server keeps the chain and runs the jobs (memo + BackupServer)
+//   jobs     one backup, consistency check or original-place restore at a time, whoever asks:
+//            the startJob update's validator refuses a second one up front, naming the first
+//   schedule the Temporal Schedule `protect/<ds>` starts scheduledBackup, which signals here;
+//            a run that finds a job going is counted as skipped
+//   move     moveTo hands the data source to another server: its next backup starts a new chain
+//            there; the old chain stays on the old server until its retention lets it go
+//
+// It runs on its owner's task queue, continues as new (state carried) before its history grows
+// long, and never while a job or handler is in flight.
+import {
+  ApplicationFailure,
+  ParentClosePolicy,
+  condition,
+  allHandlersFinished,
+  defineQuery,
+  defineSignal,
+  defineUpdate,
+  getExternalWorkflowHandle,
+  isCancellation,
+  log,
+  makeContinueAsNewFunc,
+  setHandler,
+  startChild,
+  upsertMemo,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import { SA } from '../temporal/search-attribute-keys';
+import { checkServerId, serverTaskQueue } from '../temporal/task-queues';
+import { JobFailure } from '../activities/failures';
+import type { BackupVmInput, BackupVmResult } from './backup-vm';
+import type { RestoreVmInput, RestoreVmResult } from './restore-vm';
+
+export type JobKind = 'backup' | 'check' | 'restore';
+
+export interface JobRequest {
+  kind: JobKind;
+  /** Who asked: 'schedule', 'cli', a test name: shown in refusals and the record. */
+  by: string;
+  /** Names the request: the same request delivered again gets the job it started, not a refusal. */
+  requestId?: string;
+  /** For kind 'restore' (original place): what to restore. */
+  restore?: RestoreVmInput;
+  /** The server whose chain holds the point to restore (default the owner). */
+  server?: string;
+  /** Tests shorten a backup's timeouts. */
+  timing?: BackupVmInput['timing'];
+}
+
+export interface JobInfo {
+  workflowId: string;
+  /** The request that started it. */
+  requestId?: string;
+  kind: JobKind;
+  by: string;
+  server: string;
+  startedAt: string;
+}
+
+export interface JobOutcome extends JobInfo {
+  outcome: 'completed' | 'failed' | 'cancelled' | 'skipped';
+  endedAt: string;
+  pointId?: string;
+  error?: string;
+}
+
+/** A chain of recovery points of the data source on one server. */
+export interface Chain {
+  server: string;
+  since: string;
+  /** When the data source moved away; the chain stays restorable until its retention lets it go. */
+  until?: string;
+}
+
+export interface ProtectionState {
+  dataSource: string;
+  vm: string;
+  vmId: string;
+  /** The owner: the server whose queue runs the jobs and whose repository keeps the chain. */
+  server: string;
+  /** The backup input every job starts from (VM id, replica role, offline policy). */
+  backup: BackupVmInput;
+  chains: Chain[];
+  running?: JobInfo;
+  /** The last jobs, newest last (at most RECENT). */
+  recent: JobOutcome[];
+  skippedRuns: number;
+}
+
+const RECENT = 20;
+/** Each job costs ~10 events here; continue as new well before Temporal's warnings. */
+const HISTORY_LIMIT = 2000;
+
+export const protectionStateQuery = defineQuery<ProtectionState>('state');
+export const startJobUpdate = defineUpdate<JobInfo, [JobRequest]>('startJob');
+export const moveToUpdate = defineUpdate<ProtectionState, [{ to: string; by: string }]>('moveTo');
+export const unprotectUpdate = defineUpdate<void, [{ by: string }]>('unprotect');
+export const scheduledRunSignal = defineSignal<[{ at: string }]>('scheduledRun');
+
+export function protectionWorkflowId(dataSource: string): string {
+  return `protection/${dataSource}`;
+}
+
+export async function protection(initial: ProtectionState): Promise<void> {
+  const state: ProtectionState = initial;
+  let moving = false;
+  let ending = false;
+
+  setHandler(protectionStateQuery, () => state);
+  setHandler(startJobUpdate, (req) => begin(req), { validator: (req) => refuseIfBusy(req) });
+  setHandler(scheduledRunSignal, ({ at }) => {
+    if (state.running || moving || ending) {
+      state.skippedRuns++;
+      remember({ workflowId: `scheduled/${state.dataSource}/${at}`, kind: 'backup', by: 'schedule', server: state.server, startedAt: at }, 'skipped', undefined,
+        state.running ? `${state.running.workflowId} was running` : 'protection changing');
+      return;
+    }
+    void begin({ kind: 'backup', by: 'schedule' }).catch((err) => log.warn('scheduled backup did not start', { error: (err as Error).message }));
+  });
+  setHandler(
+    moveToUpdate,
+    ({ to, by }) => {
+      const now = new Date().toISOString();
+      const open = state.chains.find((c) => c.server === state.server && !c.until);
+      if (open) open.until = now;
+      state.chains.push({ server: to, since: now });
+      log.info('protection moved', { from: state.server, to, by });
+      state.server = to;
+      moving = true;
+      return state;
+    },
+    {
+      validator: ({ to }) => {
+        checkServerId(to);
+        if (to === state.server) throw new Error(`${state.dataSource} is already protected by ${to}`);
+        refuseIfBusy();
+      },
+    },
+  );
+  setHandler(
+    unprotectUpdate,
+    (_req) => {
+      ending = true;
+    },
+    { validator: (_req) => refuseIfBusy() },
+  );
+  showOwner();
+
+  await condition(() => moving || ending || (!state.running && historyTooLong()));
+  await condition(() => allHandlersFinished() && !state.running);
+  if (ending) return;
+  // A move continues on the new owner's queue; otherwise the same queue, a fresh history.
+  await makeContinueAsNewFunc<typeof protection>({ taskQueue: serverTaskQueue(state.server) })(state);
+
+  // ---- the steps ------------------------------------------------------------------------------
+
+  function refuseIfBusy(req?: JobRequest): void {
+    if (ending) throw ApplicationFailure.nonRetryable(`${state.dataSource} is being unprotected`, JobFailure.ProtectionChanging);
+    if (moving) throw ApplicationFailure.nonRetryable(`${state.dataSource} is moving to ${state.server}; ask again in a moment`, JobFailure.ProtectionChanging);
+    const r = state.running;
+    if (r && !(req?.requestId && r.requestId === req.requestId)) {
+      throw ApplicationFailure.nonRetryable(
+        `${describeKind(r.kind)} of ${state.dataSource} is running on ${r.server} (${r.workflowId}, started by ${r.by} at ${r.startedAt}): ` +
+          `one backup, check or original-place restore at a time${req ? `, so this ${describeKind(req.kind)} was not started` : ''}; ` +
+          'watch it or cancel it in the Web UI, or wait for it with `hvprotect status`',
+        JobFailure.JobAlreadyRunning,
+        r,
+      );
+    }
+    if (req?.kind === 'restore' && req.restore?.target.kind !== 'original') {
+      throw ApplicationFailure.nonRetryable('only original-place restores go through the protection; others run on their own', 'InvalidInput');
+    }
+  }
+
+  async function begin(req: JobRequest): Promise<JobInfo> {
+    // No second check here: the SDK runs a handler's first synchronous part right after its
+    // validator, so the next request's validator sees `running`; and on replay, where no validator
+    // runs, a check could meet the events in another order than the first run did.
+    const at = new Date().toISOString();
+    const server = req.server ?? state.server;
+    const job: JobInfo = { workflowId: `${req.kind}/${state.dataSource}/${at}`, kind: req.kind, by: req.by, requestId: req.requestId, server, startedAt: at };
+    state.running = job;
+    const options = {
+      workflowId: job.workflowId,
+      taskQueue: serverTaskQueue(server),
+      // Cancelling the protection cancels its job, whose finally releases the checkpoint.
+      parentClosePolicy: ParentClosePolicy.REQUEST_CANCEL,
+      staticSummary: `${describeKind(req.kind)} of ${state.vm} on ${server} (by ${req.by})`,
+      typedSearchAttributes: [
+        { key: SA.dataSource, value: state.dataSource },
+        { key: SA.vm, value: state.vm },
+        { key: SA.server, value: server },
+      ],
+    };
+    try {
+      const child =
+        req.kind === 'restore'
+          ? await startChild<(i: RestoreVmInput) => Promise<RestoreVmResult>>('restoreVm', { ...options, args: [{ ...req.restore!, dataSource: state.dataSource }] })
+          : await startChild<(i: BackupVmInput) => Promise<BackupVmResult>>('backupVm', {
+              ...options,
+              args: [{ ...state.backup, dataSource: state.dataSource, kind: req.kind === 'check' ? 'consistency-check' : 'auto', timing: req.timing ?? state.backup.timing }],
+            });
+      child.result().then(
+        (r) => remember(job, 'completed', r.pointId),
+        (err) => remember(job, isCancellation(err) ? 'cancelled' : 'failed', undefined, causeMessage(err)),
+      );
+    } catch (err) {
+      state.running = undefined;
+      throw err;
+    }
+    return job;
+  }
+
+  function remember(job: JobInfo, outcome: JobOutcome['outcome'], pointId?: string, error?: string): void {
+    if (state.running?.workflowId === job.workflowId) state.running = undefined;
+    state.recent.push({ ...job, outcome, endedAt: new Date().toISOString(), pointId, error });
+    if (state.recent.length > RECENT) state.recent.splice(0, state.recent.length - RECENT);
+  }
+
+  function showOwner(): void {
+    upsertMemo({ dataSource: state.dataSource, vm: state.vm, vmId: state.vmId, server: state.server });
+    upsertSearchAttributes([
+      { key: SA.dataSource, value: state.dataSource },
+      { key: SA.vm, value: state.vm },
+      { key: SA.server, value: state.server },
+    ]);
+  }
+}
+
+/** Started by the Schedule `protect/<ds>`: asks the protection for a backup and ends. */
+export async function scheduledBackup(input: { dataSource: string }): Promise<void> {
+  await getExternalWorkflowHandle(protectionWorkflowId(input.dataSource)).signal(scheduledRunSignal, { at: workflowInfo().startTime.toISOString() });
+}
+
+function historyTooLong(): boolean {
+  const info = workflowInfo();
+  return info.continueAsNewSuggested || info.historyLength > HISTORY_LIMIT;
+}
+
+function describeKind(kind: JobKind): string {
+  return kind === 'check' ? 'a consistency check' : kind === 'restore' ? 'a restore' : 'a backup';
+}
+
+function causeMessage(err: unknown): string {
+  let e = err as { message?: string; cause?: unknown } | undefined;
+  let msg = e?.message ?? String(err);
+  for (let i = 0; i < 5 && e?.cause; i++) {
+    e = e.cause as typeof e;
+    if (e?.message) msg = e.message;
+  }
+  return msg;
+}
