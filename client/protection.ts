@@ -11,7 +11,7 @@ import { serverTaskQueue } from '../temporal/task-queues';
 import { livePollers } from '../temporal/pollers';
 import type { BackupVmInput } from '../workflows/backup-vm';
 import type { FindVmsResult } from '../workflows/find-vm';
-import type { ServerRecord } from '../workflows/protection-server';
+import { serverRecordQuery, type ServerRecord } from '../workflows/protection-server';
 import {
   moveToUpdate,
   protectionStateQuery,
@@ -239,9 +239,11 @@ export async function listServers(client: Client): Promise<ServerStatus[]> {
     if (!r.id) continue;
     const pollers = await livePollers(client, client.options.namespace, r.taskQueue).catch(() => []);
     const ids = [...new Set(pollers.map((p) => p.identity))];
+    // Pollers linger for a long poll after a server stops: it runs if its record answers a query.
+    const answered = ids.length ? await withTimeout(client.workflow.getHandle(wf.workflowId).query(serverRecordQuery), 3_000).catch(() => undefined) : undefined;
     out.push({
-      ...r,
-      running: ids.some((i) => i.startsWith(`${r.id}/${r.repositoryId}@`)),
+      ...(answered ?? r),
+      running: answered !== undefined && ids.some((i) => i.startsWith(`${r.id}/${r.repositoryId}@`)),
       foreignPollers: ids.filter((i) => !i.startsWith(`${r.id}/${r.repositoryId}@`)),
       dataSources: (owned.get(r.id) ?? []).sort(),
     });

@@ -119,7 +119,11 @@ export async function protection(initial: ProtectionState): Promise<void> {
         state.running ? `${state.running.workflowId} was running` : 'protection changing');
       return;
     }
-    void begin({ kind: 'backup', by: 'schedule' }).catch((err) => log.warn('scheduled backup did not start', { error: (err as Error).message }));
+    const at2 = new Date().toISOString();
+    void begin({ kind: 'backup', by: 'schedule' }).catch((err) => {
+      log.warn('scheduled backup did not start', { error: (err as Error).message });
+      remember({ workflowId: `scheduled/${state.dataSource}/${at2}`, kind: 'backup', by: 'schedule', server: state.server, startedAt: at2 }, 'failed', undefined, causeMessage(err));
+    });
   });
   setHandler(
     moveToUpdate,

@@ -8,6 +8,7 @@
 import {
   ApplicationFailure,
   CancellationScope,
+  patched,
   proxyActivities,
   setCurrentDetails,
   upsertSearchAttributes,
@@ -65,7 +66,7 @@ export async function restoreVm(input: RestoreVmInput): Promise<RestoreVmResult>
   ]);
   // An original-place restore replaces the VM's disks: only its protection may start one, so no
   // backup or check of the data source runs meanwhile.
-  if (input.target.kind === 'original' && workflowInfo().parent?.workflowId !== `protection/${input.dataSource}`) {
+  if (input.target.kind === 'original' && patched('original-restore-through-protection') && workflowInfo().parent?.workflowId !== `protection/${input.dataSource}`) {
     throw ApplicationFailure.nonRetryable(`an original-place restore of ${input.dataSource} goes through its protection: hvprotect restore VM --original`, 'InvalidInput');
   }
 

@@ -9,6 +9,7 @@ import { initialDiskContent } from '../../hypervisor/lab';
 import { openVhdx } from '../../vhdx';
 import type { BackupVmResult } from '../../workflows/backup-vm';
 import type { RestoreVmInput, RestoreVmResult } from '../../workflows/restore-vm';
+import { protectVm, protectionState, startJob } from '../../client/protection';
 
 const MiB = 1024 * 1024;
 let stack: TestStack;
@@ -26,6 +27,15 @@ function hasQemuImg(): boolean {
 }
 
 async function restore(input: RestoreVmInput): Promise<RestoreVmResult> {
+  if (input.target.kind === 'original') {
+    // Through the protection, as the CLI does: never beside a backup or check of the VM.
+    const { handle } = await startJob(stack.client, input.dataSource, { kind: 'restore', by: 'test', restore: input });
+    try {
+      return (await handle.result()) as RestoreVmResult;
+    } finally {
+      while ((await protectionState(stack.client, input.dataSource)).running) await new Promise((r) => setTimeout(r, 50));
+    }
+  }
   return stack.client.workflow.execute('restoreVm', {
     taskQueue: stack.server.taskQueue,
     workflowId: `restore/${input.dataSource}/${randomUUID()}`,
@@ -46,6 +56,7 @@ beforeAll(async () => {
   });
   vmId = facts.vmId;
   expected = new Map(facts.disks.map((d, i) => [d.diskId, initialDiskContent(contents[i], d.virtualSize)]));
+  await protectVm(stack.client, { vm: { vmId, name: 'app01', host: 'hv01', state: 'running' }, dataSource: 'app01', schedule: { everyHours: 24 } });
   point = await stack.client.workflow.execute('backupVm', {
     taskQueue: stack.server.taskQueue,
     workflowId: `backup/app01/${randomUUID()}`,

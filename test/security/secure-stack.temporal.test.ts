@@ -135,17 +135,19 @@ test('backup over mutual TLS into an encrypted repository: no guest text in the 
   expect(b.kind).toBe('initial-replica');
 
   // Admin calls: flags, and the environment.
-  const points = await json<{ pointId: string }[]>(['rp', 'list', 'sec1', '--storage-ca', pki.caCert, '--storage-cert', pki.clientCert, '--storage-key', pki.clientKey]);
+  const points = await json<{ pointId: string }[]>(['rp', 'list', 'sec1']);
   expect(points.map((p) => p.pointId)).toEqual([b.pointId]);
+  const usage = await json<{ dataSource: string }[]>(['shadowstorage', 'list', '--storage-ca', pki.caCert, '--storage-cert', pki.clientCert, '--storage-key', pki.clientKey]);
+  expect(usage.map((u) => u.dataSource)).toContain('sec1');
   const v = await json<{ ok: boolean; chunksChecked: number }>(['verify', '--read-data'], mtlsEnv());
   expect(v).toMatchObject({ ok: true });
   expect(v.chunksChecked).toBeGreaterThan(0);
 
   // Without the CA, and without a client certificate: refused, saying what to pass.
-  const noCa = await hvp(['rp', 'list', 'sec1']);
+  const noCa = await hvp(['shadowstorage', 'list']);
   expect(noCa.code).toBe(1);
   expect(noCa.stderr).toMatch(/TLS connection to the storage API at https:.* refused: .*--storage-ca/);
-  const noCert = await hvp(['rp', 'list', 'sec1', '--storage-ca', pki.caCert]);
+  const noCert = await hvp(['shadowstorage', 'list', '--storage-ca', pki.caCert]);
   expect(noCert.code).toBe(1);
   expect(noCert.stderr).toMatch(/--storage-cert/);
 

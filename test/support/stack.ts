@@ -18,7 +18,10 @@ import { Lab, LabHypervisor } from '../../hypervisor/lab';
 export interface TestStack {
   dir: string;
   lab: Lab;
+  /** The first protection server. */
   server: RunningServer;
+  /** Every protection server (each agent holds a credential for all of them). */
+  servers: RunningServer[];
   agents: Map<string, RunningAgent>;
   client: Client;
   temporal: TemporalSettings;
@@ -45,6 +48,8 @@ export interface TestStackOptions {
   repositoryDir?: string;
   /** SMB file servers (lab hosts with shares), each with an agent. */
   fileServers?: string[];
+  /** Protection server ids (default one server, its id derived from its repository). */
+  servers?: string[];
 }
 
 export async function startTestStack(opts: TestStackOptions): Promise<TestStack> {
@@ -55,18 +60,28 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
   for (const h of opts.hosts) await lab.createHost(h);
   for (const h of opts.fileServers ?? []) await lab.createHost(h, { fileServer: true });
   if (opts.cluster) await lab.createCluster(opts.cluster.name, opts.cluster.nodes);
-  const server = await startServer({ logger, temporal, stateDir: path.join(dir, 'server'), repositoryDir: opts.repositoryDir, apiPort: 0, metricsPort: 0, registerSearchAttributes: false });
+  const servers: RunningServer[] = [];
+  for (const [i, id] of (opts.servers ?? [undefined]).entries()) {
+    servers.push(
+      await startServer({ id, logger, temporal, stateDir: path.join(dir, i === 0 ? 'server' : `server-${id}`), repositoryDir: i === 0 ? opts.repositoryDir : undefined, apiPort: 0, metricsPort: 0, registerSearchAttributes: false }),
+    );
+  }
+  const server = servers[0];
   const agents = new Map<string, RunningAgent>();
   const tokens = new Map<string, string>();
   const children: ChildProcess[] = [];
-  const agentToken = async (host: string) => {
-    if (!tokens.has(host)) tokens.set(host, await server.tokens.issue(host, 'agent'));
-    return tokens.get(host)!;
+  const tokenFor = async (sv: RunningServer, host: string) => {
+    const key = `${sv.id} ${host}`;
+    if (!tokens.has(key)) tokens.set(key, await sv.tokens.issue(host, 'agent'));
+    return tokens.get(key)!;
   };
+  const agentToken = (host: string) => tokenFor(server, host);
+  const credentials = async (host: string) => Promise.all(servers.map(async (sv) => ({ id: sv.id, token: await tokenFor(sv, host) })));
   const stack: TestStack = {
     dir,
     lab,
     server,
+    servers,
     agents,
     client: server.client,
     temporal,
@@ -75,7 +90,7 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
       const agent = await startAgent({
         logger: logger.child({ host }),
         adapter: await LabHypervisor.open(lab, host),
-        servers: [{ id: server.id, token: await agentToken(host) }],
+        servers: await credentials(host),
         temporal,
         batchSlots: opts.batchSlots,
         throttleBytesPerSecond: opts.throttleBytesPerSecond,
@@ -85,12 +100,16 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
       return agent;
     },
     async spawnAgent(host, extraArgs = []) {
-      const tokenFile = path.join(dir, `${host}.token`);
-      fs.writeFileSync(tokenFile, await agentToken(host), { mode: 0o600 });
+      const serverArgs: string[] = [];
+      for (const c of await credentials(host)) {
+        const tokenFile = path.join(dir, `${host}-${c.id}.token`);
+        fs.writeFileSync(tokenFile, c.token, { mode: 0o600 });
+        serverArgs.push('--server', `${c.id}=${tokenFile}`);
+      }
       const cli = path.resolve(__dirname, '..', '..', 'dist', 'client', 'cli.js');
       const child = spawn(
         process.execPath,
-        [cli, 'agent', '--host', host, '--lab-root', lab.root, '--server', `${server.id}=${tokenFile}`, '--progress-ms', '100', ...extraArgs],
+        [cli, 'agent', '--host', host, '--lab-root', lab.root, ...serverArgs, '--progress-ms', '100', ...extraArgs],
         {
           env: { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, HVPROTECT_LOG_FORMAT: 'json' },
           stdio: ['ignore', fs.openSync(path.join(dir, `agent-${host}.log`), 'a'), fs.openSync(path.join(dir, `agent-${host}.log`), 'a')],
@@ -106,7 +125,7 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
     async stop() {
       for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
       for (const a of agents.values()) await a.shutdown().catch(() => undefined);
-      await server.shutdown().catch(() => undefined);
+      for (const sv of servers) await sv.shutdown().catch(() => undefined);
       if (!process.env.HVP_KEEP_TEST_STATE) fs.rmSync(dir, { recursive: true, force: true });
     },
   };
