@@ -5,7 +5,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import type { Client } from '@temporalio/client';
 import { createLogger } from '../log/logger';
 import { connectClient, loadTemporalSettings } from '../temporal/connection';
-import { listServers } from './protection';
+import { listServers, protectionOwners } from './protection';
 import { livePollers } from '../temporal/pollers';
 import { hostTaskQueue } from '../temporal/task-queues';
 import { serversOfAgent } from '../workers/agent';
@@ -85,9 +85,11 @@ async function doctor(client: Client, namespace: string, timeoutSeconds: number)
   const servers = await listServers(client);
   const problems: string[] = [];
   if (!servers.length) problems.push('no protection server has registered: start one with `hvprotect server` (or `npm start`)');
+  for (const [owner, dataSources] of await protectionOwners(client)) {
+    if (!servers.some((s) => s.id === owner && s.running)) problems.push(`server ${owner} owns ${dataSources.join(', ')} but is not running: their backups wait until it returns (or \`hvprotect protect move VM --to OTHER\`)`);
+  }
   for (const sv of servers) {
     if (sv.foreignPollers.length) problems.push(`task queue ${sv.taskQueue} is polled by another repository's server too (${sv.foreignPollers.join(', ')}): give one of them another --id`);
-    if (!sv.running && sv.dataSources.length) problems.push(`server ${sv.id} owns ${sv.dataSources.join(', ')} but is not running: their backups wait until it returns (or \`hvprotect protect move VM --to OTHER\`)`);
   }
   // Agents: every host queue the protected VMs' hosts use, read from the pollers' identities.
   const hosts = new Set<string>();

@@ -11,7 +11,7 @@ import { serverTaskQueue } from '../temporal/task-queues';
 import { livePollers } from '../temporal/pollers';
 import type { BackupVmInput } from '../workflows/backup-vm';
 import type { FindVmsResult } from '../workflows/find-vm';
-import { serverRecordQuery, type ServerRecord } from '../workflows/protection-server';
+import type { ServerRecord } from '../workflows/protection-server';
 import {
   moveToUpdate,
   protectionStateQuery,
@@ -226,24 +226,29 @@ export interface ServerStatus extends ServerRecord {
   dataSources: string[];
 }
 
-/** Every protection server that registered in this namespace, whether it runs now, and what it owns. */
-export async function listServers(client: Client): Promise<ServerStatus[]> {
+/** Which server owns which data sources (from the protections' memos). */
+export async function protectionOwners(client: Client): Promise<Map<string, string[]>> {
   const owned = new Map<string, string[]>();
   for await (const wf of client.workflow.list({ query: "WorkflowType = 'protection' AND ExecutionStatus = 'Running'" })) {
     const m = (await wf.memo) as { server?: string; dataSource?: string } | undefined;
     if (m?.server && m.dataSource) owned.set(m.server, [...(owned.get(m.server) ?? []), m.dataSource]);
   }
+  return owned;
+}
+
+/** Every protection server whose record is open (started and not stopped), whether it polls now, and what it owns. */
+export async function listServers(client: Client): Promise<ServerStatus[]> {
+  const owned = await protectionOwners(client);
   const out: ServerStatus[] = [];
   for await (const wf of client.workflow.list({ query: "WorkflowType = 'protectionServer' AND ExecutionStatus = 'Running'" })) {
     const r = ((await wf.memo) ?? {}) as unknown as ServerRecord;
     if (!r.id) continue;
     const pollers = await livePollers(client, client.options.namespace, r.taskQueue).catch(() => []);
     const ids = [...new Set(pollers.map((p) => p.identity))];
-    // Pollers linger for a long poll after a server stops: it runs if its record answers a query.
-    const answered = ids.length ? await withTimeout(client.workflow.getHandle(wf.workflowId).query(serverRecordQuery), 3_000).catch(() => undefined) : undefined;
+    // A server that stops ends its record; one that died leaves it, and its pollers age out in a minute.
     out.push({
-      ...(answered ?? r),
-      running: answered !== undefined && ids.some((i) => i.startsWith(`${r.id}/${r.repositoryId}@`)),
+      ...r,
+      running: ids.some((i) => i.startsWith(`${r.id}/${r.repositoryId}@`)),
       foreignPollers: ids.filter((i) => !i.startsWith(`${r.id}/${r.repositoryId}@`)),
       dataSources: (owned.get(r.id) ?? []).sort(),
     });

@@ -189,6 +189,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     metricsUrl: metricsServer?.url,
     done,
     shutdown: async () => {
+      // A server that stops ends its record, so no one takes it for running (its pollers linger a minute).
+      await client.workflow.getHandle(serverWorkflowId(identity.id)).terminate('protection server stopped').catch(() => undefined);
       if (worker.getState() === 'RUNNING') worker.shutdown();
       await done;
     },
