@@ -27,6 +27,17 @@ export interface CheckpointRecord {
 
 const SAFE_VM_ID = /^[0-9a-f-]{36}$/i;
 
+/**
+ * The path the PowerShell script is given for a file of ours. On Windows it is the `\\?\` form
+ * (path.win32.toNamespacedPath: `\\?\C:\…`, `\\?\UNC\server\share\…`), so a state folder deep in a
+ * CSV or on a share opens past MAX_PATH (260) in Windows PowerShell 5.1 (.NET Framework 4.6.2+) too.
+ */
+export function scriptFilePath(file: string, platform: NodeJS.Platform = process.platform): string {
+  if (platform !== 'win32') return file;
+  if (!path.win32.isAbsolute(file)) throw new Error(`not an absolute Windows path: ${JSON.stringify(file)}`);
+  return path.win32.toNamespacedPath(path.win32.normalize(file));
+}
+
 export class CheckpointRecords {
   constructor(readonly dir: string) {}
 

@@ -19,7 +19,7 @@ import {
 } from '../types';
 import { openVhdx } from '../../vhdx';
 import { runPowerShell } from './powershell';
-import { CheckpointRecords, type CheckpointRecord } from './checkpoint-record';
+import { CheckpointRecords, scriptFilePath, type CheckpointRecord } from './checkpoint-record';
 import { RctStore, type RctStoreEntry } from './rct-store';
 import { buildScript, type ScriptOp } from './scripts';
 import {
@@ -125,6 +125,8 @@ export interface HyperVOptions {
    * on the checkpoint; 'fail' reports the failure.
    */
   applicationConsistentFallback?: 'crash-consistent' | 'fail';
+  /** The agent's OS; Windows paths handed to PowerShell get their `\\?\` form. Default: process.platform. */
+  platform?: NodeJS.Platform;
   /** Tries of a GetVirtualDiskChanges call that failed transiently (32772, 32774, 32777, a job timeout). Default 5. */
   rctAttempts?: number;
   /** Wait before the first retry, doubled each time. Default 2 s. */
@@ -288,7 +290,7 @@ export class HyperVHypervisor implements HypervisorAdapter {
       // 2 crash-consistent (offline: the VM is saved or paused, so its disks are quiet anyway).
       consistencyLevel,
       guestBackupType: this.opts.guestBackupType === 'full' ? 1 : 2,
-      recordPath: GUID.test(vmId) ? this.records.file(vmId) : '',
+      recordPath: GUID.test(vmId) ? scriptFilePath(this.records.file(vmId), this.opts.platform) : '',
       heldQuiet: held?.quiesced ?? '',
       recordCheckpointId: held && label && held.label === label ? held.checkpointId ?? '' : '',
       quiescedJobTimeoutSec: Math.max(5, Math.floor((this.opts.quiescedTimeoutMs ?? 5 * 60_000) / 1000)),

@@ -153,10 +153,12 @@ function Write-HvpRecord([string]$quiesced, [string]$checkpointId) {
   $c = $null; if ($checkpointId) { $c = $checkpointId }
   $rec = @{ version = 1; label = [string]$p.label; quiesced = $q; checkpointId = $c; at = (Get-Date).ToUniversalTime().ToString('o') }
   $bytes = (New-Object System.Text.UTF8Encoding($false)).GetBytes((ConvertTo-Json -InputObject $rec -Compress))
-  $tmp = [string]$p.recordPath + '.tmp'
+  # recordPath is the \\?\ form on Windows (long paths): only .NET file calls, which keep it as given.
+  $target = [string]$p.recordPath
+  $tmp = $target + '.tmp'
   $fs = [IO.File]::Open($tmp, [IO.FileMode]::Create, [IO.FileAccess]::Write, [IO.FileShare]::None)
   try { $fs.Write($bytes, 0, $bytes.Length); $fs.Flush($true) } finally { $fs.Dispose() }
-  Move-Item -LiteralPath $tmp -Destination ([string]$p.recordPath) -Force
+  if ([IO.File]::Exists($target)) { [IO.File]::Replace($tmp, $target, [NullString]::Value) } else { [IO.File]::Move($tmp, $target) }
 }
 
 # Resumes the VM only when our record says we quieted it that way ($held) and it is still so: a VM
