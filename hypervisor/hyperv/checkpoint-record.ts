@@ -12,6 +12,7 @@
 // to `<file>.tmp` with a flush to disk and moved into place.
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
+import type { DiskIdentity } from './parse';
 
 export interface CheckpointRecord {
   version: 1;
@@ -23,6 +24,8 @@ export interface CheckpointRecord {
   at: string;
   /** diskId → the RCT id read from the frozen file (kept until release, which checks it). */
   rctIds?: Record<string, string>;
+  /** diskId → size, file and virtual disk id of the frozen disk (the reference point keeps them). */
+  disks?: Record<string, DiskIdentity>;
 }
 
 const SAFE_VM_ID = /^[0-9a-f-]{36}$/i;
@@ -64,7 +67,16 @@ export class CheckpointRecords {
       throw new Error(`${this.file(vmId)}: not an hvprotect checkpoint record`);
     }
     const rctIds = r.rctIds && typeof r.rctIds === 'object' ? Object.fromEntries(Object.entries(r.rctIds).map(([k, v]) => [k, String(v)])) : undefined;
-    return { version: 1, label: r.label, quiesced, checkpointId: r.checkpointId ? String(r.checkpointId).toLowerCase() : null, at: String(r.at ?? ''), ...(rctIds ? { rctIds } : {}) };
+    const disks = r.disks && typeof r.disks === 'object' ? identities(r.disks) : undefined;
+    return {
+      version: 1,
+      label: r.label,
+      quiesced,
+      checkpointId: r.checkpointId ? String(r.checkpointId).toLowerCase() : null,
+      at: String(r.at ?? ''),
+      ...(rctIds ? { rctIds } : {}),
+      ...(disks ? { disks } : {}),
+    };
   }
 
   /** Replace the record (temp file, fsync, rename), as the script writes it. */
@@ -89,4 +101,14 @@ export class CheckpointRecords {
   async ensureDir(): Promise<void> {
     await fs.mkdir(this.dir, { recursive: true });
   }
+}
+
+/** Disk identities as stored (a record or the RCT store); anything malformed is left out, not guessed. */
+export function identities(v: unknown): Record<string, DiskIdentity> {
+  const out: Record<string, DiskIdentity> = {};
+  for (const [diskId, d] of Object.entries((v ?? {}) as Record<string, Partial<DiskIdentity>>)) {
+    if (!d || typeof d !== 'object' || typeof d.virtualSize !== 'number' || typeof d.path !== 'string') continue;
+    out[diskId] = { virtualSize: d.virtualSize, path: d.path, ...(typeof d.virtualDiskId === 'string' && d.virtualDiskId ? { virtualDiskId: d.virtualDiskId } : {}) };
+  }
+  return out;
 }

@@ -19,11 +19,12 @@ import {
 } from '../types';
 import { openVhdx } from '../../vhdx';
 import { runPowerShell } from './powershell';
-import { CheckpointRecords, scriptFilePath, type CheckpointRecord } from './checkpoint-record';
+import { CheckpointRecords, identities, scriptFilePath, type CheckpointRecord } from './checkpoint-record';
 import { RctStore, type RctStoreEntry } from './rct-store';
 import { buildScript, type ScriptOp } from './scripts';
 import {
   asArray,
+  diskIdentityChange,
   isoDate,
   mergeRanges,
   num,
@@ -317,8 +318,8 @@ export class HyperVHypervisor implements HypervisorAdapter {
       const to = at('resumed');
       if (from !== undefined && to !== undefined) downtimeMs = Math.max(0, to - from);
     }
-    const disks = parseCheckpointDisks(result.disks)
-      .filter((d) => !d.passthrough && d.path)
+    const frozen = parseCheckpointDisks(result.disks).filter((d) => !d.passthrough && d.path);
+    const disks = frozen
       .map((d) => ({
         diskId: d.diskId,
         frozenPath: d.path,
@@ -329,7 +330,9 @@ export class HyperVHypervisor implements HypervisorAdapter {
     // The VM runs again: the record now only keeps the ids read from the disks, for release to check.
     if (GUID.test(vmId)) {
       const rctIds = Object.fromEntries(disks.filter((d) => !d.changeTrackingId.startsWith(PENDING_RCT_PREFIX)).map((d) => [d.diskId, d.changeTrackingId]));
-      if (label) await this.records.put(vmId, { version: 1, label, quiesced: null, checkpointId, at: new Date().toISOString(), rctIds });
+      // What the reference point will be of, per disk: the next backup finds a resized or replaced disk by it.
+      const identity = Object.fromEntries(frozen.map((d) => [d.diskId, { virtualSize: d.virtualSize, path: d.path, ...(d.virtualDiskId ? { virtualDiskId: d.virtualDiskId } : {}) }]));
+      if (label) await this.records.put(vmId, { version: 1, label, quiesced: null, checkpointId, at: new Date().toISOString(), rctIds, disks: identity });
       else await this.records.remove(vmId);
     }
     return {
@@ -423,6 +426,7 @@ export class HyperVHypervisor implements HypervisorAdapter {
           referencePointId: rp.InstanceID,
           releasedAt: new Date().toISOString(),
           disks: Object.fromEntries(ids),
+          ...(held?.checkpointId === ckpt && held.disks ? { identity: held.disks } : {}),
         });
       } catch (e) {
         // The checkpoint is gone either way; failing here would only make a retry lose the ids too.
@@ -476,9 +480,19 @@ export class HyperVHypervisor implements HypervisorAdapter {
     const disk = await this.checkpointDisk(vmId, checkpointId, diskId);
     if (!sinceId) return { tracked: false, ranges: [], reason: 'no change-tracking id to start from' };
     let limitId = sinceId;
-    if (sinceId.startsWith(PENDING_RCT_PREFIX)) {
-      const base = sinceId.slice(PENDING_RCT_PREFIX.length);
-      const entry = GUID.test(disk.vmId) ? await this.store.get(disk.vmId, base).catch(() => undefined) : undefined;
+    const entries = GUID.test(disk.vmId) ? await this.store.entries(disk.vmId).catch(() => [] as RctStoreEntry[]) : [];
+    const pending = sinceId.startsWith(PENDING_RCT_PREFIX) ? sinceId.slice(PENDING_RCT_PREFIX.length).toLowerCase() : undefined;
+    // The reference point the base id belongs to (newest first): what it recorded of the disk.
+    const baseEntry = [...entries].reverse().find((e) => (pending ? e.checkpointId === pending : e.disks[diskId] === sinceId));
+    const recorded = baseEntry?.identity ? identities(baseEntry.identity)[diskId] : undefined;
+    const changed = recorded ? diskIdentityChange(recorded, { virtualSize: disk.virtualSize, path: disk.path, ...(disk.virtualDiskId ? { virtualDiskId: disk.virtualDiskId } : {}) }) : undefined;
+    if (changed) {
+      // RCT ids of a resized or replaced disk say nothing about what differs: a named reset, never a guess.
+      return { tracked: false, ranges: [], reason: `change tracking reset on ${diskId} (${disk.path}): the disk was ${changed}; a consistency check reads it in full` };
+    }
+    if (pending) {
+      const base = pending;
+      const entry = baseEntry;
       const rct = entry?.disks[diskId];
       if (!rct) {
         return {

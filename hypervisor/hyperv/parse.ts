@@ -363,18 +363,46 @@ export interface CheckpointDiskJson {
   rctId?: string;
   /** Why there is no RCT id (tracking off, the query failed). */
   rctProblem?: string;
+  /** The VHDX's virtual disk id (Get-VHD DiskIdentifier), lower case without braces. */
+  virtualDiskId?: string;
+}
+
+/** What identifies a disk's content at a reference point: a resized or replaced disk differs. */
+export interface DiskIdentity {
+  virtualSize: number;
+  path: string;
+  virtualDiskId?: string;
+}
+
+/**
+ * Why a disk is not the one a reference point recorded, or undefined when it is: its size differs
+ * (resized: RCT cannot say what changed), its virtual disk id differs (another VHDX in its place),
+ * or, when either side lacks the id, its file differs (Windows paths compare case-insensitively).
+ */
+export function diskIdentityChange(before: DiskIdentity, now: DiskIdentity): string | undefined {
+  if (before.virtualSize > 0 && now.virtualSize > 0 && before.virtualSize !== now.virtualSize) {
+    return `resized since the reference point (${before.virtualSize} → ${now.virtualSize} bytes)`;
+  }
+  if (before.virtualDiskId && now.virtualDiskId) {
+    return before.virtualDiskId === now.virtualDiskId ? undefined : `replaced since the reference point (virtual disk id ${before.virtualDiskId} → ${now.virtualDiskId})`;
+  }
+  const norm = (p: string) => p.replace(/^\\\\\?\\(UNC\\)?/i, (_m, unc: string | undefined) => (unc ? '\\\\' : '')).replace(/\//g, '\\').toLowerCase();
+  if (before.path && now.path && norm(before.path) !== norm(now.path)) return `replaced since the reference point (file ${before.path} → ${now.path})`;
+  return undefined;
 }
 
 export function parseCheckpointDisks(v: unknown): CheckpointDiskJson[] {
   return asArray(v).map((d) => {
     const rct = (d.Rct ?? undefined) as Json | undefined;
     const rctId = rct && rct.Enabled === true && !rct.Error ? str(rct.MostRecentId) : undefined;
+    const virtualDiskId = str(d.DiskIdentifier)?.replace(/[{}]/g, '').toLowerCase();
     return {
       diskId: diskIdOf(d),
       path: str(d.Path) ?? '',
       virtualSize: num(d.Size) ?? 0,
       passthrough: num(d.DiskNumber) !== undefined || !str(d.Path),
       ...(rctId ? { rctId } : {}),
+      ...(virtualDiskId ? { virtualDiskId } : {}),
       ...(rct && !rctId ? { rctProblem: str(rct.Error) ?? (rct.Enabled === false ? 'change tracking is off on this disk' : 'no RCT id') } : {}),
     };
   });

@@ -12,6 +12,7 @@
 
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
+import type { DiskIdentity } from './parse';
 
 export interface RctStoreEntry {
   checkpointId: string;
@@ -19,6 +20,8 @@ export interface RctStoreEntry {
   releasedAt: string;
   /** diskId → RCT id of the reference point. */
   disks: Record<string, string>;
+  /** diskId → size, file and virtual disk id the reference point was taken of (absent in older entries). */
+  identity?: Record<string, DiskIdentity>;
 }
 
 interface FileShape {

@@ -278,6 +278,8 @@ function Get-HvpCheckpointDisks($snapshot) {
       $d.VhdType = [string]$v.VhdType
       $d.VhdFormat = [string]$v.VhdFormat
       $d.ParentPath = [string]$v.ParentPath
+      # The VHDX's virtual disk id (its header's identity): a replaced disk has another one.
+      $d.DiskIdentifier = [string]$v.DiskIdentifier
       $script:step = 'GetVirtualDiskInformation'
       try { $d.Rct = Get-HvpRctState $d.Path } catch { $d.Rct = @{ Error = $_.Exception.Message } }
     }

@@ -697,6 +697,44 @@ describe('changedRanges (Resilient Change Tracking)', () => {
     expect(f.remaining()).toBe(0);
   });
 
+  test('a resized or replaced disk is a named reset before any GetVirtualDiskChanges; a moved file with the same VHDX id is not', async () => {
+    const fx = (name: string) => JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', name), 'utf8'));
+    const VHDX_ID = '{8A1B2C3D-4E5F-4A6B-9C7D-8E9FA0B1C2D3}';
+    const NEXT = '7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d';
+    const frozen = (over: Record<string, unknown>) => {
+      const d = fx('describe-checkpoint.json');
+      d.disks[0] = { ...d.disks[0], Size: GiB, DiskIdentifier: VHDX_ID, ...over };
+      return { ...d, checkpointId: NEXT };
+    };
+    const created = fx('create-checkpoint-online.json');
+    created.disks[0] = { ...created.disks[0], Size: GiB, DiskIdentifier: VHDX_ID };
+    const rpId = 'rctX:c4f2a1b0:8d3e:4f51:a6b2:9c0d1e2f3a4b:00000002'; // release.json's id for scsi0-0
+    // No disk-changes step for the first three: the fake fails the test if the adapter asks anyway.
+    const f = fakeHost([
+      { op: 'create-checkpoint', result: created },
+      { op: 'release-checkpoint', fixture: 'release.json' },
+      { op: 'describe-checkpoint', result: frozen({ Size: 2 * GiB }) },
+      { op: 'describe-checkpoint', result: frozen({ DiskIdentifier: '{11111111-2222-4333-8444-555555555555}' }) },
+      { op: 'describe-checkpoint', result: frozen({ DiskIdentifier: '', Path: 'D:\\Hyper-V\\SQL01\\Virtual Hard Disks\\SQL01-new.vhdx' }) },
+      { op: 'describe-checkpoint', result: frozen({ Path: 'E:\\VMs\\sql01\\SQL01.VHDX' }) },
+      { op: 'disk-changes', expectParams: { limitId: rpId }, result: { pages: [{ ByteOffset: 0, ByteLength: GiB - MiB, ProcessedByteLength: GiB, ChangedByteOffsets: [MiB], ChangedByteLengths: [MiB] }], failed: null } },
+    ]);
+    await f.adapter.createBackupCheckpoint(WIN_VM, { mode: 'online', label: 'backup/sql01/7' });
+    await f.adapter.releaseCheckpoint(WIN_VM, CKPT);
+    const resized = await f.adapter.changedRanges(WIN_VM, NEXT, 'scsi0-0', `${PENDING_RCT_PREFIX}${CKPT}`);
+    expect(resized).toMatchObject({ tracked: false, ranges: [] });
+    expect(resized.reason).toMatch(/^change tracking reset on scsi0-0 \(.*SQL01\.vhdx\): the disk was resized since the reference point \(1073741824 → 2147483648 bytes\)/);
+    const replaced = await f.adapter.changedRanges(WIN_VM, NEXT, 'scsi0-0', rpId);
+    expect(replaced.reason).toMatch(/^change tracking reset on scsi0-0 .*replaced since the reference point \(virtual disk id 8a1b2c3d-4e5f-4a6b-9c7d-8e9fa0b1c2d3 → 11111111-2222-4333-8444-555555555555\)/);
+    // Without an id to compare, another file in the drive's place is a replacement.
+    const otherFile = await f.adapter.changedRanges(WIN_VM, NEXT, 'scsi0-0', rpId);
+    expect(otherFile.reason).toMatch(/replaced since the reference point \(file .*SQL01\.vhdx → .*SQL01-new\.vhdx\)/);
+    // Storage migration moves the file; the VHDX keeps its id and RCT carries on.
+    expect(await f.adapter.changedRanges(WIN_VM, NEXT, 'scsi0-0', rpId)).toEqual({ tracked: true, ranges: [{ offset: MiB, length: MiB }] });
+    expect(f.remaining()).toBe(0);
+    expect(f.calls().filter((c) => c.mismatch)).toEqual([]);
+  });
+
   test('a disk the checkpoint does not have is CheckpointNotFound', async () => {
     const f = fakeHost([describeStep, { op: 'describe-checkpoint', error: { type: 'CheckpointNotFound', message: 'checkpoint does not exist', cmdlet: 'Get-VMSnapshot' } }]);
     expect((await rejection(f.adapter.changedRanges(WIN_VM, CKPT, 'ide0-0', 'x'))).type).toBe('CheckpointNotFound');
