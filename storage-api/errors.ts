@@ -25,7 +25,11 @@ const DEFAULT_HINT: Record<string, string> = {
   CORRUPT: 'run verify; restore from another recovery point',
 };
 
+/** Refusals after which the rest of the request is not worth reading: the connection ends with the answer. */
+const CLOSES = new Set([401, 408, 413, 429]);
+
 export function fail(reply: FastifyReply, status: number, body: ApiErrorBody): FastifyReply {
+  if (CLOSES.has(status)) reply.header('connection', 'close');
   return reply.code(status).type('application/json').send(body);
 }
 
@@ -38,6 +42,9 @@ export function errorHandler(err: FastifyError | RepositoryError | (Error & { co
   }
   if (err.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
     return fail(reply, 413, { error: 'BODY_TOO_LARGE', message: `request body larger than this endpoint accepts (${req.routeOptions.bodyLimit ?? '?'} bytes)`, hint: `a chunk is at most ${MAX_CHUNK_SIZE} bytes; send index patches in smaller batches` });
+  }
+  if (err.code === 'BODY_TOO_SLOW') {
+    return fail(reply, 408, { error: 'BODY_TOO_SLOW', message: err.message, hint: 'send the body without long pauses; a slow link needs smaller batches' });
   }
   if (err.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' || err.code === 'FST_ERR_CTP_EMPTY_JSON_BODY' || err.code === 'FST_ERR_CTP_INVALID_JSON_BODY' || (err.statusCode && err.statusCode < 500)) {
     return fail(reply, err.statusCode ?? 400, { error: 'BAD_REQUEST', message: err.message, hint: 'JSON bodies as application/json, chunk and index bodies as application/octet-stream' });

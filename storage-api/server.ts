@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { Repository } from '../repository';
 import { registerAuth } from './auth';
 import { readBinaryBody } from './binary-body';
+import { registerBounds, type StorageApiBounds } from './bounds';
 import { clientErrorHandler, errorHandler, fail, frameworkError } from './errors';
 import { API_PREFIX } from './protocol';
 import { adminRoutes } from './routes/admin';
@@ -26,6 +27,8 @@ export interface StorageApiOptions {
   logger?: Logger;
   /** Serve HTTPS (and require client certificates when clientCa is set). */
   tls?: StorageServerTls;
+  /** Requests in flight per credential and the minimum body rate (bounds.ts). */
+  bounds?: StorageApiBounds;
 }
 
 export interface StorageApi {
@@ -64,6 +67,7 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((req, reply) => fail(reply, 404, { error: 'NO_SUCH_ENDPOINT', message: `${req.method} ${req.url.split('?')[0]} is not a storage API endpoint`, hint: `endpoints live under ${API_PREFIX}/` }));
   registerAuth(app, tokens);
+  registerBounds(app, opts.bounds);
   // A JSON route called without a body is called with no options: its schema decides.
   app.addHook('preValidation', async (req) => {
     if (req.body === undefined && req.routeOptions.schema?.body !== undefined) req.body = {};

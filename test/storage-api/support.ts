@@ -6,6 +6,7 @@ import { Repository } from '../../repository';
 import type { OpenRepositoryOptions } from '../../repository';
 import { StorageClient, TokenStore, startStorageApi } from '../../storage-api';
 import type { StorageApi } from '../../storage-api';
+import type { StorageApiBounds } from '../../storage-api/bounds';
 import { prng } from '../support/prng';
 
 export interface Fixture {
@@ -24,13 +25,13 @@ export async function tempDir(prefix = 'hvp-repo-'): Promise<string> {
   return mkdtemp(path.join(tmpdir(), prefix));
 }
 
-export async function startFixture(opts: OpenRepositoryOptions = {}): Promise<Fixture> {
+export async function startFixture(opts: OpenRepositoryOptions = {}, server: { bounds?: StorageApiBounds } = {}): Promise<Fixture> {
   const dir = await tempDir();
   const repo = await Repository.open(dir, { create: true, unsafeSkipSync: true, ...opts });
   const tokens = await TokenStore.open(path.join(dir, 'tokens.json'));
   const agentToken = await tokens.issue('hv-host-01', 'agent');
   const adminToken = await tokens.issue('admin', 'admin');
-  const api = await startStorageApi({ repository: repo, tokens, host: '127.0.0.1', port: 0 });
+  const api = await startStorageApi({ repository: repo, tokens, host: '127.0.0.1', port: 0, bounds: server.bounds });
   return {
     dir, repo, api, tokens, agentToken, adminToken,
     agent: new StorageClient(api.url, agentToken),

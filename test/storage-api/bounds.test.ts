@@ -1,0 +1,105 @@
+// #18's denial-of-service attacks on the storage API, replayed over real sockets: an
+// unauthenticated slow body is answered 401 and its socket closed; a too-large body 413 and
+// closed; an authenticated body that trickles is cut off (408); one credential's flood waits in
+// its own queue, then is refused (429), while another credential is served at once.
+import { createHash } from 'node:crypto';
+import * as net from 'node:net';
+import { StorageClient } from '../../storage-api';
+import { startFixture, type Fixture } from './support';
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+/** A raw HTTP request whose body is only begun; resolves with the response head and when the socket closed. */
+function begin(f: Fixture, opts: { method: string; path: string; token?: string; length: number; send: Buffer }) {
+  const u = new URL(f.api.url);
+  const socket = net.connect(Number(u.port), u.hostname);
+  let text = '';
+  const closed = new Promise<number>((resolve) => socket.on('close', () => resolve(Date.now())));
+  socket.on('error', () => undefined);
+  socket.on('data', (d) => (text += d.toString('latin1')));
+  const auth = opts.token ? `Authorization: Bearer ${opts.token}\r\n` : '';
+  socket.write(`${opts.method} ${opts.path} HTTP/1.1\r\nHost: x\r\n${auth}Content-Type: application/octet-stream\r\nContent-Length: ${opts.length}\r\n\r\n`);
+  socket.write(opts.send);
+  return {
+    socket,
+    closed,
+    head: async () => {
+      for (let i = 0; i < 200 && !text.includes('\r\n\r\n'); i++) await new Promise((r) => setTimeout(r, 25));
+      return text;
+    },
+  };
+}
+
+describe('connections end with a refusal', () => {
+  let f: Fixture;
+  beforeAll(async () => {
+    f = await startFixture();
+  });
+  afterAll(async () => f.close());
+
+  it('an unauthenticated slow body gets 401 and its socket is closed while the body is unsent', async () => {
+    const started = Date.now();
+    const r = begin(f, { method: 'PUT', path: `/v1/chunks/${'a'.repeat(64)}`, length: 4 * 1024 * 1024, send: Buffer.alloc(10) });
+    const head = await r.head();
+    expect(head).toMatch(/^HTTP\/1\.1 401/);
+    expect(head.toLowerCase()).toContain('connection: close');
+    expect((await r.closed) - started).toBeLessThan(5000);
+  });
+
+  it('a body over the limit gets 413 and the socket is closed', async () => {
+    const r = begin(f, { method: 'PUT', path: `/v1/chunks/${'a'.repeat(64)}`, token: f.agentToken, length: 64 * 1024 * 1024, send: Buffer.alloc(10) });
+    const head = await r.head();
+    expect(head).toMatch(/^HTTP\/1\.1 413/);
+    expect(head.toLowerCase()).toContain('connection: close');
+    await r.closed;
+  });
+});
+
+describe('bounds', () => {
+  let f: Fixture;
+  beforeAll(async () => {
+    f = await startFixture({}, { bounds: { maxInFlightPerCredential: 2, maxQueuedPerCredential: 2, minBodyBytesPerSecond: 1000, bodyRateWindowMs: 400 } });
+  });
+  afterAll(async () => f.close());
+
+  it('a body that trickles below the minimum rate is cut off with 408, and the server serves on', async () => {
+    const data = Buffer.alloc(4096, 7);
+    const r = begin(f, { method: 'PUT', path: `/v1/chunks/${sha(data)}`, token: f.agentToken, length: data.length, send: data.subarray(0, 10) });
+    const head = await r.head();
+    expect(head).toMatch(/^HTTP\/1\.1 408/);
+    expect(head).toContain('BODY_TOO_SLOW');
+    await r.closed;
+    await f.agent.putChunk(sha(data), data);
+    expect(await f.agent.missingChunks([sha(data)])).toEqual([]);
+  });
+
+  it("one credential's requests beyond its slots wait, beyond its queue are refused (429); another credential is served", async () => {
+    // Two uploads hold hv-host-01's slots with bodies that keep arriving (above the minimum rate).
+    const data = Buffer.alloc(64 * 1024, 3);
+    const holders = [0, 1].map(() => begin(f, { method: 'PUT', path: `/v1/chunks/${sha(data)}`, token: f.agentToken, length: data.length, send: data.subarray(0, 1024) }));
+    const trickle = holders.map((h) => {
+      let sent = 1024;
+      return setInterval(() => {
+        if (sent + 1024 <= data.length - 1024) {
+          h.socket.write(data.subarray(sent, sent + 1024));
+          sent += 1024;
+        }
+      }, 200);
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    const waiting = [f.agent.listPoints('vm'), f.agent.listPoints('vm')];
+    await new Promise((r) => setTimeout(r, 200));
+    await expect(f.agent.listPoints('vm')).rejects.toMatchObject({ status: 429, code: 'TOO_MANY_REQUESTS' });
+    // Another credential is not behind hv-host-01's queue.
+    expect(await f.admin.listShadowStorage()).toEqual(expect.any(Array));
+    let settled = false;
+    void Promise.allSettled(waiting).then(() => (settled = true));
+    await new Promise((r) => setTimeout(r, 200));
+    expect(settled).toBe(false);
+    // The holders finish; the waiting requests are served.
+    trickle.forEach(clearInterval);
+    for (const h of holders) h.socket.destroy();
+    expect(await Promise.all(waiting)).toEqual([[], []]);
+    expect(await new StorageClient(f.api.url, f.agentToken).listPoints('vm')).toEqual([]);
+  });
+});
