@@ -20,6 +20,7 @@ import { LabHypervisor } from '../hypervisor/lab';
 import { HyperVHypervisor } from '../hypervisor/hyperv';
 import { positiveInt, registerCommands } from './commands';
 import { EncryptionKey } from '../repository/encryption';
+import { parseShadowStorageSize } from '../repository/shadow-storage';
 import { loadClientTls, loadServerTls } from '../storage-api/tls';
 import { labCommand } from '../hypervisor/lab/cli';
 
@@ -38,6 +39,16 @@ function readSecretFile(file: string, flag: string): string {
   } catch (err) {
     throw new UsageError(`${flag} ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`);
   }
+}
+
+function diskSize(value: string): number {
+  try {
+    const s = parseShadowStorageSize(value);
+    if (s.kind === 'bytes') return s.bytes;
+  } catch (err) {
+    throw new InvalidArgumentError((err as Error).message);
+  }
+  throw new InvalidArgumentError('a size in bytes or with a unit: 2TB, 512GB');
 }
 
 function port(value: string): number {
@@ -206,6 +217,7 @@ export function buildProgram(): Command {
     .option('--sdk-metrics-port <port>', 'where the Temporal SDK runtime\'s own exporter listens (default: metrics port + 1)', port)
     .option('--metrics-host <host>', '/metrics listen address (e.g. a management network\'s)', '127.0.0.1')
     .option('--metrics-token-file <file>', '/metrics answers only Authorization: Bearer <the token in this file>')
+    .option('--max-disk-size <size>', 'largest disk an agent may send (bytes or 2TB, 512GB; default 64TB)', diskSize)
     .option('--api-tls-cert <file>', 'serve the storage API over HTTPS with this certificate (PEM, chain allowed)')
     .option('--api-tls-key <file>', 'the key of --api-tls-cert (PEM)')
     .option('--api-tls-client-ca <file>', 'mutual TLS: agents must present a certificate signed by this CA (PEM)')
@@ -242,6 +254,7 @@ export function buildProgram(): Command {
         apiPort: o.apiPort,
         metricsPort: o.metricsPort,
         metricsHost: o.metricsHost,
+        maxDiskSize: o.maxDiskSize,
         metricsToken,
         sdkMetricsUrl: `http://${sdk}/metrics`,
       });

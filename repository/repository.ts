@@ -88,6 +88,8 @@ export interface OpenRepositoryOptions {
    * given a key becomes encrypted from then on (chunks already stored stay as they are).
    */
   encryptionKey?: EncryptionKey;
+  /** Largest virtual size a disk may claim in a session (default 64 TiB, VHDX's largest). */
+  maxVirtualSize?: number;
 }
 
 function checkChunkSize(n: unknown): number {
@@ -125,6 +127,7 @@ export class Repository {
       dsMutex: this.dsMutex,
       enforceRetention: (ds, incoming, reason) => this.enforceLocked(ds, incoming, reason),
       ttlMs: opts.sessionTtlMs ?? DEFAULT_SESSION_TTL_MS,
+      maxVirtualSize: opts.maxVirtualSize,
       skipSync: !!opts.unsafeSkipSync,
       logger: opts.logger,
     });

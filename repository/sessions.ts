@@ -52,15 +52,19 @@ export interface IndexCounters {
   addedBytes: number;
 }
 
-function checkVirtualSize(n: unknown): number {
+function checkVirtualSize(n: unknown, max = MAX_VIRTUAL_SIZE): number {
   if (!Number.isSafeInteger(n) || (n as number) <= 0 || (n as number) > MAX_VIRTUAL_SIZE) {
     throw new RepositoryError('INVALID_ARGUMENT', `virtual size ${String(n)}`, `the disk size in bytes, a positive integer up to ${MAX_VIRTUAL_SIZE} (64 TiB)`);
+  }
+  if ((n as number) > max) {
+    throw new RepositoryError('INVALID_ARGUMENT', `virtual size ${String(n)} is above this repository's largest disk, ${max} bytes`,
+      'a disk that large is refused before any index is staged; the server\'s --max-disk-size raises the limit');
   }
   return n as number;
 }
 
 /** Refuses a commit request that would make a manifest readers cannot use. */
-function checkCommitInput(input: CommitPointInput): void {
+function checkCommitInput(input: CommitPointInput, maxVirtualSize?: number): void {
   if (!isKind(input.kind)) throw new RepositoryError('INVALID_ARGUMENT', `kind ${String(input.kind)}`, 'one of initial-replica, express-full, consistency-check');
   if (!isMode(input.mode)) throw new RepositoryError('INVALID_ARGUMENT', `mode ${String(input.mode)}`, 'online or offline');
   if (!Array.isArray(input.disks) || input.disks.length === 0) throw new RepositoryError('INVALID_ARGUMENT', 'a recovery point needs at least one disk');
@@ -74,7 +78,7 @@ function checkCommitInput(input: CommitPointInput): void {
   for (const d of input.disks) {
     if (typeof d !== 'object' || d === null) throw new RepositoryError('INVALID_ARGUMENT', `disk ${JSON.stringify(d)}`, 'each disk as { diskId, fileName, virtualSize }');
     checkDiskId(d.diskId);
-    checkVirtualSize(d.virtualSize);
+    checkVirtualSize(d.virtualSize, maxVirtualSize);
     if (seen.has(d.diskId)) throw new RepositoryError('INVALID_ARGUMENT', `disk ${d.diskId} listed twice`);
     seen.add(d.diskId);
     if (typeof d.fileName !== 'string' || d.fileName.length > 1024) throw new RepositoryError('INVALID_ARGUMENT', `fileName of disk ${d.diskId}`, 'the disk file name as a string');
@@ -89,6 +93,8 @@ export interface SessionDeps {
   /** Makes room for `incomingBytes` in the data source (the caller holds its lock). */
   enforceRetention(ds: string, incomingBytes: number, sizeReason: DeletionReason): Promise<PointDeletion[]>;
   ttlMs: number;
+  /** Largest virtual size a disk may claim (default MAX_VIRTUAL_SIZE). */
+  maxVirtualSize?: number;
   skipSync: boolean;
   logger?: Logger;
 }
@@ -225,7 +231,7 @@ export class BackupSessions {
    */
   async patchIndex(sessionId: string, diskId: string, opts: { virtualSize: number; basePoint?: string | null }, slots: number[], digests: Buffer): Promise<IndexCounters> {
     checkDiskId(diskId);
-    checkVirtualSize(opts.virtualSize);
+    checkVirtualSize(opts.virtualSize, this.deps.maxVirtualSize);
     if (digests.length !== slots.length * DIGEST_SIZE) {
       throw new RepositoryError('INVALID_ARGUMENT', `${slots.length} slots but ${digests.length} digest bytes`, 'send 32 digest bytes per slot');
     }
@@ -255,7 +261,7 @@ export class BackupSessions {
   /** A whole index at once (32 bytes per slot), replacing whatever was staged for the disk. */
   async putFullIndex(sessionId: string, diskId: string, virtualSize: number, digests: Buffer): Promise<IndexCounters> {
     checkDiskId(diskId);
-    checkVirtualSize(virtualSize);
+    checkVirtualSize(virtualSize, this.deps.maxVirtualSize);
     if (digests.length % DIGEST_SIZE !== 0) {
       throw new RepositoryError('INVALID_ARGUMENT', `full index of ${digests.length} bytes is not a whole number of 32-byte slots`, 'send 32 bytes per chunk of the disk, zero bytes for all-zero chunks');
     }
@@ -312,7 +318,7 @@ export class BackupSessions {
    * (chunks durable) -> indexes into the point folder -> manifest rename (the commit).
    */
   async commit(sessionId: string, input: CommitPointInput): Promise<RecoveryPointManifest> {
-    checkCommitInput(input);
+    checkCommitInput(input, this.deps.maxVirtualSize);
     const createdAt = input.createdAt === undefined ? new Date() : new Date(input.createdAt);
     const { layout, points, dsMutex } = this.deps;
     return this.mutex.run(sessionId, async () => {

@@ -43,6 +43,8 @@ export interface ServerOptions {
   maxConcurrentWorkflowTasks?: number;
   /** Port of /metrics (ours + the SDK's); undefined = no metrics endpoint, 0 = any free port. */
   metricsPort?: number;
+  /** Largest disk (virtual size, bytes) an agent may send an index for (default 64 TiB). */
+  maxDiskSize?: number;
   /** Listen address of /metrics (default 127.0.0.1). */
   metricsHost?: string;
   /** When set, /metrics answers only `Authorization: Bearer <metricsToken>`. */
@@ -103,6 +105,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     create: true,
     logger: logger.child({ component: 'repository' }),
     encryptionKey: opts.encryptionKey,
+    maxVirtualSize: opts.maxDiskSize,
   });
   let identity: ServerIdentity;
   try {

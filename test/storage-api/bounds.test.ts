@@ -1,10 +1,13 @@
 // #18's denial-of-service attacks on the storage API, replayed over real sockets: an
 // unauthenticated slow body is answered 401 and its socket closed; a too-large body 413 and
 // closed; an authenticated body that trickles is cut off (408); one credential's flood waits in
-// its own queue, then is refused (429), while another credential is served at once.
+// its own queue, then is refused (429), while another credential is served at once; a slot patch
+// claiming 64 TiB is refused before an index is staged.
 import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
 import * as net from 'node:net';
-import { StorageClient } from '../../storage-api';
+import * as path from 'node:path';
+import { StorageApiError, StorageClient } from '../../storage-api';
 import { startFixture, type Fixture } from './support';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -101,5 +104,43 @@ describe('bounds', () => {
     for (const h of holders) h.socket.destroy();
     expect(await Promise.all(waiting)).toEqual([[], []]);
     expect(await new StorageClient(f.api.url, f.agentToken).listPoints('vm')).toEqual([]);
+  });
+});
+
+describe('virtual size cap', () => {
+  let f: Fixture;
+  beforeAll(async () => {
+    f = await startFixture({ maxVirtualSize: 1024 ** 3 });
+  });
+  afterAll(async () => f.close());
+
+  /** Bytes of every file under dir (apparent sizes: a sparse 8 GiB index counts as 8 GiB). */
+  async function apparentBytes(dir: string): Promise<number> {
+    let n = 0;
+    for (const e of await fs.readdir(dir, { withFileTypes: true, recursive: true })) {
+      if (e.isFile()) n += (await fs.stat(path.join(e.parentPath, e.name))).size;
+    }
+    return n;
+  }
+
+  it('a 40-byte slot patch claiming 64 TiB is refused before any index is staged; a real disk goes on', async () => {
+    const data = Buffer.alloc(64 * 1024, 9);
+    await f.agent.putChunk(sha(data), data);
+    const s = await f.agent.beginSession('vm');
+    const before = await apparentBytes(f.dir);
+    const started = Date.now();
+    const e = await f.agent.putIndex(s.sessionId, 'disk0', { virtualSize: 64 * 1024 ** 4, basePoint: null, slots: [0], digests: Buffer.from(sha(data), 'hex') }).then(
+      () => undefined,
+      (err: StorageApiError) => err,
+    );
+    expect(e).toBeInstanceOf(StorageApiError);
+    expect(e).toMatchObject({ status: 400, code: 'INVALID_ARGUMENT' });
+    expect(e!.message).toMatch(/virtual size 70368744177664 is above this repository's largest disk, 1073741824 bytes.*--max-disk-size/);
+    expect(Date.now() - started).toBeLessThan(2000);
+    expect(await apparentBytes(f.dir)).toBeLessThan(before + 64 * 1024);
+    // The same session takes the disk at its real size and commits.
+    await f.agent.putIndex(s.sessionId, 'disk0', { virtualSize: data.length, basePoint: null, slots: [0], digests: Buffer.from(sha(data), 'hex') });
+    const m = await f.agent.commitPoint(s.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'd.vhdx', virtualSize: data.length }] });
+    expect(m.disks[0].virtualSize).toBe(data.length);
   });
 });
