@@ -42,13 +42,15 @@ function readSecretFile(file: string, flag: string): string {
 }
 
 function diskSize(value: string): number {
-  try {
-    const s = parseShadowStorageSize(value);
-    if (s.kind === 'bytes') return s.bytes;
-  } catch (err) {
-    throw new InvalidArgumentError((err as Error).message);
-  }
-  throw new InvalidArgumentError('a size in bytes or with a unit: 2TB, 512GB');
+  const s = (() => {
+    try {
+      return parseShadowStorageSize(value);
+    } catch {
+      return undefined;
+    }
+  })();
+  if (s?.kind === 'bytes') return s.bytes;
+  throw new InvalidArgumentError('a disk size in bytes or with a unit KB MB GB TB (powers of 1024): 2TB, 512GB');
 }
 
 function port(value: string): number {
