@@ -75,6 +75,38 @@ export async function readIndexHeader(file: string): Promise<FixedIndexHeader> {
   }
 }
 
+/**
+ * Copies an index keeping its all-zero runs as holes: a reflink where the file system has one,
+ * else block by block, writing only blocks that hold a digest (a plain copy of a base index of a
+ * huge, mostly empty disk would allocate all of it).
+ */
+export async function copySparse(from: string, to: string): Promise<void> {
+  try {
+    await fs.copyFile(from, to, fsConstants.COPYFILE_FICLONE_FORCE);
+    return;
+  } catch {
+    // No reflinks here (ext4, tmpfs, NTFS): copy the blocks that hold data.
+  }
+  const src = await fs.open(from, 'r');
+  try {
+    const dst = await fs.open(to, 'w', 0o640);
+    try {
+      const { size } = await src.stat();
+      await dst.truncate(size);
+      const block = Buffer.allocUnsafe(READ_BLOCK_SLOTS * DIGEST_SIZE);
+      const zeros = Buffer.alloc(block.length);
+      for (let pos = 0; pos < size; pos += block.length) {
+        const { bytesRead } = await src.read(block, 0, Math.min(block.length, size - pos), pos);
+        if (!block.subarray(0, bytesRead).equals(zeros.subarray(0, bytesRead))) await dst.write(block, 0, bytesRead, pos);
+      }
+    } finally {
+      await dst.close();
+    }
+  } finally {
+    await src.close();
+  }
+}
+
 /** Streams the slot area in blocks: (firstSlot, block of 32-byte digests). */
 export async function* readSlots(file: string, fromSlot = 0, toSlot?: number): AsyncGenerator<{ first: number; slots: Buffer }> {
   const h = await readIndexHeader(file);
@@ -137,7 +169,7 @@ export class IndexBuilder {
   /** Clones a (checked) base index; a different virtual size grows or cuts the slot list. */
   static async cloneFrom(base: string, file: string, virtualSize: number): Promise<IndexBuilder> {
     const h = await readIndexHeader(base);
-    await fs.copyFile(base, file, fsConstants.COPYFILE_FICLONE);
+    await copySparse(base, file);
     const count = slotCount(virtualSize, h.chunkSize);
     if (virtualSize !== h.virtualSize) {
       const fh = await fs.open(file, 'r+');
