@@ -184,6 +184,23 @@ export function findPowerShell(env: NodeJS.ProcessEnv = process.env, platform = 
   return undefined;
 }
 
+/**
+ * Why a checkpoint of a Hyper-V Replica secondary is what it is, from the script's `replica` answer
+ * (Get-VMReplication and the newest replica recovery point); undefined for any other VM.
+ */
+export function replicaSource(v: unknown): string | undefined {
+  if (!v || typeof v !== 'object') return undefined;
+  const r = v as Record<string, unknown>;
+  const latest = (r.LatestRecoveryPoint && typeof r.LatestRecoveryPoint === 'object' ? r.LatestRecoveryPoint : undefined) as Record<string, unknown> | undefined;
+  const last = str(r.LastReplicationTime);
+  return [
+    `a Hyper-V Replica secondary${str(r.PrimaryServer) ? ` of ${str(r.PrimaryServer)}` : ''}, read on the replica server without pausing or starting it:`,
+    last ? `the replicated data as of ${isoDate(last)}` : 'the replicated data as last applied (time unknown)',
+    `(replication ${str(r.State) ?? 'state unknown'}${str(r.Health) ? `, health ${str(r.Health)}` : ''})`,
+    latest ? `; newest recovery point ${str(latest.Name) ?? str(latest.Id)} (${str(latest.SnapshotType) ?? '?'}, ${isoDate(latest.CreationTime)})` : '',
+  ].join(' ').replace(' ;', ';');
+}
+
 // Read-only: a pending log of the frozen file is replayed in memory, never written back.
 const defaultOpenDisk = (file: string): Promise<VhdxImage> => openVhdx(file, { writable: false });
 
@@ -258,6 +275,7 @@ export class HyperVHypervisor implements HypervisorAdapter {
     vmId: string,
     opts: { mode: BackupMode; offlineMethod?: OfflineMethod | 'none'; label?: string },
   ): Promise<BackupCheckpoint> {
+    // A replica (found by the script itself) is never quiesced and always crash-consistent: no fallback to try.
     try {
       return await this.createCheckpointOnce(vmId, opts, opts.mode === 'online' ? 1 : 2);
     } catch (e) {
@@ -335,6 +353,7 @@ export class HyperVHypervisor implements HypervisorAdapter {
       if (label) await this.records.put(vmId, { version: 1, label, quiesced: null, checkpointId, at: new Date().toISOString(), rctIds, disks: identity });
       else await this.records.remove(vmId);
     }
+    const replica = replicaSource(result.replica);
     return {
       checkpointId,
       vmId: str(result.vmId)?.toLowerCase() ?? vmId,
@@ -343,9 +362,11 @@ export class HyperVHypervisor implements HypervisorAdapter {
       createdAt: isoDate(result.creationTime),
       disks,
       ...(downtimeMs !== undefined ? { downtimeMs } : {}),
+      // A replica: what the checkpoint holds is what replication had applied, and it says so.
+      ...(replica ? { consistency: { achieved: 'crash-consistent' as const, reason: replica } } : {}),
       // A reused checkpoint (a retry) does not say how consistent it was: left unknown, not guessed.
-      ...(num(result.consistencyLevel) === 1 ? { consistency: { achieved: 'application-consistent' as const } } : {}),
-      ...(num(result.consistencyLevel) === 2 ? { consistency: { achieved: 'crash-consistent' as const } } : {}),
+      ...(replica ? {} : num(result.consistencyLevel) === 1 ? { consistency: { achieved: 'application-consistent' as const } } : {}),
+      ...(replica ? {} : num(result.consistencyLevel) === 2 ? { consistency: { achieved: 'crash-consistent' as const } } : {}),
     };
   }
 

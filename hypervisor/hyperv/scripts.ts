@@ -161,9 +161,37 @@ function Write-HvpRecord([string]$quiesced, [string]$checkpointId) {
   if ([IO.File]::Exists($target)) { [IO.File]::Replace($tmp, $target, [NullString]::Value) } else { [IO.File]::Move($tmp, $target) }
 }
 
+# A Hyper-V Replica secondary (ReplicationMode Replica, or ExtendedReplica on the extended replica
+# server): replication applies its log into its disks and it runs only after a failover, so it is
+# backed up from the replica server as it is, never paused, saved, resumed or started by us.
+function Test-HvpReplica($vm) {
+  $mode = [string]$vm.ReplicationMode
+  return ($mode -eq 'Replica' -or $mode -eq 'ExtendedReplica')
+}
+
+# What the replica holds: the replication state and time of the last applied replication, and its
+# newest recovery point (Get-VMSnapshot -SnapshotType Replica / AppConsistentReplica), if any.
+function Get-HvpReplicaState($vm) {
+  $script:step = 'Get-VMReplication'
+  $r = @(Get-VMReplication -VM $vm)[0]
+  $latest = $null
+  $script:step = 'Get-VMSnapshot'
+  $points = @(@(Get-VMSnapshot -VM $vm -SnapshotType Replica -ErrorAction SilentlyContinue) + @(Get-VMSnapshot -VM $vm -SnapshotType AppConsistentReplica -ErrorAction SilentlyContinue) |
+    Where-Object { $_ } | Sort-Object CreationTime)
+  if ($points.Count -gt 0) {
+    $l = $points[$points.Count - 1]
+    $latest = @{ Id = [string]$l.Id; Name = [string]$l.Name; SnapshotType = [string]$l.SnapshotType; CreationTime = $l.CreationTime.ToUniversalTime().ToString('o') }
+  }
+  $last = $null
+  if ($r.LastReplicationTime) { $last = ([datetime]$r.LastReplicationTime).ToUniversalTime().ToString('o') }
+  @{ Mode = [string]$vm.ReplicationMode; State = [string]$r.State; Health = [string]$r.Health; PrimaryServer = [string]$r.PrimaryServer
+    ReplicaServer = [string]$r.ReplicaServer; LastReplicationTime = $last; LatestRecoveryPoint = $latest }
+}
+
 # Resumes the VM only when our record says we quieted it that way ($held) and it is still so: a VM
-# an administrator paused or saved is left as it is.
+# an administrator paused or saved is left as it is, and a replica is never resumed or started.
 function Resume-HvpHeld($vm, [string]$held) {
+  if (Test-HvpReplica $vm) { return $null }
   $state = [string](Get-VM -Id $vm.Id).State
   if ($held -eq 'pause' -and $state -eq 'Paused') { $script:step = 'Resume-VM'; Resume-VM -VM $vm; return 'Resume-VM' }
   if ($held -eq 'save' -and $state -eq 'Saved') { $script:step = 'Start-VM'; Start-VM -VM $vm; return 'Start-VM' }
@@ -415,13 +443,26 @@ const BODIES: Record<ScriptOp, string> = {
   $cs = Get-HvpComputerSystem $vm
   $script:step = 'Msvm_VirtualSystemSnapshotService'
   $svc = Get-CimInstance -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotService
+  $isReplica = Test-HvpReplica $vm
+  $replica = $null
+  if ($isReplica) {
+    # A replica is read as replication left it: no guest runs to quiesce (crash-consistent), nothing
+    # is paused or saved, and a replica whose data is incomplete (initial replication or a
+    # resynchronization not finished) has nothing whole to back up yet.
+    $replica = Get-HvpReplicaState $vm
+    if (@('ReadyForInitialReplication', 'WaitingForInitialReplication', 'InitialReplicationInProgress', 'WaitingForStartResynchronize', 'Resynchronizing', 'ResynchronizeSuspended') -contains $replica.State) {
+      Fail-Hvp ('the replica VM has no complete replicated data (replication state {0}); back it up once replication is Replicating' -f $replica.State) @{ replicationState = $replica.State }
+    }
+  }
   $script:step = 'Msvm_VirtualSystemSnapshotSettingData'
   $settingsClass = Get-CimClass -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotSettingData
-  $props = @{ ConsistencyLevel = [byte]$p.consistencyLevel; IgnoreNonSnapshottableDisks = $true }
+  $level = [byte]$p.consistencyLevel
+  if ($isReplica) { $level = [byte]2 }
+  $props = @{ ConsistencyLevel = $level; IgnoreNonSnapshottableDisks = $true }
   # GuestBackupType (1 Full: guest applications truncate their logs, 2 Copy: they do not) exists
   # from Windows Server 2016 version 1703 on; older hosts do what their VSS requester defaults to.
   $guestBackupTypeSet = $false
-  if ([int]$p.guestBackupType -gt 0 -and @($settingsClass.CimClassProperties | ForEach-Object { $_.Name }) -contains 'GuestBackupType') {
+  if (-not $isReplica -and [int]$p.guestBackupType -gt 0 -and @($settingsClass.CimClassProperties | ForEach-Object { $_.Name }) -contains 'GuestBackupType') {
     $props.GuestBackupType = [byte]$p.guestBackupType; $guestBackupTypeSet = $true
   }
   $settings = $settingsClass | New-CimInstance -ClientOnly -Property $props
@@ -447,7 +488,7 @@ const BODIES: Record<ScriptOp, string> = {
       Write-HvpResult @{
         vmId = [string]$vm.Id; host = $env:COMPUTERNAME; snapshotInstanceId = 'Microsoft:' + [string]$existing.Id; reused = $true
         creationTime = $existing.CreationTime.ToUniversalTime().ToString('o'); stateBefore = [string]$vm.State; quiesced = $null; resumed = $resumed
-        trace = @($script:trace); disks = @(Get-HvpCheckpointDisks $existing) }
+        trace = @($script:trace); disks = @(Get-HvpCheckpointDisks $existing); replica = $replica }
       return
     }
   }
@@ -459,7 +500,7 @@ const BODIES: Record<ScriptOp, string> = {
   $primary = $null
   try {
     # Offline: make the VM quiet, take the checkpoint, bring it back at once (below).
-    if (-not $quiesced -and $p.mode -eq 'offline' -and $stateBefore -eq 'Running' -and ($p.offlineMethod -eq 'save' -or $p.offlineMethod -eq 'pause')) {
+    if (-not $isReplica -and -not $quiesced -and $p.mode -eq 'offline' -and $stateBefore -eq 'Running' -and ($p.offlineMethod -eq 'save' -or $p.offlineMethod -eq 'pause')) {
       $script:step = 'record'
       Write-HvpRecord ([string]$p.offlineMethod) ''
       if ($p.offlineMethod -eq 'pause') {
@@ -523,7 +564,7 @@ const BODIES: Record<ScriptOp, string> = {
     vmId = [string]$vm.Id; host = $env:COMPUTERNAME; snapshotInstanceId = [string]$snap.InstanceID
     virtualSystemType = [string]$snap.VirtualSystemType; creationTime = $vs.CreationTime.ToUniversalTime().ToString('o')
     stateBefore = $stateBefore; quiesced = $quiesced; trace = @($script:trace); disks = @(Get-HvpCheckpointDisks $vs)
-    reused = $false; consistencyLevel = [int]$p.consistencyLevel; guestBackupTypeSet = $guestBackupTypeSet
+    reused = $false; consistencyLevel = [int]$level; guestBackupTypeSet = $guestBackupTypeSet; replica = $replica
   }
 `,
 
@@ -629,6 +670,9 @@ const BODIES: Record<ScriptOp, string> = {
   power: String.raw`
   $vm = Find-HvpVm ([string]$p.vm)
   $before = [string]$vm.State
+  if ([string]$p.action -ne 'resume-held' -and (Test-HvpReplica $vm)) {
+    Fail-Hvp 'the VM is a Hyper-V Replica secondary: hvprotect never pauses, saves, resumes or starts it (replication applies to it; it runs after a failover)' @{ cmdlet = 'Get-VM'; replica = $true }
+  }
   switch ([string]$p.action) {
     'pause' {
       if ($before -eq 'Running') { $script:step = 'Suspend-VM'; Suspend-VM -VM $vm }

@@ -11,6 +11,7 @@ import { CKPT, WIN_VM, fakeHost, type Step } from './support';
 
 const MiB = 1024 * 1024;
 const LABEL = 'backup/contract/1';
+const REPLICA_VM = '2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e';
 
 interface Arranged {
   adapter: HypervisorAdapter;
@@ -27,6 +28,8 @@ interface Implementation {
   leftPausedByKilledAttempt(): Promise<Arranged>;
   /** A checkpoint after guest writes since the change-tracking id `base`. */
   writtenSince(): Promise<Arranged & { base: string; checkpointId: string; diskId: string; written: { offset: number; length: number } }>;
+  /** A Hyper-V Replica secondary, seen by the adapter of its replica server. */
+  replicaVm(): Promise<Arranged>;
   /** An adapter of one host and a VM that lives on `owner`. */
   vmElsewhere(): Promise<{ adapter: HypervisorAdapter; vm: string; owner: string }>;
 }
@@ -38,6 +41,7 @@ function labImplementation(): Implementation & { cleanup(): Promise<void> } {
   const ready = (async () => {
     ({ lab, cleanup } = await tempLab('hvp-contract-'));
     await lab.createCluster('clu', ['hv1', 'hv2']);
+    await lab.createHost('dr1'); // a replica server outside the cluster
   })();
   const vm = async (opts: { linux?: boolean } = {}) => {
     await ready;
@@ -78,6 +82,11 @@ function labImplementation(): Implementation & { cleanup(): Promise<void> } {
       const c1 = await a.adapter.createBackupCheckpoint(a.vmId, { mode: 'online', label: 'c1' });
       return { ...a, base: c0.disks[0].changeTrackingId, checkpointId: c1.checkpointId, diskId: 'scsi0-0', written };
     },
+    replicaVm: async () => {
+      const a = await vm();
+      const rep = await lab.enableReplication(a.vmId, 'dr1');
+      return { adapter: await LabHypervisor.open(lab, 'dr1'), vmId: rep.vmId, state: async () => (await lab.getVm(rep.vmId)).state };
+    },
     vmElsewhere: async () => {
       await ready;
       const facts = await lab.createVm({ name: `far${++n}`, host: 'hv2', storage: 'csv', disks: [{ sizeBytes: MiB }] });
@@ -89,7 +98,7 @@ function labImplementation(): Implementation & { cleanup(): Promise<void> } {
 function hyperVImplementation(shape: '5.1' | '7'): Implementation & { cleanup(): Promise<void> } {
   const dirs: string[] = [];
   const fixture = (name: string) => JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures', name), 'utf8'));
-  const host = (steps: Step[], state: 'Running' | 'Paused') => {
+  const host = (steps: Step[], state: 'Running' | 'Paused' | 'Off') => {
     const f = fakeHost(steps, {}, { vm: { state }, shape });
     dirs.push(f.dir);
     return { f, arranged: { adapter: f.adapter, vmId: WIN_VM, state: async () => (await f.adapter.inspectVm(WIN_VM)).state } };
@@ -142,6 +151,30 @@ function hyperVImplementation(shape: '5.1' | '7'): Implementation & { cleanup():
       );
       return { ...arranged, base: 'rctX:base:1', checkpointId: CKPT, diskId: 'scsi0-0', written: { offset: MiB, length: 64 * 1024 } };
     },
+    replicaVm: async () => {
+      const replicaInspect: Step = { op: 'inspect', fixture: 'inspect-replica.json' };
+      // What the power script answers for a replica (contracts.js holds the script to refusing).
+      const refused = (action: string): Step => ({
+        op: 'power',
+        expectParams: { action },
+        error: { type: 'HypervisorCommandFailed', message: 'the VM is a Hyper-V Replica secondary: hvprotect never pauses, saves, resumes or starts it', step: 'Get-VM', replica: true },
+      });
+      const { f, arranged } = host(
+        [
+          replicaInspect,
+          { op: 'create-checkpoint', expectParams: { mode: 'offline', offlineMethod: 'save' }, fixture: 'create-checkpoint-replica.json' },
+          replicaInspect,
+          { op: 'release-checkpoint', fixture: 'release-replica.json' },
+          replicaInspect,
+          refused('pause'),
+          refused('save'),
+          refused('resume'),
+          replicaInspect,
+        ],
+        'Off',
+      );
+      return { ...arranged, vmId: REPLICA_VM, state: async () => (await f.adapter.inspectVm(REPLICA_VM)).state };
+    },
     vmElsewhere: async () => {
       const { f } = host([{ op: 'inspect', error: { type: 'VmNotOnHost', message: 'the VM is not on this host; its cluster group is owned by HV02', step: 'Get-ClusterResource', host: 'HV02', vmId: WIN_VM } }], 'Running');
       return { adapter: f.adapter, vm: 'SQL01', owner: 'HV02' };
@@ -185,6 +218,20 @@ describe.each([
     expect(r.tracked).toBe(true);
     const covering = r.ranges.find((x) => x.offset <= written.offset && x.offset + x.length >= written.offset + written.length);
     expect(covering).toBeDefined();
+  });
+
+  test('a Hyper-V Replica secondary is backed up as it is: never paused, saved, resumed or started, crash-consistent', async () => {
+    const { adapter, vmId, state } = await impl.replicaVm();
+    expect((await adapter.inspectVm(vmId)).replica.role).toBe('replica');
+    // Even asked to save it (the workflow asks for no quiescing), the replica is left as replication keeps it.
+    const c = await adapter.createBackupCheckpoint(vmId, { mode: 'offline', offlineMethod: 'save', label: LABEL });
+    expect(c.disks.length).toBeGreaterThan(0);
+    expect(c.consistency?.achieved).toBe('crash-consistent');
+    expect(await state()).toBe('off');
+    await adapter.releaseCheckpoint(vmId, c.checkpointId);
+    expect(await state()).toBe('off');
+    for (const act of [() => adapter.pauseVm(vmId), () => adapter.saveVm(vmId), () => adapter.resumeVm(vmId)]) await expect(act()).rejects.toBeInstanceOf(HypervisorError);
+    expect(await state()).toBe('off');
   });
 
   test('a VM on another host is VmNotOnHost naming its owner', async () => {

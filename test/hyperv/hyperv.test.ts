@@ -486,6 +486,30 @@ describe('backup checkpoints', () => {
     expect(g.calls()).toHaveLength(1);
   });
 
+  test('a Hyper-V Replica secondary: crash-consistent recovery checkpoint of what replication applied, said so; its release resumes nothing', async () => {
+    const REPLICA = '2b3c4d5e-6f7a-4b8c-9d0e-1f2a3b4c5d6e';
+    for (const shape of ['7', '5.1'] as const) {
+      const f = fakeHost(
+        [
+          { op: 'create-checkpoint', fixture: 'create-checkpoint-replica.json', expectParams: { vm: REPLICA, mode: 'online' }, expectCmdlets: ['Get-HvpReplicaState $vm', '-SnapshotType AppConsistentReplica'] },
+          { op: 'release-checkpoint', fixture: 'release-replica.json', expectParams: { heldQuiet: '' } },
+        ],
+        {},
+        { vm: { state: 'Off' }, shape },
+      );
+      // Online asked, as for any VM: the replica has no running guest, so no application-consistent try and no fallback.
+      const c = await f.adapter.createBackupCheckpoint(REPLICA, { mode: 'online', label: 'backup/web01-replica/1' });
+      expect(c.consistency?.achieved).toBe('crash-consistent');
+      expect(c.consistency?.reason).toMatch(/^a Hyper-V Replica secondary of HV01\.corp\.example, read on the replica server without pausing or starting it: the replicated data as of 2026-11-24T03:05:00\.000Z \(replication Replicating, health Normal\); newest recovery point WEB01 - Standard Replica .* \(Replica, 2026-11-24T03:00:00\.000Z\)$/);
+      expect(c.disks).toEqual([{ diskId: 'scsi0-0', frozenPath: 'E:\\Replica\\WEB01\\WEB01.vhdx', virtualSize: 64424509440, changeTrackingId: 'rctX:7d8e9f0a:1b2c:4d3e:8f4a:5b6c7d8e9f0a:00000005' }]);
+      const released = await f.adapter.releaseToReferencePoint(REPLICA, c.checkpointId);
+      expect(released.resumed).toBeUndefined();
+      expect(released.disks).toEqual([{ diskId: 'scsi0-0', changeTrackingId: 'rctX:7d8e9f0a:1b2c:4d3e:8f4a:5b6c7d8e9f0a:00000005' }]);
+      expect(f.calls().filter((x) => x.mismatch)).toEqual([]);
+      expect(f.remaining()).toBe(0);
+    }
+  });
+
   test('GuestBackupType is set only where the host knows it (Windows Server 2016 1703 and later)', async () => {
     const f = fakeHost([{ op: 'create-checkpoint', fixture: 'create-checkpoint-online.json', expectCmdlets: ["-contains 'GuestBackupType'", '$props.GuestBackupType = [byte]$p.guestBackupType'] }]);
     await f.adapter.createBackupCheckpoint(WIN_VM, { mode: 'online' });

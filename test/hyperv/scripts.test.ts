@@ -55,6 +55,10 @@ describe('the fake pwsh contracts', () => {
     ['by label: the recovery filter dropped', 'checkpoints-by-label', byLabel.replace("[string]$_.SnapshotType -eq 'Recovery' -and ", '')],
     ['create: label reuse matched with -like', 'create-checkpoint', create.replace('[string]$_.Name -eq [string]$p.label', '[string]$_.Name -like [string]$p.label')],
     ['create: pause before the record', 'create-checkpoint', create.replace("Write-HvpRecord ([string]$p.offlineMethod) ''", '')],
+    ['create: a replica paused or saved like any VM', 'create-checkpoint', create.replace('if (-not $isReplica -and -not $quiesced', 'if (-not $quiesced')],
+    ['create: a replica asked for application consistency', 'create-checkpoint', create.replace('if ($isReplica) { $level = [byte]2 }', '')],
+    ['Resume-HvpHeld starting a replica', 'release-checkpoint', release.replace('  if (Test-HvpReplica $vm) { return $null }\n', '')],
+    ['power: a replica resumed or started', 'power', buildScript('power', PARAMS).replace("[string]$p.action -ne 'resume-held' -and (Test-HvpReplica $vm)", '$false')],
     ['a job in state 2 counted as failed', 'list', buildScript('list', PARAMS).replace('-in 2, 3, 4, 5, 6', '-in 3, 4, 5, 6')],
   ])('%s is refused', (_what, op, mutated) => {
     expect(violations(op as string, mutated as string).length).toBeGreaterThan(0);

@@ -10,8 +10,8 @@ const NO_LABEL_WILDCARD = /(-like|-match|-clike|-ilike)[^\n]*\$p\.label|\$p\.lab
 const PREAMBLE = [
   { must: /\$found = @\(Get-VM \| Where-Object \{ \$_\.Name -eq \$ref \}\)/, why: 'VMs are matched by exact name (Get-VM -Name takes wildcards)' },
   {
-    must: /function Resume-HvpHeld\(\$vm, \[string\]\$held\) \{\n  \$state = \[string\]\(Get-VM -Id \$vm\.Id\)\.State\n  if \(\$held -eq 'pause' -and \$state -eq 'Paused'\) \{ \$script:step = 'Resume-VM'; Resume-VM -VM \$vm; return 'Resume-VM' \}\n  if \(\$held -eq 'save' -and \$state -eq 'Saved'\) \{ \$script:step = 'Start-VM'; Start-VM -VM \$vm; return 'Start-VM' \}\n  return \$null\n\}/,
-    why: 'Resume-HvpHeld resumes a paused VM and starts a saved one only as our record holds it',
+    must: /function Resume-HvpHeld\(\$vm, \[string\]\$held\) \{\n  if \(Test-HvpReplica \$vm\) \{ return \$null \}\n  \$state = \[string\]\(Get-VM -Id \$vm\.Id\)\.State\n  if \(\$held -eq 'pause' -and \$state -eq 'Paused'\) \{ \$script:step = 'Resume-VM'; Resume-VM -VM \$vm; return 'Resume-VM' \}\n  if \(\$held -eq 'save' -and \$state -eq 'Saved'\) \{ \$script:step = 'Start-VM'; Start-VM -VM \$vm; return 'Start-VM' \}\n  return \$null\n\}/,
+    why: 'Resume-HvpHeld resumes a paused VM and starts a saved one only as our record holds it, and never a replica',
   },
   { mustNot: /Get-VHD -Path /, why: 'Get-VHD -Path takes wildcards ([ ] in a path): -LiteralPath' },
   { must: /while \(\$job\.JobState -in 2, 3, 4, 5, 6\)/, why: 'a job in state 2 (New) is waited for, not failed' },
@@ -36,8 +36,13 @@ const BODY = {
     { must: /Write-HvpRecord \(\[string\]\$p\.offlineMethod\) ''\n[\s\S]*Suspend-VM -VM \$vm/, why: 'the record is written before the VM is paused' },
     { mustNot: /\} finally \{\n    if \(\$quiesced/, why: 'resume is not in a finally (an error there would hide the first one)' },
     { must: /-MethodName DestroySnapshot/, why: 'a checkpoint whose label cannot be set is removed' },
+    { must: /if \(-not \$isReplica -and -not \$quiesced -and \$p\.mode -eq 'offline'/, why: 'a replica is never paused or saved for its checkpoint' },
+    { must: /if \(\$isReplica\) \{ \$level = \[byte\]2 \}/, why: 'a replica checkpoint is crash-consistent (no guest runs to quiesce)' },
   ],
-  power: [{ must: /'resume-held' \{ \$null = Resume-HvpHeld \$vm \(\[string\]\$p\.held\) \}/, why: 'resume-held goes through Resume-HvpHeld' }],
+  power: [
+    { must: /'resume-held' \{ \$null = Resume-HvpHeld \$vm \(\[string\]\$p\.held\) \}/, why: 'resume-held goes through Resume-HvpHeld' },
+    { must: /if \(\[string\]\$p\.action -ne 'resume-held' -and \(Test-HvpReplica \$vm\)\) \{\n    Fail-Hvp /, why: 'a replica is never paused, saved, resumed or started' },
+  ],
 };
 
 function stripComments(text) {
