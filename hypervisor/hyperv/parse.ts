@@ -310,7 +310,8 @@ export function parseInspect(result: Json, opts: InspectOptions): VmFacts {
       drives: drives.map((d) => ({ diskId: diskIdOf(d), controller: controllerOf(d.ControllerType), number: num(d.ControllerNumber), location: num(d.ControllerLocation), path: str(d.Path) })),
     },
     checkpoints,
-    checkpointConsistency: 'production',
+    // A replica has no running guest: its checkpoint is crash-consistent as replication left it, never a production checkpoint.
+    ...(role === 'replica' ? {} : { checkpointConsistency: 'production' as const }),
   };
   const unsupported = unsupportedAtHostLevel(vm, drives, disks);
   if (unsupported.length) facts.unsupported = unsupported;

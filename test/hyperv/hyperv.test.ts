@@ -204,6 +204,8 @@ describe('inspectVm', () => {
     expect(facts.guestOs).toBe('unknown');
     expect(facts.guestOsFamily).toBe('other');
     expect(facts.integrationServices.backup).toEqual({ enabled: true, responding: false });
+    // No production-checkpoint promise (application-consistent where the guest can): a replica's guest never runs.
+    expect(facts.checkpointConsistency).toBeUndefined();
   });
 
   test('a passthrough disk (DiskNumber set) is flagged and gets no volume', async () => {
