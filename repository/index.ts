@@ -4,8 +4,7 @@ export type { DataSourceSettings, OpenRepositoryOptions, RepositoryConfig } from
 export { KeyedMutex } from './mutex';
 export type { BackupSession, CommitPointInput, IndexCounters } from './sessions';
 export type { PointDeletion, DeletionReason } from './points';
-export { BackupLeases } from './leases';
-export type { RestoreLease, BackupLeaseHolder } from './leases';
+export type { RestoreLease } from './leases';
 export { planRetention } from './retention';
 export type { RetentionInput, RetentionPlan } from './retention';
 export type {
@@ -19,8 +18,6 @@ export { collectGarbage } from './gc';
 export type { GcOptions, GcReport } from './gc';
 export { verifyRepository } from './checker';
 export type { VerifyOptions, VerifyReport, DamagedChunk, DamagedIndex, AffectedPoint } from './checker';
-export { openDiskStream, describeDiskRead } from './restore';
-export type { ByteRange, DiskStreamInfo } from './restore';
 export { MAX_CHUNK_SIZE, ZERO_DIGEST, checkChunk, isAllZero, sha256 } from './chunk-store';
 export { slotCount } from './fixed-index';
 export { checkDataSourceId, checkDiskId, checkPointId, checkDigest, isDigest } from './ids';

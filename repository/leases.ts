@@ -1,14 +1,13 @@
-// Leases: what keeps a recovery point from being deleted while it is read, and what keeps two
-// backups of one data source from running at once.
+// Leases: what keeps a recovery point from being deleted while it is read (one backup of a data
+// source at a time is the protection workflow's, in Temporal).
 //   restore leases  leases/<leaseId>.json, with an expiry (a restore job holds one)
 //   active reads    in memory: a stream reading a point right now
-//   backup lease    <folder>/<dataSource>.json: the backup workflow that holds the data source
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import { writeFileDurable } from './durable';
-import { RepositoryError, isNotFound } from './errors';
-import { checkDataSourceId, checkSessionId } from './ids';
+import { RepositoryError } from './errors';
+import { checkSessionId } from './ids';
 import type { RepositoryLayout } from './layout';
 import { KeyedMutex } from './mutex';
 
@@ -95,59 +94,5 @@ export class RestoreLeases {
     for (const l of await this.list()) if (l.dataSource === ds) busy.add(l.pointId);
     for (const [key, n] of this.activeReads) if (n > 0 && key.startsWith(`${ds}/`)) busy.add(key.slice(ds.length + 1));
     return busy;
-  }
-}
-
-export interface BackupLeaseHolder {
-  dataSource: string;
-  workflowId: string;
-  runId: string;
-  at: string;
-}
-
-/**
- * One backup of a data source at a time, whatever started it. A lease held by a workflow that no
- * longer runs (`holderRuns` asks Temporal) is taken over.
- */
-export class BackupLeases {
-  private readonly dsMutex = new KeyedMutex();
-
-  constructor(
-    private readonly dir: string,
-    private readonly holderRuns: (holder: BackupLeaseHolder) => Promise<boolean>,
-  ) {}
-
-  private file(ds: string): string {
-    return path.join(this.dir, `${checkDataSourceId(ds)}.json`);
-  }
-
-  async holder(ds: string): Promise<BackupLeaseHolder | undefined> {
-    try {
-      return JSON.parse(await fs.readFile(this.file(ds), 'utf8')) as BackupLeaseHolder;
-    } catch (err) {
-      if (isNotFound(err)) return undefined;
-      throw err;
-    }
-  }
-
-  /** Takes the lease for a workflow, or returns who holds it when another run still does. */
-  async take(ds: string, workflowId: string, runId: string): Promise<{ taken: true } | { taken: false; holder: BackupLeaseHolder }> {
-    // Check-then-write must not interleave for one data source, or two backups started in the
-    // same instant would both win; one server process owns a data source.
-    return this.dsMutex.run(ds, async () => {
-      await fs.mkdir(this.dir, { recursive: true });
-      const current = await this.holder(ds);
-      if (current && current.workflowId !== workflowId && (await this.holderRuns(current))) return { taken: false as const, holder: current };
-      const record: BackupLeaseHolder = { dataSource: ds, workflowId, runId, at: new Date().toISOString() };
-      await writeFileDurable(this.file(ds), JSON.stringify(record));
-      return { taken: true as const };
-    });
-  }
-
-  async release(ds: string, workflowId: string): Promise<void> {
-    await this.dsMutex.run(ds, async () => {
-      const current = await this.holder(ds);
-      if (current?.workflowId === workflowId) await fs.rm(this.file(ds), { force: true });
-    });
   }
 }

@@ -2,7 +2,8 @@
 // chunk checked against its digest), restore leases that keep a point from deletion.
 import { promises as fs } from 'node:fs';
 import type { FastifyInstance } from 'fastify';
-import { RepositoryError, checkDataSourceId, checkDiskId, checkPointId, openDiskStream } from '../../repository';
+import { RepositoryError, checkDataSourceId, checkDiskId, checkPointId } from '../../repository';
+import { openDiskStream } from '../../recovery';
 import type { Repository } from '../../repository';
 import { API_PREFIX as P } from '../protocol';
 import { digits } from './schemas';

@@ -8,7 +8,7 @@ import { freePort, startDevServer, type DevServer } from '../../temporal/dev-ser
 import { loadTemporalSettings } from '../../temporal/connection';
 import { startTestStack, type TestStack } from '../support/stack';
 import { initialDiskContent } from '../../hypervisor/lab';
-import { openDiskStream } from '../../repository';
+import { openDiskStream } from '../../recovery';
 import { backupProgressQuery, type BackupVmResult } from '../../workflows/backup-vm';
 
 const MiB = 1024 * 1024;

@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { startTestStack, type TestStack } from '../support/stack';
 import { initialDiskContent } from '../../hypervisor/lab';
-import { openDiskStream } from '../../repository';
+import { openDiskStream } from '../../recovery';
 import type { BackupVmResult } from '../../workflows/backup-vm';
 
 const MiB = 1024 * 1024;

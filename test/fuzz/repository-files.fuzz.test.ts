@@ -7,7 +7,8 @@ import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import fc from 'fast-check';
 import { compress } from 'zstd-napi';
-import { RepositoryError, openDiskStream, verifyRepository } from '../../repository';
+import { RepositoryError, verifyRepository } from '../../repository';
+import { openDiskStream } from '../../recovery';
 import type { Repository, RecoveryPointManifest } from '../../repository';
 import { backup, randomDisk, tempRepo } from '../repository/support';
 

@@ -127,7 +127,7 @@ describe('shadow storage and retention', () => {
 
   it('a point being streamed by a restore is kept; once the stream is closed it can go', async () => {
     const ids = await chain('vm', 3);
-    const { openDiskStream } = await import('../../repository');
+    const { openDiskStream } = await import('../../recovery');
     const { stream } = await openDiskStream(repo, 'vm', ids[0], 'disk0');
     const d = await repo.deleteOldestPoint('vm');
     expect(d.pointId).toBe(ids[1]);

@@ -50,7 +50,7 @@ export async function backup(
 }
 
 export async function restore(repo: Repository, ds: string, pointId: string, diskId = 'disk0', range?: { offset: number; length?: number }): Promise<Buffer> {
-  const { openDiskStream } = await import('../../repository');
+  const { openDiskStream } = await import('../../recovery');
   const { stream } = await openDiskStream(repo, ds, pointId, diskId, range);
   const parts: Buffer[] = [];
   for await (const c of stream) parts.push(c as Buffer);

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import type { Client, WorkflowHandle } from '@temporalio/client';
-import { openDiskStream } from '../../repository';
+import { openDiskStream } from '../../recovery';
 import { backupProgressQuery, type BackupVmInput } from '../../workflows/backup-vm';
 import { createLogger } from '../../log/logger';
 import { loadTemporalSettings, type TemporalSettings } from '../../temporal/connection';

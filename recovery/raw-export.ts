@@ -2,10 +2,10 @@
 // recovery's PointDiskReader (index checksum first, every chunk checked against its slot before
 // a byte of it is passed on), under a read lease. A few chunks are read ahead to keep the disk busy.
 import { Readable } from 'node:stream';
-import { repositoryChunkSource } from '../recovery/chunk-source';
-import { PointDiskReader } from '../recovery/point-disk-reader';
-import { RepositoryError } from './errors';
-import type { Repository } from './repository';
+import { repositoryChunkSource } from './chunk-source';
+import { PointDiskReader } from './point-disk-reader';
+import { RepositoryError } from '../repository/errors';
+import type { Repository } from '../repository/repository';
 
 export interface ByteRange {
   offset: number;
