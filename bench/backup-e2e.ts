@@ -117,6 +117,7 @@ async function main(): Promise<void> {
   const { Lab } = await import('../hypervisor/lab');
   const { hostTaskQueue, hostTransferQueue } = await import('../temporal/task-queues');
   const { readWorkflowRun, outsideActivitiesMs } = await import('../test/load/history');
+  const { listServers, protectVm, scheduleIdOf, startBackupNow } = await import('../client/protection');
   type BackupVmResult = import('../workflows/backup-vm').BackupVmResult;
 
   const tmp = await fs.mkdtemp(path.join('/tmp', 'hvp-e2e-'));
@@ -165,10 +166,22 @@ async function main(): Promise<void> {
     };
     const agent = await spawnAgent('hv01');
 
-    const backup = async (label: string, ds = DS, vmId = facts.vmId): Promise<BackupRun & { result: BackupVmResult }> => {
-      const workflowId = `backup/${ds}/${label}`;
+    // Every backup goes through the VM's protection, as `hvprotect backup` does: protected on first
+    // use (its schedule paused, so that only the benchmark starts backups), then startJob.
+    for (let i = 0; !(await listServers(client)).some((s) => s.id === server!.id && s.running); i++) {
+      if (i > 240) throw new Error(`protection server ${server.id} not listed as running`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    const protectedDs = new Set<string>();
+    const backup = async (label: string, ds = DS, vm = { vmId: facts.vmId, name: 'bench-vm', host: 'hv01' }): Promise<BackupRun & { result: BackupVmResult }> => {
+      if (!protectedDs.has(ds)) {
+        await protectVm(client, { vm: { ...vm, state: 'running' }, server: server!.id, dataSource: ds, schedule: { everyHours: 24 } });
+        await client.schedule.getHandle(scheduleIdOf(ds)).pause('benchmark: backups started by hand only');
+        protectedDs.add(ds);
+      }
       const t0 = performance.now();
-      const h = await client.workflow.start('backupVm', { taskQueue: server!.taskQueue, workflowId, args: [{ dataSource: ds, vm: vmId }] });
+      const h = await startBackupNow(client, { dataSource: ds }, 'auto', `benchmark ${label}`);
+      const workflowId = h.workflowId;
       const result = (await h.result()) as BackupVmResult;
       const wallMs = performance.now() - t0;
       const run = await readWorkflowRun(client, workflowId);
@@ -271,8 +284,8 @@ async function main(): Promise<void> {
           lab.createVm({ name: `four-${host}-${round}`, host, disks: [0, 1, 2, 3].map((k) => ({ sizeBytes: MULTI, content: { kind: 'random' as const, seed: seed + k, fill: FILL } })) });
         const seq = await vm('hv02', 500 + round * 10);
         const par = await vm('hv03', 900 + round * 10);
-        const runSeq = () => backup(`four-disks-sequential-${round + 1}`, `four-seq-${round}`, seq.vmId);
-        const runPar = () => backup(`four-disks-parallel-${round + 1}`, `four-par-${round}`, par.vmId);
+        const runSeq = () => backup(`four-disks-sequential-${round + 1}`, `four-seq-${round}`, { vmId: seq.vmId, name: `four-hv02-${round}`, host: 'hv02' });
+        const runPar = () => backup(`four-disks-parallel-${round + 1}`, `four-par-${round}`, { vmId: par.vmId, name: `four-hv03-${round}`, host: 'hv03' });
         const [a, b] = round % 2 === 0 ? [await runSeq(), await runPar()] : [await runPar(), await runSeq()].reverse();
         multi.push({ sequentialMs: a.wallMs, parallelMs: b.wallMs });
       }

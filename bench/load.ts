@@ -1,18 +1,23 @@
-// Load benchmark: 200 lab VMs across 4 lab hosts, all protected (a Temporal Schedule each) and
-// backed up at once on this machine, in waves (wave 1 = initial replicas, later waves = express
-// fulls after a few guest writes per VM). Every process as in production: a Temporal dev server,
-// the protection server (`hvprotect server`) and one `hvprotect agent` per host, each its own
-// process; this script is only the client (and the lab's guest).
+// Load benchmark: 200 lab VMs across 4 lab hosts, all protected (a protection workflow and a
+// Temporal Schedule each, as `protect add` makes them) and backed up at once on this machine, in
+// waves (wave 1 = initial replicas, later waves = express fulls after a few guest writes per VM).
+// Every process as in production: a Temporal dev server, the protection server(s) (`hvprotect
+// server --id load01 …`, one task queue each) and one `hvprotect agent` per host serving every
+// server (`--server ID=TOKEN_FILE` per server), each its own process; this script is only the
+// client (and the lab's guest). With --servers N the VMs are protected round-robin by N servers.
 //
-//   npx tsc -p . && node dist/bench/load.js [--vms 200] [--hosts 4] [--disk-mib 4] [--waves 2] [--keep]
+//   npx tsc -p . && node dist/bench/load.js [--vms 200] [--hosts 4] [--servers 1] [--disk-mib 4] [--waves 2] [--out bench/load.md] [--keep]
 //
-// Checked from the workflow histories (test/load/history.ts): every backup commits a point; never
-// more than 3 transfers at once on a host; no two backups of one VM hold its lease at once (a
-// second trigger during a run is skipped by the schedule, a backup by hand is refused by the
-// lease). Backups are started directly (known ids; results awaited), not found through
-// visibility, which lags by minutes on this machine under this load. Measured: throughput (backups per minute), Temporal overhead per backup (workflow time
+// Every backup goes through the VM's protection, as in production: a few are started by their
+// schedule (scheduledBackup signals the protection), the rest as `hvprotect backup` starts them
+// (the protection's startJob update, client/protection.ts startJob). Checked from the workflow
+// histories (test/load/history.ts): every backup commits a point; never more than 3 transfers at
+// once on a host; no two backups of one VM run at once (a second trigger during a run is skipped,
+// a backup by hand is refused by the protection up front). Backup ids come from the protections'
+// answers and state (results awaited), not from visibility, which lags by minutes on this machine
+// under this load. Measured: throughput (backups per minute), Temporal overhead per backup (workflow time
 // minus time inside the transfer activity; median, p95), peak RSS and CPU time per process.
-// Writes bench/load.md. Temp data under /tmp, removed; every process started here is stopped.
+// Writes bench/load.md (or --out). Temp data under /tmp, removed; every process started here is stopped.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { existsSync, promises as fs, openSync, readFileSync } from 'node:fs';
@@ -23,12 +28,10 @@ import { waitForPollers } from './support';
 import { startDevServer, freePort, type DevServer } from '../temporal/dev-server';
 import { connectClient, loadTemporalSettings } from '../temporal/connection';
 import { serverTaskQueue, hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
-
-const SERVER_ID = 'load01';
-const SERVER_TASK_QUEUE = serverTaskQueue(SERVER_ID);
 import { Lab } from '../hypervisor/lab';
 import { StorageClient } from '../storage-api/client';
-import { backupInput, protectVm, scheduleIdOf } from '../client/protection';
+import { JobRefused, listServers, protectVm, scheduleIdOf, startBackupNow, startJob } from '../client/protection';
+import { protectionStateQuery, protectionWorkflowId } from '../workflows/protection';
 import type { BackupVmInput, BackupVmResult } from '../workflows/backup-vm';
 import { jobInterval, maxOverlap, outsideActivitiesMs, overlappingPairs, quantile, readWorkflowRuns, transfersByHost, transferMs, withRetry, type WorkflowRun } from '../test/load/history';
 
@@ -41,6 +44,8 @@ const VMS = Number(opt('vms', '200'));
 const HOSTS = Array.from({ length: Number(opt('hosts', '4')) }, (_, i) => `hv${String(i + 1).padStart(2, '0')}`);
 const DISK = Number(opt('disk-mib', '4')) * 1024 * 1024;
 const WAVES = Number(opt('waves', '2'));
+const OUT = path.resolve(opt('out', path.join(__dirname, '..', '..', 'bench', 'load.md')));
+const SERVER_IDS = Array.from({ length: Number(opt('servers', '1')) }, (_, i) => `load${String(i + 1).padStart(2, '0')}`);
 const MAX_TRANSFERS = 3;
 const BY_HAND = 8;
 const SCHEDULED = 8;
@@ -100,7 +105,7 @@ interface WaveReport {
   peaks: Record<string, number>;
   transfersPerHost: Record<string, number>;
   skipped: number;
-  byHand: { started: number; refused: number; ran: number };
+  byHand: { asked: number; refused: number; ran: number };
   overlaps: string[];
   failed: string[];
   rssAfter: Record<string, number>;
@@ -133,42 +138,49 @@ async function main(): Promise<void> {
     const env = { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, HVPROTECT_LOG_FORMAT: 'json', HVPROTECT_LOG_LEVEL: 'warn' };
     const log = (name: string) => openSync(path.join(tmp, `${name}.log`), 'a');
 
-    // The protection server, its own process.
-    const stateDir = path.join(tmp, 'server');
-    const metricsPort = await freePort();
-    const server = spawn(process.execPath, [CLI, 'server', '--id', SERVER_ID, '--state-dir', stateDir, '--api-port', '0', '--metrics-port', String(metricsPort)], {
-      env,
-      stdio: ['ignore', log('server'), log('server')],
-    });
-    children.push(server);
-    const urlFile = path.join(stateDir, 'storage-api.url');
-    for (let i = 0; !existsSync(urlFile); i++) {
-      if (i > 600 || server.exitCode !== null) throw new Error(`the protection server did not start: see ${tmp}/server.log`);
-      await sleep(100);
+    // The protection servers, each its own process with its own repository and task queue.
+    const servers = new Map<string, { proc: ChildProcess; admin: StorageClient }>();
+    for (const id of SERVER_IDS) {
+      const stateDir = path.join(tmp, `server-${id}`);
+      const metricsPort = await freePort();
+      const proc = spawn(process.execPath, [CLI, 'server', '--id', id, '--state-dir', stateDir, '--api-port', '0', '--metrics-port', String(metricsPort)], {
+        env,
+        stdio: ['ignore', log(`server-${id}`), log(`server-${id}`)],
+      });
+      children.push(proc);
+      const urlFile = path.join(stateDir, 'storage-api.url');
+      for (let i = 0; !existsSync(urlFile); i++) {
+        if (i > 600 || proc.exitCode !== null) throw new Error(`protection server ${id} did not start: see ${tmp}/server-${id}.log`);
+        await sleep(100);
+      }
+      const storageUrl = (await fs.readFile(urlFile, 'utf8')).trim();
+      servers.set(id, { proc, admin: new StorageClient(storageUrl, (await fs.readFile(path.join(stateDir, 'admin.token'), 'utf8')).trim()) });
     }
-    const storageUrl = (await fs.readFile(urlFile, 'utf8')).trim();
-    const admin = new StorageClient(storageUrl, (await fs.readFile(path.join(stateDir, 'admin.token'), 'utf8')).trim());
 
     // The lab: hosts and VMs with small disks.
     const lab = await Lab.open(path.join(tmp, 'lab'));
     for (const h of HOSTS) await lab.createHost(h);
-    const vms: Array<{ vmId: string; name: string; host: string; diskId: string; ds: string }> = [];
+    const vms: Array<{ vmId: string; name: string; host: string; diskId: string; ds: string; server: string }> = [];
     let t = Date.now();
     for (let i = 0; i < VMS; i++) {
       const host = HOSTS[i % HOSTS.length];
       const name = `load-${String(i).padStart(3, '0')}`;
       const f = await lab.createVm({ name, host, disks: [{ sizeBytes: DISK, content: { kind: 'random', seed: 5000 + i, fill: 0.75 } }] });
-      vms.push({ vmId: f.vmId, name, host, diskId: f.disks[0].diskId, ds: name });
+      vms.push({ vmId: f.vmId, name, host, diskId: f.disks[0].diskId, ds: name, server: SERVER_IDS[i % SERVER_IDS.length] });
     }
     const createMs = Date.now() - t;
     console.log(`${VMS} VMs created in ${sec(createMs)} s`);
 
-    // One agent process per host.
+    // One agent process per host, serving every server (a token of each).
     const agents = new Map<string, ChildProcess>();
     for (const h of HOSTS) {
-      const tokenFile = path.join(tmp, `${h}.token`);
-      await fs.writeFile(tokenFile, await admin.issueToken(h, 'agent'), { mode: 0o600 });
-      const a = spawn(process.execPath, [CLI, 'agent', '--host', h, '--lab-root', lab.root, '--server', `${SERVER_ID}=${tokenFile}`], {
+      const serverArgs: string[] = [];
+      for (const [id, sv] of servers) {
+        const tokenFile = path.join(tmp, `${h}-${id}.token`);
+        await fs.writeFile(tokenFile, await sv.admin.issueToken(h, 'agent'), { mode: 0o600 });
+        serverArgs.push('--server', `${id}=${tokenFile}`);
+      }
+      const a = spawn(process.execPath, [CLI, 'agent', '--host', h, '--lab-root', lab.root, ...serverArgs], {
         env,
         stdio: ['ignore', log(`agent-${h}`), log(`agent-${h}`)],
       });
@@ -176,12 +188,12 @@ async function main(): Promise<void> {
       agents.set(h, a);
     }
     const client = await connectClient(temporal);
-    await waitForPollers(client, temporal.namespace, [{ name: SERVER_TASK_QUEUE, kind: 'workflow' as const }, ...HOSTS.flatMap((h) => [hostTaskQueue(h), hostTransferQueue(h)]).map((name) => ({ name, kind: 'activity' as const }))], 120_000);
+    await waitForPollers(client, temporal.namespace, [...SERVER_IDS.map((id) => ({ name: serverTaskQueue(id), kind: 'workflow' as const })), ...HOSTS.flatMap((h) => [hostTaskQueue(h), hostTransferQueue(h)]).map((name) => ({ name, kind: 'activity' as const }))], 120_000);
 
     // RSS of every process, once a second.
     const procs: Proc[] = [
       { name: 'Temporal dev server', pid: dev.process.pid!, samples: [] },
-      { name: 'protection server', pid: server.pid!, samples: [] },
+      ...SERVER_IDS.map((id) => ({ name: `protection server ${id}`, pid: servers.get(id)!.proc.pid!, samples: [] })),
       ...HOSTS.map((h) => ({ name: `agent ${h}`, pid: agents.get(h)!.pid!, samples: [] })),
       { name: 'benchmark client + lab guest', pid: process.pid, samples: [] },
     ];
@@ -196,19 +208,32 @@ async function main(): Promise<void> {
     const rssBefore = Object.fromEntries(procs.map((p) => [p.name, p.samples[p.samples.length - 1]]));
     sampler = setInterval(sample, 1000);
 
+    // protectVm checks the server it is given against the servers' records (visibility): wait for all.
+    for (let i = 0; ; i++) {
+      const running = new Set((await listServers(client)).filter((sv) => sv.running).map((sv) => sv.id));
+      if (SERVER_IDS.every((id) => running.has(id))) break;
+      if (i > 240) throw new Error(`protection servers not listed as running: ${[...running].join(', ')}`);
+      await sleep(500);
+    }
     t = Date.now();
-    for (const v of vms) await protectVm(client, { vm: { vmId: v.vmId, name: v.name, host: v.host, state: 'running' }, dataSource: v.ds, schedule: { everyHours: 24 } });
+    for (const v of vms) {
+      await protectVm(client, { vm: { vmId: v.vmId, name: v.name, host: v.host, state: 'running' }, server: v.server, dataSource: v.ds, schedule: { everyHours: 24 } });
+    }
     console.log(`${VMS} protections created in ${sec(Date.now() - t)} s`);
 
     const waves: WaveReport[] = [];
     const seenIds = new Set<string>();
-    const describe = (ds: string) => withRetry('describe schedule', () => client.schedule.getHandle(scheduleIdOf(ds)).describe());
-    // SCHEDULED VMs are started by their schedule (trigger, overlap SKIP) and triggered again while
-    // that run goes; BY_HAND VMs get a second backup by hand while their first holds the lease; the
-    // rest (and BY_HAND) are started as `hvprotect backup` does, with the schedule's own input.
+    // The protection's own state by query (not protectionState(), which falls back to the memo,
+    // without running or recent jobs, when the query takes over 5 s: it may under this load).
+    const stateOf = (ds: string) => withRetry('protection state', () => client.workflow.getHandle(protectionWorkflowId(ds)).query(protectionStateQuery));
+    // SCHEDULED VMs are started by their schedule (trigger, overlap SKIP: scheduledBackup signals the
+    // protection) and triggered again while that run goes; for BY_HAND VMs a second backup is asked
+    // for by hand while their first runs (the protection refuses it); the rest (and BY_HAND) are
+    // started as `hvprotect backup` starts them, through the protection's startJob update.
     const schedGroup = vms.slice(0, SCHEDULED);
     const direct = vms.slice(SCHEDULED);
     const handGroup = direct.slice(-BY_HAND);
+    let skippedBefore = 0;
     for (let wave = 1; wave <= WAVES; wave++) {
       if (wave > 1) {
         // A guest write on every VM so that the express fulls have something to send.
@@ -230,41 +255,39 @@ async function main(): Promise<void> {
         Array.from({ length: 16 }, async () => {
           while (next < direct.length) {
             const v = direct[next++];
-            const workflowId = `backup/${v.ds}/wave-${wave}`;
-            const args = [backupInput(v.ds, { vmId: v.vmId, name: v.name, host: v.host, state: 'running' }, {})];
-            await withRetry('start', () => client.workflow.start('backupVm', { taskQueue: SERVER_TASK_QUEUE, workflowId, args })).catch((err) => {
-              if ((err as Error).name !== 'WorkflowExecutionAlreadyStartedError') throw err;
-            });
-            handles.set(v.ds, client.workflow.getHandle(workflowId));
+            // The request id makes a retried update return the job it started, not a refusal.
+            const { handle } = await withRetry('start', () => startJob(client, v.ds, { kind: 'backup', by: 'load benchmark', requestId: `load-wave-${wave}-${v.ds}` }));
+            handles.set(v.ds, handle);
           }
         }),
       );
       console.log(`  all started in ${sec(Date.now() - waveStart)} s`);
 
-      // The scheduled ones: once a run goes, trigger again (skipped while it runs).
+      // The scheduled ones: once the protection runs the job, trigger again (skipped while it runs).
       await Promise.all(
         schedGroup.map(async (v) => {
           for (let k = 0; k < 600; k++) {
-            const d = await describe(v.ds);
-            if (d.info.runningActions.length > 0) return trigger(v.ds);
-            if (d.info.recentActions.some((a) => !seenIds.has(a.action.workflow.workflowId))) return; // finished already
-            await sleep(200);
+            const st = await stateOf(v.ds);
+            if (st.running) return trigger(v.ds);
+            if (st.recent.some((r) => r.outcome !== 'skipped' && !seenIds.has(r.workflowId))) return; // finished already
+            await sleep(500);
           }
         }),
       );
-      // By hand, while the first backup of the VM holds its lease: refused.
+      // By hand, while the first backup of the VM runs: refused by its protection up front.
       const manual: WorkflowHandle[] = [];
+      let refused = 0;
+      let asked = 0;
       await Promise.all(
         handGroup.map(async (v) => {
-          for (let k = 0; k < 1200; k++) {
-            const [run] = await readWorkflowRuns(client, [{ workflowId: handles.get(v.ds)!.workflowId }]);
-            if (run.outcome !== 'open') return;
-            if (run.activities.some((a) => a.activityType === 'acquireBackupLease' && a.outcome === 'completed')) {
-              const input: BackupVmInput = { dataSource: v.ds, vm: v.vmId };
-              manual.push(await client.workflow.start('backupVm', { taskQueue: SERVER_TASK_QUEUE, workflowId: `backup/${v.ds}/by-hand-${wave}`, args: [input] }));
-              return;
-            }
-            await sleep(250);
+          const st = await stateOf(v.ds);
+          if (st.running?.workflowId !== handles.get(v.ds)!.workflowId) return; // over already
+          asked++;
+          try {
+            manual.push(await startBackupNow(client, { dataSource: v.ds }, 'auto', 'load benchmark by hand'));
+          } catch (err) {
+            if (!(err instanceof JobRefused)) throw err;
+            refused++;
           }
         }),
       );
@@ -273,33 +296,40 @@ async function main(): Promise<void> {
       let closed = 0;
       const progress = setInterval(() => process.stdout.write(`\r  wave ${wave}: ${closed}/${handles.size} direct backups closed, ${sec(Date.now() - waveStart)} s   `), 2000);
       await Promise.allSettled([...handles.values(), ...manual].map((h) => h.result().finally(() => closed++)));
+      // The scheduled ones, from their protections' state (the job ids the protection ran).
       const schedIds: string[] = [];
-      let skipped = 0;
       for (const v of schedGroup) {
         for (;;) {
-          const d = await describe(v.ds);
-          if (d.info.runningActions.length === 0) {
-            for (const a of d.info.recentActions) if (!seenIds.has(a.action.workflow.workflowId)) schedIds.push(a.action.workflow.workflowId);
-            skipped += d.info.numActionsSkippedOverlap;
-            break;
+          const st = await stateOf(v.ds);
+          if (st.running) {
+            await client.workflow.getHandle(st.running.workflowId).result().catch(() => undefined);
+            continue;
           }
-          await sleep(500);
+          for (const r of st.recent) if (r.outcome !== 'skipped' && !seenIds.has(r.workflowId)) schedIds.push(r.workflowId);
+          break;
         }
+      }
+      // Runs skipped because a job was going: by the schedule (overlap) or by the protection.
+      let skippedTotal = 0;
+      for (const v of schedGroup) {
+        skippedTotal += (await stateOf(v.ds)).skippedRuns;
+        skippedTotal += (await withRetry('describe schedule', () => client.schedule.getHandle(scheduleIdOf(v.ds)).describe())).info.numActionsSkippedOverlap;
       }
       await Promise.allSettled(schedIds.map((id) => client.workflow.getHandle(id).result()));
       clearInterval(progress);
       process.stdout.write('\n');
-      skipped -= waves.reduce((s, w) => s + w.skipped, 0);
+      const skipped = skippedTotal - skippedBefore;
+      skippedBefore = skippedTotal;
 
       // Anything else that committed a point of our VMs in this wave (there should be nothing).
       const ids = [...schedIds, ...[...handles.values()].map((h) => h.workflowId)];
       const known = new Set([...ids, ...manual.map((m) => m.workflowId), ...seenIds]);
-      const pointsByDs = new Map<string, Awaited<ReturnType<typeof admin.listPoints>>>();
+      const pointsByDs = new Map<string, Awaited<ReturnType<StorageClient['listPoints']>>>();
       for (const v of vms) {
-        const points = await admin.listPoints(v.ds);
+        const points = await servers.get(v.server)!.admin.listPoints(v.ds);
         pointsByDs.set(v.ds, points);
         for (const p of points) {
-          const wf = (p.vm as { workflowId?: string }).workflowId;
+          const wf = p.backup.workflowId;
           if (wf && !known.has(wf)) {
             ids.push(wf);
             known.add(wf);
@@ -308,11 +338,10 @@ async function main(): Promise<void> {
       }
       const runs: WorkflowRun[] = await readWorkflowRuns(client, [...ids, ...manual.map((m) => m.workflowId)].map((workflowId) => ({ workflowId })));
       for (const r of runs) seenIds.add(r.workflowId);
-      const failed = runs
-        .filter((r) => r.outcome !== 'completed' && !(r.workflowId.includes('/by-hand-') && /already running/.test(JSON.stringify(r.activities.map((a) => a.failure)))))
-        .map((r) => `${r.workflowId}: ${r.outcome} ${r.failure ?? ''}`);
-      const scheduled = runs.filter((r) => !r.workflowId.includes('/by-hand-'));
-      const handRuns = runs.filter((r) => r.workflowId.includes('/by-hand-'));
+      const failed = runs.filter((r) => r.outcome !== 'completed').map((r) => `${r.workflowId}: ${r.outcome} ${r.failure ?? ''}`);
+      const manualIds = new Set(manual.map((m) => m.workflowId));
+      const scheduled = runs.filter((r) => !manualIds.has(r.workflowId));
+      const handRuns = runs.filter((r) => manualIds.has(r.workflowId));
       const done = scheduled.filter((r) => r.outcome === 'completed');
 
       // Every VM got its point in this wave (the repository agrees with the histories).
@@ -365,7 +394,7 @@ async function main(): Promise<void> {
         peaks,
         transfersPerHost,
         skipped,
-        byHand: { started: manual.length, refused: handRuns.filter((r) => r.outcome === 'failed').length, ran: handRuns.filter((r) => r.outcome === 'completed').length },
+        byHand: { asked, refused, ran: handRuns.filter((r) => r.outcome === 'completed').length },
         overlaps,
         failed,
         rssAfter,
@@ -395,11 +424,12 @@ async function main(): Promise<void> {
     const lines = [
       '# Load benchmark',
       '',
-      `Run ${new Date().toISOString()} by \`node dist/bench/load.js\`: ${VMS} lab VMs across ${HOSTS.length} lab hosts (${VMS / HOSTS.length} each), one ${DISK / 1024 / 1024} MiB ` +
-        `dynamic VHDX per VM (75% of its 1 MiB regions random data), each protected by a Temporal Schedule (overlap SKIP, as \`protect add\` makes it). Per wave all ${VMS} ` +
-        `backups start at once: ${SCHEDULED} by their schedule (trigger with the schedule's SKIP policy, then triggered again while that run goes: must be skipped), the other ` +
-        `${VMS - SCHEDULED} as \`hvprotect backup\` starts them (\`backupVm\` with the schedule's own input, 16 start calls in flight); on ${BY_HAND} of those a second backup is started ` +
-        `by hand while the first holds the lease (must be refused). Wave 1 = initial replicas; later waves = express fulls after one 64 KiB guest write per VM. `+
+      `Run ${new Date().toISOString()} by \`node dist/bench/load.js ${args.filter((a) => a !== '--keep').join(' ')}\`: ${VMS} lab VMs across ${HOSTS.length} lab hosts (${VMS / HOSTS.length} each), ` +
+        `protected by ${SERVER_IDS.length} protection server${SERVER_IDS.length > 1 ? 's' : ''} (${SERVER_IDS.join(', ')}, round-robin; each agent serves all), one ${DISK / 1024 / 1024} MiB ` +
+        `dynamic VHDX per VM (75% of its 1 MiB regions random data), each protected as \`protect add\` does it (a protection workflow and a Temporal Schedule, overlap SKIP). Every backup goes ` +
+        `through the VM's protection. Per wave all ${VMS} backups start at once: ${SCHEDULED} by their schedule (trigger with the schedule's SKIP policy, \`scheduledBackup\` signals the ` +
+        `protection; then triggered again while that run goes: must be skipped), the other ${VMS - SCHEDULED} as \`hvprotect backup\` starts them (the protection's \`startJob\` update, ` +
+        `16 in flight); for ${BY_HAND} of those a second backup is asked for by hand while the first runs (must be refused by the protection). Wave 1 = initial replicas; later waves = express fulls after one 64 KiB guest write per VM. `+
         `Agents run transfers on \`hvprotect-transfer-<host>\` with the default limit of ${MAX_TRANSFERS}.`,
       '',
       `**Result: ${allOk ? 'all checks passed' : 'CHECKS FAILED (see below)'}.**`,
@@ -407,7 +437,7 @@ async function main(): Promise<void> {
       '## Throughput and Temporal overhead',
       '',
       'Throughput = committed backups / (last backup closed − first backup started). Per backup, from its history: wall = WorkflowExecutionStarted → Completed; ' +
-        'transfer = transferDisk started → closed; **overhead = wall − transfer** (everything Temporal and the other steps add: workflow tasks, lease, locate, ' +
+        'transfer = transferDisk started → closed; **overhead = wall − transfer** (everything Temporal and the other steps add: workflow tasks, locate, ' +
         'inspect, plan, checkpoint, commit, release, retention, and the wait for a transfer slot); overhead without the slot wait = overhead − (transfer scheduled → started).',
       '',
       '| wave | kind | backups | span (s) | **backups / min** | wall median / p95 (s) | transfer median / p95 (s) | wait for a transfer slot median / p95 (s) | **overhead median / p95 (s)** | overhead without slot wait median / p95 (s) | no activity scheduled or running (workflow tasks) median / p95 (s) |',
@@ -437,18 +467,18 @@ async function main(): Promise<void> {
             .join(' | ')} |`,
       ),
       '',
-      `CPU per backup, all processes together: ${((1000 * cpuAll) / totalBackups).toFixed(0)} ms (of which the Temporal dev server ${((1000 * cpuUsed['Temporal dev server']) / totalBackups).toFixed(0)} ms and the protection server ${((1000 * cpuUsed['protection server']) / totalBackups).toFixed(0)} ms). ` +
+      `CPU per backup, all processes together: ${((1000 * cpuAll) / totalBackups).toFixed(0)} ms (of which the Temporal dev server ${((1000 * cpuUsed['Temporal dev server']) / totalBackups).toFixed(0)} ms and the protection server${SERVER_IDS.length > 1 ? 's' : ''} ${((1000 * SERVER_IDS.reduce((a, id) => a + cpuUsed[`protection server ${id}`], 0)) / totalBackups).toFixed(0)} ms). ` +
         `With every backup started at once the machine is saturated and each backup waits its turn at every step, so per-backup wall time and overhead measure queueing; ` +
         `the CPU cost per backup and the throughput are the figures that carry over.`,
       '',
       '## Checks (from the workflow histories and the repository)',
       '',
-      '| wave | points committed / VMs | failed | peak transfers at once per host (limit 3) | transfers per host | second triggers skipped (overlap) | by hand: started / refused by the lease / ran after | VM backups overlapping |',
+      '| wave | points committed / VMs | failed | peak transfers at once per host (limit 3) | transfers per host | second triggers skipped (overlap) | by hand: asked while the first ran / refused by the protection / ran after | VM backups overlapping |',
       '| --- | ---: | ---: | --- | --- | ---: | --- | ---: |',
       ...waves.map(
         (w) =>
           `| ${w.wave} | ${w.backups} / ${VMS} | ${w.failed.length} | ${Object.entries(w.peaks).sort().map(([h, p]) => `${h} ${p}`).join(', ')} | ` +
-          `${Object.entries(w.transfersPerHost).sort().map(([h, n]) => `${h} ${n}`).join(', ')} | ${w.skipped} | ${w.byHand.started} / ${w.byHand.refused} / ${w.byHand.ran} | ${w.overlaps.length} |`,
+          `${Object.entries(w.transfersPerHost).sort().map(([h, n]) => `${h} ${n}`).join(', ')} | ${w.skipped} | ${w.byHand.asked} / ${w.byHand.refused} / ${w.byHand.ran} | ${w.overlaps.length} |`,
       ),
       ...(allOk ? [] : ['', 'Failures:', '', ...waves.flatMap((w) => [...w.failed, ...w.overlaps.map((o) => `overlap: ${o}`)].map((f) => `- wave ${w.wave}: ${f}`))]),
       '',
@@ -466,12 +496,12 @@ async function main(): Promise<void> {
       'Notes:',
       `- Machine: ${os.cpus().length} cores (${cpu}), ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, Node ${process.version}; **shared with other engineers working at the same time** ` +
         `(load average ${load(loadAtStart)} at the start, ${load(os.loadavg())} at the end), so times are noisy. Whole run ${sec(Date.now() - t0)} s; VMs created in ${sec(createMs)} s.`,
-      '- Processes: Temporal dev server (`temporal server start-dev`, SQLite, headless, its own port), `hvprotect server` (workflows, server activities, storage API, ' +
-        `repository), ${HOSTS.length} × \`hvprotect agent --host …\` (lab adapter, default limits), and this script (Temporal client, the lab's guest writes). All on the same 2 cores.`,
+      `- Processes: Temporal dev server (\`temporal server start-dev\`, SQLite, headless, its own port), ${SERVER_IDS.length} × \`hvprotect server --id …\` (workflows, server activities, storage API, ` +
+        `repository; one task queue each), ${HOSTS.length} × \`hvprotect agent --host …\` (lab adapter, default limits), and this script (Temporal client, the lab's guest writes). All on the same 2 cores.`,
       `- End RSS: ${procs.map((p) => `${p.name} ${rssEnd[p.name]?.toFixed(0)} MiB`).join(', ')}.`,
       '- Transfer times and overlaps come from the history event times (the Temporal server\'s clock); a history interval lies inside the agent\'s worker slot, so the peak is a sound lower bound of what the agent ran and an exact check of the limit.',
     ];
-    await fs.writeFile(path.join(ROOT, 'bench', 'load.md'), lines.join('\n') + '\n');
+    await fs.writeFile(OUT, lines.join('\n') + '\n');
     console.log(lines.join('\n'));
     await client.connection.close();
   } finally {
