@@ -6,10 +6,11 @@
 //   npx tsc -p . && node dist/bench/items.js [--disk-gib 8] [--keep]
 //
 // Needs root (an ntfs-3g FUSE mount). Writes bench/items.md. Temp data under /tmp, removed.
-import { execFileSync, fork } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { forkChild } from './support';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -22,28 +23,9 @@ const DISK = Math.round(Number(opt('disk-gib', '8')) * GiB);
 const sec = (ms: number) => (ms / 1000).toFixed(2);
 const mib = (b: number) => (b / MiB).toFixed(1);
 
-function child(script: string, childArgs: string[]) {
-  const proc = fork(script, childArgs, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const queue: Array<Record<string, unknown>> = [];
-  const waiters: Array<(m: Record<string, unknown>) => void> = [];
-  proc.on('message', (m) => {
-    const w = waiters.shift();
-    if (w) w(m as Record<string, unknown>);
-    else queue.push(m as Record<string, unknown>);
-  });
-  const next = () =>
-    new Promise<Record<string, unknown>>((resolve, reject) => {
-      const q = queue.shift();
-      if (q) return resolve(q);
-      waiters.push(resolve);
-      proc.once('exit', (code) => code !== 0 && reject(new Error(`child exited with ${code}`)));
-    });
-  return { proc, next };
-}
-
 async function main(): Promise<void> {
   const tmp = await fs.mkdtemp(path.join('/tmp', 'hvp-bench-items-'));
-  const srv = child(path.join(__dirname, 'repository-ingest-child.js'), ['server', path.join(tmp, 'repo'), String(256 * 1024)]);
+  const srv = forkChild(path.join(__dirname, 'repository-ingest-child.js'), ['server', path.join(tmp, 'repo'), String(256 * 1024)]);
   try {
     const disk = path.join(tmp, 'disk.raw');
     console.log(`making a ${DISK / GiB} GiB GPT disk with NTFS in ${tmp}`);
@@ -66,7 +48,7 @@ async function main(): Promise<void> {
     `], { cwd: tmp, stdio: ['ignore', 'inherit', 'inherit'] });
     console.log(`  made in ${sec(Date.now() - t0)} s`);
     const { url, token } = (await srv.next()) as { url: string; token: string };
-    const ag = child(path.join(__dirname, 'repository-ingest-child.js'), ['agent', url, token, disk, '-', '-']);
+    const ag = forkChild(path.join(__dirname, 'repository-ingest-child.js'), ['agent', url, token, disk, '-', '-']);
     const { pointId } = (await ag.next()) as { pointId: string };
     console.log(`backed up as point ${pointId}`);
 
@@ -76,7 +58,7 @@ async function main(): Promise<void> {
     const rows: Array<{ what: string; ms: number; fetched: number; chunks: number; note: string }> = [];
 
     // Whole disk first: the agent's restore data path in its own process (bench/restore-child).
-    const rc = child(path.join(__dirname, 'restore-child.js'), [url, token, pointId, path.join(tmp, 'restored.raw'), String(DISK), '32']);
+    const rc = forkChild(path.join(__dirname, 'restore-child.js'), [url, token, pointId, path.join(tmp, 'restored.raw'), String(DISK), '32']);
     await rc.next();
     rc.proc.send('go');
     const whole = (await rc.next()) as { wallMs: number; bytesWritten: number };

@@ -7,12 +7,12 @@
 //
 // Writes the table to bench/repository-ingest.md (the study to bench/repository-chunk-size.md).
 // Temp data lives under /tmp and is removed.
-import { execFileSync, fork, spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { median, prng } from './support';
+import { forkChild, median, prng } from './support';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -134,34 +134,13 @@ function timed(cmd: string, cmdArgs: string[], env: NodeJS.ProcessEnv): Promise<
   });
 }
 
-function child(script: string, childArgs: string[]): { proc: ReturnType<typeof fork>; next: () => Promise<Record<string, unknown>> } {
-  // HVP_BENCH_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") go to the child processes.
-  const execArgv = (process.env.HVP_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
-  const proc = fork(script, childArgs, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
-  const queue: Array<Record<string, unknown>> = [];
-  const waiters: Array<(m: Record<string, unknown>) => void> = [];
-  proc.on('message', (m) => {
-    const w = waiters.shift();
-    if (w) w(m as Record<string, unknown>);
-    else queue.push(m as Record<string, unknown>);
-  });
-  const next = () =>
-    new Promise<Record<string, unknown>>((resolve, reject) => {
-      const q = queue.shift();
-      if (q) return resolve(q);
-      waiters.push(resolve);
-      proc.once('exit', (code) => code !== 0 && reject(new Error(`child exited with ${code}`)));
-    });
-  return { proc, next };
-}
-
 async function hvprotect(tmp: string, image: string, rangesFile: string | undefined, basePoint: string | undefined): Promise<Run & { pointId: string; serverRssMiB: number; agentRssMiB: number }> {
   const repoDir = path.join(tmp, 'hvprotect-repo');
   const script = path.join(__dirname, 'repository-ingest-child.js');
   const before = await fs.stat(repoDir).then(() => dirBytes(repoDir), () => 0);
-  const srv = child(script, ['server', repoDir, String(CHUNK_SIZE)]);
+  const srv = forkChild(script, ['server', repoDir, String(CHUNK_SIZE)]);
   const { url, token } = (await srv.next()) as { url: string; token: string };
-  const ag = child(script, ['agent', url, token, image, rangesFile ?? '-', basePoint ?? '-']);
+  const ag = forkChild(script, ['agent', url, token, image, rangesFile ?? '-', basePoint ?? '-']);
   const r = (await ag.next()) as { wallMs: number; maxRssKiB: number; pointId: string };
   srv.proc.send('stop');
   const s = (await srv.next()) as { maxRssKiB: number; cpu: { user: number; system: number }; faults: number };

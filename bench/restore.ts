@@ -8,12 +8,12 @@
 // restorePointDisk writing a sparse raw file, every chunk hashed against its digest) in a
 // process of its own, against the protection server's storage API in another, over loopback.
 // Writes bench/restore.md. Temp data lives under /tmp and is removed.
-import { execFileSync, fork, spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { median, prng } from './support';
+import { forkChild, median, prng } from './support';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -70,38 +70,19 @@ function timed(cmd: string, cmdArgs: string[], env: NodeJS.ProcessEnv, cwd?: str
   });
 }
 
-function child(script: string, childArgs: string[]) {
-  const proc = fork(script, childArgs, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-  const queue: Array<Record<string, unknown>> = [];
-  const waiters: Array<(m: Record<string, unknown>) => void> = [];
-  proc.on('message', (m) => {
-    const w = waiters.shift();
-    if (w) w(m as Record<string, unknown>);
-    else queue.push(m as Record<string, unknown>);
-  });
-  const next = () =>
-    new Promise<Record<string, unknown>>((resolve, reject) => {
-      const q = queue.shift();
-      if (q) return resolve(q);
-      waiters.push(resolve);
-      proc.once('exit', (code) => code !== 0 && reject(new Error(`child exited with ${code}`)));
-    });
-  return { proc, next };
-}
-
 async function main(): Promise<void> {
   const rounds = Number(opt('rounds', '1'));
   const inFlight = Number(opt('in-flight', '32'));
   const tmp = await fs.mkdtemp(path.join('/tmp', 'hvp-bench-restore-'));
   const ingestScript = path.join(__dirname, 'repository-ingest-child.js');
-  const srv = child(ingestScript, ['server', path.join(tmp, 'hvprotect-repo'), String(256 * 1024)]);
+  const srv = forkChild(ingestScript, ['server', path.join(tmp, 'hvprotect-repo'), String(256 * 1024)]);
   try {
     const image = path.join(tmp, 'disk.raw');
     const out = path.join(tmp, 'out');
     console.log(`generating a ${mib(SIZE)} MiB image in ${tmp}`);
     const dataBytes = await makeImage(image);
     const { url, token } = (await srv.next()) as { url: string; token: string };
-    const ag = child(ingestScript, ['agent', url, token, image, '-', '-']);
+    const ag = forkChild(ingestScript, ['agent', url, token, image, '-', '-']);
     const { pointId } = (await ag.next()) as { pointId: string };
     const resticEnv = { ...process.env, RESTIC_REPOSITORY: path.join(tmp, 'restic-repo'), RESTIC_PASSWORD: 'bench', RESTIC_CACHE_DIR: path.join(tmp, 'restic-cache') };
     execFileSync('restic', ['init', '--repository-version', '2'], { env: resticEnv, stdio: 'ignore' });
@@ -128,7 +109,7 @@ async function main(): Promise<void> {
         let r: { wallMs: number; maxRssMiB: number };
         if (t === 'hvprotect') {
           warm(path.join(tmp, 'hvprotect-repo'));
-          const c = child(path.join(__dirname, 'restore-child.js'), [url, token, pointId, restored.hvprotect, String(SIZE), String(inFlight)]);
+          const c = forkChild(path.join(__dirname, 'restore-child.js'), [url, token, pointId, restored.hvprotect, String(SIZE), String(inFlight)]);
           await c.next();
           c.proc.send('go');
           const m = (await c.next()) as { wallMs: number; maxRssKiB: number };

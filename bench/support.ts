@@ -1,4 +1,5 @@
 // Helpers the benchmarks share.
+import { fork, type ChildProcess } from 'node:child_process';
 import type { Client } from '@temporalio/client';
 import { temporal as proto } from '@temporalio/proto';
 
@@ -25,4 +26,28 @@ export async function waitForPollers(client: Client, namespace: string, queues: 
       await new Promise((res) => setTimeout(res, 250));
     }
   }
+}
+
+/**
+ * A benchmark child process that answers over IPC; `next()` is its next message. Node flags in
+ * HVP_BENCH_NODE_ARGS (e.g. "--cpu-prof --cpu-prof-dir=/tmp/prof") go to it.
+ */
+export function forkChild(script: string, childArgs: string[]): { proc: ChildProcess; next: () => Promise<Record<string, unknown>> } {
+  const execArgv = (process.env.HVP_BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean);
+  const proc = fork(script, childArgs, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], execArgv });
+  const queue: Array<Record<string, unknown>> = [];
+  const waiters: Array<(m: Record<string, unknown>) => void> = [];
+  proc.on('message', (m) => {
+    const w = waiters.shift();
+    if (w) w(m as Record<string, unknown>);
+    else queue.push(m as Record<string, unknown>);
+  });
+  const next = () =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      const q = queue.shift();
+      if (q) return resolve(q);
+      waiters.push(resolve);
+      proc.once('exit', (code) => code !== 0 && reject(new Error(`child exited with ${code}`)));
+    });
+  return { proc, next };
 }
