@@ -7,12 +7,12 @@
 //
 // Writes the table to bench/repository-ingest.md (the study to bench/repository-chunk-size.md).
 // Temp data lives under /tmp and is removed.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { forkChild, median, prng } from './support';
+import { forkChild, median, prng, timed } from './support';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -116,22 +116,6 @@ interface Run {
   maxRssMiB: number;
   storedBytes: number;
   note?: string;
-}
-
-/** Runs a command under /usr/bin/time -v; returns wall time and peak RSS. */
-function timed(cmd: string, cmdArgs: string[], env: NodeJS.ProcessEnv): Promise<{ wallMs: number; maxRssMiB: number }> {
-  return new Promise((resolve, reject) => {
-    const start = process.hrtime.bigint();
-    const p = spawn('/usr/bin/time', ['-v', cmd, ...cmdArgs], { env, stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    p.stderr.on('data', (d) => (err += d));
-    p.on('exit', (code) => {
-      const wallMs = Number(process.hrtime.bigint() - start) / 1e6;
-      if (code !== 0) return reject(new Error(`${cmd} ${cmdArgs.join(' ')} failed: ${err.slice(-2000)}`));
-      const m = /Maximum resident set size \(kbytes\): (\d+)/.exec(err);
-      resolve({ wallMs, maxRssMiB: m ? Number(m[1]) / 1024 : NaN });
-    });
-  });
 }
 
 async function hvprotect(tmp: string, image: string, rangesFile: string | undefined, basePoint: string | undefined): Promise<Run & { pointId: string; serverRssMiB: number; agentRssMiB: number }> {

@@ -8,12 +8,12 @@
 // restorePointDisk writing a sparse raw file, every chunk hashed against its digest) in a
 // process of its own, against the protection server's storage API in another, over loopback.
 // Writes bench/restore.md. Temp data lives under /tmp and is removed.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { forkChild, median, prng } from './support';
+import { forkChild, median, prng, timed } from './support';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -53,21 +53,6 @@ async function makeImage(file: string): Promise<number> {
 /** Reads every file under `p` once: each tool restores from a repository in the page cache. */
 function warm(p: string): void {
   execFileSync('sh', ['-c', `find "${p}" -type f -print0 | xargs -0 cat > /dev/null`]);
-}
-
-function timed(cmd: string, cmdArgs: string[], env: NodeJS.ProcessEnv, cwd?: string): Promise<{ wallMs: number; maxRssMiB: number }> {
-  return new Promise((resolve, reject) => {
-    const start = process.hrtime.bigint();
-    const p = spawn('/usr/bin/time', ['-v', cmd, ...cmdArgs], { env, cwd, stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    p.stderr.on('data', (d) => (err += d));
-    p.on('exit', (code) => {
-      const wallMs = Number(process.hrtime.bigint() - start) / 1e6;
-      if (code !== 0) return reject(new Error(`${cmd} ${cmdArgs.join(' ')} failed: ${err.slice(-2000)}`));
-      const m = /Maximum resident set size \(kbytes\): (\d+)/.exec(err);
-      resolve({ wallMs, maxRssMiB: m ? Number(m[1]) / 1024 : NaN });
-    });
-  });
 }
 
 async function main(): Promise<void> {

@@ -1,5 +1,5 @@
 // Helpers the benchmarks share.
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, spawn, type ChildProcess } from 'node:child_process';
 import type { Client } from '@temporalio/client';
 import { temporal as proto } from '@temporalio/proto';
 
@@ -50,4 +50,20 @@ export function forkChild(script: string, childArgs: string[]): { proc: ChildPro
       proc.once('exit', (code) => code !== 0 && reject(new Error(`child exited with ${code}`)));
     });
   return { proc, next };
+}
+
+/** Runs a command under /usr/bin/time -v; returns wall time and peak RSS. */
+export function timed(cmd: string, cmdArgs: string[], env: NodeJS.ProcessEnv, cwd?: string): Promise<{ wallMs: number; maxRssMiB: number }> {
+  return new Promise((resolve, reject) => {
+    const start = process.hrtime.bigint();
+    const p = spawn('/usr/bin/time', ['-v', cmd, ...cmdArgs], { env, cwd, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    p.stderr.on('data', (d) => (err += d));
+    p.on('exit', (code) => {
+      const wallMs = Number(process.hrtime.bigint() - start) / 1e6;
+      if (code !== 0) return reject(new Error(`${cmd} ${cmdArgs.join(' ')} failed: ${err.slice(-2000)}`));
+      const m = /Maximum resident set size \(kbytes\): (\d+)/.exec(err);
+      resolve({ wallMs, maxRssMiB: m ? Number(m[1]) / 1024 : NaN });
+    });
+  });
 }
