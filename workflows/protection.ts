@@ -89,6 +89,8 @@ export interface ProtectionState {
   /** The last jobs, newest last (at most RECENT). */
   recent: JobOutcome[];
   skippedRuns: number;
+  /** Continue as new past this many events (default HISTORY_LIMIT; tests and replay recordings shorten it). */
+  historyLimit?: number;
 }
 
 const RECENT = 20;
@@ -154,7 +156,7 @@ export async function protection(initial: ProtectionState): Promise<void> {
   );
   showOwner();
 
-  await condition(() => moving || ending || (!state.running && historyTooLong()));
+  await condition(() => moving || ending || (!state.running && historyTooLong(state.historyLimit ?? HISTORY_LIMIT)));
   await condition(() => allHandlersFinished() && !state.running);
   if (ending) return;
   // A move continues on the new owner's queue; otherwise the same queue, a fresh history.
@@ -240,9 +242,9 @@ export async function scheduledBackup(input: { dataSource: string }): Promise<vo
   await getExternalWorkflowHandle(protectionWorkflowId(input.dataSource)).signal(scheduledRunSignal, { at: workflowInfo().startTime.toISOString() });
 }
 
-function historyTooLong(): boolean {
+function historyTooLong(limit: number): boolean {
   const info = workflowInfo();
-  return info.continueAsNewSuggested || info.historyLength > HISTORY_LIMIT;
+  return info.continueAsNewSuggested || info.historyLength > limit;
 }
 
 function describeKind(kind: JobKind): string {
