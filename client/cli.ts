@@ -23,6 +23,8 @@ import { EncryptionKey } from '../repository/encryption';
 import { parseShadowStorageSize } from '../repository/shadow-storage';
 import { loadClientTls, loadServerTls } from '../storage-api/tls';
 import { labCommand } from '../hypervisor/lab/cli';
+import { AesGcmPayloadCodec, PayloadKeyring } from '../temporal/payload-codec';
+import { startCodecServer } from '../temporal/codec-server';
 
 function portOrZero(value: string): number {
   return value === '0' ? 0 : port(value);
@@ -142,11 +144,84 @@ async function doctor(client: Client, namespace: string, timeoutSeconds: number)
   return { servers, agents, problems, selfCheck };
 }
 
+/** `npm start`'s key file, which the CLI uses (like its server folder) when nothing else is said. */
+function devPayloadKeyFile(): string | undefined {
+  const file = path.resolve('.hvprotect/dev/payload.keys');
+  return fs.existsSync(file) ? file : undefined;
+}
+
+function warnIfPlain(logger: { warn(o: object, msg: string): void }): void {
+  if (!process.env.HVPROTECT_PAYLOAD_KEY_FILE) {
+    logger.warn({}, 'Temporal payloads are not encrypted (VM names, configs and paths readable in Temporal\'s database): create a key with `hvprotect codec key create FILE` and pass --payload-key-file FILE to the server, agents and CLI');
+  }
+}
+
+function registerCodecCommands(program: Command): void {
+  const codec = program.command('codec').description('Encryption of hvprotect\'s Temporal payloads (AES-256-GCM) so Temporal\'s database holds no VM names, configs or paths');
+  const key = codec.command('key').description('Payload key files: several keys with ids; the newest encrypts, every one decrypts');
+  key
+    .command('create <file>')
+    .description('Create a key file (mode 0600) with one new key; refuses to replace an existing file')
+    .addHelpText('after', '\nExample:\n  hvprotect codec key create /etc/hvprotect/payload.keys\n  hvprotect server --payload-key-file /etc/hvprotect/payload.keys\n')
+    .action((file: string) => {
+      const ring = PayloadKeyring.create(file);
+      process.stdout.write(`${ring.file}: key ${ring.newest.id}\n`);
+      process.stderr.write('give the same file to the server, every agent, the CLI and the codec server; without it Temporal histories cannot be read\n');
+    });
+  key
+    .command('rotate <file>')
+    .description('Add a new key that encrypts from now on; older keys stay so existing histories still decrypt')
+    .addHelpText('after', '\nCopy the rotated file to every process (server, agents, CLI, codec server) and restart them.\n\nExample:\n  hvprotect codec key rotate /etc/hvprotect/payload.keys\n')
+    .action((file: string) => {
+      const ring = PayloadKeyring.rotate(file);
+      process.stdout.write(`${ring.file}: key ${ring.newest.id} now encrypts; ${ring.keys.length - 1} older key(s) still decrypt\n`);
+    });
+  key
+    .command('list <file>')
+    .description('The key ids of a key file, oldest first (the last one encrypts)')
+    .action((file: string) => {
+      const ring = PayloadKeyring.load(file);
+      process.stdout.write(ring.keys.map((k, i) => `${k.id}  ${k.createdAt}${i === ring.keys.length - 1 ? '  (encrypts)' : ''}`).join('\n') + '\n');
+    });
+
+  program
+    .command('codec-server')
+    .description('Serve /encode and /decode for the Temporal Web UI (and `temporal --codec-endpoint`), with the payload key file')
+    .option('--host <host>', 'listen address', '127.0.0.1')
+    .option('--port <port>', 'listen port', port, 8234)
+    .option('--ui-origin <url...>', 'the Web UI origin(s) allowed by CORS, e.g. https://temporal-ui.example.com', ['http://localhost:8233', 'http://127.0.0.1:8233'])
+    .option('--auth-token-file <file>', 'require Authorization: Bearer <the token in this file> (the Web UI sends its access token with "pass access token" on)')
+    .addHelpText(
+      'after',
+      '\nThe key file comes from --payload-key-file or $HVPROTECT_PAYLOAD_KEY_FILE. Point the Web UI at it:\n' +
+        'TEMPORAL_CODEC_ENDPOINT=https://codec.example.com:8234 (ui-server), or the UI\'s "Data Encoder" setting.\n\nExamples:\n' +
+        '  hvprotect codec-server --payload-key-file /etc/hvprotect/payload.keys --ui-origin https://temporal-ui.example.com\n' +
+        '  temporal workflow show -w backup/web01/… --codec-endpoint http://127.0.0.1:8234\n',
+    )
+    .action(async (o) => {
+      const logger = createLogger({ name: 'hvprotect-codec-server' });
+      const file = process.env.HVPROTECT_PAYLOAD_KEY_FILE;
+      if (!file) throw new UsageError('the codec server needs the payload key file: --payload-key-file FILE or HVPROTECT_PAYLOAD_KEY_FILE');
+      const token = o.authTokenFile ? readSecretFile(o.authTokenFile, '--auth-token-file') : undefined;
+      if (token === '') throw new UsageError(`--auth-token-file ${o.authTokenFile} is empty`);
+      const server = await startCodecServer({ codec: AesGcmPayloadCodec.fromFile(file), host: o.host, port: o.port, allowedOrigins: o.uiOrigin,
+        authorization: token ? `Bearer ${token}` : undefined, log: (msg, fields) => logger.warn(fields ?? {}, msg) });
+      process.stdout.write(`codec server ${server.url} (POST /encode, /decode) for ${(o.uiOrigin as string[]).join(', ')}\n`);
+      await untilSignal(() => server.close(), (m) => logger.info(m));
+    });
+}
+
 export function buildProgram(): Command {
   const program = new Command('hvprotect')
     .description('Hyper-V virtual machine protection; every backup is a durable Temporal workflow.')
     .showHelpAfterError('(run with --help for usage)')
+    .option('--payload-key-file <file>', 'encrypt Temporal payloads with the keys of this file (default $HVPROTECT_PAYLOAD_KEY_FILE; `npm start`\'s .hvprotect/dev/payload.keys when it exists)')
     .exitOverride();
+  // Every Temporal client and worker reads the key file from the environment (temporal/connection.ts).
+  program.hook('preAction', (_program, action) => {
+    const file = program.opts().payloadKeyFile ?? process.env.HVPROTECT_PAYLOAD_KEY_FILE ?? (['dev', 'server', 'agent'].includes(action.name()) ? undefined : devPayloadKeyFile());
+    if (file) process.env.HVPROTECT_PAYLOAD_KEY_FILE = path.resolve(file);
+  });
 
   program
     .command('dev')
@@ -161,6 +236,7 @@ export function buildProgram(): Command {
     .option('--bare', 'only Temporal and the protection server (no lab, agents or protections)', false)
     .option('--servers <n>', 'protection servers to run (dpm01, dpm02, …), the sample VMs split between them', positiveInt, 1)
     .option('--no-first-backups', 'protect the sample VMs but do not back them up now')
+    .option('--codec-port <port>', 'the codec server the Web UI decrypts payloads with (0 = any free port; default: UI port + 1)', portOrZero)
     .addOption(new Option('--disk-size <MiB>', 'size of each sample disk in MiB (default 64)').argParser(positiveInt).hideHelp())
     .addHelpText('after', '\nExamples:\n  npm start\n  hvprotect dev --temporal-port 7300 --ui-port 8300 --api-port 8790\n')
     .action(async (o) => {
@@ -176,16 +252,19 @@ export function buildProgram(): Command {
         bare: o.bare,
         servers: o.servers,
         noFirstBackups: !o.firstBackups,
+        codecPort: o.codecPort,
+        payloadKeyFile: process.env.HVPROTECT_PAYLOAD_KEY_FILE,
         diskSize: o.diskSize ? o.diskSize * 1024 * 1024 : undefined,
         logger,
       });
       const ui = stack.temporal.uiUrl ? `${stack.temporal.uiUrl}/namespaces/${stack.temporal.namespace}/workflows` : '(headless)';
-      const env = `TEMPORAL_ADDRESS=${stack.temporal.address} HVPROTECT_SERVER_DIR=${stack.server.stateDir}`;
+      const env = `TEMPORAL_ADDRESS=${stack.temporal.address} HVPROTECT_SERVER_DIR=${stack.server.stateDir} HVPROTECT_PAYLOAD_KEY_FILE=${stack.payloadKeyFile}`;
       const lines = [
         '',
         'hvprotect is running (Ctrl-C stops everything; a second start resumes from the same state).',
         `  Web UI:        ${ui}`,
         `  Temporal:      ${stack.temporal.address} (namespace ${stack.temporal.namespace})`,
+        `  Payloads:      encrypted with ${stack.payloadKeyFile}; the Web UI decrypts through the codec server ${stack.codecServer.url}`,
         ...stack.servers.map((sv) => `  Server ${sv.id}:  storage API ${sv.storageApi.url}, repository ${sv.repository.root} (admin token in ${path.join(sv.stateDir, 'admin.token')})`),
         `  Metrics:       ${stack.server.metricsUrl}`,
         stack.lab ? `  Lab:           ${stack.lab.root} (agents: ${stack.agents.map((a) => a.host).join(', ')})` : '',
@@ -234,6 +313,7 @@ export function buildProgram(): Command {
     )
     .action(async (o) => {
       const logger = createLogger({ name: 'hvprotect-server' });
+      warnIfPlain(logger);
       const metricsToken = o.metricsTokenFile ? readSecretFile(o.metricsTokenFile, '--metrics-token-file') : undefined;
       if (metricsToken === '') throw new UsageError(`--metrics-token-file ${o.metricsTokenFile} is empty`);
       const sdk = `127.0.0.1:${o.sdkMetricsPort ?? o.metricsPort + 1}`;
@@ -294,6 +374,7 @@ export function buildProgram(): Command {
     )
     .action(async (o) => {
       const logger = createLogger({ name: 'hvprotect-agent' });
+      warnIfPlain(logger);
       const pairs = o.server as { id: string; file: string }[];
       if (!pairs.length) throw new UsageError('the agent serves the servers it holds a token for: --server ID=TOKEN_FILE (from `hvprotect token issue --host NAME` against that server)');
       const urls = o.serverUrl as Record<string, string>;
@@ -363,6 +444,7 @@ export function buildProgram(): Command {
       process.stdout.write(`${(await EncryptionKey.load(file)).fingerprint}\n`);
     });
 
+  registerCodecCommands(program);
   registerCommands(program);
   program.addCommand(labCommand());
   return program;

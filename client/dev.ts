@@ -7,8 +7,10 @@ import path from 'node:path';
 import fs from 'node:fs';
 import type { Client } from '@temporalio/client';
 import type { Logger } from '../log/logger';
-import { startDevServer, type DevServer } from '../temporal/dev-server';
-import { loadTemporalSettings } from '../temporal/connection';
+import { DevServerError, startDevServer, type DevServer } from '../temporal/dev-server';
+import { loadTemporalSettings, withPayloadKeyFile } from '../temporal/connection';
+import { PayloadKeyring } from '../temporal/payload-codec';
+import { startCodecServer, type CodecServer } from '../temporal/codec-server';
 import { startServer, type RunningServer } from '../workers/server';
 import { installRuntime } from '../workers/runtime';
 import { startAgent, type RunningAgent } from '../workers/agent';
@@ -33,10 +35,17 @@ export interface DevOptions {
   noFirstBackups?: boolean;
   /** Protection servers to run (dpm01, dpm02, …; default 1); the sample VMs are split between them. */
   servers?: number;
+  /** Payload key file (default <stateDir>/payload.keys, created on first start). */
+  payloadKeyFile?: string;
+  /** The codec server's port, for the Web UI (default UI port + 1; 0 = any free port). */
+  codecPort?: number;
 }
 
 export interface DevStack {
   temporal: DevServer;
+  /** The key file sealing payloads, and the codec server the Web UI opens them with. */
+  payloadKeyFile: string;
+  codecServer: CodecServer;
   /** The first server (dpm01). */
   server: RunningServer;
   servers: RunningServer[];
@@ -54,15 +63,33 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
   // One process-wide Temporal runtime for server and agents; its Prometheus exporter on the next port.
   const sdkMetrics = opts.metricsPort ? `127.0.0.1:${opts.sdkMetricsPort ?? opts.metricsPort + 1}` : undefined;
   installRuntime({ logger, prometheusBindAddress: sdkMetrics });
-  logger.info({ stateDir }, 'starting the Temporal dev server');
-  const temporal = await startDevServer({
-    dbFile: path.join(stateDir, 'temporal.sqlite'),
-    port: opts.temporalPort,
-    uiPort: opts.uiPort,
-    headless: opts.headless,
-    logFile: path.join(stateDir, 'temporal-server.log'),
+  // The default runs encrypted: a payload key made on first start, kept with the state.
+  const payloadKeyFile = path.resolve(opts.payloadKeyFile ?? path.join(stateDir, 'payload.keys'));
+  if (!fs.existsSync(payloadKeyFile)) {
+    PayloadKeyring.create(payloadKeyFile);
+    logger.info({ payloadKeyFile }, 'created a payload key');
+  }
+  const settings = withPayloadKeyFile(loadTemporalSettings({ TEMPORAL_ADDRESS: `127.0.0.1:${opts.temporalPort}`, TEMPORAL_NAMESPACE: 'default' }), payloadKeyFile);
+  const uiOrigins = [`http://127.0.0.1:${opts.uiPort}`, `http://localhost:${opts.uiPort}`];
+  const codecPort = opts.codecPort ?? opts.uiPort + 1;
+  const codecServer = await startCodecServer({ codec: settings.payloadCodec!, port: codecPort, allowedOrigins: uiOrigins, log: (msg, fields) => logger.warn(fields ?? {}, msg) }).catch((err: NodeJS.ErrnoException) => {
+    throw err.code === 'EADDRINUSE' ? new DevServerError(`port ${codecPort} (the codec server for the Web UI) is already in use: choose another with --codec-port`) : err;
   });
-  const settings = loadTemporalSettings({ TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace });
+  logger.info({ stateDir }, 'starting the Temporal dev server');
+  let temporal: DevServer;
+  try {
+    temporal = await startDevServer({
+      dbFile: path.join(stateDir, 'temporal.sqlite'),
+      port: opts.temporalPort,
+      uiPort: opts.uiPort,
+      headless: opts.headless,
+      logFile: path.join(stateDir, 'temporal-server.log'),
+      uiCodecEndpoint: codecServer.url,
+    });
+  } catch (err) {
+    await codecServer.close();
+    throw err;
+  }
   const agents: RunningAgent[] = [];
   const servers: RunningServer[] = [];
   let load: WriteLoadProcess | undefined;
@@ -71,6 +98,7 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
     for (const a of agents) await a.shutdown().catch((err) => logger.warn({ err }, 'agent shutdown'));
     for (const sv of servers) await sv.shutdown().catch((err) => logger.warn({ err }, 'server shutdown'));
     await temporal.stop();
+    await codecServer.close();
   };
   try {
     // dpm01 keeps the folder a one-server start always used; dpm02… get folders of their own.
@@ -82,7 +110,7 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
       );
     }
     const server = servers[0];
-    if (opts.bare) return { temporal, server, servers, agents, protections: [], firstBackups: [], stop };
+    if (opts.bare) return { temporal, payloadKeyFile, codecServer, server, servers, agents, protections: [], firstBackups: [], stop };
 
     const lab = await Lab.open(path.join(stateDir, 'lab'));
     const sample = await createSampleLab(lab, { diskSize: opts.diskSize });
@@ -117,7 +145,7 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
       });
       if (!opts.noFirstBackups) firstBackups.push((await startBackupNow(client, p)).workflowId);
     }
-    return { temporal, server, servers, agents, lab, protections: await listProtections(client), firstBackups, stop };
+    return { temporal, payloadKeyFile, codecServer, server, servers, agents, lab, protections: await listProtections(client), firstBackups, stop };
   } catch (err) {
     await stop().catch(() => undefined);
     throw err;

@@ -9,6 +9,8 @@ import { ScheduleOverlapPolicy, ScheduleNotFoundError, WorkflowExecutionAlreadyS
 import { SA } from '../temporal/search-attribute-keys';
 import { serverTaskQueue } from '../temporal/task-queues';
 import { livePollers } from '../temporal/pollers';
+import { encryptsPayloads } from '../temporal/connection';
+import { ENCRYPTED_MARKER } from '../temporal/search-attribute-redaction';
 import type { BackupVmInput } from '../workflows/backup-vm';
 import type { FindVmsResult } from '../workflows/find-vm';
 import type { ServerRecord } from '../workflows/protection-server';
@@ -163,6 +165,8 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
     recent: [],
     skippedRuns: 0,
   };
+  // Search attributes and a schedule's note are stored in plain text: with a payload codec, no VM name there.
+  const vmInPlainText = encryptsPayloads(client) ? ENCRYPTED_MARKER : o.vm.name;
   try {
     await client.workflow.start('protection', {
       workflowId: protectionWorkflowId(dataSource),
@@ -172,7 +176,7 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
       memo: { vm: o.vm.name, vmId: o.vm.vmId, dataSource, server },
       typedSearchAttributes: [
         { key: SA.dataSource, value: dataSource },
-        { key: SA.vm, value: o.vm.name },
+        { key: SA.vm, value: vmInPlainText },
         { key: SA.server, value: server },
       ],
     });
@@ -186,15 +190,15 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
     await client.schedule.create({
       scheduleId: scheduleIdOf(dataSource),
       spec: { ...spec, timezone: o.schedule.timezone },
-      action: scheduleAction(dataSource, o.vm.name, server),
+      action: scheduleAction(dataSource, o.vm.name, server, vmInPlainText),
       // The protection skips a run that finds a job going; the schedule need not start two either.
       policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 hour', pauseOnFailure: false },
       memo: { vm: o.vm.name, vmId: o.vm.vmId, dataSource },
       typedSearchAttributes: [
         { key: SA.dataSource, value: dataSource },
-        { key: SA.vm, value: o.vm.name },
+        { key: SA.vm, value: vmInPlainText },
       ],
-      state: { note: `protection of ${o.vm.name} (${o.vm.vmId})` },
+      state: { note: vmInPlainText === o.vm.name ? `protection of ${o.vm.name} (${o.vm.vmId})` : `protection of ${dataSource}` },
     });
   } catch (err) {
     if ((err as Error).name !== 'ScheduleAlreadyRunning') throw err;
@@ -202,7 +206,7 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
   return describeProtection(client, dataSource);
 }
 
-function scheduleAction(dataSource: string, vm: string, server: string) {
+function scheduleAction(dataSource: string, vm: string, server: string, vmInPlainText = vm) {
   return {
     type: 'startWorkflow' as const,
     workflowType: 'scheduledBackup',
@@ -212,7 +216,7 @@ function scheduleAction(dataSource: string, vm: string, server: string) {
     staticSummary: `scheduled backup of ${vm}`,
     typedSearchAttributes: [
       { key: SA.dataSource, value: dataSource },
-      { key: SA.vm, value: vm },
+      { key: SA.vm, value: vmInPlainText },
     ],
   };
 }

@@ -1,7 +1,10 @@
 // Connection settings the Temporal way: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY,
 // TEMPORAL_TLS_*, TEMPORAL_PROFILE and the TOML config profile (TEMPORAL_CONFIG_FILE), read by
 // @temporalio/envconfig. Without any of them: the local dev server at localhost:7233, "default".
+// HVPROTECT_PAYLOAD_KEY_FILE (or --payload-key-file) seals hvprotect's payloads (payload-codec.ts).
 import { Connection, Client } from '@temporalio/client';
+import type { DataConverter } from '@temporalio/common';
+import { AesGcmPayloadCodec } from './payload-codec';
 import { NativeConnection } from '@temporalio/worker';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { NativeConnectionOptions } from '@temporalio/worker';
@@ -15,6 +18,9 @@ export interface TemporalSettings {
   /** Where the address came from, for error messages. */
   source: string;
   connectionOptions: NativeConnectionOptions;
+  /** The payload key file (HVPROTECT_PAYLOAD_KEY_FILE); without one, payloads travel in plain JSON. */
+  payloadKeyFile?: string;
+  payloadCodec?: AesGcmPayloadCodec;
 }
 
 export class TemporalUnreachable extends Error {
@@ -59,12 +65,34 @@ export function loadTemporalSettings(env: Record<string, string | undefined> = p
       `Temporal address "${address}" (from ${source}) is not host:port, e.g. localhost:7233 or temporal.example.com:7233`,
     );
   }
-  return {
+  const settings: TemporalSettings = {
     address,
     namespace: config.namespace || DEFAULT_NAMESPACE,
     source,
     connectionOptions: { ...config.connectionOptions, address },
   };
+  return env.HVPROTECT_PAYLOAD_KEY_FILE ? withPayloadKeyFile(settings, env.HVPROTECT_PAYLOAD_KEY_FILE) : settings;
+}
+
+/** The same settings with payloads sealed by the keys of `file` (PayloadKeyFileError when unusable). */
+export function withPayloadKeyFile(settings: TemporalSettings, file: string): TemporalSettings {
+  return { ...settings, payloadKeyFile: file, payloadCodec: AesGcmPayloadCodec.fromFile(file) };
+}
+
+/** What every Client and Worker hvprotect makes converts payloads with. */
+export function dataConverterOf(settings: TemporalSettings): DataConverter | undefined {
+  if (!settings.payloadCodec) return undefined;
+  return { payloadCodecs: [settings.payloadCodec], failureConverterPath: require.resolve('./failure-converter') };
+}
+
+/** Workflow interceptors of a server worker: with a codec, the VM name stays out of search attributes. */
+export function workflowInterceptorModules(settings: TemporalSettings): string[] {
+  return settings.payloadCodec ? [require.resolve('./vm-names-out-of-search-attributes')] : [];
+}
+
+/** Whether this client seals payloads (then plain-text places such as search attributes get no VM names). */
+export function encryptsPayloads(client: Client): boolean {
+  return client.options.loadedDataConverter.payloadCodecs.some((c) => c instanceof AesGcmPayloadCodec);
 }
 
 function describeCause(err: unknown): string {
@@ -91,7 +119,7 @@ export async function connectClient(
   } catch (err) {
     throw new TemporalUnreachable(address, describeCause(err));
   }
-  return new Client({ connection, namespace });
+  return new Client({ connection, namespace, dataConverter: dataConverterOf(settings) });
 }
 
 /** The worker-side connection, with the same settings and error. */

@@ -90,6 +90,8 @@ export interface DevServerOptions {
   registerSearchAttributes?: boolean;
   /** More namespaces to create at start (tests isolate parallel files with them). */
   extraNamespaces?: string[];
+  /** The codec server the Web UI decodes payloads with (`hvprotect codec-server`). */
+  uiCodecEndpoint?: string;
 }
 
 export interface DevServer {
@@ -133,6 +135,7 @@ export async function startDevServer(opts: DevServerOptions): Promise<DevServer>
   ];
   if (opts.headless) args.push('--headless');
   else args.push('--ui-port', String(uiPort));
+  if (opts.uiCodecEndpoint && !opts.headless) args.push('--ui-codec-endpoint', opts.uiCodecEndpoint);
   const child = spawn(cli, args, { stdio: ['ignore', logFd, logFd], detached: false });
   fs.closeSync(logFd);
   let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;

@@ -9,7 +9,7 @@ import { Worker } from '@temporalio/worker';
 import type { Client, Connection } from '@temporalio/client';
 import type { Logger } from '../log/logger';
 import type { HypervisorAdapter } from '../hypervisor/types';
-import { connectClient, connectWorker, loadTemporalSettings, type TemporalSettings } from '../temporal/connection';
+import { connectClient, connectWorker, dataConverterOf, loadTemporalSettings, type TemporalSettings } from '../temporal/connection';
 import { hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
 import { StorageClient } from '../storage-api/client';
 import type { StorageClientTls } from '../storage-api/tls';
@@ -81,6 +81,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     namespace: temporal.namespace,
     taskQueue,
     identity,
+    dataConverter: dataConverterOf(temporal),
     activities: light,
     maxConcurrentActivityTaskExecutions: 20,
     shutdownGraceTime: '20 seconds',
@@ -91,6 +92,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     namespace: temporal.namespace,
     taskQueue: transferQueue,
     identity,
+    dataConverter: dataConverterOf(temporal),
     activities: { transferDisk, restoreDisks },
     maxConcurrentActivityTaskExecutions: opts.maxConcurrentTransfers ?? 3,
     shutdownGraceTime: '20 seconds',

@@ -6,7 +6,7 @@ import path from 'node:path';
 import type { Client, Connection } from '@temporalio/client';
 import { Worker } from '@temporalio/worker';
 import type { Logger } from '../log/logger';
-import { connectClient, connectWorker, loadTemporalSettings, type TemporalSettings } from '../temporal/connection';
+import { connectClient, connectWorker, dataConverterOf, loadTemporalSettings, workflowInterceptorModules, type TemporalSettings } from '../temporal/connection';
 import os from 'node:os';
 import { refuseSharedQueue, resolveServerIdentity, type ServerIdentity } from './server-identity';
 import { protectionServer, serverStartedSignal, serverWorkflowId, type ServerRecord } from '../workflows/protection-server';
@@ -140,6 +140,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     taskQueue,
     identity: identity.workerIdentity,
     workflowsPath: workflowsPath(),
+    dataConverter: dataConverterOf(temporal),
+    interceptors: { workflowModules: workflowInterceptorModules(temporal) },
     activities: {
       ...selfCheckActivities,
       ...createServerActivities({ repository, tokens, self, metrics }),
