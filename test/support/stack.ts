@@ -111,7 +111,7 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
         process.execPath,
         [cli, 'agent', '--host', host, '--lab-root', lab.root, ...serverArgs, '--progress-ms', '100', ...extraArgs],
         {
-          env: { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, HVPROTECT_LOG_FORMAT: 'json' },
+          env: { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, HVPROTECT_LOG_FORMAT: 'json', HVPROTECT_PAYLOAD_KEY_FILE: temporal.payloadKeyFile ?? '' },
           stdio: ['ignore', fs.openSync(path.join(dir, `agent-${host}.log`), 'a'), fs.openSync(path.join(dir, `agent-${host}.log`), 'a')],
         },
       );

@@ -1,0 +1,156 @@
+// Temporal as a trust boundary (#18): with the payload codec, a backup leaves no VM name and no
+// path in the Temporal dev server's SQLite database, while the same backup without the codec
+// does (so the search would find them); the codec server opens what the history holds; and the
+// Web UI, pointed at the codec server, shows the VM name in a real browser.
+// Its own dev server (own SQLite file, Web UI with --ui-codec-endpoint): namespace "default"
+// runs encrypted, "hvp-plain" without a codec.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { chromium, type Browser } from 'playwright-core';
+import { Client, Connection } from '@temporalio/client';
+import { defaultPayloadConverter, type Payload } from '@temporalio/common';
+import { freePort, startDevServer, type DevServer } from '../../temporal/dev-server';
+import { loadTemporalSettings, withPayloadKeyFile } from '../../temporal/connection';
+import { AesGcmPayloadCodec, PayloadKeyring } from '../../temporal/payload-codec';
+import { startCodecServer, type CodecServer } from '../../temporal/codec-server';
+import { startTestStack, type TestStack } from '../support/stack';
+
+const CHROMIUM = process.env.HVPROTECT_CHROMIUM ?? '/usr/bin/chromium';
+const ARTIFACTS = path.resolve(__dirname, '..', '..', 'test-artifacts', 'ui');
+const PLAIN_NS = 'hvp-plain';
+// Names no other text in the database could hold.
+const SECRET_VM = `payroll-db-${randomUUID().slice(0, 6)}`;
+const PLAIN_VM = `ledger-vm-${randomUUID().slice(0, 6)}`;
+
+let dir: string;
+let dev: DevServer;
+let codecServer: CodecServer;
+let decodeCalls = 0;
+let encrypted: TestStack;
+let plain: TestStack;
+let browser: Browser | undefined;
+
+beforeAll(async () => {
+  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hvp-codec-temporal-'));
+  const keyFile = path.join(dir, 'payload.keys');
+  PayloadKeyring.create(keyFile);
+  const codec = AesGcmPayloadCodec.fromFile(keyFile);
+  const uiPort = await freePort();
+  codecServer = await startCodecServer({
+    // Counts the Web UI's calls: a page that shows the name without them would not be the codec's doing.
+    codec: { encode: (p) => codec.encode(p), decode: (p) => ((decodeCalls += 1), codec.decode(p)) },
+    port: 0,
+    allowedOrigins: [`http://127.0.0.1:${uiPort}`],
+  });
+  dev = await startDevServer({ dbFile: path.join(dir, 'temporal.sqlite'), port: await freePort(), uiPort, extraNamespaces: [PLAIN_NS], uiCodecEndpoint: codecServer.url, readyTimeoutMs: 120_000 });
+  const base = { TEMPORAL_ADDRESS: dev.address };
+  encrypted = await startTestStack({ hosts: ['hv01'], temporal: withPayloadKeyFile(loadTemporalSettings({ ...base, TEMPORAL_NAMESPACE: 'default' }), keyFile) });
+  plain = await startTestStack({ hosts: ['hv01'], temporal: loadTemporalSettings({ ...base, TEMPORAL_NAMESPACE: PLAIN_NS }) });
+}, 240_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await encrypted?.stop();
+  await plain?.stop();
+  await dev?.stop();
+  await codecServer?.close();
+  if (!process.env.HVP_KEEP_TEST_STATE) fs.rmSync(dir, { recursive: true, force: true });
+});
+
+/** Every byte the dev server's SQLite database holds (main file, WAL, shared memory). */
+function databaseBytes(): Buffer {
+  const base = path.basename(dev.dbFile);
+  return Buffer.concat(
+    fs.readdirSync(path.dirname(dev.dbFile)).filter((f) => f.startsWith(base) && !f.endsWith('.log')).map((f) => fs.readFileSync(path.join(path.dirname(dev.dbFile), f))),
+  );
+}
+
+async function backUp(stack: TestStack, name: string, dataSource: string) {
+  const facts = await stack.lab.createVm({ name, host: 'hv01', disks: [{ sizeBytes: 2 * 1024 * 1024, content: { kind: 'random', seed: 7, fill: 0.5 } }] });
+  const workflowId = `backup/${dataSource}/${new Date().toISOString()}-${randomUUID().slice(0, 4)}`;
+  const handle = await stack.client.workflow.start('backupVm', { taskQueue: stack.server.taskQueue, workflowId, args: [{ dataSource, vm: facts.vmId }] });
+  const result = (await handle.result()) as { pointId?: string };
+  return { facts, workflowId, runId: handle.firstExecutionRunId, result };
+}
+
+let secretRun: Awaited<ReturnType<typeof backUp>>;
+
+test('with the codec a backup leaves no VM name or path in Temporal\'s SQLite; without it the same backup does', async () => {
+  // Data source ids are in workflow ids (plain text by design): they are not the VM names here.
+  secretRun = await backUp(encrypted, SECRET_VM, 'ds-sealed');
+  const plainRun = await backUp(plain, PLAIN_VM, 'ds-open');
+  expect(secretRun.result.pointId).toBeTruthy();
+  expect(plainRun.result.pointId).toBeTruthy();
+  // Paths: each stack's folder (lab disks, configs, repository) is under its own temp folder.
+  const secretPath = path.basename(encrypted.dir);
+  const plainPath = path.basename(plain.dir);
+  // Visibility and history writes land in the WAL within moments; look until the plain run shows.
+  let db = databaseBytes();
+  for (const deadline = Date.now() + 20_000; !(db.includes(PLAIN_VM) && db.includes(plainPath)) && Date.now() < deadline; ) {
+    await new Promise((r) => setTimeout(r, 500));
+    db = databaseBytes();
+  }
+  expect(db.includes(PLAIN_VM)).toBe(true);
+  expect(db.includes(plainPath)).toBe(true);
+  expect(db.includes('ds-sealed')).toBe(true); // the encrypted run is in there too
+  expect(db.includes(SECRET_VM)).toBe(false);
+  expect(db.includes(secretPath)).toBe(false);
+});
+
+test('the codec server opens the payloads the history holds', async () => {
+  // A client without the codec sees what Temporal stores: sealed payloads.
+  const connection = await Connection.connect({ address: dev.address });
+  try {
+    const raw = new Client({ connection, namespace: 'default' });
+    const history = await raw.workflow.getHandle(secretRun.workflowId).fetchHistory();
+    const sealed: Payload[] = [];
+    for (const e of history.events ?? []) {
+      sealed.push(...((e.activityTaskCompletedEventAttributes?.result?.payloads ?? []) as Payload[]));
+      sealed.push(...((e.workflowExecutionCompletedEventAttributes?.result?.payloads ?? []) as Payload[]));
+    }
+    expect(sealed.length).toBeGreaterThan(1);
+    expect(sealed.every((p) => Buffer.from(p.metadata!.encoding!).toString() === 'binary/encrypted')).toBe(true);
+    const toJson = (p: Payload) => ({
+      metadata: Object.fromEntries(Object.entries(p.metadata ?? {}).map(([k, v]) => [k, Buffer.from(v).toString('base64')])),
+      data: Buffer.from(p.data ?? []).toString('base64'),
+    });
+    const res = await fetch(`${codecServer.url}/decode`, { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-Namespace': 'default' }, body: JSON.stringify({ payloads: sealed.map(toJson) }) });
+    expect(res.status).toBe(200);
+    const opened = ((await res.json()) as { payloads: { metadata: Record<string, string>; data: string }[] }).payloads.map((p) =>
+      defaultPayloadConverter.fromPayload({ metadata: Object.fromEntries(Object.entries(p.metadata).map(([k, v]) => [k, Buffer.from(v, 'base64')])), data: Buffer.from(p.data, 'base64') }),
+    );
+    const text = JSON.stringify(opened);
+    expect(text).toContain(SECRET_VM);
+    expect(text).toContain(path.basename(encrypted.dir));
+  } finally {
+    await connection.close();
+  }
+});
+
+test('the Web UI pointed at the codec server shows the VM name of an encrypted backup', async () => {
+  if (!fs.existsSync(CHROMIUM)) throw new Error(`no Chromium at ${CHROMIUM}: apt-get install chromium (.ci/run does), or set HVPROTECT_CHROMIUM`);
+  fs.mkdirSync(ARTIFACTS, { recursive: true });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  const page = await browser.newPage({ viewport: { width: 1600, height: 1200 } });
+  const before = decodeCalls;
+  await page.goto(`${dev.uiUrl}/namespaces/default/workflows/${encodeURIComponent(secretRun.workflowId)}/${secretRun.runId}/history`, { waitUntil: 'networkidle' });
+  await page.getByText('backupVm').first().waitFor({ timeout: 30_000 });
+  // The result (and the activity results in the history) name the VM once decoded.
+  let found = false;
+  for (const deadline = Date.now() + 30_000; !found && Date.now() < deadline; ) {
+    for (const label of ['Input and Results', 'Input & Results', 'Result', 'Expand all']) {
+      const el = page.getByText(label, { exact: true }).first();
+      if (await el.isVisible().catch(() => false)) await el.click().catch(() => undefined);
+    }
+    found = (await page.locator('body').innerText()).includes(SECRET_VM);
+    if (!found) await page.waitForTimeout(1000);
+  }
+  await page.screenshot({ path: path.join(ARTIFACTS, 'codec-decoded-backup.png'), fullPage: true });
+  expect(decodeCalls).toBeGreaterThan(before);
+  expect(found).toBe(true);
+});
