@@ -57,7 +57,11 @@ test('comes up, backs up every sample VM, stops on Ctrl-C and resumes on a secon
   const first = await startDev(args);
   await first.ready;
   expect(first.output()).toMatch(/Web UI: +http:\/\/127\.0\.0\.1:\d+\/namespaces\/default\/workflows/);
-  const client = await connectClient(loadTemporalSettings({ TEMPORAL_ADDRESS: `127.0.0.1:${port}`, TEMPORAL_NAMESPACE: 'default' }));
+  // The default runs encrypted: a payload key made under the state folder, and a codec server for the Web UI.
+  const payloadKeys = path.join(dir, 'payload.keys');
+  expect(fs.statSync(payloadKeys).mode & 0o777).toBe(0o600);
+  expect(first.output()).toMatch(/Payloads: +encrypted with .*payload\.keys; the Web UI decrypts through the codec server http:\/\/127\.0\.0\.1:\d+/);
+  const client = await connectClient(loadTemporalSettings({ TEMPORAL_ADDRESS: `127.0.0.1:${port}`, TEMPORAL_NAMESPACE: 'default', HVPROTECT_PAYLOAD_KEY_FILE: payloadKeys }));
   try {
     // Every first backup completes.
     let statuses: string[] = [];
@@ -82,7 +86,7 @@ test('comes up, backs up every sample VM, stops on Ctrl-C and resumes on a secon
   const second = await startDev(args);
   await second.ready;
   expect(second.output()).not.toMatch(/First backups/);
-  const client2 = await connectClient(loadTemporalSettings({ TEMPORAL_ADDRESS: `127.0.0.1:${port}`, TEMPORAL_NAMESPACE: 'default' }));
+  const client2 = await connectClient(loadTemporalSettings({ TEMPORAL_ADDRESS: `127.0.0.1:${port}`, TEMPORAL_NAMESPACE: 'default', HVPROTECT_PAYLOAD_KEY_FILE: path.join(dir, 'payload.keys') }));
   try {
     let n = 0;
     for await (const _ of client2.workflow.list({ query: "WorkflowType = 'backupVm'" })) n++;
