@@ -363,7 +363,7 @@ export function buildProgram(): Command {
     .option('--throttle <MBps>', 'read bandwidth limit per disk transfer, MB/s', positiveInt)
     .option('--restore-root <dir...>', 'folders restores may write under (repeatable; default $HVPROTECT_RESTORE_ROOTS, else the temp folder)')
     .addOption(new Option('--batch-slots <n>', 'chunks per transfer batch (tests)').argParser(positiveInt).hideHelp())
-    .addOption(new Option('--progress-ms <n>', 'progress signal interval (tests)').argParser(positiveInt).hideHelp())
+    .addOption(new Option('--progress-ms <n>', 'how often transfer progress (heartbeats) reaches Temporal, ms (tests)').argParser(positiveInt).hideHelp())
     .addHelpText(
       'after',
       '\nEach token comes from `hvprotect token issue --host NAME` against that server. A job from a server\n' +

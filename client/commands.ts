@@ -4,7 +4,8 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { connectClient, loadTemporalSettings } from '../temporal/connection';
 import { serverTaskQueue } from '../temporal/task-queues';
-import { backupProgressQuery, type BackupProgress, type BackupVmResult } from '../workflows/backup-vm';
+import { type BackupProgress, type BackupVmResult } from '../workflows/backup-vm';
+import { readBackupProgress } from './backup-progress';
 import type { RestoreTarget, RestoreVmResult } from '../workflows/restore-vm';
 import { parseShadowStorageSize } from '../repository';
 import { adminStorage } from './admin';
@@ -108,7 +109,7 @@ async function followBackup(handle: WorkflowHandle, json: boolean): Promise<Back
   result.catch(() => undefined);
   while (!done) {
     try {
-      const p = await handle.query(backupProgressQuery);
+      const p = await readBackupProgress(handle);
       const line = renderProgress(p, tty);
       if (tty) process.stderr.write(`\r${line.slice(0, (process.stderr.columns ?? 120) - 1).padEnd(Math.min(lastLine.length, (process.stderr.columns ?? 120) - 1))}`);
       else if (!json && p.step !== lastLine.split('  ').pop()) process.stderr.write(`${line}\n`);

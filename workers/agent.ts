@@ -16,7 +16,6 @@ import type { StorageClientTls } from '../storage-api/tls';
 import { createHostActivities } from '../activities/host';
 import { createRestoreHostActivities } from '../activities/host/restore';
 import { configuredRestoreRoots } from '../activities/host/restore-target';
-import { transferProgressSignal } from '../workflows/backup-progress';
 import { HostFailure } from '../activities/failures';
 import type { ServerEndpoint } from '../activities/host/types';
 import { installRuntime } from './runtime';
@@ -41,6 +40,7 @@ export interface AgentOptions {
   maxConcurrentTransfers?: number;
   batchSlots?: number;
   throttleBytesPerSecond?: number;
+  /** How often a transfer's progress (its heartbeat) reaches Temporal, ms (default 5000). */
   progressIntervalMs?: number;
   /** Folders restores may write under (`--restore-root`); default configuredRestoreRoots(). */
   restoreRoots?: string[];
@@ -65,8 +65,6 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     storageFor,
     batchSlots: opts.batchSlots,
     throttleBytesPerSecond: opts.throttleBytesPerSecond,
-    progressIntervalMs: opts.progressIntervalMs,
-    signalProgress: (workflowId, p) => client.workflow.getHandle(workflowId).signal(transferProgressSignal, p),
   });
   const connection = await connectWorker(temporal);
   // Two workers: the light steps (locate, inspect, checkpoint, release) never queue behind
@@ -95,6 +93,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     dataConverter: dataConverterOf(temporal),
     activities: { transferDisk, restoreDisks },
     maxConcurrentActivityTaskExecutions: opts.maxConcurrentTransfers ?? 3,
+    // Progress travels in heartbeats (no history events): send them often enough for a progress bar.
+    maxHeartbeatThrottleInterval: opts.progressIntervalMs ?? 5000,
     shutdownGraceTime: '20 seconds',
   });
   logger.info({ host: adapter.hostName, taskQueue, transferQueue, servers: opts.servers.map((s) => s.id) }, 'protection agent polling');

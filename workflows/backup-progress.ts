@@ -1,5 +1,8 @@
-// A backup's progress: what the `progress` query answers (the CLI's progress bar) and what the
-// Web UI shows as the workflow's current details. Agents signal transfer positions into it.
+// A backup's progress: what the `progress` query answers and what the Web UI shows as the
+// workflow's current details: the step, mode, kind and finished disks. A running transfer's
+// position is in its heartbeat (client/backup-progress.ts merges it in for the CLI): nothing here
+// grows the history while disks transfer. The transferProgress signal is kept for agents of the
+// previous release, which still send it during a rolling upgrade.
 import { defineQuery, defineSignal, log, setCurrentDetails, setHandler } from '@temporalio/workflow';
 
 export interface DiskProgress {

@@ -1,7 +1,7 @@
 // Where is the VM now? Asks every agent at once (each probe bounded by a schedule-to-start
 // timeout, so a host that is down costs nothing unless the VM is nowhere else) and answers as
 // soon as the copy the protection is about answers.
-import { ApplicationFailure, sleep } from '@temporalio/workflow';
+import { ApplicationFailure, CancellationScope, patched, sleep } from '@temporalio/workflow';
 import type { ActivityInterfaceFor, ActivityOptions } from '@temporalio/workflow';
 import type { HostActivities, VmLocation } from '../activities/host/types';
 import type { ServerActivities } from '../activities/server/types';
@@ -33,10 +33,13 @@ export async function locateVmOwner(
     o.onRound?.(round);
     const hosts = await server.listHosts();
     const probes: VmLocation[] = [];
+    // The probes of one round: those still out when the owner answered are cancelled, so a
+    // silent host's probe neither lingers in the Web UI nor wakes the workflow when it times out.
+    const probing = new CancellationScope();
     await new Promise<void>((resolve) => {
       let pending = hosts.length;
       if (pending === 0) resolve();
-      for (const h of hosts) {
+      for (const h of hosts) void probing.run(async () => {
         host.locateVm
           .executeWithOptions(
             {
@@ -53,9 +56,10 @@ export async function locateVmOwner(
             probes.push(loc);
             pending--;
             const decisive = loc.present && (o.role === 'replica') === (loc.role === 'replica');
+            if (decisive && pending > 0 && patched('cancel-losing-locate-probes')) probing.cancel();
             if (pending === 0 || decisive) resolve();
           });
-      }
+      });
     });
     const found = pickOwner(probes, o.role);
     if (found) return found;

@@ -14,20 +14,16 @@ import type {
   DiskTransferRequest,
   DiskTransferResult,
   HostActivities,
+  TransferHeartbeat,
   ServerEndpoint,
   ReleaseRequest,
   VmLocation,
 } from './types';
-import type { TransferProgressSignal } from '../../workflows/backup-vm';
 
 export interface HostActivityDeps {
   adapter: HypervisorAdapter;
   /** The storage API client for a protection server; fails ServerNotTrusted for one without a credential here. */
   storageFor: (server: ServerEndpoint) => StorageClient;
-  /** Sends transfer progress to the backup workflow (for its progress query); best effort. */
-  signalProgress?: (workflowId: string, p: TransferProgressSignal) => Promise<void>;
-  /** How often progress is signalled, ms (default 2000). */
-  progressIntervalMs?: number;
   /** Slots per batch (tests make batches small to kill mid-transfer). */
   batchSlots?: number;
   /** Read bandwidth limit per transfer, bytes per second. */
@@ -137,7 +133,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
         // The file server's agent reads disks on its shares wherever the VM runs.
         const checkHere = req.viaFileServer ? async () => undefined : () => ensureHere(req.vmId);
         await checkHere();
-        const resume = ctx.info.heartbeatDetails as (IngestPosition & { kind: DiskTransferResult['kind']; fallbackReason?: string }) | undefined;
+        const resume = ctx.info.heartbeatDetails as TransferHeartbeat | undefined;
         const reader = countingReads(await adapter.openCheckpointDisk(req.vmId, req.checkpointId, req.diskId));
         try {
           // What to read: decided once, and again identically on a retry.
@@ -164,7 +160,6 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
             const allocated = slotsOfRanges(await reader.allocatedRanges(), req.chunkSize, req.virtualSize);
             slots = baseSlots ? mergeSlots(allocated, nonZeroSlots(baseSlots, req.virtualSize, req.chunkSize)) : allocated;
           }
-          let lastSignal = 0;
           let batches = 0;
           const pos = await ingestDisk({
             reader,
@@ -179,17 +174,14 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
             tuning: deps.batchSlots ? { batchBytes: deps.batchSlots * req.chunkSize } : undefined,
             throttleBytesPerSecond: deps.throttleBytesPerSecond,
             onProgress: async (p, diskOffset) => {
-              ctx.heartbeat({ ...p, kind, fallbackReason });
+              // The position travels in the heartbeat only: the pending activity shows it (Web UI,
+              // `describe`, the CLI's progress bar) and a retry resumes there, and not one history
+              // event is added however long the disk takes.
+              const details: TransferHeartbeat = { ...p, kind, fallbackReason, diskId: req.diskId, position: diskOffset, virtualSize: req.virtualSize, at: Date.now() };
+              ctx.heartbeat(details);
               if (++batches === 2) crashPoint('agent:mid-transfer');
               if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled');
               await checkHere();
-              const now = Date.now();
-              if (deps.signalProgress && now - lastSignal >= (deps.progressIntervalMs ?? 2000)) {
-                lastSignal = now;
-                await deps
-                  .signalProgress(req.workflowId, { diskId: req.diskId, position: diskOffset, bytesRead: p.bytesRead, bytesSent: p.bytesSent, at: now })
-                  .catch(() => undefined);
-              }
             },
           });
           const result: DiskTransferResult = {

@@ -66,6 +66,29 @@ export interface DiskTransferResult {
   durationMs: number;
 }
 
+/**
+ * What transferDisk heartbeats after every batch: where a retry resumes (the ingest position), and
+ * the progress the CLI and the Web UI read from the pending activity (never history events).
+ */
+export interface TransferHeartbeat {
+  /** Index into the slot sequence: where a retry resumes. */
+  nextSlot: number;
+  bytesRead: number;
+  bytesSent: number;
+  chunksSent: number;
+  chunksDeduplicated: number;
+  zeroChunks: number;
+  changedChunks: number;
+  kind: TransferKind;
+  fallbackReason?: string;
+  diskId: string;
+  /** Disk offset below which everything is done. */
+  position: number;
+  virtualSize: number;
+  /** Agent clock, ms since epoch. */
+  at: number;
+}
+
 export interface ReleaseRequest {
   vmId: string;
   label: string;

@@ -9,7 +9,8 @@ import { loadTemporalSettings } from '../../temporal/connection';
 import { startTestStack, type TestStack } from '../support/stack';
 import { initialDiskContent } from '../../hypervisor/lab';
 import { openDiskStream } from '../../recovery';
-import { backupProgressQuery, type BackupVmResult } from '../../workflows/backup-vm';
+import type { BackupVmResult } from '../../workflows/backup-vm';
+import { readBackupProgress } from '../../client/backup-progress';
 
 const MiB = 1024 * 1024;
 let dir: string;
@@ -42,7 +43,7 @@ test('kill -9 of the Temporal server mid-transfer: the backup finishes after it 
     args: [{ dataSource: 'survivor', vm: facts.vmId, timing: { heartbeatTimeout: '10 seconds' } }],
   });
   for (const deadline = Date.now() + 60_000; ; ) {
-    const p = await handle.query(backupProgressQuery);
+    const p = await readBackupProgress(handle);
     if (p.bytesRead >= 6 * MiB) break;
     if (Date.now() > deadline) throw new Error('transfer did not start');
     await new Promise((r) => setTimeout(r, 100));

@@ -8,7 +8,8 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { openDiskStream } from '../../recovery';
-import { backupProgressQuery, type BackupVmInput } from '../../workflows/backup-vm';
+import type { BackupVmInput } from '../../workflows/backup-vm';
+import { readBackupProgress } from '../../client/backup-progress';
 import { createLogger } from '../../log/logger';
 import { loadTemporalSettings, type TemporalSettings } from '../../temporal/connection';
 import { startServer, type RunningServer } from '../../workers/server';
@@ -156,7 +157,7 @@ export function startBackup(stack: TestStack, input: BackupVmInput, timing: Back
 /** Waits until a backup is transferring and has read at least `minBytes`. */
 export async function waitForTransfer(handle: WorkflowHandle, minBytes: number): Promise<void> {
   for (const deadline = Date.now() + 60_000; ; ) {
-    const p = await handle.query(backupProgressQuery);
+    const p = await readBackupProgress(handle);
     if (p.bytesRead >= minBytes && p.disks.some((d) => !d.done)) return;
     if (Date.now() > deadline) throw new Error(`transfer did not start: ${JSON.stringify(p)}`);
     await new Promise((r) => setTimeout(r, 50));
