@@ -237,7 +237,7 @@ export function buildProgram(): Command {
     .option('--servers <n>', 'protection servers to run (dpm01, dpm02, …), the sample VMs split between them', positiveInt, 1)
     .option('--no-first-backups', 'protect the sample VMs but do not back them up now')
     .option('--codec-port <port>', 'the codec server the Web UI decrypts payloads with (0 = any free port; default: UI port + 1)', portOrZero)
-    .addOption(new Option('--disk-size <MiB>', 'size of each sample disk in MiB (default 64)').argParser(positiveInt).hideHelp())
+    .addOption(new Option('--disk-size <MiB>', 'size of each sample disk in MiB (default 128; at least 128 with the guest file systems)').argParser(positiveInt).hideHelp())
     .addHelpText('after', '\nExamples:\n  npm start\n  hvprotect dev --temporal-port 7300 --ui-port 8300 --api-port 8790\n')
     .action(async (o) => {
       const logger = createLogger({ name: 'hvprotect' });
@@ -454,7 +454,9 @@ export async function main(argv: string[]): Promise<void> {
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
-    // Done: do not wait for lingering handles (the Temporal runtime, keep-alive sockets).
+    // Done: do not wait for lingering handles (the Temporal runtime, keep-alive sockets), but let
+    // stdout drain first: into a pipe it is asynchronous, and exit would cut a long listing short.
+    await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));
     process.exit(typeof process.exitCode === 'number' ? process.exitCode : 0);
   } catch (err) {
     if (err instanceof CommanderError) {
