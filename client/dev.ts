@@ -1,8 +1,8 @@
 // `hvprotect dev` (what `npm start` runs): the embedded default on one machine.
 // Temporal dev server with its Web UI and a SQLite file, a protection server with its repository
-// and storage API, a lab cluster (two nodes, a stand-alone host, a file server) with sample VMs and
-// a guest write load, an agent per lab host, every VM protected on a schedule, and a first backup
-// of each. Everything lives under the state folder; a second start resumes from it.
+// and storage API, a lab cluster (two nodes, a stand-alone host, a file server) with sample VMs whose
+// disks hold real guest file systems (hypervisor/lab/guest-images.ts) and a guest write load, an
+// agent per lab host, every VM protected on a schedule, and a first backup of each. Everything lives under the state folder; a second start resumes from it.
 import path from 'node:path';
 import fs from 'node:fs';
 import type { Client } from '@temporalio/client';
@@ -15,7 +15,7 @@ import { startServer, type RunningServer } from '../workers/server';
 import { installRuntime } from '../workers/runtime';
 import { startAgent, type RunningAgent } from '../workers/agent';
 import { Lab, LabHypervisor, type WriteLoadProcess } from '../hypervisor/lab';
-import { createSampleLab } from '../hypervisor/lab/sample';
+import { SAMPLE_FILE_SYSTEMS_MIN_DISK, createSampleLab } from '../hypervisor/lab/sample';
 import { dataSourceIdFor, listProtections, protectVm, startBackupNow, type ProtectionInfo } from './protection';
 
 export interface DevOptions {
@@ -27,7 +27,7 @@ export interface DevOptions {
   sdkMetricsPort?: number;
   headless: boolean;
   logger: Logger;
-  /** Sample lab disk size (default 64 MiB). */
+  /** Sample lab disk size (default 128 MiB). */
   diskSize?: number;
   /** Skip the lab, the agents and the protections (just Temporal and the server). */
   bare?: boolean;
@@ -113,7 +113,9 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
     if (opts.bare) return { temporal, payloadKeyFile, codecServer, server, servers, agents, protections: [], firstBackups: [], stop };
 
     const lab = await Lab.open(path.join(stateDir, 'lab'));
-    const sample = await createSampleLab(lab, { diskSize: opts.diskSize });
+    const fileSystems = (opts.diskSize ?? SAMPLE_FILE_SYSTEMS_MIN_DISK) >= SAMPLE_FILE_SYSTEMS_MIN_DISK;
+    if (!fileSystems) logger.warn({ diskSize: opts.diskSize }, `sample disks under ${SAMPLE_FILE_SYSTEMS_MIN_DISK / 1024 / 1024} MiB hold synthetic bytes, no guest file systems`);
+    const sample = await createSampleLab(lab, { diskSize: opts.diskSize, fileSystems });
     const hosts = [...sample.nodes, sample.standalone, sample.fileServer];
     for (const host of hosts) {
       // In-process agents get a fresh token from every server each start (only its hash is kept); the last start's agents are gone.

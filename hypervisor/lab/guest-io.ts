@@ -3,6 +3,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
+import { openFileSystem, readPartitionTable, type RandomAccess } from '../../guestfs';
 import type { VmState } from '../types';
 import { appendWrites } from './change-tracking';
 import { guestWrite } from './disk-content';
@@ -66,21 +67,56 @@ export async function readDisk(lab: LabStore, vm: string, diskId: string, offset
   });
 }
 
+const MiB = 1024 * 1024;
+/** The least space a write load needs (its longest write). */
+const MIN_REGION = 64 * 1024;
+
+/**
+ * Where the guest write load may write on a disk: space no file system uses. A disk without a
+ * partition table and without a file system is all the load's; on a partitioned disk it is the
+ * largest stretch outside every partition, the first and the last MiB (the partition tables,
+ * GPT's backup copy at the end); a disk with no such stretch, or a bare file system, is refused.
+ */
+export async function writeLoadRegion(disk: RandomAccess, what: string): Promise<{ offset: number; length: number }> {
+  const table = await readPartitionTable(disk, what).catch(() => undefined); // not a table a guest would have: data
+  if (!table || table.scheme === 'none') {
+    const fs = await openFileSystem(disk, what).catch(() => undefined);
+    if (fs) throw new LabError(`${what} holds a ${fs.type} file system without a partition table: the guest write load would write into it`);
+    return { offset: 0, length: disk.size };
+  }
+  const taken = [{ start: 0, end: MiB }, ...table.partitions.map((p) => ({ start: p.start, end: p.start + p.size })), { start: Math.max(0, disk.size - MiB), end: disk.size }].sort((a, b) => a.start - b.start);
+  let best = { offset: 0, length: 0 };
+  let at = 0;
+  for (const t of taken) {
+    const start = Math.ceil(at / 4096) * 4096;
+    const end = Math.floor(t.start / 4096) * 4096;
+    if (end - start > best.length) best = { offset: start, length: end - start };
+    at = Math.max(at, t.end);
+  }
+  if (best.length < MIN_REGION) {
+    throw new LabError(`${what}: its partitions leave no unused space of ${MIN_REGION / 1024} KiB or more; the guest write load writes only where no file system is (leave unpartitioned space at the end of the disk)`);
+  }
+  return best;
+}
+
 /** Register a guest write load on a VM; it continues where a load with the same seed and disk stopped. */
-export async function registerWriteLoad(lab: LabStore, vm: string, opts: { seed: number; diskId?: string; pid?: number }): Promise<{ vmId: string; diskId: string; writes: number }> {
+export async function registerWriteLoad(lab: LabStore, vm: string, opts: { seed: number; diskId?: string; pid?: number }): Promise<{ vmId: string; diskId: string; writes: number; region: { offset: number; length: number } }> {
   if (!Number.isSafeInteger(opts.seed)) throw new LabError(`seed must be an integer, got ${opts.seed}`);
   return lab.mutate('registerWriteLoad', async (s) => {
     const rec = lab.findVm(s, vm);
     const diskId = opts.diskId ?? rec.disks[0]?.diskId;
     if (diskId === undefined) throw failed(`VM ${rec.name} has no disk to write to`);
-    lab.disk(rec, diskId);
+    const d = lab.disk(rec, diskId);
     const cur = rec.writeLoad;
     if (cur?.pid !== undefined && cur.pid !== opts.pid && cur.pid !== process.pid && pidAlive(cur.pid)) {
       throw failed(`VM ${rec.name} already has a guest write load (pid ${cur.pid})`, { vmId: rec.vmId, pid: cur.pid });
     }
-    const writes = cur && cur.seed === opts.seed && cur.diskId === diskId ? cur.writes : 0;
-    rec.writeLoad = { seed: opts.seed, diskId, writes, ...(opts.pid !== undefined ? { pid: opts.pid } : {}), startedAt: new Date().toISOString() };
-    return { vmId: rec.vmId, diskId, writes };
+    const top = lab.paths.topPath(rec, d);
+    const region = await writeLoadRegion({ size: d.virtualSize, read: (o, l) => vhdx.readDisk(top, o, l) }, `VM ${rec.name} disk ${diskId}`);
+    const same = cur && cur.seed === opts.seed && cur.diskId === diskId && (cur.region?.offset ?? 0) === region.offset && (cur.region?.length ?? d.virtualSize) === region.length;
+    const writes = same ? cur.writes : 0;
+    rec.writeLoad = { seed: opts.seed, diskId, writes, region, ...(opts.pid !== undefined ? { pid: opts.pid } : {}), startedAt: new Date().toISOString() };
+    return { vmId: rec.vmId, diskId, writes, region };
   });
 }
 
@@ -99,7 +135,11 @@ export async function guestWriteBatch(lab: LabStore, vmId: string, opts: { count
     const n = Math.max(0, Math.min(opts.count, (opts.maxWrites ?? Infinity) - wl.writes));
     if (n === 0) return { written: 0, writes: wl.writes, state: rec.state };
     const writes = [];
-    for (let i = 0; i < n; i++) writes.push(guestWrite(wl.seed, wl.writes + i, d.virtualSize));
+    const region = wl.region ?? { offset: 0, length: d.virtualSize };
+    for (let i = 0; i < n; i++) {
+      const w = guestWrite(wl.seed, wl.writes + i, region.length);
+      writes.push({ ...w, offset: region.offset + w.offset });
+    }
     await applyWrites(lab, rec, d, writes);
     wl.writes += n;
     return { written: n, writes: wl.writes, state: rec.state };

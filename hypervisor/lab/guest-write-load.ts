@@ -1,4 +1,6 @@
-// The guest write load: a lab VM's guest writing to one of its disks while backups run.
+// The guest write load: a lab VM's guest writing to one of its disks while backups run, only
+// where no file system is (a disk without a partition table, else unpartitioned space: see
+// writeLoadRegion in guest-io.ts), so the guest file systems in backups stay consistent.
 // Write #k (0-based) is a pure function of (seed, k, disk size) — see disk-content.ts — so a test
 // recomputes what the disk held at any checkpoint with expectedDiskContent(initial, seed,
 // checkpoint.guestWriteSeq). Each batch of writes is one step under the lab lock: the writer

@@ -80,6 +80,12 @@ export interface WriteLoadRecord {
   diskId: string;
   /** Writes done so far: write #k (0-based) for k < writes is on the disk. */
   writes: number;
+  /**
+   * Where on the disk the load writes: the whole disk when it has no partition table, else the
+   * largest stretch no partition covers (the file systems in the guest stay consistent).
+   * Write #k lands at region.offset + guestWrite(seed, k, region.length).offset.
+   */
+  region?: { offset: number; length: number };
   pid?: number;
   startedAt: string;
 }

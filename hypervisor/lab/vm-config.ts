@@ -23,6 +23,8 @@ export interface LabDiskSpec {
   passthrough?: boolean;
   /** Default: all zeros (nothing allocated). */
   content?: InitialContent;
+  /** A raw disk image (no larger than the disk) the disk starts as, instead of `content`; its all-zero MiBs are left unallocated. */
+  image?: string;
   blockSize?: number;
   logicalSectorSize?: 512 | 4096;
 }
@@ -239,7 +241,7 @@ export async function createVm(lab: LabStore, spec: LabVmSpec): Promise<VmFacts>
   if (s0.vms[vmId]) throw new LabError(`VM id ${vmId} exists already`);
   const vmStorage = resolveStorage(s0, spec.host, spec.storage);
   const seen = new Set<string>();
-  const disks: (DiskRecord & { content?: InitialContent; blockSize?: number; logicalSectorSize?: 512 | 4096 })[] = spec.disks.map((d, i) => {
+  const disks: (DiskRecord & { content?: InitialContent; image?: string; blockSize?: number; logicalSectorSize?: 512 | 4096 })[] = spec.disks.map((d, i) => {
     const controller = d.controller ?? 'scsi';
     if (controller !== 'ide' && controller !== 'scsi') throw new LabError(`bad controller ${JSON.stringify(controller)}`);
     const diskId = d.diskId ?? `${controller}0-${i}`;
@@ -260,6 +262,7 @@ export async function createVm(lab: LabStore, spec: LabVmSpec): Promise<VmFacts>
       generation: 1,
       trackingEpoch: '',
       content: d.content,
+      image: d.image,
       blockSize: d.blockSize,
       logicalSectorSize: d.logicalSectorSize,
     };
@@ -303,10 +306,11 @@ export async function createVm(lab: LabStore, spec: LabVmSpec): Promise<VmFacts>
       if (await exists(file)) throw new LabError(`${file} exists already`);
       made.push(file);
       await vhdx.createDisk(file, { virtualSize: d.virtualSize, blockSize: d.blockSize, logicalSectorSize: d.logicalSectorSize });
-      if (d.content && d.content.kind !== 'zeros') await writeInitialContent(file, d.content, d.virtualSize);
+      if (d.image !== undefined) await writeImage(file, d.image, d.virtualSize);
+      else if (d.content && d.content.kind !== 'zeros') await writeInitialContent(file, d.content, d.virtualSize);
       made.push(path.join(folder, trackingLogName(d.fileName)));
       d.trackingEpoch = await resetTrackingLog(path.join(folder, trackingLogName(d.fileName)));
-      const { content: _c, blockSize: _b, logicalSectorSize: _l, ...record } = d;
+      const { content: _c, image: _i, blockSize: _b, logicalSectorSize: _l, ...record } = d;
       rec.disks.push(record);
     }
     await fsp.mkdir(lab.paths.vmFolder(rec.configLocation, rec.host, vmId), { recursive: true });
@@ -332,6 +336,26 @@ async function writeInitialContent(file: string, content: InitialContent, virtua
     await disk.flush();
   } finally {
     await disk.close();
+  }
+}
+
+async function writeImage(file: string, image: string, virtualSize: number): Promise<void> {
+  const src = await fsp.open(image, 'r');
+  const disk = await vhdx.openDisk(file, true);
+  try {
+    const size = (await src.stat()).size;
+    if (size > virtualSize) throw new LabError(`image ${image} (${size} bytes) is larger than the disk (${virtualSize} bytes)`);
+    const buf = Buffer.alloc(REGION_SIZE);
+    const zeros = Buffer.alloc(REGION_SIZE);
+    for (let o = 0; o < size; o += REGION_SIZE) {
+      const { bytesRead } = await src.read(buf, 0, Math.min(REGION_SIZE, size - o), o);
+      const data = buf.subarray(0, bytesRead);
+      if (!data.equals(zeros.subarray(0, bytesRead))) await disk.write(o, Buffer.from(data));
+    }
+    await disk.flush();
+  } finally {
+    await disk.close();
+    await src.close();
   }
 }
 

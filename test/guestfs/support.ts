@@ -2,6 +2,7 @@
 // Kit's view of a volume (fls -r -p -l) to compare with.
 import { execFileSync } from 'node:child_process';
 import { openSync, readSync, fstatSync } from 'node:fs';
+import * as path from 'node:path';
 import { walk, type GuestEntry, type GuestFileSystem, type RandomAccess } from '../../guestfs';
 
 export function fileAccess(file: string): RandomAccess {
@@ -84,4 +85,52 @@ export function listingLines(entries: Array<{ kind?: string; type?: string; path
     // fls prints a control character in a name as ^.
     return `${kind} ${e.path.replace(/[\x00-\x1f]/g, '^')}${kind === 'dir' ? '' : ` ${e.size}`}`;
   }).sort();
+}
+
+export interface CheckedVolume {
+  partition: number;
+  /** Bytes from the start of the disk. */
+  start: number;
+  size: number;
+  fileSystem: 'fat32' | 'ntfs' | 'ext4';
+  label: string;
+  /** fls -r of the volume. */
+  entries: FlsEntry[];
+  /** The volume copied out to a file of its own (in workDir). */
+  image: string;
+}
+
+/**
+ * Independent tools' view of a raw disk: sfdisk reads the partition table, fsstat names each
+ * volume's file system and label, and each must check clean with its own tool (fsck.fat -n,
+ * ntfsfix -n, e2fsck -fn) run on a copy of the volume; fls -r lists it. Throws with the tool's
+ * output when a check fails.
+ */
+export function checkGuestDisk(raw: string, workDir: string): CheckedVolume[] {
+  const run = (cmd: string, args: string[]) => {
+    try {
+      return execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * 1024 * 1024 }).toString('utf8');
+    } catch (e) {
+      const x = e as { stdout?: Buffer; stderr?: Buffer; status?: number };
+      throw new Error(`${cmd} ${args.join(' ')} exited ${x.status}: ${x.stdout?.toString() ?? ''}${x.stderr?.toString() ?? ''}`);
+    }
+  };
+  const table = JSON.parse(run('sfdisk', ['-J', raw])) as { partitiontable: { sectorsize: number; partitions: Array<{ node: string; start: number; size: number }> } };
+  if (!table.partitiontable.partitions) throw new Error(`sfdisk finds no partitions on ${raw}: ${JSON.stringify(table)}`);
+  const ss = table.partitiontable.sectorsize;
+  return table.partitiontable.partitions.map((p) => {
+    const partition = Number(/(\d+)$/.exec(p.node)![1]);
+    const stat = run('fsstat', ['-o', String(p.start), raw]);
+    const type = /File System Type: (\S+)/.exec(stat)![1].toLowerCase();
+    const label = (/Volume (?:Name|Label \(Boot Sector\)): ?(.*)/.exec(stat)?.[1] ?? '').trim();
+    const image = path.join(workDir, `${path.basename(raw)}-p${partition}.img`);
+    run('dd', [`if=${raw}`, `of=${image}`, `bs=${ss}`, `skip=${p.start}`, `count=${p.size}`, 'conv=sparse', 'status=none']);
+    if (type === 'fat32') run('fsck.fat', ['-n', image]);
+    else if (type === 'ntfs') {
+      const out = run('ntfsfix', ['-n', image]);
+      if (!/processed successfully/.test(out) || /corrupt|error/i.test(out)) throw new Error(`ntfsfix -n ${image}: ${out}`);
+    } else if (type === 'ext4') run('e2fsck', ['-fn', image]);
+    else throw new Error(`partition ${partition} of ${raw}: fsstat says ${type}`);
+    return { partition, start: p.start * ss, size: p.size * ss, fileSystem: type as CheckedVolume['fileSystem'], label, entries: fls(raw, p.start), image };
+  });
 }

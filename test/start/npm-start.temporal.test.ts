@@ -1,5 +1,5 @@
 // `npm start` (hvprotect dev) comes up with its own Temporal dev server, its first backups of
-// every sample VM succeed, Ctrl-C stops it cleanly, and a second start resumes from the same state.
+// every sample VM (default disks: real guest file systems, see test/cli/sample-files) succeed, Ctrl-C stops it cleanly, and a second start resumes from the same state.
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -53,7 +53,7 @@ afterAll(async () => {
 
 test('comes up, backs up every sample VM, stops on Ctrl-C and resumes on a second start', async () => {
   const port = await freePort();
-  const args = ['--state-dir', dir, '--temporal-port', String(port), '--ui-port', String(await freePort()), '--api-port', '0', '--metrics-port', String(await freePort()), '--sdk-metrics-port', String(await freePort()), '--disk-size', '8'];
+  const args = ['--state-dir', dir, '--temporal-port', String(port), '--ui-port', String(await freePort()), '--api-port', '0', '--metrics-port', String(await freePort()), '--sdk-metrics-port', String(await freePort())];
   const first = await startDev(args);
   await first.ready;
   expect(first.output()).toMatch(/Web UI: +http:\/\/127\.0\.0\.1:\d+\/namespaces\/default\/workflows/);
