@@ -114,7 +114,8 @@ export interface ChangedRanges {
 /** Reads a frozen disk of a checkpoint. Unallocated space reads as zeros. */
 export interface DiskReader {
   readonly virtualSize: number;
-  read(offset: number, length: number): Promise<Buffer>;
+  /** `signal`: the backup was cancelled; an adapter whose read can take long stops and throws. */
+  read(offset: number, length: number, signal?: AbortSignal): Promise<Buffer>;
   /** Ranges that hold data (a reader may skip the rest), sorted and merged. */
   allocatedRanges(): Promise<{ offset: number; length: number }[]>;
   close(): Promise<void>;
@@ -137,7 +138,16 @@ export interface HypervisorAdapter {
      * label: the caller's id (the backup workflow id). A checkpoint with this label that already
      * exists is returned instead of making a second one, so a retried call is idempotent.
      */
-    opts: { mode: BackupMode; offlineMethod?: OfflineMethod | 'none'; label?: string },
+    opts: {
+      mode: BackupMode;
+      offlineMethod?: OfflineMethod | 'none';
+      label?: string;
+      /**
+       * The backup was cancelled: an adapter may stop before the checkpoint exists (leaving the VM
+       * as it found it) or finish; either way the caller waits and then releases by label.
+       */
+      signal?: AbortSignal;
+    },
   ): Promise<BackupCheckpoint>;
   /**
    * Releases a backup checkpoint: merges the differencing disks back (lab) or converts it to

@@ -83,13 +83,21 @@ interface ReadChunk {
 
 /** Runs fn over items, at most `concurrency` at a time. */
 export async function pool<T>(items: T[], concurrency: number, fn: (item: T, i: number) => Promise<void>): Promise<void> {
+  // After the first failure no item starts, and the call returns only once every item in flight
+  // has ended: no disk read goes on after the caller has given up (and the checkpoint is merged).
   let next = 0;
+  let failure: { err: unknown } | undefined;
   await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, async () => {
-    while (next < items.length) {
+    while (!failure && next < items.length) {
       const i = next++;
-      await fn(items[i], i);
+      try {
+        await fn(items[i], i);
+      } catch (err) {
+        failure ??= { err };
+      }
     }
   }));
+  if (failure) throw failure.err;
 }
 
 /** Uploads chunks in requests of about `uploadBytes` each, `concurrency` at a time. */
@@ -151,7 +159,7 @@ export async function ingestDisk(o: IngestOptions): Promise<IngestPosition> {
       o.signal?.throwIfAborted();
       const offset = run.first * chunkSize;
       const length = Math.min(run.n * chunkSize, virtualSize - offset);
-      const data = await reader.read(offset, length);
+      const data = await reader.read(offset, length, o.signal);
       if (data.length !== length) throw new Error(`disk reader returned ${data.length} bytes at ${offset}, expected ${length}`);
       bytes += length;
       // Hashed here: WebCrypto's digest would run on the thread pool but copies every chunk first.
@@ -202,27 +210,50 @@ export async function ingestDisk(o: IngestOptions): Promise<IngestPosition> {
   };
   const throttleStart = Date.now();
   let throttled = 0;
-  for (;;) {
-    const slots = nextBatch();
-    if (slots.length === 0) break;
-    const { chunks, bytes } = await readBatch(slots);
-    if (o.throttleBytesPerSecond) {
-      throttled += bytes;
-      const due = throttleStart + (1000 * throttled) / o.throttleBytesPerSecond;
-      if (due > Date.now()) await new Promise((r) => setTimeout(r, due - Date.now()));
+  try {
+    for (;;) {
+      o.signal?.throwIfAborted();
+      const slots = nextBatch();
+      if (slots.length === 0) break;
+      const { chunks, bytes } = await readBatch(slots);
+      if (o.throttleBytesPerSecond) {
+        throttled += bytes;
+        const due = throttleStart + (1000 * throttled) / o.throttleBytesPerSecond;
+        if (due > Date.now()) await abortableSleep(due - Date.now(), o.signal);
+      }
+      pos.bytesRead += bytes;
+      const sent = sendBatch(chunks);
+      sent.catch(() => undefined); // awaited in order by settleOldest
+      running.push({ sent, slots: slots.length, endOffset: Math.min(virtualSize, (slots[slots.length - 1] + 1) * chunkSize) });
+      while (running.length >= Math.max(1, t.batchesInFlight)) await settleOldest();
     }
-    pos.bytesRead += bytes;
-    const sent = sendBatch(chunks);
-    sent.catch(() => undefined); // awaited in order by settleOldest
-    running.push({ sent, slots: slots.length, endOffset: Math.min(virtualSize, (slots[slots.length - 1] + 1) * chunkSize) });
-    while (running.length >= Math.max(1, t.batchesInFlight)) await settleOldest();
+    while (running.length) await settleOldest();
+  } catch (err) {
+    // Stopped (cancelled, the VM moved, a failure): return only once nothing of ours is in flight.
+    await Promise.allSettled(running.map((r) => r.sent));
+    throw err;
   }
-  while (running.length) await settleOldest();
   if (!indexWritten && pos.changedChunks === 0) {
     // Nothing written (no change, an empty disk, or all resumed): the disk's staged index must exist.
     await o.storage.putIndex(o.sessionId, o.diskId, { virtualSize, basePoint: o.basePoint, slots: [], digests: Buffer.alloc(0) });
   }
   return pos;
+}
+
+/** Waits `ms`, or less when `signal` aborts (then throws its reason). */
+function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 function baseDigest(baseSlots: Buffer, slot: number): Buffer {

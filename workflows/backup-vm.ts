@@ -167,8 +167,11 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     const results: DiskTransferResult[] = [];
     try {
       step(decision.mode === 'online' ? 'creating the backup checkpoint (VSS in the guest)' : `creating the backup checkpoint (offline, ${decision.quiesce})`);
+      // Cancelled while the checkpoint is being made: wait until the agent has stopped or finished,
+      // so the release below finds what it made (by label) instead of racing it.
+      const waitForCheckpoint = patched('checkpoint-waits-for-cancellation') ? { cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED } : {};
       checkpoint = await vm.onOwner('checkpoint', (q, h) =>
-        host.createBackupCheckpoint.executeWithOptions(hostStep(q, `${decision.mode} checkpoint of ${facts.name} on ${h}`), [
+        host.createBackupCheckpoint.executeWithOptions(hostStep(q, `${decision.mode} checkpoint of ${facts.name} on ${h}`, waitForCheckpoint), [
           { vmId: facts.vmId, mode: decision.mode, offlineMethod: decision.quiesce === 'save' || decision.quiesce === 'pause' ? decision.quiesce : 'none', label: workflowId },
         ]),
       );

@@ -112,10 +112,15 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
     async createBackupCheckpoint(req: CheckpointRequest) {
       return withHeartbeat(async () => {
         try {
+          const { cancellationSignal } = Context.current();
           await ensureHere(req.vmId);
+          // Cancelled before it began: no checkpoint, the VM untouched.
+          if (cancellationSignal.aborted) throw new CancelledFailure('backup cancelled before the checkpoint');
           // 'none': the VM is already quiet (off, saved, paused, replica): leave it as it is.
           const offlineMethod = req.offlineMethod === 'none' ? undefined : req.offlineMethod;
-          const ckpt = await adapter.createBackupCheckpoint(req.vmId, { mode: req.mode, offlineMethod, label: req.label });
+          // The workflow waits for this to end (WAIT_CANCELLATION_COMPLETED), then releases by label
+          // whatever the adapter made: a checkpoint cancelled half-way is never left behind.
+          const ckpt = await adapter.createBackupCheckpoint(req.vmId, { mode: req.mode, offlineMethod, label: req.label, signal: cancellationSignal });
           crashPoint('agent:after-checkpoint');
           Context.current().log.info('backup checkpoint created', { vmId: req.vmId, checkpointId: ckpt.checkpointId, mode: req.mode, downtimeMs: ckpt.downtimeMs });
           return ckpt;
@@ -173,6 +178,9 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
             resume: resume && resume.nextSlot !== undefined ? resume : undefined,
             tuning: deps.batchSlots ? { batchBytes: deps.batchSlots * req.chunkSize } : undefined,
             throttleBytesPerSecond: deps.throttleBytesPerSecond,
+            // Cancellation stops reads and uploads; ingestDisk returns only once none is in flight,
+            // and the workflow (WAIT_CANCELLATION_COMPLETED) releases the checkpoint only after that.
+            signal: ctx.cancellationSignal,
             onProgress: async (p, diskOffset) => {
               // The position travels in the heartbeat only: the pending activity shows it (Web UI,
               // `describe`, the CLI's progress bar) and a retry resumes there, and not one history
@@ -204,6 +212,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
           await reader.close();
         }
       } catch (err) {
+        if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled: transfer stopped');
         return toFailure(err);
       }
     },
@@ -237,8 +246,8 @@ function countingReads(reader: DiskReader): DiskReader & { bytesRead: number } {
   const counted = {
     bytesRead: 0,
     virtualSize: reader.virtualSize,
-    async read(offset: number, length: number) {
-      const data = await reader.read(offset, length);
+    async read(offset: number, length: number, signal?: AbortSignal) {
+      const data = await reader.read(offset, length, signal);
       counted.bytesRead += data.length;
       return data;
     },

@@ -2,7 +2,7 @@
 // ranges, resumed after a failure from its reported position, and a consistency check against a
 // base index; every point restores bit for bit.
 import { verifyRepository } from '../../repository';
-import { allSlots, bufferDiskReader, ingestDisk, slotsOfRanges, type IngestPosition } from '../../ingest';
+import { allSlots, bufferDiskReader, ingestDisk, pool, slotsOfRanges, type IngestPosition } from '../../ingest';
 import type { DiskReader } from '../../hypervisor/types';
 import { makeDisk, readAll, startFixture, type Fixture } from '../storage-api/support';
 
@@ -117,5 +117,21 @@ describe('ingestDisk through the storage API', () => {
     const me = await f.agent.commitPoint(empty.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] });
     expect((await readAll(await f.agent.openDiskStream(me, 'd'))).equals(Buffer.alloc(size))).toBe(true);
     expect(m1.disks[0].totalChunks).toBe(8);
+  });
+});
+
+describe('pool', () => {
+  it('after a failure starts nothing more and returns only once the items in flight have ended', async () => {
+    const events: string[] = [];
+    const result = pool([0, 1, 2, 3, 4, 5, 6, 7], 3, async (i) => {
+      events.push(`start ${i}`);
+      await new Promise((r) => setTimeout(r, i === 0 ? 10 : 60));
+      events.push(`end ${i}`);
+      if (i === 0) throw new Error('read failed');
+    });
+    await expect(result).rejects.toThrow('read failed');
+    events.push('returned');
+    // Items 1 and 2 were in flight when 0 failed: they end before pool returns; 3..7 never start.
+    expect(events).toEqual(['start 0', 'start 1', 'start 2', 'end 0', 'end 1', 'end 2', 'returned']);
   });
 });

@@ -15,6 +15,7 @@ import { loadTemporalSettings, type TemporalSettings } from '../../temporal/conn
 import { startServer, type RunningServer } from '../../workers/server';
 import { startAgent, type RunningAgent } from '../../workers/agent';
 import { Lab, LabHypervisor } from '../../hypervisor/lab';
+import type { HypervisorAdapter } from '../../hypervisor/types';
 
 export interface TestStack {
   dir: string;
@@ -51,6 +52,8 @@ export interface TestStackOptions {
   fileServers?: string[];
   /** Protection server ids (default one server, its id derived from its repository). */
   servers?: string[];
+  /** Wraps each in-process agent's lab adapter (tests that slow, count or order its calls). */
+  wrapAdapter?: (host: string, adapter: HypervisorAdapter) => HypervisorAdapter;
 }
 
 export async function startTestStack(opts: TestStackOptions): Promise<TestStack> {
@@ -90,7 +93,10 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
     async startAgent(host) {
       const agent = await startAgent({
         logger: logger.child({ host }),
-        adapter: await LabHypervisor.open(lab, host),
+        adapter: await (async () => {
+          const adapter = await LabHypervisor.open(lab, host);
+          return opts.wrapAdapter ? opts.wrapAdapter(host, adapter) : adapter;
+        })(),
         servers: await credentials(host),
         temporal,
         batchSlots: opts.batchSlots,
