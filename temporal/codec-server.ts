@@ -71,8 +71,10 @@ export async function startCodecServer(opts: CodecServerOptions): Promise<CodecS
       res.end(body === undefined ? undefined : JSON.stringify(body));
     };
     if (req.method === 'OPTIONS') return answer(origin && origins.has(origin) ? 204 : 403);
-    const op = req.url?.split('?')[0].replace(/\/+$/, '');
-    if (req.method !== 'POST' || (op !== '/encode' && op !== '/decode')) return answer(404, { message: 'POST /encode or /decode' });
+    // `/decode`, or `/<namespace>/decode` as the temporal CLI's --codec-endpoint templating sends.
+    const op = /^(?:\/[^/]+)?\/(encode|decode)\/?$/.exec(req.url?.split('?')[0] ?? '')?.[1];
+    if (!op) return answer(404, { message: 'POST /encode or /decode' });
+    if (req.method !== 'POST') return answer(405, { message: 'POST /encode or /decode' });
     if (origin && !origins.has(origin)) return answer(403, { message: `origin ${origin} is not allowed` });
     if (opts.authorization && !sameSecret(req.headers.authorization ?? '', opts.authorization)) {
       res.setHeader('Connection', 'close');
@@ -102,7 +104,7 @@ export async function startCodecServer(opts: CodecServerOptions): Promise<CodecS
           return answer(400, { message: (err as Error).message });
         }
         try {
-          const out = op === '/encode' ? await opts.codec.encode(payloads) : await opts.codec.decode(payloads);
+          const out = op === 'encode' ? await opts.codec.encode(payloads) : await opts.codec.decode(payloads);
           answer(200, { payloads: out.map(toJson) });
         } catch (err) {
           opts.log?.('codec server could not decode', { op, namespace: req.headers['x-namespace'], error: (err as Error).message });

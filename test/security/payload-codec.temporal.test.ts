@@ -11,12 +11,15 @@ import { randomUUID } from 'node:crypto';
 import { chromium, type Browser } from 'playwright-core';
 import { Client, Connection } from '@temporalio/client';
 import { defaultPayloadConverter, type Payload } from '@temporalio/common';
-import { freePort, startDevServer, type DevServer } from '../../temporal/dev-server';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { freePort, startDevServer, temporalCliPath, type DevServer } from '../../temporal/dev-server';
 import { loadTemporalSettings, withPayloadKeyFile } from '../../temporal/connection';
 import { AesGcmPayloadCodec, PayloadKeyring } from '../../temporal/payload-codec';
 import { startCodecServer, type CodecServer } from '../../temporal/codec-server';
 import { startTestStack, type TestStack } from '../support/stack';
 
+const execFileAsync = promisify(execFile);
 const CHROMIUM = process.env.HVPROTECT_CHROMIUM ?? '/usr/bin/chromium';
 const ARTIFACTS = path.resolve(__dirname, '..', '..', 'test-artifacts', 'ui');
 const PLAIN_NS = 'hvp-plain';
@@ -99,7 +102,7 @@ test('with the codec a backup leaves no VM name or path in Temporal\'s SQLite; w
   expect(db.includes(secretPath)).toBe(false);
 });
 
-test('the codec server opens the payloads the history holds', async () => {
+test('the codec server opens the payloads the history holds, for hvprotect\'s HTTP contract and for `temporal workflow show --codec-endpoint`', async () => {
   // A client without the codec sees what Temporal stores: sealed payloads.
   const connection = await Connection.connect({ address: dev.address });
   try {
@@ -127,6 +130,18 @@ test('the codec server opens the payloads the history holds', async () => {
   } finally {
     await connection.close();
   }
+  // Temporal's own CLI: sealed without the codec server, the VM name with it.
+  // (Asynchronously: the codec server answers from this process.)
+  const show = async (extra: string[]) =>
+    (await execFileAsync(temporalCliPath({ install: false }), ['workflow', 'show', '--address', dev.address, '--namespace', 'default', '-w', secretRun.workflowId, '--output', 'json', ...extra], { encoding: 'utf8', maxBuffer: 64 << 20, timeout: 60_000 })).stdout;
+  // Its JSON output keeps payload data in base64: read every payload's data.
+  const payloadData = (json: string) => [...json.matchAll(/"data": "([A-Za-z0-9+/=]*)"/g)].map((m) => Buffer.from(m[1], 'base64').toString('utf8')).join('\n');
+  const sealedShow = await show([]);
+  expect(sealedShow).toContain(Buffer.from('binary/encrypted').toString('base64'));
+  expect(payloadData(sealedShow)).not.toContain(SECRET_VM);
+  const openedShow = await show(['--codec-endpoint', `${codecServer.url}/{namespace}`]);
+  expect(openedShow).not.toContain(Buffer.from('binary/encrypted').toString('base64'));
+  expect(payloadData(openedShow)).toContain(SECRET_VM);
 });
 
 test('the Web UI pointed at the codec server shows the VM name of an encrypted backup', async () => {

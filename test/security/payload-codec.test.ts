@@ -109,6 +109,11 @@ test('the codec server decodes what it encoded, allows only the Web UI origin, a
     expect(dec.status).toBe(200);
     expect(value(fromJson(((await dec.json()) as { payloads: never[] }).payloads[0]))).toEqual(VM);
 
+    // The temporal CLI's templated endpoint (/<namespace>/decode) is served too; other methods and paths are not.
+    const templated = await fetch(`${server.url}/default/decode`, { method: 'POST', headers: { Authorization: 'Bearer s3cret' }, body: JSON.stringify({ payloads: [asJson(sealed)] }) });
+    expect(templated.status).toBe(200);
+    expect((await fetch(`${server.url}/decode`, { headers: { Authorization: 'Bearer s3cret' } })).status).toBe(405);
+    expect((await fetch(`${server.url}/a/b/decode`, { method: 'POST', headers: { Authorization: 'Bearer s3cret' }, body: '{}' })).status).toBe(404);
     // CORS preflight: the UI's origin yes, another no.
     const ok = await fetch(`${server.url}/decode`, { method: 'OPTIONS', headers: { Origin: origin, 'Access-Control-Request-Method': 'POST' } });
     expect(ok.status).toBe(204);
