@@ -219,7 +219,9 @@ export function buildProgram(): Command {
     .exitOverride();
   // Every Temporal client and worker reads the key file from the environment (temporal/connection.ts).
   program.hook('preAction', (_program, action) => {
-    const file = program.opts().payloadKeyFile ?? process.env.HVPROTECT_PAYLOAD_KEY_FILE ?? (['dev', 'server', 'agent'].includes(action.name()) ? undefined : devPayloadKeyFile());
+    // npm start's key only for a CLI talking to npm start's Temporal (the default address): never to a cluster or a test's server.
+    const devKey = ['dev', 'server', 'agent'].includes(action.name()) || process.env.TEMPORAL_ADDRESS || process.env.TEMPORAL_PROFILE ? undefined : devPayloadKeyFile();
+    const file = program.opts().payloadKeyFile ?? process.env.HVPROTECT_PAYLOAD_KEY_FILE ?? devKey;
     if (file) process.env.HVPROTECT_PAYLOAD_KEY_FILE = path.resolve(file);
   });
 

@@ -4,7 +4,7 @@
 // HVPROTECT_PAYLOAD_KEY_FILE (or --payload-key-file) seals hvprotect's payloads (payload-codec.ts).
 import { Connection, Client } from '@temporalio/client';
 import type { DataConverter } from '@temporalio/common';
-import { AesGcmPayloadCodec } from './payload-codec';
+import { AesGcmPayloadCodec, NoPayloadKeyCodec } from './payload-codec';
 import { NativeConnection } from '@temporalio/worker';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
 import type { NativeConnectionOptions } from '@temporalio/worker';
@@ -80,8 +80,8 @@ export function withPayloadKeyFile(settings: TemporalSettings, file: string): Te
 }
 
 /** What every Client and Worker hvprotect makes converts payloads with. */
-export function dataConverterOf(settings: TemporalSettings): DataConverter | undefined {
-  if (!settings.payloadCodec) return undefined;
+export function dataConverterOf(settings: TemporalSettings): DataConverter {
+  if (!settings.payloadCodec) return { payloadCodecs: [new NoPayloadKeyCodec()] };
   return { payloadCodecs: [settings.payloadCodec], failureConverterPath: require.resolve('./failure-converter') };
 }
 

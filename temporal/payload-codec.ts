@@ -42,6 +42,17 @@ export class PayloadKeyMissing extends Error {
   }
 }
 
+/** A sealed payload reached a process with no key file at all. */
+export class PayloadKeyNotConfigured extends Error {
+  override name = 'PayloadKeyNotConfigured';
+  constructor(readonly keyId: string) {
+    super(
+      `a Temporal payload was encrypted with payload key "${keyId}", and this process has no payload key file: ` +
+        'pass --payload-key-file FILE or set HVPROTECT_PAYLOAD_KEY_FILE (the file the protection server uses)',
+    );
+  }
+}
+
 /** A sealed payload that does not open: tampered with, truncated, or not ours. */
 export class PayloadDecryptFailed extends Error {
   override name = 'PayloadDecryptFailed';
@@ -206,5 +217,19 @@ export class AesGcmPayloadCodec implements PayloadCodec {
     }
     const decoded = temporal.api.common.v1.Payload.decode(plain);
     return { metadata: decoded.metadata, data: decoded.data };
+  }
+}
+
+/** The codec of a process without a key: payloads go out plain, and a sealed one fails saying what is missing. */
+export class NoPayloadKeyCodec implements PayloadCodec {
+  async encode(payloads: Payload[]): Promise<Payload[]> {
+    return payloads;
+  }
+
+  async decode(payloads: Payload[]): Promise<Payload[]> {
+    for (const p of payloads) {
+      if (str(p.metadata?.encoding) === ENCRYPTED_ENCODING) throw new PayloadKeyNotConfigured(str(p.metadata?.[KEY_ID_METADATA]) ?? '?');
+    }
+    return payloads;
   }
 }

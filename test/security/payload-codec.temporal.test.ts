@@ -14,7 +14,7 @@ import { defaultPayloadConverter, type Payload } from '@temporalio/common';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { freePort, startDevServer, temporalCliPath, type DevServer } from '../../temporal/dev-server';
-import { loadTemporalSettings, withPayloadKeyFile } from '../../temporal/connection';
+import { connectClient, loadTemporalSettings, withPayloadKeyFile } from '../../temporal/connection';
 import { AesGcmPayloadCodec, PayloadKeyring } from '../../temporal/payload-codec';
 import { startCodecServer, type CodecServer } from '../../temporal/codec-server';
 import { startTestStack, type TestStack } from '../support/stack';
@@ -129,6 +129,13 @@ test('the codec server opens the payloads the history holds, for hvprotect\'s HT
     expect(text).toContain(path.basename(encrypted.dir));
   } finally {
     await connection.close();
+  }
+  // hvprotect's client without a key file fails naming the key and the flag, not "Unknown encoding".
+  const keyless = await connectClient(loadTemporalSettings({ TEMPORAL_ADDRESS: dev.address, TEMPORAL_NAMESPACE: 'default' }));
+  try {
+    await expect(keyless.workflow.getHandle(secretRun.workflowId).result()).rejects.toThrow(/payload key "pk-[^"]+", and this process has no payload key file: pass --payload-key-file/);
+  } finally {
+    await keyless.connection.close();
   }
   // Temporal's own CLI: sealed without the codec server, the VM name with it.
   // (Asynchronously: the codec server answers from this process.)

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { defaultPayloadConverter, type Payload } from '@temporalio/common';
-import { AesGcmPayloadCodec, PayloadDecryptFailed, PayloadKeyFileError, PayloadKeyMissing, PayloadKeyring } from '../../temporal/payload-codec';
+import { AesGcmPayloadCodec, NoPayloadKeyCodec, PayloadDecryptFailed, PayloadKeyFileError, PayloadKeyMissing, PayloadKeyNotConfigured, PayloadKeyring } from '../../temporal/payload-codec';
 import { startCodecServer } from '../../temporal/codec-server';
 
 let dir: string;
@@ -59,6 +59,11 @@ test('a payload sealed with a key the file lacks fails naming the key id; tamper
   const other = AesGcmPayloadCodec.fromFile(b);
   await expect(other.decode([sealed])).rejects.toThrow(PayloadKeyMissing);
   await expect(other.decode([sealed])).rejects.toThrow(new RegExp(`payload key "${ringA.newest.id}".*${b.replace(/[.]/g, '\\.')}`));
+
+  // A process with no key file at all says so, naming the key and how to give it.
+  await expect(new NoPayloadKeyCodec().decode([sealed])).rejects.toThrow(PayloadKeyNotConfigured);
+  await expect(new NoPayloadKeyCodec().decode([sealed])).rejects.toThrow(new RegExp(`payload key "${ringA.newest.id}".*--payload-key-file`));
+  expect(value((await new NoPayloadKeyCodec().decode([plain('x')]))[0])).toBe('x');
 
   const codec = AesGcmPayloadCodec.fromFile(a);
   for (const at of [0, 12, Buffer.from(sealed.data!).length - 1]) {
