@@ -35,9 +35,11 @@ const mib = (b: number) => (b / MiB).toFixed(1);
 
 // ---- child: the repository-only ingest (one run per process; startup is not timed) ---------------
 
-async function ingestChild(url: string, token: string, image: string, rangesFile: string, basePoint: string): Promise<void> {
+/** `tokens`: "ADMIN,AGENT": the admin token plays the server's in-process steps, the agent uploads under a grant. */
+async function ingestChild(url: string, tokens: string, image: string, rangesFile: string, basePoint: string): Promise<void> {
   const { StorageClient } = await import('../storage-api/client');
   const { allSlots, ingestDisk, openRawFileReader, slotsOfRanges } = await import('../ingest');
+  const [token, agentToken] = tokens.split(',');
   const client = new StorageClient(url, token);
   const reader = await openRawFileReader(image);
   const { virtualSize } = reader;
@@ -48,10 +50,11 @@ async function ingestChild(url: string, token: string, image: string, rangesFile
   });
   const t0 = performance.now();
   const session = await client.beginSession(DS, basePoint !== '-' ? { basePoint } : {});
+  const grant = await client.issueGrant({ sessionId: session.sessionId, disks: [{ diskId: 'disk0', virtualSize }] });
   // The agent's transferDisk path (ingest/), with its defaults.
   const progress = await ingestDisk({
     reader,
-    storage: client,
+    storage: new StorageClient(url, agentToken).withGrant(grant),
     sessionId: session.sessionId,
     diskId: 'disk0',
     chunkSize: session.chunkSize,
@@ -215,7 +218,8 @@ async function main(): Promise<void> {
     execFileSync('qemu-img', ['convert', '-f', 'vhdx', '-O', 'raw', disk.basePath, raw]);
     const repoServer = fork(path.join(__dirname, 'repository-ingest-child.js'), ['server', path.join(tmp, 'repo-only'), String(chunkSize)], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
     children.push(repoServer);
-    const { url: repoUrl, token: repoToken } = await nextMessage<{ url: string; token: string }>(repoServer);
+    const { url: repoUrl, token: adminToken, agentToken } = await nextMessage<{ url: string; token: string; agentToken: string }>(repoServer);
+    const repoToken = `${adminToken},${agentToken}`;
     const ingest = async (rangesFile: string, basePoint: string) => {
       const c = fork(__filename, ['--role', 'ingest', repoUrl, repoToken, raw, rangesFile, basePoint], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
       children.push(c);

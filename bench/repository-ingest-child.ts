@@ -10,9 +10,12 @@ async function server(repoDir: string, chunkSize: number): Promise<void> {
   const threads = process.env.HVP_ENCODER_THREADS;
   const repository = await Repository.open(repoDir, { create: true, defaultChunkSize: chunkSize, encoderThreads: threads === undefined ? undefined : Number(threads) });
   const tokens = await TokenStore.open();
-  const token = await tokens.issue('bench-agent', 'agent');
+  // The admin token does what the protection server does in process (sessions, commits); the
+  // agent token with a job grant uploads, as a host agent does.
+  const agentToken = await tokens.issue('bench-agent', 'agent');
+  const token = await tokens.issue('bench-admin', 'admin');
   const api = await startStorageApi({ repository, tokens, host: '127.0.0.1', port: 0 });
-  process.send!({ url: api.url, token });
+  process.send!({ url: api.url, token, agentToken });
   process.on('message', async (m) => {
     if (m === 'stop') {
       await api.close();
@@ -22,18 +25,23 @@ async function server(repoDir: string, chunkSize: number): Promise<void> {
   });
 }
 
-async function agent(url: string, token: string, image: string, rangesFile: string, basePoint: string): Promise<void> {
+/** `tokens`: "ADMIN[,AGENT]": with an agent token, the upload runs as an agent's, under a job grant. */
+async function agent(url: string, tokens: string, image: string, rangesFile: string, basePoint: string): Promise<void> {
   const start = process.hrtime.bigint();
   const { StorageClient } = await import('../storage-api/client');
   const { allSlots, ingestDisk, openRawFileReader, slotsOfRanges } = await import('../ingest');
+  const [token, agentToken] = tokens.split(',');
   const client = new StorageClient(url, token);
   const reader = await openRawFileReader(image);
   const { virtualSize } = reader;
   const ranges = rangesFile !== '-' ? (JSON.parse(await fs.readFile(rangesFile, 'utf8')) as Array<{ offset: number; length: number }>) : undefined;
   const session = await client.beginSession('bench-vm', basePoint !== '-' ? { basePoint } : {});
   const env = (name: string) => (process.env[name] ? Number(process.env[name]) : undefined);
+  const uploader = agentToken
+    ? new StorageClient(url, agentToken).withGrant(await client.issueGrant({ sessionId: session.sessionId, disks: [{ diskId: 'disk0', virtualSize }] }))
+    : client;
   const progress = await ingestDisk({
-    reader, storage: client, sessionId: session.sessionId, diskId: 'disk0', chunkSize: session.chunkSize,
+    reader, storage: uploader, sessionId: session.sessionId, diskId: 'disk0', chunkSize: session.chunkSize,
     slots: ranges ? slotsOfRanges(ranges, session.chunkSize, virtualSize) : allSlots(virtualSize, session.chunkSize),
     // The defaults unless overridden (for tuning runs).
     tuning: {

@@ -123,8 +123,8 @@ async function hvprotect(tmp: string, image: string, rangesFile: string | undefi
   const script = path.join(__dirname, 'repository-ingest-child.js');
   const before = await fs.stat(repoDir).then(() => dirBytes(repoDir), () => 0);
   const srv = forkChild(script, ['server', repoDir, String(CHUNK_SIZE)]);
-  const { url, token } = (await srv.next()) as { url: string; token: string };
-  const ag = forkChild(script, ['agent', url, token, image, rangesFile ?? '-', basePoint ?? '-']);
+  const { url, token, agentToken } = (await srv.next()) as { url: string; token: string; agentToken: string };
+  const ag = forkChild(script, ['agent', url, `${token},${agentToken}`, image, rangesFile ?? '-', basePoint ?? '-']);
   const r = (await ag.next()) as { wallMs: number; maxRssKiB: number; pointId: string };
   srv.proc.send('stop');
   const s = (await srv.next()) as { maxRssKiB: number; cpu: { user: number; system: number }; faults: number };

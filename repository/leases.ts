@@ -71,6 +71,17 @@ export class RestoreLeases {
     return out;
   }
 
+  /** Whether `leaseId` is a live lease on ds/pointId (a restore grant lives as long as its lease). */
+  async has(leaseId: string, ds: string, pointId: string): Promise<boolean> {
+    try {
+      checkSessionId(leaseId);
+      const l = JSON.parse(await fs.readFile(this.layout.restoreLeaseFile(leaseId), 'utf8')) as RestoreLease;
+      return l.dataSource === ds && l.pointId === pointId && Date.parse(l.expiresAt) >= Date.now();
+    } catch {
+      return false;
+    }
+  }
+
   /** Holds an implicit lease for the duration of a read (used by the restore reader). */
   async withPointRead<T>(ds: string, pointId: string, fn: () => Promise<T>): Promise<T> {
     const key = `${ds}/${pointId}`;

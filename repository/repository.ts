@@ -499,6 +499,10 @@ export class Repository {
     return this.restoreLeases.end(leaseId);
   }
 
+  hasRestoreLease(leaseId: string, ds: string, pointId: string): Promise<boolean> {
+    return this.restoreLeases.has(leaseId, ds, pointId);
+  }
+
   listRestoreLeases(): Promise<RestoreLease[]> {
     return this.restoreLeases.list();
   }

@@ -163,6 +163,30 @@ const MUTATIONS = [
     to: '@(Get-HvpSnapshots $vm | Where-Object { [string]$_.Name -like [string]$p.label } | ForEach-Object',
     tests: ['test/hyperv/hyperv.test.ts'],
   },
+  {
+    name: 'grant-session-unchecked',
+    why: "a backup grant is taken for any session: one job's agent patches another data source's session",
+    file: 'storage-api/auth.ts',
+    from: "if (params.sid !== undefined && params.sid !== g.sid) return refuse(",
+    to: "if (params.sid === \"never\") return refuse(",
+    tests: ['test/security/grants.test.ts'],
+  },
+  {
+    name: 'grant-restore-any-chunk',
+    why: "a restore grant reads any chunk of the repository, not only those its point names",
+    file: 'storage-api/auth.ts',
+    from: "if (typeof digest !== 'string' || !(await digests.has(g.ds, g.pid, digest))) {",
+    to: "if (typeof digest !== 'string') {",
+    tests: ['test/security/grants.test.ts'],
+  },
+  {
+    name: 'agent-token-alone-reads',
+    why: 'an agent token without a job grant is let through to reads',
+    file: 'storage-api/auth.ts',
+    from: "if (typeof header !== 'string') return refuse(",
+    to: "if (typeof header !== 'string') return; if (false) return refuse(",
+    tests: ['test/security/grants.test.ts'],
+  },
 ];
 
 function parseArgs(argv) {

@@ -7,6 +7,7 @@ import type { Readable } from 'node:stream';
 import type {
   BackupSession, CommitPointInput, GcReport, PointDeletion, RecoveryPointManifest, RestoreLease, ShadowStorageUsage, VerifyReport,
 } from '../repository';
+import { GRANT_HEADER } from './grants';
 import { API_PREFIX, MAX_MISSING_QUERY, encodeChunkBatchParts, encodeSlotPatch } from './protocol';
 import type { ApiErrorBody } from './protocol';
 import { explainTlsError } from './tls';
@@ -53,6 +54,8 @@ export class StorageClient {
   private readonly base: string;
   private readonly httpAgent = new http.Agent({ keepAlive: true, maxSockets: 16 });
   private readonly httpsAgent: https.Agent;
+  /** The per-job grant sent with every request (an agent's; see grants.ts). */
+  private grant?: string;
 
   constructor(
     url: string,
@@ -62,6 +65,14 @@ export class StorageClient {
   ) {
     this.base = url.replace(/\/+$/, '') + API_PREFIX;
     this.httpsAgent = new https.Agent({ keepAlive: true, maxSockets: 16, ...(tls ?? {}) });
+  }
+
+  /** This client for one job: the same token and connections, sending `grant` with each request. */
+  withGrant(grant: string): StorageClient {
+    const c = Object.create(StorageClient.prototype) as StorageClient;
+    Object.assign(c, this);
+    c.grant = grant;
+    return c;
   }
 
   /**
@@ -74,6 +85,7 @@ export class StorageClient {
     // A binary body may come in pieces (a chunk batch): written one by one, never concatenated.
     let payload: Buffer[] | undefined;
     const h: Record<string, string> = { authorization: `Bearer ${this.token}`, ...headers };
+    if (this.grant) h[GRANT_HEADER] = this.grant;
     if (Buffer.isBuffer(body)) {
       payload = [body];
       h['content-type'] = 'application/octet-stream';
@@ -251,6 +263,16 @@ export class StorageClient {
 
   async issueToken(name: string, role: 'agent' | 'admin' = 'agent', opts: { rotate?: boolean } = {}): Promise<string> {
     return (await this.json<{ token: string }>('POST', '/admin/tokens', { name, role, ...(opts.rotate ? { rotate: true } : {}) })).token;
+  }
+
+  /** The name and role of this client's token (any valid token may ask). */
+  async whoami(): Promise<{ name: string; role: 'agent' | 'admin' }> {
+    return this.json('GET', '/whoami');
+  }
+
+  /** A backup grant for an open session and its disks, or a restore grant for a lease (admin). */
+  async issueGrant(req: { sessionId: string; disks: Array<{ diskId: string; virtualSize: number }> } | { leaseId: string }): Promise<string> {
+    return ((await this.json('POST', '/admin/grants', req)) as { grant: string }).grant;
   }
 
   async revokeToken(name: string): Promise<void> {

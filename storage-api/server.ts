@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { Repository } from '../repository';
 import { registerAuth } from './auth';
 import { readBinaryBody } from './binary-body';
+import { GrantAuthority } from './grants';
 import { registerBounds, type StorageApiBounds } from './bounds';
 import { clientErrorHandler, errorHandler, fail, frameworkError } from './errors';
 import { API_PREFIX } from './protocol';
@@ -21,6 +22,8 @@ import type { TokenStore } from './tokens';
 export interface StorageApiOptions {
   repository: Repository;
   tokens: TokenStore;
+  /** Verifies the per-job grants agents send (grants.ts); default a key of this process only. */
+  grants?: GrantAuthority;
   host?: string;
   /** 0 picks a free port. */
   port?: number;
@@ -34,12 +37,15 @@ export interface StorageApiOptions {
 export interface StorageApi {
   url: string;
   close(): Promise<void>;
+  /** Mints the grants this API accepts (the protection server's activities; tests). */
+  grants: GrantAuthority;
   /** The fastify instance (tests inject requests). */
   app: FastifyInstance;
 }
 
 export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
   const { repository: repo, tokens } = opts;
+  const grants = opts.grants ?? GrantAuthority.ephemeral();
   const app: FastifyInstance = Fastify({
     loggerInstance: opts.logger as FastifyBaseLogger | undefined,
     logController: new LogController({ disableRequestLogging: true }),
@@ -66,23 +72,26 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
   app.addContentTypeParser('application/octet-stream', (req, payload, done) => readBinaryBody(req, payload, done));
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((req, reply) => fail(reply, 404, { error: 'NO_SUCH_ENDPOINT', message: `${req.method} ${req.url.split('?')[0]} is not a storage API endpoint`, hint: `endpoints live under ${API_PREFIX}/` }));
-  registerAuth(app, tokens);
+  registerAuth(app, tokens, grants, repo);
   registerBounds(app, opts.bounds);
   // A JSON route called without a body is called with no options: its schema decides.
   app.addHook('preValidation', async (req) => {
     if (req.body === undefined && req.routeOptions.schema?.body !== undefined) req.body = {};
   });
 
+  // Who the caller is: an agent checks its credential with this at start (any valid token).
+  app.get(`${API_PREFIX}/whoami`, { config: { access: 'any' } }, async (req) => ({ name: req.identity!.name, role: req.identity!.role }));
   chunkRoutes(app, repo);
   sessionRoutes(app, repo);
   pointRoutes(app, repo);
-  adminRoutes(app, repo, tokens);
+  adminRoutes(app, repo, tokens, grants);
   return app;
 }
 
 /** Starts the storage API on host:port (the protection server embeds this). */
 export async function startStorageApi(opts: StorageApiOptions): Promise<StorageApi> {
-  const app = buildStorageApi(opts);
+  const grants = opts.grants ?? GrantAuthority.ephemeral();
+  const app = buildStorageApi({ ...opts, grants });
   const host = opts.host ?? '127.0.0.1';
   await app.listen({ host, port: opts.port ?? 0 });
   const addr = app.server.address();
@@ -91,6 +100,7 @@ export async function startStorageApi(opts: StorageApiOptions): Promise<StorageA
   return {
     url: `${opts.tls ? 'https' : 'http'}://${shownHost}:${port}`,
     app,
+    grants,
     close: () => app.close(),
   };
 }

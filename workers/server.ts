@@ -19,6 +19,7 @@ import { createRestoreServerActivities } from '../activities/server/restore';
 import { Repository } from '../repository';
 import type { EncryptionKey } from '../repository';
 import type { StorageServerTls } from '../storage-api/tls';
+import { GrantAuthority } from '../storage-api/grants';
 import { TokenStore } from '../storage-api/tokens';
 import { startStorageApi, type StorageApi } from '../storage-api/server';
 
@@ -119,9 +120,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   const { taskQueue } = identity;
   const tokens = await TokenStore.open(path.join(stateDir, 'tokens.json'));
   const adminToken = await ensureAdminToken(tokens, stateDir);
+  // The key this server signs its jobs' grants with (storage-api/grants.ts), 0600 beside the tokens.
+  const grants = await GrantAuthority.open(path.join(stateDir, 'grant.key'));
   const storageApi = await startStorageApi({
     repository,
     tokens,
+    grants,
     host: opts.apiHost ?? '127.0.0.1',
     port: opts.apiPort ?? 8780,
     logger: logger.child({ component: 'storage-api' }),
@@ -144,8 +148,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     interceptors: { workflowModules: workflowInterceptorModules(temporal) },
     activities: {
       ...selfCheckActivities,
-      ...createServerActivities({ repository, tokens, self, metrics }),
-      ...createRestoreServerActivities({ repository, self }),
+      ...createServerActivities({ repository, tokens, grants, self, metrics }),
+      ...createRestoreServerActivities({ repository, grants, self }),
     },
     maxConcurrentWorkflowTaskExecutions: opts.maxConcurrentWorkflowTasks,
     shutdownGraceTime: '30 seconds',

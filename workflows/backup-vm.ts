@@ -200,6 +200,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
               {
                 workflowId,
                 server: plan.server,
+                grant: plan.grant,
                 dataSource: input.dataSource,
                 sessionId: plan.sessionId,
                 vmId: facts.vmId,

@@ -111,6 +111,7 @@ export async function restoreVm(input: RestoreVmInput): Promise<RestoreVmResult>
       [
         {
           server: lease.server,
+          grant: lease.grant,
           dataSource: input.dataSource,
           pointId: lease.pointId,
           disks: lease.disks,

@@ -134,7 +134,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
       const ctx = Context.current();
       const started = Date.now();
       try {
-        const storage = deps.storageFor(req.server);
+        const storage = deps.storageFor(req.server).withGrant(String(req.grant));
         // The file server's agent reads disks on its shares wherever the VM runs.
         const checkHere = req.viaFileServer ? async () => undefined : () => ensureHere(req.vmId);
         await checkHere();

@@ -15,6 +15,8 @@ import { createRestoreTargetPolicy } from './restore-target';
 export interface RestoreDisksRequest {
   /** The server whose repository holds the point. */
   server: ServerEndpoint;
+  /** The server's grant to read this point (storage-api/grants.ts). */
+  grant: string;
   dataSource: string;
   pointId: string;
   disks: { diskId: string; virtualSize: number; chunkSize: number; fileName: string }[];
@@ -82,7 +84,7 @@ export function createRestoreHostActivities(deps: { adapter: HypervisorAdapter; 
     async restoreDisks(req) {
       const ctx = Context.current();
       const resume = ctx.info.heartbeatDetails as { disk: number; slot: number } | undefined;
-      const storage = deps.storageFor(req.server);
+      const storage = deps.storageFor(req.server).withGrant(String(req.grant));
       const out: RestoredDisk[] = [];
       try {
         const dir = req.targetDir === undefined ? await targets.stagingDir(String(req.restoreId)) : await targets.exportDir(req.targetDir);

@@ -30,6 +30,8 @@ export interface DiskTransferRequest {
   workflowId: string;
   /** Where the chunks go: the server that owns the data source. */
   server: ServerEndpoint;
+  /** The server's grant for this job's session (storage-api/grants.ts): uploads to it, nothing else. */
+  grant: string;
   dataSource: string;
   /** Storage session (holds uploaded chunks and index slots against GC until commit). */
   sessionId: string;

@@ -2,6 +2,7 @@
 // protection server process that owns the data source, next to its repository.
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { Repository, RepositoryError, type RecoveryPointManifest } from '../../repository';
+import type { GrantAuthority } from '../../storage-api/grants';
 import type { TokenStore } from '../../storage-api/tokens';
 import type { ProtectionMetrics } from '../../metrics/metrics';
 import { crashPoint } from '../../faults/crash-point';
@@ -19,6 +20,8 @@ import type {
 export interface ServerActivityDeps {
   repository: Repository;
   tokens: TokenStore;
+  /** Mints the per-job grants agents present to this server's storage API. */
+  grants: GrantAuthority;
   /** This server, as agents address it. */
   self: ServerEndpoint;
   metrics?: ProtectionMetrics;
@@ -84,8 +87,16 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
           }
           return { diskId: d.diskId, chunkSize: settings.chunkSize, kind: diskKind, base };
         });
+        // The agent may upload to this session only, only these disks, no larger than the host said.
+        const grant = deps.grants.forSession({
+          job: Context.current().info.workflowExecution?.workflowId ?? 'unknown-job',
+          dataSource: req.dataSource,
+          sessionId: session.sessionId,
+          basePoint: last?.pointId ?? null,
+          disks: req.disks,
+        });
         crashPoint('server:after-plan');
-        return { kind, reason, sessionId: session.sessionId, server: deps.self, disks };
+        return { kind, reason, sessionId: session.sessionId, grant, server: deps.self, disks };
       } catch (err) {
         return asFailure(err);
       }

@@ -1,12 +1,15 @@
 // Server side of a restore: a lease that keeps the point from eviction while it is read.
-import { ApplicationFailure } from '@temporalio/activity';
+import { ApplicationFailure, Context } from '@temporalio/activity';
 import { RepositoryError, type Repository } from '../../repository';
+import type { GrantAuthority } from '../../storage-api/grants';
 import type { ServerEndpoint } from '../host/types';
 
 export interface RestoreLeaseResult {
   /** This server, for the agent that reads the point. */
   server: ServerEndpoint;
   leaseId: string;
+  /** The agent's grant to read this point, and only it, while the lease lasts. */
+  grant: string;
   pointId: string;
   createdAt: string;
   kind: string;
@@ -33,7 +36,7 @@ export interface RestoreServerActivities {
   endRestoreLease(req: { leaseId: string }): Promise<void>;
 }
 
-export function createRestoreServerActivities(deps: { repository: Repository; self: ServerEndpoint }): RestoreServerActivities {
+export function createRestoreServerActivities(deps: { repository: Repository; grants: GrantAuthority; self: ServerEndpoint }): RestoreServerActivities {
   const { repository } = deps;
   return {
     async listRecoveryPoints({ dataSource }) {
@@ -69,6 +72,7 @@ export function createRestoreServerActivities(deps: { repository: Repository; se
         return {
           server: deps.self,
           leaseId: lease.leaseId,
+          grant: deps.grants.forRestore({ job: Context.current().info.workflowExecution?.workflowId ?? 'unknown-job', dataSource, pointId: point.pointId, leaseId: lease.leaseId, expiresAt: lease.expiresAt }),
           pointId: point.pointId,
           createdAt: point.createdAt,
           kind: point.kind,

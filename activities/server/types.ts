@@ -17,6 +17,8 @@ export interface BackupPlan {
   reason: string;
   /** Storage session id: chunks uploaded under it are safe from GC until commit or abort. */
   sessionId: string;
+  /** The agent's grant for this session (storage-api/grants.ts): uploads to it, nothing else. */
+  grant: string;
   /** This server, for the agents' requests. */
   server: ServerEndpoint;
   disks: {

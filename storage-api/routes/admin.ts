@@ -1,17 +1,50 @@
 // Management (admin token): agent tokens, shadow storage as vssadmin has it, point deletion,
 // retention, the deletion log, GC and verify.
 import type { FastifyInstance } from 'fastify';
-import { checkDataSourceId, collectGarbage, verifyRepository } from '../../repository';
+import { RepositoryError, checkDataSourceId, checkDiskId, collectGarbage, verifyRepository } from '../../repository';
 import type { Repository } from '../../repository';
 import { API_PREFIX as P } from '../protocol';
+import type { GrantAuthority } from '../grants';
 import type { TokenRole, TokenStore } from '../tokens';
 import { text } from './schemas';
 
 const SIZE_HINT = 'maxSize as text: "20GB", "15%", "1073741824" or "UNBOUNDED"';
 const maxSize = { type: ['string', 'null'], maxLength: 64 } as const;
 
-export function adminRoutes(app: FastifyInstance, repo: Repository, tokens: TokenStore): void {
+export function adminRoutes(app: FastifyInstance, repo: Repository, tokens: TokenStore, grants: GrantAuthority): void {
   const admin = { access: 'admin' } as const;
+
+  // A job grant for an agent run by hand (an import from a host, a benchmark): a backup grant for
+  // an open session and the disks named, or a restore grant for a point under a live lease. The
+  // protection server's own jobs mint theirs in process.
+  app.post<{ Body: { sessionId?: string; disks?: Array<{ diskId: string; virtualSize: number }>; leaseId?: string } }>(`${P}/admin/grants`, {
+    config: { ...admin, hint: 'send { "sessionId", "disks": [{ "diskId", "virtualSize" }] } for a backup, or { "leaseId" } for a restore' },
+    schema: {
+      body: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          sessionId: text(64),
+          leaseId: text(64),
+          disks: { type: 'array', maxItems: 4096, items: { type: 'object', required: ['diskId', 'virtualSize'], additionalProperties: false, properties: { diskId: text(64), virtualSize: { type: 'integer', minimum: 1 } } } },
+        },
+      },
+    },
+  }, async (req, reply) => {
+    const { sessionId, disks, leaseId } = req.body;
+    const job = `admin:${req.identity?.name ?? 'admin'}`;
+    if (sessionId !== undefined && disks !== undefined && leaseId === undefined) {
+      const s = await repo.getSession(sessionId);
+      for (const d of disks) checkDiskId(d.diskId);
+      return reply.code(201).send({ grant: grants.forSession({ job, dataSource: s.dataSource, sessionId, basePoint: s.basePoint ?? null, disks }) });
+    }
+    if (leaseId !== undefined && sessionId === undefined) {
+      const lease = (await repo.listRestoreLeases()).find((l) => l.leaseId === leaseId);
+      if (!lease) throw new RepositoryError('NOT_FOUND', `no live restore lease ${leaseId}`, 'take a lease first (POST .../restore-leases)');
+      return reply.code(201).send({ grant: grants.forRestore({ job, dataSource: lease.dataSource, pointId: lease.pointId, leaseId, expiresAt: lease.expiresAt }) });
+    }
+    throw new RepositoryError('INVALID_ARGUMENT', 'a grant is for a session (sessionId + disks) or a restore lease (leaseId)', 'send { "sessionId", "disks" } or { "leaseId" }');
+  });
 
   app.post<{ Body: { name: string; role?: TokenRole; rotate?: boolean } }>(`${P}/admin/tokens`, {
     config: { ...admin, hint: 'send { "name": HOST OR PERSON, "role"?: "agent" | "admin", "rotate"?: true }' },

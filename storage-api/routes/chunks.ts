@@ -10,7 +10,7 @@ const BATCH_HINT = 'send records of 32-byte digest + u32 LE length + chunk bytes
 export function chunkRoutes(app: FastifyInstance, repo: Repository): void {
   app.post<{ Body: { digests: string[] } }>(`${P}/chunks/missing`, {
     bodyLimit: MAX_MISSING_QUERY * 67 + 1024,
-    config: { hint: `send { "digests": [ up to ${MAX_MISSING_QUERY} SHA-256 digests as 64 lowercase hex digits ] }` },
+    config: { access: 'backup', hint: `send { "digests": [ up to ${MAX_MISSING_QUERY} SHA-256 digests as 64 lowercase hex digits ] }` },
     schema: {
       body: {
         type: 'object',
@@ -32,7 +32,7 @@ export function chunkRoutes(app: FastifyInstance, repo: Repository): void {
     return { missing };
   });
 
-  app.put<{ Params: { digest: string } }>(`${P}/chunks/:digest`, { bodyLimit: MAX_CHUNK_SIZE }, async (req, reply) => {
+  app.put<{ Params: { digest: string } }>(`${P}/chunks/:digest`, { bodyLimit: MAX_CHUNK_SIZE, config: { access: 'backup' } }, async (req, reply) => {
     const digest = checkDigest(req.params.digest);
     const body = req.body;
     if (!Buffer.isBuffer(body)) throw new RepositoryError('INVALID_ARGUMENT', 'chunk body must be application/octet-stream', 'send the raw chunk bytes');
@@ -40,7 +40,7 @@ export function chunkRoutes(app: FastifyInstance, repo: Repository): void {
     return reply.code(r.written ? 201 : 200).send({ digest, ...r });
   });
 
-  app.post(`${P}/chunks/batch`, { bodyLimit: MAX_CHUNK_BATCH_BODY }, async (req, reply) => {
+  app.post(`${P}/chunks/batch`, { bodyLimit: MAX_CHUNK_BATCH_BODY, config: { access: 'backup' } }, async (req, reply) => {
     const body = req.body;
     if (!Buffer.isBuffer(body)) throw new RepositoryError('INVALID_ARGUMENT', 'chunk batch body must be application/octet-stream', BATCH_HINT);
     let chunks: Array<{ digest: string; data: Buffer }>;
@@ -55,7 +55,7 @@ export function chunkRoutes(app: FastifyInstance, repo: Repository): void {
     return reply.code(201).send({ results: stored.map((r, i) => ({ digest: items[i].digest, ...r })) });
   });
 
-  app.get<{ Params: { digest: string } }>(`${P}/chunks/:digest`, async (req, reply) => {
+  app.get<{ Params: { digest: string } }>(`${P}/chunks/:digest`, { config: { access: 'read-chunk' } }, async (req, reply) => {
     const raw = await repo.chunks.read(checkDigest(req.params.digest));
     return reply.type('application/octet-stream').send(raw);
   });

@@ -26,9 +26,9 @@ function byteRange(header: string | undefined, q: { offset?: string; length?: st
 export function pointRoutes(app: FastifyInstance, repo: Repository): void {
   app.get<{ Params: { ds: string } }>(`${P}/datasources/:ds/points`, async (req) => ({ points: await repo.listPoints(checkDataSourceId(req.params.ds)) }));
 
-  app.get<{ Params: PointParams }>(`${P}/datasources/:ds/points/:pid`, async (req) => repo.getPoint(checkDataSourceId(req.params.ds), checkPointId(req.params.pid)));
+  app.get<{ Params: PointParams }>(`${P}/datasources/:ds/points/:pid`, { config: { access: 'read' } }, async (req) => repo.getPoint(checkDataSourceId(req.params.ds), checkPointId(req.params.pid)));
 
-  app.get<{ Params: DiskParams }>(`${P}/datasources/:ds/points/:pid/disks/:diskId/index`, async (req, reply) => {
+  app.get<{ Params: DiskParams }>(`${P}/datasources/:ds/points/:pid/disks/:diskId/index`, { config: { access: 'read', baseIndex: true } }, async (req, reply) => {
     const { ds, pid, diskId } = req.params;
     checkDiskId(diskId);
     const point = await repo.getPoint(checkDataSourceId(ds), checkPointId(pid));
@@ -47,7 +47,7 @@ export function pointRoutes(app: FastifyInstance, repo: Repository): void {
   });
 
   app.get<{ Params: DiskParams; Querystring: { offset?: string; length?: string } }>(`${P}/datasources/:ds/points/:pid/disks/:diskId/raw`, {
-    config: { hint: 'a byte range as ?offset=&length= (bytes) or a "Range: bytes=START-END" header' },
+    config: { access: 'read', hint: 'a byte range as ?offset=&length= (bytes) or a "Range: bytes=START-END" header' },
     schema: { querystring: { type: 'object', additionalProperties: false, properties: { offset: digits, length: digits } } },
   }, async (req, reply) => {
     const { ds, pid, diskId } = req.params;

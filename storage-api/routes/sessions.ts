@@ -84,7 +84,7 @@ export function sessionRoutes(app: FastifyInstance, repo: Repository): void {
     return reply.code(201).send(s);
   });
 
-  app.get<{ Params: { sid: string } }>(`${P}/sessions/:sid`, async (req) => repo.getSession(req.params.sid));
+  app.get<{ Params: { sid: string } }>(`${P}/sessions/:sid`, { config: { access: 'backup' } }, async (req) => repo.getSession(req.params.sid));
 
   app.delete<{ Params: { sid: string } }>(`${P}/sessions/:sid`, async (req, reply) => {
     await repo.getSession(req.params.sid);
@@ -94,7 +94,7 @@ export function sessionRoutes(app: FastifyInstance, repo: Repository): void {
 
   app.post<{ Params: { sid: string; diskId: string }; Querystring: { virtualSize: string; base?: string } }>(`${P}/sessions/:sid/disks/:diskId/slots`, {
     bodyLimit: MAX_PATCH_BODY,
-    config: { hint: 'query ?virtualSize=BYTES[&base=POINT ID|none]; body: 40-byte records of u64 LE slot + 32-byte digest' },
+    config: { access: 'backup', hint: 'query ?virtualSize=BYTES[&base=POINT ID|none]; body: 40-byte records of u64 LE slot + 32-byte digest' },
     schema: {
       querystring: { type: 'object', required: ['virtualSize'], additionalProperties: false, properties: { virtualSize: digits, base: text(64) } },
     },
@@ -114,7 +114,7 @@ export function sessionRoutes(app: FastifyInstance, repo: Repository): void {
 
   app.put<{ Params: { sid: string; diskId: string }; Querystring: { virtualSize: string } }>(`${P}/sessions/:sid/disks/:diskId/index`, {
     bodyLimit: MAX_FULL_INDEX_BODY,
-    config: { hint: 'query ?virtualSize=BYTES; body: 32 bytes per slot of the disk, in order' },
+    config: { access: 'backup', hint: 'query ?virtualSize=BYTES; body: 32 bytes per slot of the disk, in order' },
     schema: { querystring: { type: 'object', required: ['virtualSize'], additionalProperties: false, properties: { virtualSize: digits } } },
   }, async (req) => {
     if (!Buffer.isBuffer(req.body)) throw new RepositoryError('INVALID_ARGUMENT', 'index body must be application/octet-stream');

@@ -13,7 +13,7 @@ import type { FastifyInstance } from 'fastify';
 import { Repository, verifyRepository } from '../../repository';
 import type { RecoveryPointManifest } from '../../repository';
 import { SLOT_RECORD_SIZE } from '../../storage-api/protocol';
-import { TokenStore, buildStorageApi } from '../../storage-api';
+import { GrantAuthority, TokenStore, buildStorageApi } from '../../storage-api';
 import { backup, randomDisk } from '../repository/support';
 
 const SEED = 20261124;
@@ -26,6 +26,10 @@ let repo: Repository;
 let app: FastifyInstance;
 let agent: string;
 let admin: string;
+let grants: GrantAuthority;
+/** The agent's job grants: a backup grant for the session under test, a restore grant for `point`. */
+let backupGrant = '';
+let restoreGrant = '';
 let point: RecoveryPointManifest;
 /** The disk backed up before the fuzzing (the point must restore to exactly these bytes). */
 const disk = randomDisk(4 * 64 * 1024, 3);
@@ -38,6 +42,11 @@ let agentHttp: http.Agent;
 async function call(method: string, url: string, opts: { token?: string | null; headers?: Record<string, string | string[]>; payload?: string | Buffer } = {}): Promise<Reply> {
   const headers: Record<string, string | string[]> = { ...(opts.headers ?? {}) };
   if (opts.token !== null && headers.authorization === undefined) headers.authorization = `Bearer ${opts.token ?? admin}`;
+  // An agent calls as the job it was granted: reads of the restored point under its restore
+  // grant, everything else under the backup grant of the session under test.
+  if (opts.token === agent && headers['x-hvprotect-grant'] === undefined) {
+    headers['x-hvprotect-grant'] = method === 'GET' && (url.includes('/datasources/') || url.includes('/chunks/')) ? restoreGrant : backupGrant;
+  }
   const payload = opts.payload === undefined ? undefined : Buffer.isBuffer(opts.payload) ? opts.payload : Buffer.from(opts.payload);
   if (payload && headers['content-length'] === undefined) headers['content-length'] = String(payload.length);
   const r = await new Promise<Reply>((resolve, reject) => {
@@ -112,12 +121,15 @@ beforeAll(async () => {
   const tokens = await TokenStore.open();
   agent = await tokens.issue('fuzz-agent-q7', 'agent');
   admin = await tokens.issue('fuzz-admin-q7', 'admin');
-  app = buildStorageApi({ repository: repo, tokens });
+  grants = GrantAuthority.ephemeral();
+  app = buildStorageApi({ repository: repo, tokens, grants });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const addr = app.server.address();
   base = { host: '127.0.0.1', port: typeof addr === 'object' && addr ? addr.port : 0 };
   agentHttp = new http.Agent({ keepAlive: true, maxSockets: 4 });
   point = await backup(repo, 'vm1', disk);
+  const lease = await repo.beginRestore('vm1', point.pointId);
+  restoreGrant = grants.forRestore({ job: 'fuzz-restore', dataSource: 'vm1', pointId: point.pointId, leaseId: lease.leaseId, expiresAt: lease.expiresAt });
 });
 
 afterAll(async () => {
@@ -195,9 +207,10 @@ function jsonRoutes(sid: string): Array<[string, string, string | undefined]> {
   const pid = point.pointId;
   return [
     ['POST', `${P}/chunks/missing`, agent],
-    ['POST', `${P}/sessions`, agent],
-    ['POST', `${P}/sessions/${sid}/commit`, agent],
-    ['POST', `${P}/datasources/vm1/points/${pid}/restore-leases`, agent],
+    // What only the protection server does (in process; over HTTP with an admin token).
+    ['POST', `${P}/sessions`, admin],
+    ['POST', `${P}/sessions/${sid}/commit`, admin],
+    ['POST', `${P}/datasources/vm1/points/${pid}/restore-leases`, admin],
     ['POST', `${P}/admin/tokens`, admin],
     ['POST', `${P}/admin/shadowstorage`, admin],
     ['PATCH', `${P}/admin/shadowstorage/vm1`, admin],
@@ -207,10 +220,14 @@ function jsonRoutes(sid: string): Array<[string, string, string | undefined]> {
   ];
 }
 
+/** Opens a session as the server does (admin) and grants the agent uploads to it (disks as a host might report them). */
 async function openSession(): Promise<string> {
-  const r = await call('POST', `${P}/sessions`, { token: agent, payload: JSON.stringify({ dataSource: 'fuzz-session' }), headers: { 'content-type': 'application/json' } });
+  const r = await call('POST', `${P}/sessions`, { token: admin, payload: JSON.stringify({ dataSource: 'fuzz-session' }), headers: { 'content-type': 'application/json' } });
   expect(r.status).toBe(201);
-  return String(r.json!.sessionId);
+  const sessionId = String(r.json!.sessionId);
+  const huge = Number.MAX_SAFE_INTEGER;
+  backupGrant = grants.forSession({ job: 'fuzz-backup', dataSource: 'fuzz-session', sessionId, disks: ['disk0', 'disk8', 'disk9'].map((diskId) => ({ diskId, virtualSize: huge })) });
+  return sessionId;
 }
 
 // ---- properties ----------------------------------------------------------------------------
@@ -255,7 +272,7 @@ describe('storage API under hostile input', () => {
     for (let s = 0; s < 4; s++) z.writeBigUInt64LE(BigInt(s), s * SLOT_RECORD_SIZE);
     const patched = await call('POST', `${P}/sessions/${sid2}/disks/disk0/slots?virtualSize=262144`, { token: agent, payload: z.subarray(0, 4 * SLOT_RECORD_SIZE), headers: { 'content-type': 'application/octet-stream' } });
     expect(patched.status).toBe(200);
-    const r = await call('POST', `${P}/sessions/${sid2}/commit`, { token: agent, payload: deep, headers: { 'content-type': 'application/json' } });
+    const r = await call('POST', `${P}/sessions/${sid2}/commit`, { token: admin, payload: deep, headers: { 'content-type': 'application/json' } });
     expect(r.status).toBe(400);
     expectNoProblems();
   });

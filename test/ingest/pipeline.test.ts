@@ -18,33 +18,33 @@ describe('ingestDisk through the storage API', () => {
   it('ingests a full disk, then an incremental from known changed ranges, both restore bit for bit', async () => {
     const size = 5 * CHUNK * 7 + 12345; // not a multiple of the chunk size
     const disk = makeDisk(size, 7);
-    const s1 = await f.agent.beginSession('vm-web01', { chunkSize: CHUNK });
+    const { session: s1, agent: s1Agent } = await f.backupJob('vm-web01', { chunkSize: CHUNK });
     expect(s1.chunkSize).toBe(CHUNK);
     const offsets: number[] = [];
     const p1 = await ingestDisk({
-      reader: bufferDiskReader(disk), storage: f.agent, sessionId: s1.sessionId, diskId: 'disk0', chunkSize: CHUNK, slots: allSlots(size, CHUNK),
+      reader: bufferDiskReader(disk), storage: s1Agent, sessionId: s1.sessionId, diskId: 'disk0', chunkSize: CHUNK, slots: allSlots(size, CHUNK),
       tuning: { batchBytes: 4 * CHUNK }, onProgress: (_p, offset) => void offsets.push(offset),
     });
     expect(p1.nextSlot).toBe(Math.ceil(size / CHUNK));
     expect(offsets).toEqual([...offsets].sort((a, b) => a - b));
     expect(offsets[offsets.length - 1]).toBe(size);
-    const m1 = await f.agent.commitPoint(s1.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'web01.vhdx', virtualSize: size }], vm: { name: 'web01' } });
+    const m1 = await f.admin.commitPoint(s1.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'web01.vhdx', virtualSize: size }], vm: { name: 'web01' } });
     expect(m1.disks[0].totalChunks).toBe(Math.ceil(size / CHUNK));
 
     const disk2 = Buffer.from(disk);
     const ranges = [{ offset: 3 * CHUNK + 100, length: 5000 }, { offset: size - 10, length: 10 }];
     for (const r of ranges) disk2.fill(0xab, r.offset, r.offset + r.length);
-    const s2 = await f.agent.beginSession('vm-web01', { basePoint: m1.pointId });
-    const p2 = await ingestDisk({ reader: bufferDiskReader(disk2), storage: f.agent, sessionId: s2.sessionId, diskId: 'disk0', chunkSize: CHUNK, slots: slotsOfRanges(ranges, CHUNK, size) });
+    const { session: s2, agent: s2Agent } = await f.backupJob('vm-web01', { basePoint: m1.pointId });
+    const p2 = await ingestDisk({ reader: bufferDiskReader(disk2), storage: s2Agent, sessionId: s2.sessionId, diskId: 'disk0', chunkSize: CHUNK, slots: slotsOfRanges(ranges, CHUNK, size) });
     expect(p2.nextSlot).toBe(2);
     expect(p2.bytesRead).toBe(CHUNK + (size % CHUNK));
-    const m2 = await f.agent.commitPoint(s2.sessionId, { kind: 'express-full', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'web01.vhdx', virtualSize: size }] });
+    const m2 = await f.admin.commitPoint(s2.sessionId, { kind: 'express-full', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'web01.vhdx', virtualSize: size }] });
     expect(m2.disks[0].changedChunks).toBe(2);
     expect(m2.basePoint).toBe(m1.pointId);
 
-    expect((await readAll(await f.agent.openDiskStream(m1, 'disk0'))).equals(disk)).toBe(true);
-    expect((await readAll(await f.agent.openDiskStream(m2, 'disk0'))).equals(disk2)).toBe(true);
-    const idx = await f.agent.getIndex(m2, 'disk0');
+    expect((await readAll(await f.admin.openDiskStream(m1, 'disk0'))).equals(disk)).toBe(true);
+    expect((await readAll(await f.admin.openDiskStream(m2, 'disk0'))).equals(disk2)).toBe(true);
+    const idx = await f.admin.getIndex(m2, 'disk0');
     expect(idx.checksum).toBe(m2.disks[0].indexDigest);
     expect((await verifyRepository(f.repo, { readData: true })).ok).toBe(true);
   });
@@ -52,7 +52,7 @@ describe('ingestDisk through the storage API', () => {
   it('resumes an interrupted ingest from its last reported position', async () => {
     const size = 40 * CHUNK;
     const disk = makeDisk(size, 11);
-    const s = await f.agent.beginSession('vm-resume', { chunkSize: CHUNK });
+    const { session: s, agent: sAgent } = await f.backupJob('vm-resume', { chunkSize: CHUNK });
     let last: IngestPosition | undefined;
     let lastOffset = 0;
     let reads = 0;
@@ -61,7 +61,7 @@ describe('ingestDisk through the storage API', () => {
       return disk.subarray(o, o + l);
     } };
     await expect(ingestDisk({
-      reader: failing, storage: f.agent, sessionId: s.sessionId, diskId: 'disk0', chunkSize: CHUNK, slots: allSlots(size, CHUNK),
+      reader: failing, storage: sAgent, sessionId: s.sessionId, diskId: 'disk0', chunkSize: CHUNK, slots: allSlots(size, CHUNK),
       tuning: { batchBytes: 4 * CHUNK, batchesInFlight: 1 },
       onProgress: (p, offset) => {
         last = p;
@@ -76,46 +76,46 @@ describe('ingestDisk through the storage API', () => {
         readOffsets.push(o);
         return disk.subarray(o, o + l);
       } },
-      storage: f.agent, sessionId: s.sessionId, diskId: 'disk0', chunkSize: CHUNK, slots: allSlots(size, CHUNK), resume: last,
+      storage: sAgent, sessionId: s.sessionId, diskId: 'disk0', chunkSize: CHUNK, slots: allSlots(size, CHUNK), resume: last,
     });
     expect(Math.min(...readOffsets)).toBe(lastOffset);
     expect(p.nextSlot).toBe(40);
     expect(p.bytesRead).toBe(size);
-    const m = await f.agent.commitPoint(s.sessionId, { kind: 'initial-replica', mode: 'offline', disks: [{ diskId: 'disk0', fileName: 'r.vhdx', virtualSize: size }] });
-    expect((await readAll(await f.agent.openDiskStream(m, 'disk0'))).equals(disk)).toBe(true);
+    const m = await f.admin.commitPoint(s.sessionId, { kind: 'initial-replica', mode: 'offline', disks: [{ diskId: 'disk0', fileName: 'r.vhdx', virtualSize: size }] });
+    expect((await readAll(await f.admin.openDiskStream(m, 'disk0'))).equals(disk)).toBe(true);
   });
 
   it('a consistency check writes only the slots that differ from the base and sends only what is missing', async () => {
     const size = 16 * CHUNK;
     const disk = makeDisk(size, 21);
-    const s1 = await f.agent.beginSession('vm-cc', { chunkSize: CHUNK });
-    await ingestDisk({ reader: bufferDiskReader(disk), storage: f.agent, sessionId: s1.sessionId, diskId: 'd', chunkSize: CHUNK, slots: allSlots(size, CHUNK) });
-    const m1 = await f.agent.commitPoint(s1.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] });
+    const { session: s1, agent: s1Agent } = await f.backupJob('vm-cc', { chunkSize: CHUNK });
+    await ingestDisk({ reader: bufferDiskReader(disk), storage: s1Agent, sessionId: s1.sessionId, diskId: 'd', chunkSize: CHUNK, slots: allSlots(size, CHUNK) });
+    const m1 = await f.admin.commitPoint(s1.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] });
     disk.fill(0x5a, 3 * CHUNK, 3 * CHUNK + 10);
     let z = 4;
     while (disk.subarray(z * CHUNK, (z + 1) * CHUNK).every((b) => b === 0)) z++;
     disk.fill(0x00, z * CHUNK, (z + 1) * CHUNK); // a chunk zeroed out: changed, nothing to send
-    const s2 = await f.agent.beginSession('vm-cc', { basePoint: m1.pointId });
-    const base = await f.agent.getIndex(m1, 'd');
-    const p = await ingestDisk({ reader: bufferDiskReader(disk), storage: f.agent, sessionId: s2.sessionId, diskId: 'd', chunkSize: CHUNK, slots: allSlots(size, CHUNK), basePoint: m1.pointId, baseSlots: base.slots });
+    const { session: s2, agent: s2Agent } = await f.backupJob('vm-cc', { basePoint: m1.pointId });
+    const base = await s2Agent.getIndex(m1, 'd'); // the base point's index: a backup grant reads it
+    const p = await ingestDisk({ reader: bufferDiskReader(disk), storage: s2Agent, sessionId: s2.sessionId, diskId: 'd', chunkSize: CHUNK, slots: allSlots(size, CHUNK), basePoint: m1.pointId, baseSlots: base.slots });
     expect(p.chunksSent).toBe(1);
     expect(p.changedChunks).toBe(2);
-    const m2 = await f.agent.commitPoint(s2.sessionId, { kind: 'consistency-check', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] });
+    const m2 = await f.admin.commitPoint(s2.sessionId, { kind: 'consistency-check', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] });
     expect(m2.disks[0].changedChunks).toBe(2);
-    expect((await readAll(await f.agent.openDiskStream(m2, 'd'))).equals(disk)).toBe(true);
+    expect((await readAll(await f.admin.openDiskStream(m2, 'd'))).equals(disk)).toBe(true);
   });
 
   it('an express full with no change still leaves the disk in the point', async () => {
     const size = 8 * CHUNK;
     const disk = makeDisk(size, 5);
-    const s1 = await f.agent.beginSession('vm-still', { chunkSize: CHUNK });
-    await ingestDisk({ reader: bufferDiskReader(disk), storage: f.agent, sessionId: s1.sessionId, diskId: 'd', chunkSize: CHUNK, slots: allSlots(size, CHUNK) });
-    const m1 = await f.agent.commitPoint(s1.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] });
-    const empty = await f.agent.beginSession('vm-empty', { chunkSize: CHUNK });
-    const p = await ingestDisk({ reader: bufferDiskReader(Buffer.alloc(size)), storage: f.agent, sessionId: empty.sessionId, diskId: 'd', chunkSize: CHUNK, slots: [], basePoint: null });
+    const { session: s1, agent: s1Agent } = await f.backupJob('vm-still', { chunkSize: CHUNK });
+    await ingestDisk({ reader: bufferDiskReader(disk), storage: s1Agent, sessionId: s1.sessionId, diskId: 'd', chunkSize: CHUNK, slots: allSlots(size, CHUNK) });
+    const m1 = await f.admin.commitPoint(s1.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] });
+    const { session: empty, agent: emptyAgent } = await f.backupJob('vm-empty', { chunkSize: CHUNK });
+    const p = await ingestDisk({ reader: bufferDiskReader(Buffer.alloc(size)), storage: emptyAgent, sessionId: empty.sessionId, diskId: 'd', chunkSize: CHUNK, slots: [], basePoint: null });
     expect(p.changedChunks).toBe(0);
-    const me = await f.agent.commitPoint(empty.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] });
-    expect((await readAll(await f.agent.openDiskStream(me, 'd'))).equals(Buffer.alloc(size))).toBe(true);
+    const me = await f.admin.commitPoint(empty.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] });
+    expect((await readAll(await f.admin.openDiskStream(me, 'd'))).equals(Buffer.alloc(size))).toBe(true);
     expect(m1.disks[0].totalChunks).toBe(8);
   });
 });

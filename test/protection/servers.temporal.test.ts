@@ -1,14 +1,18 @@
 // Two protection servers on one Temporal namespace, three lab hosts (a two-node cluster and a
 // stand-alone host), agents serving both: each data source has one owner that runs its jobs and
 // keeps its chain wherever the VM goes; a move starts a chain on the new owner and both restore.
+import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import * as path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
 import { startTestStack, restoredBytes, type TestStack } from '../support/stack';
 import { initialDiskContent, type InitialContent } from '../../hypervisor/lab';
 import type { VmFacts } from '../../hypervisor/types';
 import type { BackupVmResult } from '../../workflows/backup-vm';
 import { startServer } from '../../workers/server';
 import { createLogger } from '../../log/logger';
-import { listServers, moveProtection, protectVm, protectionState, startBackupNow, type ProtectionInfo } from '../../client/protection';
+import { chooseServer, listServers, moveProtection, protectVm, protectionState, startBackupNow, startJob, type ProtectionInfo } from '../../client/protection';
+import type { RunningServer } from '../../workers/server';
 
 const MiB = 1024 * 1024;
 const DISK = 2 * MiB;
@@ -97,4 +101,68 @@ test('a second server with the id of a running one (another repository) refuses 
   // And the servers are still the two that run.
   const running = (await listServers(stack.client)).filter((s) => IDS.includes(s.id));
   expect(running.map((s) => [s.id, s.running, s.foreignPollers])).toEqual(IDS.map((id) => [id, true, []]));
+});
+
+test('two clients ask for a backup of one data source at the same moment: one runs, the other is told what runs and where', async () => {
+  const v = vms[3];
+  const connection = await Connection.connect({ address: stack.temporal.address });
+  const second = new Client({ connection, namespace: stack.temporal.namespace });
+  try {
+    const asked = await Promise.allSettled([
+      startJob(stack.client, v.p.dataSource, { kind: 'backup', by: 'admin-a' }),
+      startJob(second, v.p.dataSource, { kind: 'backup', by: 'admin-b' }),
+    ]);
+    const ran = asked.filter((a) => a.status === 'fulfilled');
+    const told = asked.filter((a): a is PromiseRejectedResult => a.status === 'rejected');
+    expect([ran.length, told.length]).toEqual([1, 1]);
+    const { job, handle } = (ran[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof startJob>>>).value;
+    const refusal = told[0].reason as Error;
+    // The refusal names the running job and where to watch it.
+    expect(refusal.message).toContain(job.workflowId);
+    expect(refusal.message).toMatch(/Web UI|hvprotect (status|jobs)|watch/i);
+    expect(((await handle.result()) as BackupVmResult).server).toBe(v.p.server);
+    while ((await protectionState(stack.client, v.p.dataSource)).running) await new Promise((r) => setTimeout(r, 50));
+  } finally {
+    await connection.close();
+  }
+}, 120_000);
+
+describe('a server no agent holds a credential for', () => {
+  let third: RunningServer;
+  const THIRD = `dpm0-${suffix}`;
+  beforeAll(async () => {
+    third = await startServer({ id: THIRD, logger: createLogger({ name: 'test', level: 'silent' }), temporal: stack.temporal, stateDir: path.join(stack.dir, 'server-third'), apiPort: 0, registerSearchAttributes: false });
+    // The administrator issued hv01 a token on the new server but never gave it to the agent.
+    await third.tokens.issue('hv01', 'agent');
+    // Servers are found by their queues' pollers: wait until Temporal lists the new one.
+    for (let i = 0; i < 200 && !(await listServers(stack.client)).some((sv) => sv.id === THIRD && sv.running); i++) await new Promise((r) => setTimeout(r, 100));
+  });
+  afterAll(async () => third?.shutdown());
+
+  test('is the default for a new protection while it owns fewest; its backup fails ServerNotTrusted; doctor names the fix', async () => {
+    // Owning nothing, the new server is the default choice for the next protection.
+    expect(await chooseServer(stack.client)).toBe(THIRD);
+    const facts = await stack.lab.createVm({ name: 'ms-untrusted', host: 'hv01', disks: [{ sizeBytes: DISK, content: { kind: 'random', seed: 799, fill: 1 } }] });
+    const p = await protectVm(stack.client, { vm: { vmId: facts.vmId, name: facts.name, host: 'hv01', state: 'running' }, dataSource: `ms-untrusted-${suffix}`, schedule: { everyHours: 24 } });
+    expect(p.server).toBe(THIRD);
+    const failure = await (await startBackupNow(stack.client, p, 'auto', 'test')).result().then(() => undefined, (err: Error & { cause?: Error & { cause?: Error & { type?: string } } }) => err);
+    expect(failure).toBeDefined();
+    const chain: Array<{ message?: string; type?: string }> = [];
+    for (let e: (Error & { cause?: unknown; type?: string }) | undefined = failure; e; e = e.cause as typeof e) chain.push({ message: e.message, type: e.type });
+    expect(chain.map((c) => c.type)).toContain('ServerNotTrusted');
+    expect(chain.map((c) => c.message).join(' | ')).toMatch(new RegExp(`${THIRD}.*--server ${THIRD}=`));
+    // Nothing was left behind on the host: the checkpoint was released, the VM runs.
+    const after = await stack.lab.inspectVm('ms-untrusted');
+    expect(after.state).toBe('running');
+    expect(after.checkpoints.filter((c) => c.kind === 'backup')).toEqual([]);
+    expect(await third.repository.listSessions()).toEqual([]);
+    // doctor reports every server and the agents, and flags the missing credential with its fix.
+    const cli = path.resolve(__dirname, '..', '..', 'dist', 'client', 'cli.js');
+    const r = spawnSync(process.execPath, [cli, 'doctor', '--json'], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, TEMPORAL_ADDRESS: stack.temporal.address, TEMPORAL_NAMESPACE: stack.temporal.namespace, TEMPORAL_CONFIG_FILE: '/nonexistent/temporal.toml' } });
+    const report = JSON.parse(r.stdout) as { servers: Array<{ id: string; dataSources: string[]; running: boolean }>; agents: Array<{ host: string; servers: string[] }>; problems: string[] };
+    for (const id of [...IDS, THIRD]) expect(report.servers.find((s) => s.id === id)).toMatchObject({ running: true });
+    expect(report.servers.find((s) => s.id === THIRD)!.dataSources).toEqual([p.dataSource]);
+    expect(report.agents.find((a) => a.host === 'hv01')!.servers).toEqual(expect.arrayContaining(IDS));
+    expect(report.problems).toContain(`the agent on hv01 holds no credential for ${THIRD}, which owns VMs backed up on hv01: add --server ${THIRD}=TOKEN_FILE`);
+  }, 180_000);
 });

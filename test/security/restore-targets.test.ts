@@ -18,6 +18,7 @@ let f: Fixture;
 let disk: Buffer;
 let pointId: string;
 let root: string;
+let grant: string;
 let lab: Awaited<ReturnType<typeof tempLab>>;
 let adapter: LabHypervisor;
 
@@ -25,6 +26,7 @@ beforeAll(async () => {
   f = await startFixture({ defaultChunkSize: CS, encoderThreads: 0, createChunkFolders: false });
   disk = randomDisk(12 * CS, 18);
   pointId = (await backup(f.repo, 'vm', disk)).pointId;
+  grant = (await f.restoreJob({ dataSource: 'vm', pointId })).grant;
   root = await fsp.realpath(await tempDir('hvp-restore-root-'));
   lab = await tempLab();
   await lab.lab.createHost('hv1');
@@ -39,6 +41,7 @@ afterAll(async () => {
 const activities = () => createRestoreHostActivities({ adapter, storageFor: () => f.agent, restoreRoots: [root] });
 const request = (targetDir: string | undefined, restoreId = 'wf-1'): RestoreDisksRequest => ({
   server: { id: 'dpm01', storageUrl: 'http://unused' },
+  grant,
   dataSource: 'vm',
   pointId,
   disks: [{ diskId: 'disk0', virtualSize: disk.length, chunkSize: CS, fileName: 'app.vhdx' }],

@@ -42,9 +42,14 @@ async function start(pki: Pki | undefined, clientCa: boolean): Promise<Env> {
   };
 }
 
-/** One small backup through the API and its restore; returns the restored bytes. */
-async function backupAndRestore(client: StorageClient, disk: Buffer): Promise<Buffer> {
-  const session = await client.beginSession('vm1', { chunkSize: CS });
+/**
+ * One small backup through the API and its restore, as the server runs them: its own steps
+ * (session, commit, lease) in process, the agent's under the job grants it mints; returns the
+ * restored bytes.
+ */
+async function backupAndRestore(env: Env, agent: StorageClient, disk: Buffer): Promise<Buffer> {
+  const session = await env.repo.beginSession('vm1', { chunkSize: CS });
+  const client = agent.withGrant(env.api.grants.forSession({ job: 'tls-test', dataSource: 'vm1', sessionId: session.sessionId, basePoint: session.basePoint ?? null, disks: [{ diskId: 'disk0', virtualSize: disk.length }] }));
   const chunks = [];
   const digests = Buffer.alloc((disk.length / CS) * 32);
   for (let i = 0; i < disk.length / CS; i++) {
@@ -55,8 +60,10 @@ async function backupAndRestore(client: StorageClient, disk: Buffer): Promise<Bu
   }
   await client.putChunks(chunks);
   await client.putFullIndex(session.sessionId, 'disk0', disk.length, digests);
-  const m = await client.commitPoint(session.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'disk0.vhdx', virtualSize: disk.length }] });
-  return readAll(await client.openDiskStream({ dataSource: 'vm1', pointId: m.pointId }, 'disk0'));
+  const m = await env.repo.commitPoint(session.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'disk0.vhdx', virtualSize: disk.length }] });
+  const lease = await env.repo.beginRestore('vm1', m.pointId);
+  const reader = agent.withGrant(env.api.grants.forRestore({ job: 'tls-test', dataSource: 'vm1', pointId: m.pointId, leaseId: lease.leaseId, expiresAt: lease.expiresAt }));
+  return readAll(await reader.openDiskStream({ dataSource: 'vm1', pointId: m.pointId }, 'disk0'));
 }
 
 async function refusal(p: Promise<unknown>): Promise<Error & { code?: string; status?: number }> {
@@ -95,7 +102,7 @@ describe('storage API over TLS (self-made CA)', () => {
       const agent = new StorageClient(env.api.url, env.agentToken, loadClientTls({ caFile: pki.caCert }));
       try {
         const d = disk(7);
-        expect((await backupAndRestore(agent, d)).equals(d)).toBe(true);
+        expect((await backupAndRestore(env, agent, d)).equals(d)).toBe(true);
       } finally {
         agent.close();
       }
@@ -130,7 +137,7 @@ describe('storage API over TLS (self-made CA)', () => {
       const agent = new StorageClient(env.api.url, env.agentToken, loadClientTls({ caFile: pki.caCert, certFile: pki.clientCert, keyFile: pki.clientKey }));
       try {
         const d = disk(11);
-        expect((await backupAndRestore(agent, d)).equals(d)).toBe(true);
+        expect((await backupAndRestore(env, agent, d)).equals(d)).toBe(true);
       } finally {
         agent.close();
       }
@@ -170,8 +177,8 @@ describe('a revoked agent token', () => {
     const token = await admin.issueToken('hv09');
     const agent = new StorageClient(env.api.url, token);
     const d = disk(3);
-    await backupAndRestore(agent, d);
-    const [point] = await agent.listPoints('vm1');
+    await backupAndRestore(env, agent, d);
+    const [point] = await admin.listPoints('vm1');
     const chunk = d.subarray(0, CS);
     const digest = createHash('sha256').update(chunk).digest('hex');
     await admin.revokeToken('hv09');

@@ -14,9 +14,9 @@ describe('storage API management calls', () => {
   async function point(ds: string, seed: number, base?: string): Promise<string> {
     const size = 24 * CHUNK;
     const disk = makeDisk(size, seed);
-    const s = await f.agent.beginSession(ds, { chunkSize: CHUNK, basePoint: base });
-    await ingestDisk({ reader: bufferDiskReader(disk), storage: f.agent, sessionId: s.sessionId, diskId: 'd', chunkSize: CHUNK, slots: allSlots(size, CHUNK) });
-    return (await f.agent.commitPoint(s.sessionId, { kind: base ? 'express-full' : 'initial-replica', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] })).pointId;
+    const { session: s, agent } = await f.backupJob(ds, { chunkSize: CHUNK, basePoint: base });
+    await ingestDisk({ reader: bufferDiskReader(disk), storage: agent, sessionId: s.sessionId, diskId: 'd', chunkSize: CHUNK, slots: allSlots(size, CHUNK) });
+    return (await f.admin.commitPoint(s.sessionId, { kind: base ? 'express-full' : 'initial-replica', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: size }] })).pointId;
   }
 
   it('shadow storage add / list / resize / delete oldest, retention, deletions, GC and verify', async () => {
@@ -34,7 +34,7 @@ describe('storage API management calls', () => {
     expect(oldest.pointId).toBe(p1);
     const resized = await f.admin.resizeShadowStorage('vm-admin', { maxPoints: 1 });
     expect(resized.deleted.map((d) => d.pointId)).toEqual([p2]);
-    expect((await f.agent.listPoints('vm-admin')).map((p) => p.pointId)).toEqual([p3]);
+    expect((await f.admin.listPoints('vm-admin')).map((p) => p.pointId)).toEqual([p3]);
     expect(await f.admin.enforceRetention('vm-admin')).toEqual([]);
     expect((await f.admin.deletions()).map((d) => [d.pointId, d.reason])).toEqual([[p1, 'delete-oldest'], [p2, 'max-points']]);
     const gc = await f.admin.collectGarbage();
@@ -51,6 +51,6 @@ describe('storage API management calls', () => {
     await expect(f.admin.deleteOldestPoint('vm-lease')).rejects.toMatchObject({ status: 409 });
     await f.admin.endRestore(lease.leaseId);
     expect((await f.admin.deleteOldestPoint('vm-lease')).pointId).toBe(a);
-    expect((await f.agent.listPoints('vm-lease')).map((p) => p.pointId)).toEqual([b]);
+    expect((await f.admin.listPoints('vm-lease')).map((p) => p.pointId)).toEqual([b]);
   });
 });

@@ -13,14 +13,14 @@ import { startFixture, type Fixture } from './support';
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 /** A raw HTTP request whose body is only begun; resolves with the response head and when the socket closed. */
-function begin(f: Fixture, opts: { method: string; path: string; token?: string; length: number; send: Buffer }) {
+function begin(f: Fixture, opts: { method: string; path: string; token?: string; grant?: string; length: number; send: Buffer }) {
   const u = new URL(f.api.url);
   const socket = net.connect(Number(u.port), u.hostname);
   let text = '';
   const closed = new Promise<number>((resolve) => socket.on('close', () => resolve(Date.now())));
   socket.on('error', () => undefined);
   socket.on('data', (d) => (text += d.toString('latin1')));
-  const auth = opts.token ? `Authorization: Bearer ${opts.token}\r\n` : '';
+  const auth = (opts.token ? `Authorization: Bearer ${opts.token}\r\n` : '') + (opts.grant ? `X-Hvprotect-Grant: ${opts.grant}\r\n` : '');
   socket.write(`${opts.method} ${opts.path} HTTP/1.1\r\nHost: x\r\n${auth}Content-Type: application/octet-stream\r\nContent-Length: ${opts.length}\r\n\r\n`);
   socket.write(opts.send);
   return {
@@ -50,7 +50,8 @@ describe('connections end with a refusal', () => {
   });
 
   it('a body over the limit gets 413 and the socket is closed', async () => {
-    const r = begin(f, { method: 'PUT', path: `/v1/chunks/${'a'.repeat(64)}`, token: f.agentToken, length: 64 * 1024 * 1024, send: Buffer.alloc(10) });
+    const { grant } = await f.backupJob('vm-big');
+    const r = begin(f, { method: 'PUT', path: `/v1/chunks/${'a'.repeat(64)}`, token: f.agentToken, grant, length: 64 * 1024 * 1024, send: Buffer.alloc(10) });
     const head = await r.head();
     expect(head).toMatch(/^HTTP\/1\.1 413/);
     expect(head.toLowerCase()).toContain('connection: close');
@@ -67,19 +68,22 @@ describe('bounds', () => {
 
   it('a body that trickles below the minimum rate is cut off with 408, and the server serves on', async () => {
     const data = Buffer.alloc(4096, 7);
-    const r = begin(f, { method: 'PUT', path: `/v1/chunks/${sha(data)}`, token: f.agentToken, length: data.length, send: data.subarray(0, 10) });
+    const job = await f.backupJob('vm-slow');
+    const r = begin(f, { method: 'PUT', path: `/v1/chunks/${sha(data)}`, token: f.agentToken, grant: job.grant, length: data.length, send: data.subarray(0, 10) });
     const head = await r.head();
     expect(head).toMatch(/^HTTP\/1\.1 408/);
     expect(head).toContain('BODY_TOO_SLOW');
     await r.closed;
-    await f.agent.putChunk(sha(data), data);
-    expect(await f.agent.missingChunks([sha(data)])).toEqual([]);
+    await job.agent.putChunk(sha(data), data);
+    expect(await job.agent.missingChunks([sha(data)])).toEqual([]);
   });
 
   it("one credential's requests beyond its slots wait, beyond its queue are refused (429); another credential is served", async () => {
     // Two uploads hold hv-host-01's slots with bodies that keep arriving (above the minimum rate).
     const data = Buffer.alloc(64 * 1024, 3);
-    const holders = [0, 1].map(() => begin(f, { method: 'PUT', path: `/v1/chunks/${sha(data)}`, token: f.agentToken, length: data.length, send: data.subarray(0, 1024) }));
+    const job = await f.backupJob('vm');
+    const sid = job.session.sessionId;
+    const holders = [0, 1].map(() => begin(f, { method: 'PUT', path: `/v1/chunks/${sha(data)}`, token: f.agentToken, grant: job.grant, length: data.length, send: data.subarray(0, 1024) }));
     const trickle = holders.map((h) => {
       let sent = 1024;
       return setInterval(() => {
@@ -90,9 +94,9 @@ describe('bounds', () => {
       }, 200);
     });
     await new Promise((r) => setTimeout(r, 200));
-    const waiting = [f.agent.listPoints('vm'), f.agent.listPoints('vm')];
+    const waiting = [job.agent.getSession(sid), job.agent.getSession(sid)];
     await new Promise((r) => setTimeout(r, 200));
-    await expect(f.agent.listPoints('vm')).rejects.toMatchObject({ status: 429, code: 'TOO_MANY_REQUESTS' });
+    await expect(job.agent.getSession(sid)).rejects.toMatchObject({ status: 429, code: 'TOO_MANY_REQUESTS' });
     // Another credential is not behind hv-host-01's queue.
     expect(await f.admin.listShadowStorage()).toEqual(expect.any(Array));
     let settled = false;
@@ -102,8 +106,8 @@ describe('bounds', () => {
     // The holders finish; the waiting requests are served.
     trickle.forEach(clearInterval);
     for (const h of holders) h.socket.destroy();
-    expect(await Promise.all(waiting)).toEqual([[], []]);
-    expect(await new StorageClient(f.api.url, f.agentToken).listPoints('vm')).toEqual([]);
+    expect((await Promise.all(waiting)).map((x) => x.sessionId)).toEqual([sid, sid]);
+    expect((await new StorageClient(f.api.url, f.agentToken).withGrant(job.grant).getSession(sid)).sessionId).toBe(sid);
   });
 });
 
@@ -125,11 +129,12 @@ describe('virtual size cap', () => {
 
   it('a 40-byte slot patch claiming 64 TiB is refused before any index is staged; a real disk goes on', async () => {
     const data = Buffer.alloc(64 * 1024, 9);
-    await f.agent.putChunk(sha(data), data);
-    const s = await f.agent.beginSession('vm');
+    // A host that reported 64 TiB (the grant lets it through): the repository's own cap holds.
+    const { session: s, agent } = await f.backupJob('vm', {}, { disk0: 64 * 1024 ** 4 });
+    await agent.putChunk(sha(data), data);
     const before = await apparentBytes(f.dir);
     const started = Date.now();
-    const e = await f.agent.putIndex(s.sessionId, 'disk0', { virtualSize: 64 * 1024 ** 4, basePoint: null, slots: [0], digests: Buffer.from(sha(data), 'hex') }).then(
+    const e = await agent.putIndex(s.sessionId, 'disk0', { virtualSize: 64 * 1024 ** 4, basePoint: null, slots: [0], digests: Buffer.from(sha(data), 'hex') }).then(
       () => undefined,
       (err: StorageApiError) => err,
     );
@@ -139,8 +144,8 @@ describe('virtual size cap', () => {
     expect(Date.now() - started).toBeLessThan(2000);
     expect(await apparentBytes(f.dir)).toBeLessThan(before + 64 * 1024);
     // The same session takes the disk at its real size and commits.
-    await f.agent.putIndex(s.sessionId, 'disk0', { virtualSize: data.length, basePoint: null, slots: [0], digests: Buffer.from(sha(data), 'hex') });
-    const m = await f.agent.commitPoint(s.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'd.vhdx', virtualSize: data.length }] });
+    await agent.putIndex(s.sessionId, 'disk0', { virtualSize: data.length, basePoint: null, slots: [0], digests: Buffer.from(sha(data), 'hex') });
+    const m = await f.admin.commitPoint(s.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'd.vhdx', virtualSize: data.length }] });
     expect(m.disks[0].virtualSize).toBe(data.length);
   });
 });

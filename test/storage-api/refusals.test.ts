@@ -57,12 +57,16 @@ const u32 = (n: number) => {
 function chunked(f: Fixture, url: string, parts: Buffer[]): Promise<{ status: number; json: Record<string, unknown> }> {
   const u = new URL(f.api.url);
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: u.hostname, port: u.port, method: url.endsWith('/batch') ? 'POST' : 'PUT', path: url, headers: { authorization: `Bearer ${f.agentToken}`, 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } }, (res) => answer(res, resolve));
+    const req = http.request({ host: u.hostname, port: u.port, method: url.endsWith('/batch') ? 'POST' : 'PUT', path: url, headers: { authorization: `Bearer ${f.agentToken}`, 'x-hvprotect-grant': grantOf(f), 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } }, (res) => answer(res, resolve));
     req.on('error', (err: NodeJS.ErrnoException) => (err.code === 'EPIPE' || err.code === 'ECONNRESET' ? undefined : reject(err)));
     for (const p of parts) req.write(p);
     req.end();
   });
 }
+
+/** The grant chunked() uploads under (set by the suite). */
+let uploadGrant = '';
+const grantOf = (_f: Fixture) => uploadGrant;
 
 async function refused(p: Promise<unknown>): Promise<StorageApiError> {
   try {
@@ -85,8 +89,12 @@ async function chunkFiles(f: Fixture): Promise<string[]> {
 
 describe('storage API refusals', () => {
   let f: Fixture;
+  /** hv-host-01 under a backup job's grant: what an agent uploads with. */
+  let up: Awaited<ReturnType<Fixture['backupJob']>>;
   beforeAll(async () => {
     f = await startFixture();
+    up = await f.backupJob('vm-uploads');
+    uploadGrant = up.grant;
   });
   afterAll(async () => f.close());
 
@@ -95,14 +103,14 @@ describe('storage API refusals', () => {
     expect(none.status).toBe(401);
     expect(none.json).toMatchObject({ error: 'UNAUTHENTICATED', message: 'no bearer token' });
     expect(String(none.json.hint)).toMatch(/Authorization: Bearer/);
-    const wrong = await refused(new StorageClient(f.api.url, 'hvp_not-a-real-token').listPoints('vm'));
+    const wrong = await refused(new StorageClient(f.api.url, 'hvp_not-a-real-token').whoami());
     expect(wrong.status).toBe(401);
     expect(wrong.code).toBe('UNAUTHENTICATED');
     const token = await f.admin.issueToken('hv-host-09');
     const agent = new StorageClient(f.api.url, token);
-    expect(await agent.listPoints('vm')).toEqual([]);
+    expect(await agent.whoami()).toMatchObject({ role: 'agent' });
     await f.admin.revokeToken('hv-host-09');
-    const revoked = await refused(agent.listPoints('vm'));
+    const revoked = await refused(agent.whoami());
     expect(revoked.status).toBe(401);
     expect(revoked.message).toMatch(/unknown or revoked/);
   });
@@ -110,24 +118,24 @@ describe('storage API refusals', () => {
   it('does not replace a live token without --rotate; a rotation keeps the old token until the new one is used (#18)', async () => {
     const old = await f.admin.issueToken('hv-host-10');
     const running = new StorageClient(f.api.url, old);
-    expect(await running.listPoints('vm')).toEqual([]);
+    expect(await running.whoami()).toMatchObject({ role: 'agent' });
     // The attack: issuing again silently cut off the running agent.
     const again = await refused(f.admin.issueToken('hv-host-10'));
     expect(again.status).toBe(409);
     expect(again.message).toMatch(/hv-host-10 holds a live agent token/);
     expect(again.hint).toMatch(/--rotate/);
-    expect(await running.listPoints('vm')).toEqual([]);
+    expect(await running.whoami()).toMatchObject({ role: 'agent' });
     const fresh = await f.admin.issueToken('hv-host-10', 'agent', { rotate: true });
-    expect(await running.listPoints('vm')).toEqual([]); // still valid: the agent has not picked up the new one
-    expect(await new StorageClient(f.api.url, fresh).listPoints('vm')).toEqual([]);
-    const ended = await refused(running.listPoints('vm'));
+    expect(await running.whoami()).toMatchObject({ role: 'agent' }); // still valid: the agent has not picked up the new one
+    expect(await new StorageClient(f.api.url, fresh).whoami()).toMatchObject({ role: 'agent' });
+    const ended = await refused(running.whoami());
     expect(ended.status).toBe(401);
-    expect(await new StorageClient(f.api.url, fresh).listPoints('vm')).toEqual([]);
+    expect(await new StorageClient(f.api.url, fresh).whoami()).toMatchObject({ role: 'agent' });
     // The 401 names flags `token issue` has.
     const help = spawnSync(process.execPath, [path.resolve(__dirname, '..', '..', 'dist', 'client', 'cli.js'), 'token', 'issue', '--help'], { encoding: 'utf8' }).stdout;
     for (const flag of String(ended.hint).match(/--[a-z-]+/g) ?? ['(none)']) expect(help).toContain(flag);
     await f.admin.revokeToken('hv-host-10');
-    expect((await refused(new StorageClient(f.api.url, fresh).listPoints('vm'))).status).toBe(401);
+    expect((await refused(new StorageClient(f.api.url, fresh).whoami())).status).toBe(401);
   });
 
   it('keeps only hashes of tokens on disk', async () => {
@@ -145,23 +153,23 @@ describe('storage API refusals', () => {
 
   it('refuses a chunk whose bytes do not hash to its name, and stores nothing', async () => {
     const data = Buffer.from('some chunk bytes');
-    const e = await refused(f.agent.putChunk(sha(Buffer.from('other bytes')), data));
+    const e = await refused(up.agent.putChunk(sha(Buffer.from('other bytes')), data));
     expect(e.status).toBe(400);
     expect(e.message).toMatch(/digest mismatch/);
     expect(await chunkFiles(f)).toEqual([]);
     // a batch with one bad chunk stores none of the batch
     const good = Buffer.from('good chunk');
-    const be = await refused(f.agent.putChunks([{ digest: sha(good), data: good }, { digest: sha(good), data: data }]));
+    const be = await refused(up.agent.putChunks([{ digest: sha(good), data: good }, { digest: sha(good), data: data }]));
     expect(be.status).toBe(400);
     expect(await chunkFiles(f)).toEqual([]);
   });
 
   it('refuses an oversize chunk body (413) and a malformed digest (400)', async () => {
     const big = Buffer.alloc(MAX_CHUNK_SIZE + 1, 1);
-    const e = await refused(f.agent.putChunk(sha(big), big));
+    const e = await refused(up.agent.putChunk(sha(big), big));
     expect(e.status).toBe(413);
     expect(e.code).toBe('BODY_TOO_LARGE');
-    const bad = await raw(f, 'PUT', '/v1/chunks/ABC', f.agentToken, Buffer.from('x'));
+    const bad = await raw(f, 'PUT', '/v1/chunks/ABC', f.adminToken, Buffer.from('x'));
     expect(bad.status).toBe(400);
     expect(bad.json).toMatchObject({ error: 'INVALID_ARGUMENT' });
     expect(String(bad.json.hint)).toMatch(/64 lowercase hex/);
@@ -177,43 +185,43 @@ describe('storage API refusals', () => {
       '/v1/datasources/vm/points/20261124T154130.123Z/disks/..%2F..%2F..%2Fconfig/index',
       '/v1/chunks/..%2F..%2Fconfig',
     ]) {
-      const r = await raw(f, 'GET', url, f.agentToken);
+      const r = await raw(f, 'GET', url, f.adminToken);
       expect({ url, status: r.status, error: r.json.error }).toEqual({ url, status: 400, error: 'INVALID_ARGUMENT' });
     }
-    const s = await raw(f, 'POST', '/v1/sessions', f.agentToken, { dataSource: '../../tmp/x' });
+    const s = await raw(f, 'POST', '/v1/sessions', f.adminToken, { dataSource: '../../tmp/x' });
     expect(s.status).toBe(400);
-    const ss = await f.agent.beginSession('vm-ids');
-    const d = await raw(f, 'POST', `/v1/sessions/${ss.sessionId}/disks/..%2Fx/slots?virtualSize=65536`, f.agentToken, Buffer.alloc(0));
+    const ss = await f.admin.beginSession('vm-ids');
+    const d = await raw(f, 'POST', `/v1/sessions/${ss.sessionId}/disks/..%2Fx/slots?virtualSize=65536`, f.adminToken, Buffer.alloc(0));
     expect(d.status).toBe(400);
-    const sid = await raw(f, 'POST', '/v1/sessions/..%2F..%2Fdatasources/commit', f.agentToken, { kind: 'express-full', mode: 'online', disks: [] });
+    const sid = await raw(f, 'POST', '/v1/sessions/..%2F..%2Fdatasources/commit', f.adminToken, { kind: 'express-full', mode: 'online', disks: [] });
     expect(sid.status).toBe(400);
   });
 
   it('answers unknown points, disks, sessions and chunks with 404 and a hint', async () => {
-    const p = await refused(f.agent.getPoint({ dataSource: 'vm', pointId: '20261124T154130.123Z' }));
+    const p = await refused(f.admin.getPoint({ dataSource: 'vm', pointId: '20261124T154130.123Z' }));
     expect(p.status).toBe(404);
     expect(p.hint).toMatch(/list the points/);
-    expect((await refused(f.agent.getIndex({ dataSource: 'vm', pointId: '20261124T154130.123Z' }, 'disk0'))).status).toBe(404);
-    expect((await refused(f.agent.openDiskStream({ dataSource: 'vm', pointId: '20261124T154130.123Z' }, 'disk0'))).status).toBe(404);
-    expect((await refused(f.agent.getChunk('0'.repeat(63) + '1'))).status).toBe(404);
-    const sess = await refused(f.agent.commitPoint('0'.repeat(32), { kind: 'express-full', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: 1 }] }));
+    expect((await refused(f.admin.getIndex({ dataSource: 'vm', pointId: '20261124T154130.123Z' }, 'disk0'))).status).toBe(404);
+    expect((await refused(f.admin.openDiskStream({ dataSource: 'vm', pointId: '20261124T154130.123Z' }, 'disk0'))).status).toBe(404);
+    expect((await refused(f.admin.getChunk('0'.repeat(63) + '1'))).status).toBe(404);
+    const sess = await refused(f.admin.commitPoint('0'.repeat(32), { kind: 'express-full', mode: 'online', disks: [{ diskId: 'd', fileName: 'd.vhdx', virtualSize: 1 }] }));
     expect(sess.status).toBe(404);
     expect(sess.hint).toMatch(/begin a new session/);
-    expect((await refused(f.agent.beginSession('vm-x', { basePoint: '20261124T154130.123Z' }))).status).toBe(404);
-    const ep = await raw(f, 'GET', '/v1/nothing-here', f.agentToken);
+    expect((await refused(f.admin.beginSession('vm-x', { basePoint: '20261124T154130.123Z' }))).status).toBe(404);
+    const ep = await raw(f, 'GET', '/v1/nothing-here', f.adminToken);
     expect(ep.status).toBe(404);
     expect(ep.json.error).toBe('NO_SUCH_ENDPOINT');
   });
 
   it('refuses an index that references chunks the repository lacks (409 listing them)', async () => {
-    const s = await f.agent.beginSession('vm-missing');
+    const { session: s, agent } = await f.backupJob('vm-missing');
     const digest = Buffer.from(sha(Buffer.from('never uploaded')), 'hex');
-    const e = await refused(f.agent.putIndex(s.sessionId, 'disk0', { virtualSize: 65536, slots: [0], digests: digest }));
+    const e = await refused(agent.putIndex(s.sessionId, 'disk0', { virtualSize: 65536, slots: [0], digests: digest }));
     expect(e.status).toBe(409);
     expect(e.details?.missing).toEqual([digest.toString('hex')]);
-    const slot = await refused(f.agent.putIndex(s.sessionId, 'disk0', { virtualSize: 65536, slots: [5], digests: Buffer.alloc(32) }));
+    const slot = await refused(agent.putIndex(s.sessionId, 'disk0', { virtualSize: 65536, slots: [5], digests: Buffer.alloc(32) }));
     expect(slot.status).toBe(400);
-    const c = await refused(f.agent.commitPoint(s.sessionId, { kind: 'no-such-kind' as 'express-full', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'x', virtualSize: 65536 }] }));
+    const c = await refused(f.admin.commitPoint(s.sessionId, { kind: 'no-such-kind' as 'express-full', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'x', virtualSize: 65536 }] }));
     expect(c.status).toBe(400);
     expect(c.hint).toMatch(/initial-replica/);
   });
@@ -224,7 +232,7 @@ describe('storage API refusals', () => {
     const u = new URL(f.api.url);
     await new Promise<void>((resolve) => {
       const sock = net.connect(Number(u.port), u.hostname, () => {
-        sock.write(`PUT /v1/chunks/${digest} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${f.agentToken}\r\nContent-Type: application/octet-stream\r\nContent-Length: ${data.length}\r\n\r\n`);
+        sock.write(`PUT /v1/chunks/${digest} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${f.agentToken}\r\nX-Hvprotect-Grant: ${up.grant}\r\nContent-Type: application/octet-stream\r\nContent-Length: ${data.length}\r\n\r\n`);
         sock.write(data.subarray(0, 100_000), () => {
           sock.destroy();
           resolve();
@@ -233,7 +241,7 @@ describe('storage API refusals', () => {
     });
     await new Promise((r) => setTimeout(r, 200));
     expect((await chunkFiles(f)).filter((n) => n.startsWith(digest))).toEqual([]);
-    expect(await f.agent.missingChunks([digest])).toEqual([digest]);
+    expect(await up.agent.missingChunks([digest])).toEqual([digest]);
   });
 
   it('takes a chunk batch sent without a content-length (chunked) and refuses one that grows past the limit', async () => {
@@ -242,8 +250,8 @@ describe('storage API refusals', () => {
     const body = Buffer.concat([Buffer.from(sha(a), 'hex'), u32(a.length), a, Buffer.from(sha(b), 'hex'), u32(b.length), b]);
     const ok = await chunked(f, '/v1/chunks/batch', [body.subarray(0, 7), body.subarray(7, 70_000), body.subarray(70_000)]);
     expect(ok.status).toBe(201);
-    expect(await f.agent.getChunk(sha(a))).toEqual(a);
-    expect(await f.agent.getChunk(sha(b))).toEqual(b);
+    expect(await f.admin.getChunk(sha(a))).toEqual(a);
+    expect(await f.admin.getChunk(sha(b))).toEqual(b);
     const big = Buffer.alloc(1024 * 1024, 9);
     const parts = Array.from({ length: 9 }, () => big); // 9 MiB > the 8 MiB single-chunk limit
     const tooBig = await chunked(f, `/v1/chunks/${sha(Buffer.concat(parts))}`, parts);
@@ -261,15 +269,15 @@ describe('storage API refusals', () => {
     }));
     let next = 0;
     await Promise.all(Array.from({ length: 6 }, async () => {
-      while (next < batches.length) await f.agent.putChunks(batches[next++]);
+      while (next < batches.length) await up.agent.putChunks(batches[next++]);
     }));
-    for (const batch of batches) for (const c of batch) expect((await f.agent.getChunk(c.digest)).equals(c.data)).toBe(true);
+    for (const batch of batches) for (const c of batch) expect((await f.admin.getChunk(c.digest)).equals(c.data)).toBe(true);
   });
 
   it('serves many parallel uploads on kept-alive connections', async () => {
     const chunks = Array.from({ length: 32 }, (_, i) => Buffer.alloc(64 * 1024, i + 1));
-    const res = await Promise.all(chunks.map((c) => f.agent.putChunk(sha(c), c)));
+    const res = await Promise.all(chunks.map((c) => up.agent.putChunk(sha(c), c)));
     expect(res.every((r) => r.written)).toBe(true);
-    expect(await f.agent.missingChunks(chunks.map(sha))).toEqual([]);
+    expect(await up.agent.missingChunks(chunks.map(sha))).toEqual([]);
   });
 });

@@ -21,31 +21,31 @@ async function call(method: 'POST' | 'PATCH' | 'PUT', url: string, body?: unknow
 
 describe('storage API schemas', () => {
   it('refuses a number sent as a string instead of coercing it', async () => {
-    const s = await f.agent.beginSession('vm-schema');
-    const r = await call('POST', `/v1/sessions/${s.sessionId}/commit`, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'd0', fileName: 'd0.vhdx', virtualSize: '65536' }] });
+    const s = await f.admin.beginSession('vm-schema');
+    const r = await call('POST', `/v1/sessions/${s.sessionId}/commit`, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'd0', fileName: 'd0.vhdx', virtualSize: '65536' }] }, f.adminToken);
     expect(r.status).toBe(400);
     expect(r.json.error).toBe('INVALID_ARGUMENT');
     expect(r.json.message).toMatch(/virtualSize/);
     expect(r.json.hint).toMatch(/"disks": \[\{ "diskId", "fileName", "virtualSize" \}\]/);
-    expect((await f.agent.getSession(s.sessionId)).sessionId).toBe(s.sessionId);
+    expect((await f.admin.getSession(s.sessionId)).sessionId).toBe(s.sessionId);
   });
 
   it('refuses an unknown field rather than dropping it', async () => {
-    const r = await call('POST', '/v1/sessions', { dataSource: 'vm-x', basePiont: '20261124T154130.123Z' });
+    const r = await call('POST', '/v1/sessions', { dataSource: 'vm-x', basePiont: '20261124T154130.123Z' }, f.adminToken);
     expect(r.status).toBe(400);
     expect(r.json.message).toMatch(/additional properties/);
     expect(await f.repo.listDataSources()).not.toContain('vm-x');
   });
 
   it('checks the query: virtualSize must be digits', async () => {
-    const s = await f.agent.beginSession('vm-q');
-    const r = await call('PUT', `/v1/sessions/${s.sessionId}/disks/d0/index?virtualSize=1e6`, Buffer.alloc(32));
+    const s = await f.admin.beginSession('vm-q');
+    const r = await call('PUT', `/v1/sessions/${s.sessionId}/disks/d0/index?virtualSize=1e6`, Buffer.alloc(32), f.adminToken);
     expect(r.status).toBe(400);
     expect(r.json).toMatchObject({ error: 'INVALID_ARGUMENT', hint: expect.stringMatching(/virtualSize=BYTES/) });
   });
 
   it('admin bodies: a shadow storage size is text, maxPoints an integer', async () => {
-    await f.agent.beginSession('vm-ss');
+    await f.admin.beginSession('vm-ss');
     const a = await call('PATCH', '/v1/admin/shadowstorage/vm-ss', { maxSize: 20 }, f.adminToken);
     expect(a.status).toBe(400);
     expect(a.json.hint).toMatch(/"20GB"/);

@@ -5,7 +5,8 @@ import * as path from 'node:path';
 import { Repository } from '../../repository';
 import type { OpenRepositoryOptions } from '../../repository';
 import { StorageClient, TokenStore, startStorageApi } from '../../storage-api';
-import type { StorageApi } from '../../storage-api';
+import type { GrantAuthority, PointRef, StorageApi } from '../../storage-api';
+import type { BackupSession } from '../../repository';
 import type { StorageApiBounds } from '../../storage-api/bounds';
 import { prng } from '../support/prng';
 
@@ -16,10 +17,23 @@ export interface Fixture {
   tokens: TokenStore;
   agentToken: string;
   adminToken: string;
+  /** hv-host-01's agent token and nothing else: no job grant. */
   agent: StorageClient;
   admin: StorageClient;
+  /** What the protection server's workflow steps do in process: mint job grants. */
+  grants: GrantAuthority;
+  /**
+   * A backup job as the server runs it: the session opened by the server (here over the admin
+   * token), and the agent's client under that job's grant (disks: id → virtual size the host reported).
+   */
+  backupJob(ds: string, opts?: { basePoint?: string; chunkSize?: number }, disks?: Record<string, number>): Promise<{ session: BackupSession; agent: StorageClient; grant: string }>;
+  /** A restore job of one point: the server's lease on it, and the agent's client under its grant. */
+  restoreJob(point: PointRef): Promise<{ agent: StorageClient; grant: string }>;
   close(): Promise<void>;
 }
+
+/** Disk ids and sizes a backup grant covers unless a test names its own. */
+export const DEFAULT_GRANT_DISKS: Record<string, number> = { disk0: 2 ** 30, d: 2 ** 30 };
 
 export async function tempDir(prefix = 'hvp-repo-'): Promise<string> {
   return mkdtemp(path.join(tmpdir(), prefix));
@@ -32,10 +46,24 @@ export async function startFixture(opts: OpenRepositoryOptions = {}, server: { b
   const agentToken = await tokens.issue('hv-host-01', 'agent');
   const adminToken = await tokens.issue('admin', 'admin');
   const api = await startStorageApi({ repository: repo, tokens, host: '127.0.0.1', port: 0, bounds: server.bounds });
+  const agent = new StorageClient(api.url, agentToken);
+  const admin = new StorageClient(api.url, adminToken);
   return {
-    dir, repo, api, tokens, agentToken, adminToken,
-    agent: new StorageClient(api.url, agentToken),
-    admin: new StorageClient(api.url, adminToken),
+    dir, repo, api, tokens, agentToken, adminToken, agent, admin,
+    grants: api.grants,
+    backupJob: async (ds, o = {}, disks = DEFAULT_GRANT_DISKS) => {
+      const session = await admin.beginSession(ds, o);
+      const grant = api.grants.forSession({
+        job: `test-backup-${session.sessionId}`, dataSource: ds, sessionId: session.sessionId, basePoint: session.basePoint ?? null,
+        disks: Object.entries(disks).map(([diskId, virtualSize]) => ({ diskId, virtualSize })),
+      });
+      return { session, agent: agent.withGrant(grant), grant };
+    },
+    restoreJob: async (point) => {
+      const lease = await repo.beginRestore(point.dataSource, point.pointId);
+      const grant = api.grants.forRestore({ job: `test-restore-${lease.leaseId}`, dataSource: point.dataSource, pointId: point.pointId, leaseId: lease.leaseId, expiresAt: lease.expiresAt });
+      return { agent: agent.withGrant(grant), grant };
+    },
     close: async () => {
       await api.close();
       await repo.close();
