@@ -127,6 +127,19 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
     Object.entries(activities).map(([name, fn]) => [name, (...args: unknown[]) => withHeartbeat(() => (fn as (...a: unknown[]) => Promise<unknown>)(...args))]),
   ) as unknown as ServerActivities;
 
+  /**
+   * A point's time comes from this server's clock: the checkpoint's time as the host reported it
+   * when it lies between the session's start and now (both this server's clock), else now. A host
+   * (or anyone who can start an activity) cannot date a point in 9999 or 1970 and so steer
+   * retention, "latest" or `delete --oldest`.
+   */
+  async function pointTime(sessionId: string, reported: string | undefined): Promise<string> {
+    const now = Date.now();
+    const started = Date.parse((await repository.getSession(sessionId).catch(asFailure)).startedAt);
+    const t = reported === undefined ? NaN : Date.parse(reported);
+    return new Date(Number.isFinite(t) && t >= started - 60_000 && t <= now ? t : now).toISOString();
+  }
+
   async function commit(req: CommitRequest): Promise<CommittedPoint> {
     {
       // A retry after a lost reply finds its point already there: return it.
@@ -139,10 +152,11 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
       const { guestWriteSeq, ...vm } = req.vm;
       try {
         crashPoint('server:before-commit');
+        const createdAt = await pointTime(req.sessionId, req.checkpointCreatedAt);
         const point = await repository.commitPoint(req.sessionId, {
           kind: req.kind,
           mode: req.mode,
-          createdAt: req.checkpointCreatedAt,
+          createdAt,
           disks: req.disks.map((d) => ({ diskId: d.diskId, fileName: d.fileName, virtualSize: d.virtualSize })),
           backup: {
             workflowId: req.workflowId,
