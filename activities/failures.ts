@@ -23,6 +23,8 @@ export const HostFailure = {
 /** What a protection server's activities raise. */
 export const ServerFailure = {
   ShadowStorageFull: 'ShadowStorageFull',
+  /** More recovery points of a data source in the last hour than the server keeps. */
+  TooManyPoints: 'TooManyPoints',
   UnknownDataSource: 'UnknownDataSource',
   UnknownRecoveryPoint: 'UnknownRecoveryPoint',
   RepositoryFull: 'RepositoryFull',
@@ -53,4 +55,4 @@ export const NON_RETRYABLE_HOST: string[] = [
   HostFailure.ServerNotTrusted,
 ];
 
-export const NON_RETRYABLE_SERVER: string[] = [ServerFailure.ShadowStorageFull, ServerFailure.UnknownDataSource, ServerFailure.RepositoryFull];
+export const NON_RETRYABLE_SERVER: string[] = [ServerFailure.ShadowStorageFull, ServerFailure.TooManyPoints, ServerFailure.UnknownDataSource, ServerFailure.RepositoryFull];

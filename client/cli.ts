@@ -55,6 +55,12 @@ function diskSize(value: string): number {
   throw new InvalidArgumentError('a disk size in bytes or with a unit KB MB GB TB (powers of 1024): 2TB, 512GB');
 }
 
+function pointsPerHour(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < 1 || n > 3600) throw new InvalidArgumentError('give a whole number of points from 1 to 3600.');
+  return n;
+}
+
 function port(value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value) || n < 1 || n > 65535) throw new InvalidArgumentError('a port is a number from 1 to 65535.');
@@ -301,6 +307,7 @@ export function buildProgram(): Command {
     .option('--metrics-host <host>', '/metrics listen address (e.g. a management network\'s)', '127.0.0.1')
     .option('--metrics-token-file <file>', '/metrics answers only Authorization: Bearer <the token in this file>')
     .option('--max-disk-size <size>', 'largest disk an agent may send (bytes or 2TB, 512GB; default 64TB)', diskSize)
+    .option('--max-points-per-hour <n>', 'recovery points a data source may gain in any hour; more are refused (TooManyPoints)', pointsPerHour, 12)
     .option('--api-tls-cert <file>', 'serve the storage API over HTTPS with this certificate (PEM, chain allowed)')
     .option('--api-tls-key <file>', 'the key of --api-tls-cert (PEM)')
     .option('--api-tls-client-ca <file>', 'mutual TLS: agents must present a certificate signed by this CA (PEM)')
@@ -339,6 +346,7 @@ export function buildProgram(): Command {
         metricsPort: o.metricsPort,
         metricsHost: o.metricsHost,
         maxDiskSize: o.maxDiskSize,
+        maxPointsPerHour: o.maxPointsPerHour,
         metricsToken,
         sdkMetricsUrl: `http://${sdk}/metrics`,
       });

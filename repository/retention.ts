@@ -8,9 +8,21 @@
 //   size    oldest first until used + incoming fit the maximum
 // Deletable = not the newest, not pinned (a restore lease, a read in progress, a session's base);
 // always oldest first.
+//
+// The count rule cannot be used to wipe history: it never leaves fewer than
+// K = min(KEEP_BEFORE_FLOOD, maxPoints - 1) points made before the last FLOOD_WINDOW_MS (an hour).
+// A burst of backups (a misconfigured schedule, or someone who can start them) then evicts points
+// of the burst itself, oldest first, and the data source keeps its real recovery points from
+// before the burst; meanwhile the count may exceed maxPoints by the points of the last hour
+// (bounded by the server's points-per-hour limit). Without a burst (one point an hour or fewer) the
+// rule changes nothing. Age and size rules are the administrator's and apply as set.
 import { RepositoryError } from './errors';
 import { parsePointId } from './ids';
 import type { DeletionReason, PointDeletion } from './points';
+
+/** The count rule keeps the newest this many points made before the last FLOOD_WINDOW_MS. */
+export const KEEP_BEFORE_FLOOD = 3;
+export const FLOOD_WINDOW_MS = 60 * 60_000;
 
 export interface RetentionInput {
   dataSource: string;
@@ -62,8 +74,11 @@ export function planRetention(input: RetentionInput): RetentionPlan {
     }
   }
   const extra = incoming > 0 ? 1 : 0;
+  const keep = Math.min(KEEP_BEFORE_FLOOD, input.maxPoints - 1);
+  const beforeFlood = (p: { pointId: string }) => parsePointId(p.pointId).getTime() < input.now - FLOOD_WINDOW_MS;
   while (remaining.length + extra > input.maxPoints) {
-    const c = deletable()[0];
+    const olderLeft = remaining.filter(beforeFlood).length;
+    const c = deletable().find((p) => !beforeFlood(p) || olderLeft - 1 >= keep);
     if (!c) break;
     remove(c.pointId, 'max-points');
   }

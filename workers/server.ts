@@ -46,6 +46,8 @@ export interface ServerOptions {
   metricsPort?: number;
   /** Largest disk (virtual size, bytes) an agent may send an index for (default 64 TiB). */
   maxDiskSize?: number;
+  /** Recovery points a data source may gain in any hour (default 12). */
+  maxPointsPerHour?: number;
   /** Listen address of /metrics (default 127.0.0.1). */
   metricsHost?: string;
   /** When set, /metrics answers only `Authorization: Bearer <metricsToken>`. */
@@ -148,7 +150,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     interceptors: { workflowModules: workflowInterceptorModules(temporal) },
     activities: {
       ...selfCheckActivities,
-      ...createServerActivities({ repository, tokens, grants, self, metrics }),
+      ...createServerActivities({ repository, tokens, grants, self, metrics, maxPointsPerHour: opts.maxPointsPerHour }),
       ...createRestoreServerActivities({ repository, grants, self }),
     },
     maxConcurrentWorkflowTaskExecutions: opts.maxConcurrentWorkflowTasks,

@@ -6,6 +6,7 @@ import type { GrantAuthority } from '../../storage-api/grants';
 import type { TokenStore } from '../../storage-api/tokens';
 import type { ProtectionMetrics } from '../../metrics/metrics';
 import { crashPoint } from '../../faults/crash-point';
+import { ServerFailure } from '../failures';
 import { withHeartbeat } from '../heartbeat';
 import type { ServerEndpoint, TransferKind } from '../host/types';
 import type {
@@ -25,7 +26,12 @@ export interface ServerActivityDeps {
   /** This server, as agents address it. */
   self: ServerEndpoint;
   metrics?: ProtectionMetrics;
+  /** Recovery points a data source may gain in any hour (default DEFAULT_MAX_POINTS_PER_HOUR). */
+  maxPointsPerHour?: number;
 }
+
+/** One every five minutes: far above any schedule (DPM's shortest is 30 minutes), far below a flood. */
+export const DEFAULT_MAX_POINTS_PER_HOUR = 12;
 
 /** Converts repository errors into failures the workflow branches on. */
 function asFailure(err: unknown): never {
@@ -47,6 +53,19 @@ function asFailure(err: unknown): never {
 
 export function createServerActivities(deps: ServerActivityDeps): ServerActivities {
   const { repository } = deps;
+  const perHour = deps.maxPointsPerHour ?? DEFAULT_MAX_POINTS_PER_HOUR;
+  /** Refuses a point past the hourly bound, with what to do (a flood must not push real history out). */
+  const checkRate = (ds: string, points: ReadonlyArray<{ createdAt: string }>) => {
+    const since = Date.now() - 3_600_000;
+    const recent = points.filter((p) => Date.parse(p.createdAt) > since).length;
+    if (recent >= perHour) {
+      throw ApplicationFailure.nonRetryable(
+        `${ds} already has ${recent} recovery points from the last hour, the most this server keeps (--max-points-per-hour ${perHour}): ` +
+          'this backup is refused; check what starts backups of it so often (schedules, scripts), or raise the limit',
+        ServerFailure.TooManyPoints,
+      );
+    }
+  };
   const activities: ServerActivities = {
     async listHosts() {
       return deps.tokens
@@ -60,6 +79,7 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
       try {
         const settings = await repository.ensureDataSource(req.dataSource);
         const points = await repository.listPoints(req.dataSource);
+        checkRate(req.dataSource, points);
         const last = points[points.length - 1];
         const tracking = last?.backup.changeTracking ?? {};
         const session = await repository.beginSession(req.dataSource, { basePoint: last?.pointId, chunkSize: settings.chunkSize });
@@ -148,6 +168,7 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
       );
       const toResult = (p: RecoveryPointManifest): CommittedPoint => ({ pointId: p.pointId, createdAt: p.createdAt, storedBytes: p.ownedBytes });
       if (existing) return toResult(existing);
+      checkRate(req.dataSource, await repository.listPoints(req.dataSource).catch(asFailure));
       // The lab's guest write counter is a fact of the test world, not of the VM's configuration.
       const { guestWriteSeq, ...vm } = req.vm;
       try {

@@ -29,6 +29,22 @@ describe('planRetention', () => {
     expect(plan.refused).toBeUndefined();
   });
 
+  it('a burst of points in the last hour evicts its own points, never the points from before it (#18)', () => {
+    const stamp = (msAgo: number) => new Date(NOW - msAgo).toISOString().replace(/[-:]/g, '');
+    const before = [3, 2, 1].map((d) => ({ pointId: id(d), ownedBytes: 100 }));
+    const burst = Array.from({ length: 64 }, (_, i) => ({ pointId: stamp((64 - i) * 30_000), ownedBytes: 0 }));
+    const plan = planRetention(input({ points: [...before, ...burst], maxPoints: 64, incomingBytes: 1 }));
+    // 3 + 64 + the incoming = 68: four go, the four oldest of the burst.
+    expect(plan.deletions).toEqual(burst.slice(0, 4).map((p) => ({ pointId: p.pointId, reason: 'max-points' })));
+    // The audit's attack: the only real point and 64 no-change commits — the real point stays.
+    const only = planRetention(input({ points: [before[2], ...burst], maxPoints: 64, incomingBytes: 1 }));
+    expect(only.deletions.map((d) => d.pointId)).not.toContain(before[2].pointId);
+    expect(only.deletions).toHaveLength(2);
+    // Without a burst the count rule is as before: oldest first down to maxPoints.
+    const calm = planRetention(input({ points: [10, 8, 6, 4, 2].map((d) => ({ pointId: id(d), ownedBytes: 1 })), maxPoints: 2 }));
+    expect(calm.deletions.map((d) => d.pointId)).toEqual([id(10), id(8), id(6)]);
+  });
+
   it('counts the incoming point and deletes past the retention range', () => {
     const plan = planRetention(input({ points, maxPoints: 6, incomingBytes: 1, retentionRangeDays: 5 }));
     expect(plan.deletions).toEqual([

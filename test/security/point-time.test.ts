@@ -15,13 +15,13 @@ beforeAll(async () => {
 });
 afterAll(() => f.close());
 
-async function activities() {
-  return createServerActivities({ repository: f.repo, tokens: await TokenStore.open(), grants: GrantAuthority.ephemeral(), self: { id: 'dpm01', storageUrl: f.api.url } });
+async function activities(maxPointsPerHour?: number) {
+  return createServerActivities({ repository: f.repo, tokens: await TokenStore.open(), grants: GrantAuthority.ephemeral(), self: { id: 'dpm01', storageUrl: f.api.url }, maxPointsPerHour });
 }
 
-function request(sessionId: string, workflowId: string, checkpointCreatedAt: string): CommitRequest {
+function request(sessionId: string, workflowId: string, checkpointCreatedAt: string, dataSource = 'vm-time'): CommitRequest {
   return {
-    dataSource: 'vm-time', sessionId, workflowId, checkpointCreatedAt,
+    dataSource, sessionId, workflowId, checkpointCreatedAt,
     vm: { vmId: 'v1', name: 'vm-time', host: 'hv01', config: {}, configPath: 'x' },
     mode: 'online', kind: 'initial-replica', modeReasons: [],
     disks: [{ diskId: 'disk0', readBy: 'hv01', kind: 'initial-replica', chunkCount: 0, bytesRead: 0, bytesSent: 0, changedChunks: 0, chunksSent: 0, durationMs: 1, virtualSize: 65536, chunkSize: 65536, changeTrackingId: 'rct-1', fileName: 'd.vhdx' }],
@@ -52,4 +52,21 @@ test('a checkpoint dated 9999 (or 1970) makes a point dated now; a plausible che
   const points = await f.repo.listPoints('vm-time');
   expect(points.map((p) => p.backup.workflowId)).toEqual(['wf-planted', 'wf-old', 'wf-real']);
   expect((await f.repo.deleteOldestPoint('vm-time')).pointId).toBe(planted.point.pointId);
+});
+
+test('points per data source per hour are bounded: past the limit planning and committing are refused, saying why', async () => {
+  const acts = await activities(2);
+  const env = new MockActivityEnvironment();
+  const plan = (): Promise<BackupPlan> => env.run(acts.planBackup, { dataSource: 'vm-rate', vmId: 'v2', vmName: 'vm-rate', disks: [{ diskId: 'disk0', virtualSize: 65536 }], requestedKind: 'auto' as const });
+  const plans: BackupPlan[] = [];
+  for (let i = 0; i < 3; i++) plans.push(await plan()); // three backups planned while none has committed
+  for (const [i, p] of plans.entries()) await f.repo.putFullIndex(p.sessionId, 'disk0', 65536, Buffer.alloc(32));
+  const commit = (p: BackupPlan, i: number): Promise<CommittedPoint> => env.run(acts.commitRecoveryPoint, request(p.sessionId, `wf-rate-${i}`, new Date().toISOString(), 'vm-rate'));
+  await commit(plans[0], 0);
+  await commit(plans[1], 1);
+  await expect(commit(plans[2], 2)).rejects.toMatchObject({ type: 'TooManyPoints', nonRetryable: true, message: expect.stringMatching(/vm-rate already has 2 recovery points from the last hour.*--max-points-per-hour 2/) });
+  await expect(plan()).rejects.toMatchObject({ type: 'TooManyPoints' });
+  expect(await f.repo.listPoints('vm-rate')).toHaveLength(2);
+  // A retried commit of a point that exists is its answer, not a refusal.
+  expect((await commit(plans[1], 1)).pointId).toBe((await f.repo.listPoints('vm-rate'))[1].pointId);
 });
