@@ -176,3 +176,14 @@ test('the Web UI pointed at the codec server shows the VM name of an encrypted b
   expect(decodeCalls).toBeGreaterThan(before);
   expect(found).toBe(true);
 });
+
+test('an agent process (`hvprotect agent` given the key file) serves an encrypted backup, and its VM name stays out of the database too', async () => {
+  await encrypted.stopAgent('hv01');
+  await encrypted.spawnAgent('hv01', ['--payload-key-file', encrypted.temporal.payloadKeyFile!]);
+  const name = `hr-share-${randomUUID().slice(0, 6)}`;
+  const run = await backUp(encrypted, name, 'ds-sealed-2');
+  expect(run.result.pointId).toBeTruthy();
+  expect((run.result as { vmName?: string }).vmName).toBe(name);
+  await new Promise((r) => setTimeout(r, 2000));
+  expect(databaseBytes().includes(name)).toBe(false);
+});
