@@ -3,6 +3,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { connectClient, loadTemporalSettings } from '../temporal/connection';
+import { ENCRYPTED_MARKER } from '../temporal/search-attribute-redaction';
 import { serverTaskQueue } from '../temporal/task-queues';
 import { type BackupProgress, type BackupVmResult } from '../workflows/backup-vm';
 import { readBackupProgress } from './backup-progress';
@@ -299,7 +300,8 @@ export function registerCommands(program: Command): void {
           rows.push({
             workflowId: wf.workflowId,
             status: wf.status.name,
-            vm: String(sa.get({ name: 'BackupVm', type: 'KEYWORD' } as never) ?? ''),
+            // Under a payload key BackupVm holds only a marker: the data source says which VM.
+            vm: String(sa.get({ name: 'BackupVm', type: 'KEYWORD' } as never) ?? '').replace(ENCRYPTED_MARKER, `(${String(sa.get({ name: 'BackupDataSource', type: 'KEYWORD' } as never) ?? '?')})`),
             host: String(sa.get({ name: 'BackupHost', type: 'KEYWORD' } as never) ?? ''),
             server: String(sa.get({ name: 'BackupServer', type: 'KEYWORD' } as never) ?? ''),
             mode: String(sa.get({ name: 'BackupMode', type: 'KEYWORD' } as never) ?? ''),
