@@ -14,6 +14,12 @@ export class ProtectionMetrics {
     labelNames: ['datasource', 'kind', 'mode'] as const,
     registers: [this.registry],
   });
+  readonly retentionFailures = new Counter({
+    name: 'hvprotect_retention_failures_total',
+    help: 'Retention runs that failed after a commit (the point is kept; the next backup applies retention again)',
+    labelNames: ['datasource'] as const,
+    registers: [this.registry],
+  });
   readonly bytesRead = new Counter({
     name: 'hvprotect_bytes_read_total',
     help: 'Bytes read from checkpoint disks by committed backups',

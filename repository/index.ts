@@ -2,7 +2,8 @@
 export { Repository, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE, MAX_POINT_CHUNK_SIZE, REPOSITORY_FORMAT } from './repository';
 export type { DataSourceSettings, OpenRepositoryOptions, RepositoryConfig } from './repository';
 export { KeyedMutex } from './mutex';
-export type { BackupSession, CommitPointInput, IndexCounters } from './sessions';
+export type { BackupSession, CommitPointInput, IndexCounters, SessionOwner } from './sessions';
+export { sessionIdOf } from './sessions';
 export type { PointDeletion, DeletionReason } from './points';
 export type { RestoreLease } from './leases';
 export { planRetention } from './retention';

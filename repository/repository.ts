@@ -27,7 +27,7 @@ import { RecoveryPoints } from './points';
 import type { DeletionReason, PointDeletion } from './points';
 import { applyRetention } from './retention';
 import type { RetentionInput } from './retention';
-import { BackupSessions, DEFAULT_SESSION_TTL_MS } from './sessions';
+import { BackupSessions, DEFAULT_SESSION_TTL_MS, type SessionOwner } from './sessions';
 import type { BackupSession, CommitPointInput, IndexCounters } from './sessions';
 import {
   DEFAULT_SHADOW_STORAGE, checkRetention, formatShadowStorageSize, maxBytes, parseShadowStorageSize,
@@ -460,9 +460,15 @@ export class Repository {
   // ---- backup sessions (the GC lease) ------------------------------------------------
 
   /** Opens a backup session (sessions.ts); creates the data source when it is new. */
-  async beginSession(ds: string, opts: { basePoint?: string; chunkSize?: number } = {}): Promise<BackupSession> {
+  /** `owner`: the backup workflow run; the session id follows from it, so a retried plan gets the same session. */
+  async beginSession(ds: string, opts: { basePoint?: string; chunkSize?: number; owner?: SessionOwner } = {}): Promise<BackupSession> {
     const settings = await this.ensureDataSource(ds, { chunkSize: opts.chunkSize });
-    return this.sessions.begin(ds, settings.chunkSize, opts.basePoint);
+    return this.sessions.begin(ds, settings.chunkSize, opts.basePoint, opts.owner);
+  }
+
+  /** Another session TTL from now, for a session whose owner still runs (the server's session keeper). */
+  keepSessionAlive(sessionId: string): Promise<void> {
+    return this.sessions.keepAlive(sessionId);
   }
 
   getSession(sessionId: string): Promise<BackupSession> {

@@ -3,7 +3,7 @@
 //   sessions/<sessionId>/<diskId>.fidx  the staged index: cloned from the base (or all zero), patched
 // A session's start is GC's cutoff while it lives; its base point cannot be deleted. Commit turns
 // the staged indexes into a recovery point (points.ts) after retention made room (retention.ts).
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
@@ -33,7 +33,19 @@ export interface BackupSession {
   chunkSize: number;
   startedAt: string;
   expiresAt: string;
+  /** The workflow run the session belongs to: its id follows from it, and it lives as long as the run. */
+  owner?: SessionOwner;
   disks: Record<string, { virtualSize: number; basePoint?: string; changedChunks: number; addedBytes: number }>;
+}
+
+export interface SessionOwner {
+  workflowId: string;
+  runId: string;
+}
+
+/** The session id of a workflow run: a retried plan finds the session its first attempt opened. */
+export function sessionIdOf(owner: SessionOwner): string {
+  return createHash('sha256').update(`${owner.workflowId}\n${owner.runId}`).digest('hex').slice(0, 32);
 }
 
 export interface CommitPointInput {
@@ -109,21 +121,40 @@ export class BackupSessions {
    * Opens a backup session. Its start time is the GC cutoff while it lives: GC spares every chunk
    * newer than the oldest live session. Its base point cannot be deleted while it lives.
    */
-  async begin(ds: string, chunkSize: number, basePoint?: string): Promise<BackupSession> {
+  async begin(ds: string, chunkSize: number, basePoint?: string, owner?: SessionOwner): Promise<BackupSession> {
     if (basePoint !== undefined) await this.deps.points.get(ds, basePoint);
-    const now = Date.now();
-    const session: BackupSession = {
-      sessionId: randomBytes(16).toString('hex'),
-      dataSource: ds,
-      basePoint,
-      chunkSize,
-      startedAt: new Date(now).toISOString(),
-      expiresAt: new Date(now + this.deps.ttlMs).toISOString(),
-      disks: {},
-    };
-    await fs.mkdir(this.deps.layout.sessionDir(session.sessionId), { recursive: true });
-    await this.save(session);
-    return session;
+    const sessionId = owner ? sessionIdOf(owner) : randomBytes(16).toString('hex');
+    return this.mutex.run(sessionId, async () => {
+      if (owner) {
+        // The run's session already open (a retried plan): the same one, renewed.
+        const open = await this.get(sessionId).catch(() => undefined);
+        if (open && open.dataSource === ds && open.basePoint === basePoint && open.chunkSize === chunkSize) {
+          await this.renew(open);
+          return open;
+        }
+      }
+      const now = Date.now();
+      const session: BackupSession = {
+        sessionId,
+        dataSource: ds,
+        basePoint,
+        chunkSize,
+        startedAt: new Date(now).toISOString(),
+        expiresAt: new Date(now + this.deps.ttlMs).toISOString(),
+        ...(owner ? { owner } : {}),
+        disks: {},
+      };
+      // A session of this id that expired or differs is gone for good: start it again, empty.
+      await fs.rm(this.deps.layout.sessionDir(sessionId), { recursive: true, force: true });
+      await fs.mkdir(this.deps.layout.sessionDir(sessionId), { recursive: true });
+      await this.save(session);
+      return session;
+    });
+  }
+
+  /** Keeps a session alive (its owner still runs): another TTL from now. */
+  async keepAlive(sessionId: string): Promise<void> {
+    await this.mutex.run(sessionId, async () => this.renew(await this.get(sessionId)));
   }
 
   /** Atomic against a process crash but not fsynced: a session lost to a power cut only means a new one. */

@@ -11,6 +11,7 @@ import os from 'node:os';
 import { refuseSharedQueue, resolveServerIdentity, type ServerIdentity } from './server-identity';
 import { protectionServer, serverStartedSignal, serverWorkflowId, type ServerRecord } from '../workflows/protection-server';
 import { registerSearchAttributes } from '../temporal/search-attributes';
+import { startSessionKeeper, type SessionKeeper } from './session-keeper';
 import { installRuntime } from './runtime';
 import { ProtectionMetrics, startMetricsServer } from '../metrics/metrics';
 import * as selfCheckActivities from '../activities/server/self-check';
@@ -54,9 +55,15 @@ export interface ServerOptions {
   metricsToken?: string;
   /** Where the SDK runtime's Prometheus exporter listens (set when the runtime was installed with it). */
   sdkMetricsUrl?: string;
+  /** Backup session TTL without a call or a keeper renewal (default 6 h; tests shorten it). */
+  sessionTtlMs?: number;
+  /** How often the session keeper checks sessions against their workflow runs (default 5 min). */
+  sessionKeepIntervalMs?: number;
 }
 
 export interface RunningServer {
+  /** Keeps backup sessions alive while their workflow runs; aborts those of ended runs. */
+  sessionKeeper: SessionKeeper;
   id: string;
   taskQueue: string;
   identity: ServerIdentity;
@@ -109,6 +116,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     logger: logger.child({ component: 'repository' }),
     encryptionKey: opts.encryptionKey,
     maxVirtualSize: opts.maxDiskSize,
+    sessionTtlMs: opts.sessionTtlMs,
   });
   let identity: ServerIdentity;
   try {
@@ -180,7 +188,10 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     { id: identity.id, address: temporal.address, namespace: temporal.namespace, taskQueue, storageApi: storageApi.url, repository: repository.root },
     'protection server running',
   );
+  // Sessions live as long as their backup runs (checked against Temporal), not a fixed TTL.
+  const sessionKeeper = startSessionKeeper({ repository, client, logger: logger.child({ component: 'session-keeper' }), intervalMs: opts.sessionKeepIntervalMs });
   const done = worker.run().finally(async () => {
+    await sessionKeeper.stop().catch(() => undefined);
     await storageApi.close().catch(() => undefined);
     await metricsServer?.close().catch(() => undefined);
     await repository.close().catch(() => undefined);
@@ -188,6 +199,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     await client.connection.close().catch(() => undefined);
   });
   return {
+    sessionKeeper,
     id: identity.id,
     taskQueue,
     identity,

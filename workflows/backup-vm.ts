@@ -72,6 +72,8 @@ export interface BackupVmResult {
   relocations: number;
   disks: DiskTransferResult[];
   retentionDeleted: string[];
+  /** Retention failed after the commit: the point exists; the next backup applies retention again. */
+  retentionWarning?: string;
 }
 
 // Server steps run on this workflow's own queue (its server's); they heartbeat, so a protection
@@ -298,8 +300,19 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     }
 
     step('applying retention and the shadow storage limit');
-    const retention = await server.enforceRetention({ dataSource: input.dataSource, keepPointId: committed!.pointId });
-    step('done');
+    // The point exists once committed: a retention that fails now is a warning on a completed
+    // backup (the next backup applies retention again), never a failed backup of a point that exists.
+    let retentionDeleted: string[] = [];
+    let retentionWarning: string | undefined;
+    try {
+      const retention = await server.enforceRetention({ dataSource: input.dataSource, keepPointId: committed!.pointId });
+      retentionDeleted = retention.deleted.map((d) => d.pointId);
+    } catch (err) {
+      if (isCancellation(err) || !patched('retention-failure-is-a-warning')) throw err;
+      retentionWarning = `recovery point ${committed!.pointId} is kept, but retention and the shadow storage limit were not applied: ${causeOf(err)}; the next backup applies them again`;
+      log.warn(retentionWarning, { dataSource: input.dataSource, pointId: committed!.pointId });
+    }
+    step(retentionWarning ? `done, with a warning: ${retentionWarning}` : 'done');
     return {
       dataSource: input.dataSource,
       pointId: committed!.pointId,
@@ -312,7 +325,8 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       downtimeMs: checkpoint?.downtimeMs,
       relocations: progress.relocations,
       disks: results,
-      retentionDeleted: retention.deleted.map((d) => d.pointId),
+      retentionDeleted,
+      ...(retentionWarning ? { retentionWarning } : {}),
     };
   } catch (err) {
     if (!isCancellation(err)) step(`failed: ${(err as Error).message}`);
@@ -325,6 +339,17 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
 function overallKind(planned: TransferKind, results: DiskTransferResult[]): TransferKind {
   if (planned === 'initial-replica') return planned;
   return results.some((r) => r.kind === 'consistency-check') ? 'consistency-check' : planned;
+}
+
+/** The innermost message of a failure chain (the activity's own words). */
+function causeOf(err: unknown): string {
+  let e = err as { message?: string; cause?: unknown } | undefined;
+  let msg = e?.message ?? String(err);
+  for (let i = 0; i < 5 && e?.cause; i++) {
+    e = e.cause as typeof e;
+    if (e?.message) msg = e.message;
+  }
+  return msg;
 }
 
 function baseName(p: string): string {

@@ -66,6 +66,8 @@ export interface JobOutcome extends JobInfo {
   endedAt: string;
   pointId?: string;
   error?: string;
+  /** A completed job's warning (retention not applied after the commit). */
+  warning?: string;
 }
 
 /** A chain of recovery points of the data source on one server. */
@@ -211,7 +213,7 @@ export async function protection(initial: ProtectionState): Promise<void> {
               args: [{ ...state.backup, dataSource: state.dataSource, kind: req.kind === 'check' ? 'consistency-check' : 'auto', timing: req.timing ?? state.backup.timing }],
             });
       child.result().then(
-        (r) => remember(job, 'completed', r.pointId),
+        (r) => remember(job, 'completed', r.pointId, undefined, (r as Partial<BackupVmResult>).retentionWarning),
         (err) => remember(job, isCancellation(err) ? 'cancelled' : 'failed', undefined, causeMessage(err)),
       );
     } catch (err) {
@@ -221,9 +223,9 @@ export async function protection(initial: ProtectionState): Promise<void> {
     return job;
   }
 
-  function remember(job: JobInfo, outcome: JobOutcome['outcome'], pointId?: string, error?: string): void {
+  function remember(job: JobInfo, outcome: JobOutcome['outcome'], pointId?: string, error?: string, warning?: string): void {
     if (state.running?.workflowId === job.workflowId) state.running = undefined;
-    state.recent.push({ ...job, outcome, endedAt: new Date().toISOString(), pointId, error });
+    state.recent.push({ ...job, outcome, endedAt: new Date().toISOString(), pointId, error, ...(warning ? { warning } : {}) });
     if (state.recent.length > RECENT) state.recent.splice(0, state.recent.length - RECENT);
   }
 

@@ -82,7 +82,10 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
         checkRate(req.dataSource, points);
         const last = points[points.length - 1];
         const tracking = last?.backup.changeTracking ?? {};
-        const session = await repository.beginSession(req.dataSource, { basePoint: last?.pointId, chunkSize: settings.chunkSize });
+        // One session per backup run, whatever the attempt: its id follows from the run.
+        const run = Context.current().info.workflowExecution;
+        const owner = run ? { workflowId: run.workflowId, runId: run.runId } : undefined;
+        const session = await repository.beginSession(req.dataSource, { basePoint: last?.pointId, chunkSize: settings.chunkSize, owner });
         Context.current().heartbeat();
         let kind: TransferKind;
         let reason: string;
@@ -131,6 +134,8 @@ export function createServerActivities(deps: ServerActivityDeps): ServerActiviti
         const deleted = await repository.enforceRetention(dataSource);
         return { deleted: deleted.map((d) => ({ pointId: d.pointId, reason: d.reason })) };
       } catch (err) {
+        deps.metrics?.retentionFailures.inc({ datasource: dataSource });
+        Context.current().log.warn('retention failed', { dataSource, error: (err as Error).message });
         return asFailure(err);
       }
     },

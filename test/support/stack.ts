@@ -52,6 +52,8 @@ export interface TestStackOptions {
   fileServers?: string[];
   /** Protection server ids (default one server, its id derived from its repository). */
   servers?: string[];
+  /** Session TTL and keeper interval of the servers (tests of long backups shorten them). */
+  sessions?: { ttlMs?: number; keepIntervalMs?: number };
   /** Wraps each in-process agent's lab adapter (tests that slow, count or order its calls). */
   wrapAdapter?: (host: string, adapter: HypervisorAdapter) => HypervisorAdapter;
 }
@@ -67,7 +69,7 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
   const servers: RunningServer[] = [];
   for (const [i, id] of (opts.servers ?? [undefined]).entries()) {
     servers.push(
-      await startServer({ id, logger, temporal, stateDir: path.join(dir, i === 0 ? 'server' : `server-${id}`), repositoryDir: i === 0 ? opts.repositoryDir : undefined, apiPort: 0, metricsPort: 0, registerSearchAttributes: false }),
+      await startServer({ id, logger, temporal, stateDir: path.join(dir, i === 0 ? 'server' : `server-${id}`), repositoryDir: i === 0 ? opts.repositoryDir : undefined, apiPort: 0, metricsPort: 0, registerSearchAttributes: false, sessionTtlMs: opts.sessions?.ttlMs, sessionKeepIntervalMs: opts.sessions?.keepIntervalMs }),
     );
   }
   const server = servers[0];
