@@ -4,6 +4,7 @@
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createServerActivities } from '../../activities/server/backup';
 import type { TokenStore } from '../../storage-api/tokens';
+import { GrantAuthority } from '../../storage-api/grants';
 import { sessionIdOf } from '../../repository';
 import type { BackupPlan } from '../../activities/server/types';
 import { tempRepo } from './support';
@@ -12,7 +13,7 @@ const req = { dataSource: 'web01', vmId: 'vm-1', vmName: 'web01', disks: [{ disk
 
 test('a retried planBackup of one run returns the same session; another run gets its own', async () => {
   const repository = await tempRepo();
-  const server = createServerActivities({ repository, tokens: {} as TokenStore, self: { id: 'dpm01', storageUrl: 'http://127.0.0.1:1' } });
+  const server = createServerActivities({ repository, tokens: {} as TokenStore, grants: GrantAuthority.ephemeral(), self: { id: 'dpm01', storageUrl: 'http://127.0.0.1:1' } });
   const run = { workflowId: 'backup/web01/2026-11-30T08:00:00Z', runId: 'run-1' };
   const plan = (attempt: number, r = run): Promise<BackupPlan> => new MockActivityEnvironment({ workflowExecution: r, attempt }).run(server.planBackup, req);
 
