@@ -18,6 +18,7 @@ import { connectClient, loadTemporalSettings, withPayloadKeyFile } from '../../t
 import { AesGcmPayloadCodec, PayloadKeyring } from '../../temporal/payload-codec';
 import { startCodecServer, type CodecServer } from '../../temporal/codec-server';
 import { startTestStack, type TestStack } from '../support/stack';
+import { listProtections, protectVm, startBackupNow } from '../../client/protection';
 
 const execFileAsync = promisify(execFile);
 const CHROMIUM = process.env.HVPROTECT_CHROMIUM ?? '/usr/bin/chromium';
@@ -186,4 +187,27 @@ test('an agent process (`hvprotect agent` given the key file) serves an encrypte
   expect((run.result as { vmName?: string }).vmName).toBe(name);
   await new Promise((r) => setTimeout(r, 2000));
   expect(databaseBytes().includes(name)).toBe(false);
+});
+
+test('a protected VM (protection workflow, schedule, a backup through the protection) leaves no VM name in the database; without the codec it does', async () => {
+  const protectAndBackUp = async (stack: TestStack, name: string, dataSource: string) => {
+    const facts = await stack.lab.createVm({ name, host: 'hv01', disks: [{ sizeBytes: 1024 * 1024, content: { kind: 'random', seed: 9, fill: 0.5 } }] });
+    const p = await protectVm(stack.client, { vm: { vmId: facts.vmId, name: facts.name, host: facts.host, state: facts.state }, dataSource, schedule: { at: ['03:00'] } });
+    const result = (await (await startBackupNow(stack.client, p)).result()) as { vmName?: string };
+    expect(result.vmName).toBe(name);
+    // The client with the key reads the protection back by the VM's name (from the sealed memo).
+    expect((await listProtections(stack.client)).find((x) => x.dataSource === dataSource)?.vm).toBe(name);
+  };
+  const sealedName = `legal-fs-${randomUUID().slice(0, 6)}`;
+  const openName = `open-fs-${randomUUID().slice(0, 6)}`;
+  await protectAndBackUp(encrypted, sealedName, 'ds-protected-sealed');
+  await protectAndBackUp(plain, openName, 'ds-protected-open');
+  let db = databaseBytes();
+  for (const deadline = Date.now() + 20_000; !db.includes(openName) && Date.now() < deadline; ) {
+    await new Promise((r) => setTimeout(r, 500));
+    db = databaseBytes();
+  }
+  expect(db.includes(openName)).toBe(true);
+  expect(db.includes('ds-protected-sealed')).toBe(true);
+  expect(db.includes(sealedName)).toBe(false);
 });
