@@ -17,7 +17,8 @@ import { freePort, startDevServer, temporalCliPath, type DevServer } from '../..
 import { connectClient, loadTemporalSettings, withPayloadKeyFile } from '../../temporal/connection';
 import { AesGcmPayloadCodec, PayloadKeyring } from '../../temporal/payload-codec';
 import { startCodecServer, type CodecServer } from '../../temporal/codec-server';
-import { startTestStack, type TestStack } from '../support/stack';
+import { failureChain, startTestStack, type TestStack } from '../support/stack';
+import { LabHypervisor } from '../../hypervisor/lab';
 import { listProtections, protectVm, startBackupNow } from '../../client/protection';
 
 const execFileAsync = promisify(execFile);
@@ -210,4 +211,28 @@ test('a protected VM (protection workflow, schedule, a backup through the protec
   expect(db.includes(openName)).toBe(true);
   expect(db.includes('ds-protected-sealed')).toBe(true);
   expect(db.includes(sealedName)).toBe(false);
+});
+
+test('failure messages are sealed too: a restore refused for naming a VM\'s own folder leaves that VM\'s name out of the database', async () => {
+  const refusedRestore = async (stack: TestStack, vmId: string, dataSource: string) => {
+    const live = (await (await LabHypervisor.open(stack.lab, 'hv01')).inspectVm(vmId)).disks[0].path;
+    const handle = await stack.client.workflow.start('restoreVm', {
+      taskQueue: stack.server.taskQueue,
+      workflowId: `restore/${dataSource}/${randomUUID().slice(0, 8)}`,
+      args: [{ dataSource, target: { kind: 'export', host: 'hv01', dir: path.dirname(live), format: 'raw' } }],
+    });
+    return failureChain(await handle.result().then(() => undefined, (err: unknown) => err));
+  };
+  const plainVm = `refused-open-${randomUUID().slice(0, 6)}`;
+  const plainRun = await backUp(plain, plainVm, 'ds-refused-open');
+  const sealed = await refusedRestore(encrypted, secretRun.facts.vmId, 'ds-sealed');
+  const open = await refusedRestore(plain, plainRun.facts.vmId, 'ds-refused-open');
+  // The client with the key reads the message; so does the plain one.
+  expect(sealed.types).toContain('RestoreTargetRefused');
+  expect(sealed.text).toContain(`holds the disks or configuration of VM ${SECRET_VM}`);
+  expect(open.text).toContain(`holds the disks or configuration of VM ${plainVm}`);
+  await new Promise((r) => setTimeout(r, 2000));
+  const db = databaseBytes();
+  expect(db.includes(`holds the disks or configuration of VM ${plainVm}`)).toBe(true);
+  expect(db.includes(SECRET_VM)).toBe(false);
 });
