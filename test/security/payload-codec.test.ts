@@ -1,6 +1,7 @@
 // The payload codec's keys (#18): rotation keeps old payloads readable, a payload sealed with a
 // key the file lacks fails naming the key id, a tampered payload fails, and the codec server
 // round-trips through HTTP with CORS for the Web UI's origin only and its token when set.
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -140,4 +141,28 @@ test('the codec server decodes what it encoded, allows only the Web UI origin, a
   } finally {
     await server.close();
   }
+});
+
+test('`hvprotect codec key create|rotate|list` make a 0600 key file, refuse to overwrite it, rotate by key id, and list the ids', () => {
+  const cli = path.resolve(__dirname, '..', '..', 'dist', 'client', 'cli.js');
+  const run = (...args: string[]) => spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, HVPROTECT_PAYLOAD_KEY_FILE: '' } });
+  const file = path.join(dir, 'keys', 'payload.keys');
+  const created = run('codec', 'key', 'create', file);
+  expect(created.status).toBe(0);
+  const first = /key (pk-\S+)/.exec(created.stdout)![1];
+  expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+  const again = run('codec', 'key', 'create', file);
+  expect(again.status).toBe(1);
+  expect(again.stderr).toMatch(/already exists: rotate it with `hvprotect codec key rotate/);
+  expect(PayloadKeyring.load(file).ids).toEqual([first]);
+  const rotated = run('codec', 'key', 'rotate', file);
+  expect(rotated.status).toBe(0);
+  const second = /key (pk-\S+) now encrypts/.exec(rotated.stdout)![1];
+  const listed = run('codec', 'key', 'list', file);
+  expect(listed.stdout.trim().split('\n').map((l) => l.split(/\s+/)[0])).toEqual([first, second]);
+  expect(listed.stdout).toMatch(new RegExp(`${second}.*\\(encrypts\\)`));
+  // The codec server needs the key file.
+  const noKey = run('codec-server', '--port', '1');
+  expect(noKey.status).toBe(2);
+  expect(noKey.stderr).toMatch(/needs the payload key file: --payload-key-file FILE or HVPROTECT_PAYLOAD_KEY_FILE/);
 });
