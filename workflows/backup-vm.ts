@@ -55,7 +55,16 @@ export interface BackupVmInput {
     hostWaitTimeout?: string;
   };
   /** Tests shorten these; defaults suit production. */
-  timing?: { heartbeatTimeout?: string; hostScheduleToStart?: string; transferScheduleToStart?: string; locateTimeout?: string };
+  timing?: {
+    heartbeatTimeout?: string;
+    hostScheduleToStart?: string;
+    transferScheduleToStart?: string;
+    locateTimeout?: string;
+    /** How long one disk's transfer may take with all its retries (default 7 days). */
+    transferScheduleToClose?: string;
+    /** Backoff between transfer attempts (default 1 s growing to 2 min). */
+    transferRetryInterval?: { initial: string; maximum: string };
+  };
 }
 
 export interface BackupVmResult {
@@ -89,7 +98,10 @@ const host = proxyActivities<HostActivities>({
   scheduleToStartTimeout: '2 minutes',
   retry: { initialInterval: '1 second', maximumInterval: '20 seconds', maximumAttempts: 5, nonRetryableErrorTypes: NON_RETRYABLE_HOST },
 });
-const TRANSFER_RETRY: RetryPolicy = { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 50, nonRetryableErrorTypes: NON_RETRYABLE_HOST };
+// A transfer retries without a count limit (a storage outage of an hour must not fail every
+// running transfer), at most every 2 minutes, bounded by its schedule-to-close timeout.
+// (Infinity, not absent: the host proxy's own limit of 5 would apply.)
+const TRANSFER_RETRY: RetryPolicy = { initialInterval: '1 second', maximumInterval: '2 minutes', maximumAttempts: Number.POSITIVE_INFINITY, nonRetryableErrorTypes: NON_RETRYABLE_HOST };
 const RELEASE_RETRY: RetryPolicy = { maximumAttempts: 20, nonRetryableErrorTypes: [HostFailure.VmNotOnHost, HostFailure.VmNotFound] };
 
 export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
@@ -99,6 +111,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     hostScheduleToStart: (input.timing?.hostScheduleToStart ?? '2 minutes') as Duration,
     // Transfers may wait behind the host's limit of concurrent transfers: be patient.
     transferScheduleToStart: (input.timing?.transferScheduleToStart ?? '1 hour') as Duration,
+    transferScheduleToClose: (input.timing?.transferScheduleToClose ?? '7 days') as Duration,
   };
   const { progress, step, startDisks, diskDone } = trackProgress(input.vm);
   const vm = followVm(host, server, {
@@ -194,7 +207,10 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
             hostStep(hostTransferQueue(h), `${planned.kind} of ${facts.name} disk ${disk.diskId} from ${h} to ${plan.server.id}`, {
               scheduleToStartTimeout: timing.transferScheduleToStart,
               startToCloseTimeout: '24 hours',
-              retry: TRANSFER_RETRY,
+              scheduleToCloseTimeout: timing.transferScheduleToClose,
+              retry: input.timing?.transferRetryInterval
+                ? { ...TRANSFER_RETRY, initialInterval: input.timing.transferRetryInterval.initial as Duration, maximumInterval: input.timing.transferRetryInterval.maximum as Duration }
+                : TRANSFER_RETRY,
               // A failed sibling cancels this transfer; the checkpoint is released only once it stopped reading.
               cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             }),

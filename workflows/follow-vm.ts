@@ -1,6 +1,6 @@
 // Following a VM: where it runs now (probe the agents, see locate.ts), and running a host step on
 // that host, locating it again when the step finds the VM gone or its host silent.
-import { ActivityFailure, ApplicationFailure, TimeoutFailure, log, upsertSearchAttributes } from '@temporalio/workflow';
+import { ActivityFailure, ApplicationFailure, TimeoutFailure, log, patched, upsertSearchAttributes } from '@temporalio/workflow';
 import type { ActivityInterfaceFor } from '@temporalio/workflow';
 import type { HostActivities, VmLocation } from '../activities/host/types';
 import type { ServerActivities } from '../activities/server/types';
@@ -72,6 +72,27 @@ export function followVm(
             continue;
           }
           if (owner && owner.host !== here.host) continue;
+          if (!moved && patched('busy-host-is-not-silent')) {
+            // Not picked up in time: a silent host, or one whose transfer slots are all taken
+            // (a transfer may wait hours behind others). Its agent answering the locate probe and
+            // the VM still there means busy: wait again there, without counting a move.
+            relocation = resolve(`${here.host} did not pick up ${what}`);
+            try {
+              await relocation;
+            } finally {
+              relocation = undefined;
+            }
+            if (owner!.host === here.host) {
+              log.info(`${what}: ${here.host} answers and still has the VM; waiting again for a slot there`);
+              continue;
+            }
+            if (relocations >= o.maxRelocations) {
+              throw ApplicationFailure.nonRetryable(`gave up following VM ${o.vm} after ${relocations} moves (during ${what})`, JobFailure.TooManyRelocations);
+            }
+            relocations++;
+            o.onFound(owner!, relocations);
+            continue;
+          }
           if (relocations >= o.maxRelocations) {
             throw ApplicationFailure.nonRetryable(`gave up following VM ${o.vm} after ${relocations} moves (during ${what})`, JobFailure.TooManyRelocations);
           }

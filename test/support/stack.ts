@@ -46,6 +46,8 @@ export interface TestStackOptions {
   /** Hosts that get an in-process agent (default all). */
   agents?: string[];
   throttleBytesPerSecond?: number;
+  /** Transfers at once per host (the agent's default is 3). */
+  maxConcurrentTransfers?: number;
   temporal?: TemporalSettings;
   repositoryDir?: string;
   /** SMB file servers (lab hosts with shares), each with an agent. */
@@ -103,6 +105,7 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
         temporal,
         batchSlots: opts.batchSlots,
         throttleBytesPerSecond: opts.throttleBytesPerSecond,
+        maxConcurrentTransfers: opts.maxConcurrentTransfers,
         progressIntervalMs: 100,
       });
       agents.set(host, agent);
