@@ -12,6 +12,7 @@ import type { BackupVmInput } from '../../workflows/backup-vm';
 import { readBackupProgress } from '../../client/backup-progress';
 import { createLogger } from '../../log/logger';
 import { loadTemporalSettings, type TemporalSettings } from '../../temporal/connection';
+import { PayloadKeyring } from '../../temporal/payload-codec';
 import { startServer, type RunningServer } from '../../workers/server';
 import { startAgent, type RunningAgent } from '../../workers/agent';
 import { Lab, LabHypervisor } from '../../hypervisor/lab';
@@ -63,7 +64,10 @@ export interface TestStackOptions {
 export async function startTestStack(opts: TestStackOptions): Promise<TestStack> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hvp-stack-'));
   const logger = createLogger({ name: 'test', level: process.env.HVP_TEST_LOG_LEVEL ?? 'warn', format: 'json', destination: path.join(dir, 'log.jsonl') });
-  const temporal = opts.temporal ?? loadTemporalSettings({ TEMPORAL_ADDRESS: process.env.TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE: testNamespace() });
+  // HVP_TEST_PAYLOAD_CODEC=1 runs the stack (and the CLI processes a test spawns) with a payload key.
+  const payloadKeyFile = !opts.temporal && process.env.HVP_TEST_PAYLOAD_CODEC ? PayloadKeyring.create(path.join(dir, 'payload.keys')).file : undefined;
+  if (payloadKeyFile) process.env.HVPROTECT_PAYLOAD_KEY_FILE = payloadKeyFile;
+  const temporal = opts.temporal ?? loadTemporalSettings({ TEMPORAL_ADDRESS: process.env.TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE: testNamespace(), HVPROTECT_PAYLOAD_KEY_FILE: payloadKeyFile });
   const lab = await Lab.open(path.join(dir, 'lab'));
   for (const h of opts.hosts) await lab.createHost(h);
   for (const h of opts.fileServers ?? []) await lab.createHost(h, { fileServer: true });
