@@ -19,6 +19,7 @@ import {
   ActivityCancellationType,
   ApplicationFailure,
   CancellationScope,
+  TimeoutFailure,
   isCancellation,
   log,
   patched,
@@ -30,7 +31,7 @@ import type { ActivityOptions } from '@temporalio/workflow';
 import type { Duration, RetryPolicy } from '@temporalio/common';
 import { msToNumber } from '@temporalio/common/lib/time';
 import type { BackupCheckpoint, VmFacts } from '../hypervisor/types';
-import type { DiskTransferResult, HostActivities, TransferKind } from '../activities/host/types';
+import type { DiskTransferResult, HostActivities, TransferHeartbeat, TransferKind } from '../activities/host/types';
 import type { BackupPlan, CommittedPoint, ServerActivities } from '../activities/server/types';
 import { HostFailure, JobFailure, NON_RETRYABLE_HOST, NON_RETRYABLE_SERVER } from '../activities/failures';
 import { decideBackupMode, BackupModeRefused, type BackupModeDecision, type BackupModePolicy } from '../protection/backup-mode';
@@ -201,6 +202,9 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
         // through the Hyper-V host), else by the VM's host over SMB.
         const fileServer = facts.disks.find((d) => d.diskId === disk.diskId && d.storage === 'smb')?.fileServer;
         const viaFileServer = fileServer !== undefined && agents.includes(fileServer) ? fileServer : undefined;
+        // Where the transfer stood when the VM left a host: the next host carries on from there
+        // when it reads the same slots (within a cluster); the agent decides and says which.
+        let carried: TransferHeartbeat | undefined;
         const result = await vm.onOwner(`transfer ${disk.diskId}`, (_q, ownerHost) => {
           const h = viaFileServer ?? ownerHost;
           return host.transferDisk.executeWithOptions(
@@ -230,9 +234,13 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
                 kind: planned.kind,
                 base: planned.base,
                 viaFileServer: viaFileServer !== undefined,
+                ...(carried ? { resume: carried } : {}),
               },
             ],
-          );
+          ).catch((err: unknown) => {
+            carried = transferPositionOf(err) ?? carried;
+            throw err;
+          });
         });
         results[i] = result;
         diskDone(disk.diskId, result);
@@ -355,6 +363,21 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
 function overallKind(planned: TransferKind, results: DiskTransferResult[]): TransferKind {
   if (planned === 'initial-replica') return planned;
   return results.some((r) => r.kind === 'consistency-check') ? 'consistency-check' : planned;
+}
+
+/** The transfer position a failed transferDisk left: in its VmNotOnHost details, or its last heartbeat. */
+function transferPositionOf(err: unknown): TransferHeartbeat | undefined {
+  const isPosition = (x: unknown): x is TransferHeartbeat => typeof x === 'object' && x !== null && typeof (x as TransferHeartbeat).nextSlot === 'number';
+  let e: unknown = err;
+  for (let i = 0; i < 5 && e; i++) {
+    if (e instanceof ApplicationFailure && e.type === HostFailure.VmNotOnHost) {
+      const t = (e.details?.[0] as { transfer?: unknown } | undefined)?.transfer;
+      if (isPosition(t)) return t;
+    }
+    if (e instanceof TimeoutFailure && isPosition(e.lastHeartbeatDetails)) return e.lastHeartbeatDetails;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
 }
 
 /** The innermost message of a failure chain (the activity's own words). */

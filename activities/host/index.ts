@@ -1,6 +1,7 @@
 // Host activities: what a protection agent does on its Hyper-V host, through the hypervisor
 // adapter, pushing disk data to the protection server's storage API. Idempotent, heartbeating,
 // and every step first checks that the VM is still here (VmNotOnHost otherwise).
+import { createHash } from 'node:crypto';
 import { ApplicationFailure, Context, CancelledFailure } from '@temporalio/activity';
 import { HypervisorError, type DiskReader, type HypervisorAdapter, type VmFacts } from '../../hypervisor/types';
 import { RepositoryError } from '../../repository/errors';
@@ -136,21 +137,37 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
       try {
         const storage = deps.storageFor(req.server).withGrant(String(req.grant));
         // The file server's agent reads disks on its shares wherever the VM runs.
-        const checkHere = req.viaFileServer ? async () => undefined : () => ensureHere(req.vmId);
+        // Our own heartbeat first (a retry here); else the position the workflow carried from the host the VM left.
+        const own = ctx.info.heartbeatDetails as TransferHeartbeat | undefined;
+        const carried = own ? undefined : req.resume;
+        let resume = own;
+        let last = own;
+        // A VM gone mid-transfer takes the position along in its failure (the workflow carries it on).
+        const checkHere = req.viaFileServer
+          ? async () => undefined
+          : () =>
+              ensureHere(req.vmId).catch((err) => {
+                if (err instanceof ApplicationFailure && err.type === HostFailure.VmNotOnHost && last) {
+                  throw ApplicationFailure.nonRetryable(err.message, HostFailure.VmNotOnHost, { host: adapter.hostName, transfer: last });
+                }
+                throw err;
+              });
         await checkHere();
-        const resume = ctx.info.heartbeatDetails as TransferHeartbeat | undefined;
         const reader = countingReads(await adapter.openCheckpointDisk(req.vmId, req.checkpointId, req.diskId));
         try {
           // What to read: decided once, and again identically on a retry.
           let kind = resume?.kind ?? req.kind;
           let fallbackReason = resume?.fallbackReason;
           let slots: Iterable<number>;
+          let extents: Array<{ offset: number; length: number }> = [];
           if (kind === 'express-full') {
             const changes = req.base?.changeTrackingId
               ? await adapter.changedRanges(req.vmId, req.checkpointId, req.diskId, req.base.changeTrackingId)
               : { tracked: false, ranges: [], reason: 'no change-tracking id recorded for the base point' };
-            if (changes.tracked) slots = [...slotsOfRanges(changes.ranges, req.chunkSize, req.virtualSize)];
-            else {
+            if (changes.tracked) {
+              extents = changes.ranges;
+              slots = [...slotsOfRanges(changes.ranges, req.chunkSize, req.virtualSize)];
+            } else {
               kind = 'consistency-check';
               fallbackReason = `change tracking lost (${changes.reason ?? 'unknown'}): consistency check`;
               ctx.log.warn(fallbackReason, { diskId: req.diskId });
@@ -162,8 +179,21 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
           }
           if (kind !== 'express-full') {
             // Never-written space reads as zeros; skip it unless the base had data there.
-            const allocated = slotsOfRanges(await reader.allocatedRanges(), req.chunkSize, req.virtualSize);
+            extents = await reader.allocatedRanges();
+            const allocated = slotsOfRanges(extents, req.chunkSize, req.virtualSize);
             slots = baseSlots ? mergeSlots(allocated, nonZeroSlots(baseSlots, req.virtualSize, req.chunkSize)) : allocated;
+          }
+          const fingerprint = slotSequenceFingerprint(kind, req, extents);
+          let startedOverBecause: string | undefined;
+          if (carried) {
+            const from = carried.readBy ?? 'the host the VM left';
+            if (carried.fingerprint === fingerprint && carried.kind === kind) {
+              resume = carried;
+              ctx.log.info(`carrying on from ${from}'s position`, { diskId: req.diskId, nextSlot: carried.nextSlot, position: carried.position });
+            } else {
+              startedOverBecause = `the position on ${from} does not apply on ${adapter.hostName} (${carried.kind !== kind ? `${carried.kind} became ${kind}` : 'another sequence of slots to read'}): this disk is read from its start`;
+              ctx.log.warn(startedOverBecause, { diskId: req.diskId });
+            }
           }
           let batches = 0;
           const pos = await ingestDisk({
@@ -185,8 +215,11 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
               // The position travels in the heartbeat only: the pending activity shows it (Web UI,
               // `describe`, the CLI's progress bar) and a retry resumes there, and not one history
               // event is added however long the disk takes.
-              const details: TransferHeartbeat = { ...p, kind, fallbackReason, diskId: req.diskId, position: diskOffset, virtualSize: req.virtualSize, at: Date.now() };
+              const details: TransferHeartbeat = {
+                ...p, kind, fallbackReason, diskId: req.diskId, position: diskOffset, virtualSize: req.virtualSize, at: Date.now(), readBy: adapter.hostName, fingerprint,
+              };
               ctx.heartbeat(details);
+              last = details;
               if (++batches === 2) crashPoint('agent:mid-transfer');
               if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled');
               await checkHere();
@@ -203,6 +236,8 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
             bytesSent: pos.bytesSent,
             chunksDeduplicated: pos.chunksDeduplicated,
             resumedFrom: resume?.nextSlot ?? 0,
+            ...(resume && resume === carried ? { resumedAfter: carried.readBy ?? 'the previous host' } : {}),
+            ...(startedOverBecause ? { startedOverBecause } : {}),
             attemptBytesRead: reader.bytesRead,
             durationMs: Date.now() - started,
           };
@@ -239,6 +274,13 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
       });
     },
   };
+}
+
+/** Names the sequence of slots a transfer reads: equal on two hosts only when a position on one means the same on the other. */
+function slotSequenceFingerprint(kind: string, req: DiskTransferRequest, extents: Array<{ offset: number; length: number }>): string {
+  const h = createHash('sha256').update(`${kind}\n${req.checkpointId}\n${req.diskId}\n${req.chunkSize}\n${req.virtualSize}\n${req.base?.pointId ?? ''}\n`);
+  for (const e of extents) h.update(`${e.offset}+${e.length};`);
+  return h.digest('hex').slice(0, 32);
 }
 
 /** The disk reader, counting the bytes this attempt really read (the result reports them). */

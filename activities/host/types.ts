@@ -47,6 +47,11 @@ export interface DiskTransferRequest {
   viaFileServer?: boolean;
   /** The previous recovery point of this disk, when there is one. */
   base?: { pointId: string; changeTrackingId?: string; virtualSize: number; chunkSize: number };
+  /**
+   * Where the transfer stood on the host the VM left (from its VmNotOnHost failure): resumed there
+   * when this host reads the same sequence of slots (within a cluster), else the disk starts over.
+   */
+  resume?: TransferHeartbeat;
 }
 
 export interface DiskTransferResult {
@@ -65,6 +70,10 @@ export interface DiskTransferResult {
   resumedFrom: number;
   /** Bytes this attempt read from the disk (bytesRead includes what earlier attempts read). */
   attemptBytesRead: number;
+  /** The host whose position this transfer carried on from (after following the VM). */
+  resumedAfter?: string;
+  /** Why the position from the host the VM left was not used (the disk was read again from its start). */
+  startedOverBecause?: string;
   durationMs: number;
 }
 
@@ -89,6 +98,10 @@ export interface TransferHeartbeat {
   virtualSize: number;
   /** Agent clock, ms since epoch. */
   at: number;
+  /** The host whose agent read it. */
+  readBy?: string;
+  /** Identifies the sequence of slots read (kind, base, extents): a position applies only to the same sequence. */
+  fingerprint?: string;
 }
 
 export interface ReleaseRequest {

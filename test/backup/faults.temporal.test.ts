@@ -40,6 +40,10 @@ test('live migration within the cluster mid-transfer: the backup finishes on the
   // The disk was read on the new owner, not finished on the old host with only the release moved.
   expect(r.disks[0].readBy).toBe('hv02');
   expect(r.disks[0].attemptBytesRead).toBeGreaterThan(0);
+  // hv02 carried on where hv01 stopped (the position came along in the VmNotOnHost failure).
+  expect(r.disks[0].resumedAfter).toBe('hv01');
+  expect(r.disks[0].resumedFrom).toBeGreaterThan(0);
+  expect(r.disks[0].attemptBytesRead).toBeLessThanOrEqual(30 * MiB);
   expect((await restoredBytes('csv-vm', r.pointId, facts.disks[0].diskId)).equals(initialDiskContent(content, 32 * MiB))).toBe(true);
   const after = await stack.lab.inspectVm('csv-vm');
   expect(after.host).toBe('hv02');
@@ -64,6 +68,9 @@ test('migration outside the cluster mid-transfer of an express full: finishes as
   expect(r.host).toBe('hv03');
   expect(r.kind).toBe('consistency-check');
   expect(r.disks[0].fallbackReason).toMatch(/change tracking lost/);
+  // The express full's position means nothing to the consistency check: it starts over, and says so.
+  expect(r.disks[0].startedOverBecause).toMatch(/express-full became consistency-check/);
+  expect(r.disks[0].resumedFrom).toBe(0);
   const expected = initialDiskContent(content, 32 * MiB);
   patch.copy(expected, 3 * MiB);
   patch.copy(expected, 20 * MiB);
