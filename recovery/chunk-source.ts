@@ -6,6 +6,7 @@ import { RepositoryError } from '../repository/errors';
 import { INDEX_HEADER_SIZE, checkIndex } from '../repository/fixed-index';
 import type { Repository } from '../repository/repository';
 import type { PointRef, StorageClient } from '../storage-api/client';
+import { decodeChunkRecords } from './chunk-decoder';
 
 /** A point's disk as its fixed index describes it. */
 export interface PointDiskIndex {
@@ -28,6 +29,13 @@ export interface ChunkSource {
   readIndex(): Promise<PointDiskIndex>;
   /** A chunk's plaintext by its SHA-256 (lowercase hex). */
   readChunk(digest: string): Promise<Buffer>;
+  /**
+   * Many chunks at once, in order, each already hashed against its digest (whatever
+   * `checksDigests` says of readChunk); whole-disk reads use it where the source has it.
+   */
+  readChunks?(digests: string[]): Promise<Buffer[]>;
+  /** How many chunks readChunks takes at once. */
+  readonly batchChunks?: number;
 }
 
 /** Chunks straight from a repository open in this process. */
@@ -73,5 +81,8 @@ export function storageApiChunkSource(client: StorageClient, point: PointRef, di
       return { virtualSize: index.virtualSize, chunkSize: index.chunkSize, slots: index.slots };
     },
     readChunk: (digest) => client.getChunk(digest),
+    // One request per batch; decoded and hashed on worker threads (chunk-decoder.ts).
+    readChunks: async (digests) => decodeChunkRecords(await client.readChunks(digests), digests, `${point.dataSource}/${point.pointId}/${diskId}`),
+    batchChunks: 16,
   };
 }

@@ -128,6 +128,10 @@ export class PointDiskReader {
    */
   async *slotsInOrder(fromSlot: number, toSlot: number, opts: { inFlight?: number; skipZero?: boolean } = {}): AsyncGenerator<{ slot: number; data: Buffer }> {
     const depth = Math.max(1, opts.inFlight ?? 16);
+    if (this.source.readChunks) {
+      yield* this.batchesInOrder(fromSlot, toSlot, depth, opts.skipZero ?? false);
+      return;
+    }
     const queue: Array<{ slot: number; data: Promise<Buffer> }> = [];
     let next = fromSlot;
     const fill = () => {
@@ -145,6 +149,54 @@ export class PointDiskReader {
       const data = await head.data;
       fill();
       yield { slot: head.slot, data };
+    }
+  }
+
+  /**
+   * slotsInOrder over a source that reads many chunks at once: batches of `batchChunks` non-zero
+   * slots, about `depth` chunks in flight (at least two batches), each chunk's length checked here
+   * against its slot and its digest by the source.
+   */
+  private async *batchesInOrder(fromSlot: number, toSlot: number, depth: number, skipZero: boolean): AsyncGenerator<{ slot: number; data: Buffer }> {
+    const per = Math.max(1, this.source.batchChunks ?? 16);
+    const batches = Math.max(2, Math.ceil(depth / per));
+    const queue: Array<{ slots: number[]; data: Promise<Buffer[]> }> = [];
+    let next = fromSlot;
+    const fill = () => {
+      while (queue.length < batches && next < toSlot) {
+        const slots: number[] = [];
+        const zeros: number[] = [];
+        while (slots.length < per && next < toSlot) {
+          const slot = next++;
+          if (!this.isZeroSlot(slot)) slots.push(slot);
+          else if (!skipZero) zeros.push(slot);
+          if (zeros.length && !skipZero) break; // keep the order: a zero slot ends the batch
+        }
+        const digests = slots.map((s) => this.digestOf(s).toString('hex'));
+        const data = digests.length ? this.source.readChunks!(digests) : Promise.resolve([]);
+        data.catch(() => undefined); // awaited in order below
+        queue.push({ slots, data });
+        if (zeros.length) queue.push({ slots: zeros, data: Promise.resolve(zeros.map((s) => Buffer.alloc(this.slotLength(s)))) });
+      }
+    };
+    fill();
+    while (queue.length) {
+      const head = queue.shift()!;
+      const data = await head.data;
+      fill();
+      if (data.length !== head.slots.length) throw new RepositoryError('CORRUPT', `${this.where}: asked for ${head.slots.length} chunks, got ${data.length}`, 'retry; run `hvprotect verify --read-data`');
+      for (let i = 0; i < head.slots.length; i++) {
+        const slot = head.slots[i];
+        const d = data[i];
+        if (d.length !== this.slotLength(slot)) {
+          throw new RepositoryError('CORRUPT', `chunk ${this.digestOf(slot).toString('hex')} of ${this.where} (slot ${slot}, disk offset ${slot * this.chunkSize}) has ${d.length} bytes, the slot ${this.slotLength(slot)}`, 'run `hvprotect verify --read-data`; restore from another recovery point');
+        }
+        if (!this.isZeroSlot(slot)) {
+          this.stats.chunksFetched++;
+          this.stats.bytesFetched += d.length;
+        }
+        yield { slot, data: d };
+      }
     }
   }
 

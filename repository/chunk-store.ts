@@ -297,6 +297,49 @@ export class ChunkStore {
     return { written: true, storedSize };
   }
 
+  /**
+   * A chunk as stored, unsealed, not decoded or hashed (for a reader that does both itself, the
+   * storage API's batched read): "HVC1" header with codec 0 or 1 and the payload. Checks the
+   * file's size bound, magic and header lengths; a sealed chunk is opened (its tag checked).
+   */
+  async readStored(digest: string): Promise<Buffer> {
+    const file = this.pathOf(checkDigest(digest));
+    const bad = (what: string) => new RepositoryError('CORRUPT', `chunk ${file}: ${what}`, 'run verify; restore from another point or re-run a consistency check backup', { digest });
+    let data: Buffer;
+    try {
+      const fh = await fs.open(file, 'r');
+      try {
+        // One read of up to the largest chunk file: a larger one is damage, not read.
+        const cap = CHUNK_HEADER_SIZE + MAX_CHUNK_SIZE + 64;
+        const { size } = await fh.stat();
+        if (size > cap) throw bad(`file of ${size} bytes is larger than any chunk`);
+        data = Buffer.allocUnsafe(size);
+        const { bytesRead } = await fh.read(data, 0, size, 0);
+        if (bytesRead !== size) throw bad(`read ${bytesRead} of ${size} bytes`);
+      } finally {
+        await fh.close();
+      }
+    } catch (err) {
+      if (isNotFound(err)) throw new RepositoryError('NOT_FOUND', `chunk ${digest} is missing`, 'run verify to see which recovery points are affected', { digest });
+      throw err;
+    }
+    if (data.length < CHUNK_HEADER_SIZE || !data.subarray(0, 4).equals(CHUNK_MAGIC)) throw bad('bad magic or too short');
+    const codec = data.readUInt8(4);
+    if (data.length !== CHUNK_HEADER_SIZE + data.readUInt32LE(12)) throw bad(`size ${data.length} does not match header`);
+    if (!(codec & ENCRYPTED_FLAG)) return data;
+    if (!this.chunkKey) throw new RepositoryError('CONFLICT', `chunk ${file} is encrypted and no key was given`, 'open the repository with its key file (--encryption-key-file)', { digest });
+    let payload: Buffer;
+    try {
+      payload = openSealed(this.chunkKey, data.subarray(0, 12), digest, data.subarray(CHUNK_HEADER_SIZE));
+    } catch (err) {
+      throw bad((err as Error).message);
+    }
+    const header = Buffer.from(data.subarray(0, CHUNK_HEADER_SIZE));
+    header.writeUInt8(codec & ~ENCRYPTED_FLAG, 4);
+    header.writeUInt32LE(payload.length, 12);
+    return Buffer.concat([header, payload]);
+  }
+
   /** Reads, decodes and checks one chunk; the all-zero digest is not a stored chunk. */
   async read(digest: string): Promise<Buffer> {
     const file = this.pathOf(digest);

@@ -8,7 +8,7 @@ import type {
   BackupSession, CommitPointInput, GcReport, PointDeletion, RecoveryPointManifest, RestoreLease, ShadowStorageUsage, VerifyReport,
 } from '../repository';
 import { GRANT_HEADER } from './grants';
-import { API_PREFIX, MAX_MISSING_QUERY, encodeChunkBatchParts, encodeSlotPatch } from './protocol';
+import { API_PREFIX, CHUNK_READ_DIGEST_BYTES, MAX_CHUNK_READ_BYTES, MAX_MISSING_QUERY, encodeChunkBatchParts, encodeSlotPatch } from './protocol';
 import type { ApiErrorBody } from './protocol';
 import { explainTlsError } from './tls';
 import type { StorageClientTls } from './tls';
@@ -188,6 +188,29 @@ export class StorageClient {
    * A chunk's plaintext as the server sent it, not yet trusted: recovery's PointDiskReader checks
    * it against its digest (one hash per chunk, there).
    */
+  /**
+   * Many chunks as stored, in one request (POST /chunks/read; protocol.ts has the records): not
+   * decoded, not trusted. recovery/chunk-decoder.ts decodes and checks them. The body is one
+   * Buffer owning its memory (it can be handed to a worker thread).
+   */
+  async readChunks(digests: string[]): Promise<Buffer> {
+    const res = await this.call('POST', '/chunks/read', { digests });
+    const parts: Buffer[] = [];
+    let n = 0;
+    for await (const c of res) {
+      n += (c as Buffer).length;
+      if (n > MAX_CHUNK_READ_BYTES + digests.length * CHUNK_READ_DIGEST_BYTES) {
+        res.destroy();
+        throw new StorageApiError(502, 'BAD_RESPONSE', `chunk read of ${digests.length} chunks answered more than ${MAX_CHUNK_READ_BYTES} bytes`);
+      }
+      parts.push(c as Buffer);
+    }
+    const body = Buffer.allocUnsafeSlow(n); // its own ArrayBuffer, transferable
+    let o = 0;
+    for (const p of parts) o += p.copy(body, o);
+    return body;
+  }
+
   async getChunk(digest: string): Promise<Buffer> {
     return this.body(await this.call('GET', `/chunks/${digest}`));
   }

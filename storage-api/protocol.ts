@@ -75,3 +75,16 @@ export function decodeChunkBatch(body: Buffer): Array<{ digest: string; data: Bu
   }
   return out;
 }
+
+/**
+ * Chunk read (POST /v1/chunks/read, body { "digests": [...] }): the chunks as stored, for a
+ * client that decodes and checks them itself (recovery/chunk-decoder.ts), in the order asked, as
+ * records of
+ *   32 bytes digest + the chunk file without its seal (chunk-store.ts: "HVC1", codec 0 or 1,
+ *   3 reserved, u32 raw length, u32 payload length, payload).
+ * Nothing is decompressed or hashed on the server: the reader does both, off its event loop.
+ */
+export const MAX_CHUNK_READ_BATCH = 256;
+/** The largest response: a batch whose stored chunks come to more is refused (ask for fewer). */
+export const MAX_CHUNK_READ_BYTES = 64 * 1024 * 1024;
+export const CHUNK_READ_DIGEST_BYTES = 32;

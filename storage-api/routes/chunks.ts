@@ -1,13 +1,32 @@
 // Chunks: which are missing, upload one or a batch (every digest recomputed before anything is
-// stored), read one back.
-import type { FastifyInstance } from 'fastify';
+// stored), read one back, read many as stored (the reader decodes and checks them).
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { MAX_CHUNK_SIZE, RepositoryError, checkDigest } from '../../repository';
 import type { Repository } from '../../repository';
-import { API_PREFIX as P, MAX_CHUNK_BATCH_BODY, MAX_MISSING_QUERY, decodeChunkBatch } from '../protocol';
+import { fail } from '../errors';
+import { PointDigests } from '../point-digests';
+import { API_PREFIX as P, MAX_CHUNK_BATCH_BODY, MAX_CHUNK_READ_BATCH, MAX_CHUNK_READ_BYTES, MAX_MISSING_QUERY, decodeChunkBatch } from '../protocol';
 
 const BATCH_HINT = 'send records of 32-byte digest + u32 LE length + chunk bytes';
 
 export function chunkRoutes(app: FastifyInstance, repo: Repository): void {
+  // An agent's batched read names its chunks in the body, after auth.ts has run: each is checked
+  // here against the point its restore grant is for, as auth.ts checks GET /chunks/:digest's.
+  const pointDigests = new PointDigests(repo);
+  const checkGrantedDigests = async (req: FastifyRequest, reply: FastifyReply, digests: string[]): Promise<void> => {
+    const g = req.grant;
+    if (!g) return; // an admin token (auth.ts let nothing else through without a grant)
+    if (g.kind !== 'restore') {
+      fail(reply, 403, { error: 'FORBIDDEN', message: `${req.identity?.name}: a backup grant (job ${g.job}) reads no chunks`, hint: 'an agent reads chunks only for a restore job' });
+      return;
+    }
+    for (const d of new Set(digests)) {
+      if (!(await pointDigests.has(g.ds, g.pid, d))) {
+        fail(reply, 403, { error: 'FORBIDDEN', message: `${req.identity?.name}: chunk ${d} is not part of ${g.ds}/${g.pid}, the point job ${g.job} may read`, hint: 'an agent reaches the storage API only for the job a protection server granted it' });
+        return;
+      }
+    }
+  };
   app.post<{ Body: { digests: string[] } }>(`${P}/chunks/missing`, {
     bodyLimit: MAX_MISSING_QUERY * 67 + 1024,
     config: { access: 'backup', hint: `send { "digests": [ up to ${MAX_MISSING_QUERY} SHA-256 digests as 64 lowercase hex digits ] }` },
@@ -53,6 +72,43 @@ export function chunkRoutes(app: FastifyInstance, repo: Repository): void {
     const items = chunks.map((c) => ({ digest: c.digest, offset: c.data.byteOffset - body.byteOffset, length: c.data.length }));
     const stored = await repo.chunks.insertBatch(body, items);
     return reply.code(201).send({ results: stored.map((r, i) => ({ digest: items[i].digest, ...r })) });
+  });
+
+  // Whole-disk restore's read: many chunks per request, as stored (protocol.ts). Read access as
+  // GET /chunks/:digest: whoever may read one chunk may read these.
+  app.post<{ Body: { digests: string[] } }>(`${P}/chunks/read`, {
+    bodyLimit: MAX_CHUNK_READ_BATCH * 67 + 1024,
+    // 'read' checks the restore grant and its lease; the digests, in the body, are checked below
+    // against the granted point (as 'read-chunk' checks GET /chunks/:digest's).
+    config: { access: 'read' },
+    schema: {
+      body: {
+        type: 'object',
+        required: ['digests'],
+        additionalProperties: false,
+        properties: { digests: { type: 'array', minItems: 1, maxItems: MAX_CHUNK_READ_BATCH, items: { type: 'string', pattern: '^[0-9a-f]{64}$' } } },
+      },
+    },
+  }, async (req, reply) => {
+    await checkGrantedDigests(req, reply, req.body.digests);
+    if (reply.sent) return reply;
+    const digests = req.body.digests;
+    const files: Buffer[] = new Array(digests.length);
+    let total = 0;
+    let next = 0;
+    await Promise.all(Array.from({ length: Math.min(16, digests.length) }, async () => {
+      while (next < digests.length) {
+        const i = next++;
+        files[i] = await repo.chunks.readStored(digests[i]);
+        total += 32 + files[i].length;
+        if (total > MAX_CHUNK_READ_BYTES) {
+          throw new RepositoryError('INVALID_ARGUMENT', `${digests.length} chunks come to more than ${MAX_CHUNK_READ_BYTES} bytes`, 'ask for fewer chunks per request');
+        }
+      }
+    }));
+    const parts: Buffer[] = [];
+    digests.forEach((d, i) => parts.push(Buffer.from(d, 'hex'), files[i]));
+    return reply.type('application/octet-stream').send(Buffer.concat(parts, total));
   });
 
   app.get<{ Params: { digest: string } }>(`${P}/chunks/:digest`, { config: { access: 'read-chunk' } }, async (req, reply) => {

@@ -207,6 +207,7 @@ function jsonRoutes(sid: string): Array<[string, string, string | undefined]> {
   const pid = point.pointId;
   return [
     ['POST', `${P}/chunks/missing`, agent],
+    ['POST', `${P}/chunks/read`, agent],
     // What only the protection server does (in process; over HTTP with an admin token).
     ['POST', `${P}/sessions`, admin],
     ['POST', `${P}/sessions/${sid}/commit`, admin],

@@ -92,3 +92,71 @@ test.each(['raw', 'vhdx'] as const)('a whole-disk restore (%s) writes the disk, 
   expect(bytes.equals(disk)).toBe(true);
   await fs.rm(dir, { recursive: true, force: true });
 });
+
+// ---- whole-disk reads in batches (POST /chunks/read, decoded and hashed on worker threads) ----
+
+test('slotsInOrder over the storage API reads batches: the disk in order (zero slots too), one request per batch', async () => {
+  const source = sources()[1][1];
+  expect(source.readChunks).toBeDefined();
+  let requests = 0;
+  const counting: ChunkSource = { ...source, readChunk: async () => { throw new Error('not one at a time'); }, readChunks: async (d) => { requests++; return source.readChunks!(d); } };
+  const reader = await PointDiskReader.open(counting);
+  for (const skipZero of [false, true]) {
+    const out = Buffer.alloc(disk.length);
+    let last = -1;
+    for await (const { slot, data } of reader.slotsInOrder(0, reader.slotCount, { inFlight: 8, skipZero })) {
+      expect(slot).toBeGreaterThan(last);
+      last = slot;
+      data.copy(out, slot * CS);
+    }
+    expect(out.equals(disk)).toBe(true);
+  }
+  expect(requests).toBeLessThanOrEqual(2 * Math.ceil(reader.slotCount / 16) + 4); // not one per chunk
+});
+
+test('over an encrypted repository the batched read unseals on the server and restores bit for bit', async () => {
+  const { EncryptionKey } = await import('../../repository/encryption');
+  const e = await startFixture({ defaultChunkSize: CS, encoderThreads: 0, createChunkFolders: false, encryptionKey: EncryptionKey.generate().key });
+  try {
+    const id = (await backup(e.repo, 'vm', disk)).pointId;
+    const reader = await PointDiskReader.open(storageApiChunkSource(e.agent, { dataSource: 'vm', pointId: id }, 'disk0'));
+    const out = Buffer.alloc(disk.length);
+    for await (const { slot, data } of reader.slotsInOrder(0, reader.slotCount, { skipZero: true })) data.copy(out, slot * CS);
+    expect(out.equals(disk)).toBe(true);
+  } finally {
+    await e.close();
+  }
+});
+
+describe('a damaged or lying chunk read response is refused, naming the chunk', () => {
+  let digests: string[];
+  let body: Buffer;
+  beforeAll(async () => {
+    const reader = await PointDiskReader.open(sources()[0][1]);
+    const slots = [0, 1, 2, 3].filter((s) => !reader.isZeroSlot(s));
+    digests = slots.map((s) => (reader as unknown as { digestOf(s: number): Buffer }).digestOf(s).toString('hex'));
+    body = await f.agent.readChunks(digests);
+  });
+  const { decodeChunkRecords } = require('../../recovery/chunk-decoder') as typeof import('../../recovery/chunk-decoder');
+  const damaged = (fn: (b: Buffer) => Buffer) => fn(Buffer.from(body));
+
+  test('the genuine response decodes to the chunks', async () => {
+    const raws = await decodeChunkRecords(Buffer.from(body), digests, 'vm/p/disk0');
+    expect(Buffer.concat(raws).equals(disk.subarray(0, raws.length * CS))).toBe(true);
+  });
+  test.each([
+    ['a flipped payload byte', (b: Buffer) => { b[b.length - 5] ^= 1; return b; }, /chunk [0-9a-f]{64}: (does not match its digest|cannot decode)/],
+    ['records in another order', (b: Buffer) => b, /the server sent [0-9a-f]{64} in its place/],
+    ['a truncated body', (b: Buffer) => b.subarray(0, b.length - 100), /runs past the response/],
+    ['trailing bytes', (b: Buffer) => Buffer.concat([b, Buffer.alloc(7)]), /7 bytes after the last record/],
+    ['a header claiming 4 GiB', (b: Buffer) => { b.writeUInt32LE(0xffffffff, 40); return b; }, /header claims 4294967295 bytes/],
+    ['bad magic', (b: Buffer) => { b[32] = 0x58; return b; }, /bad magic/],
+  ])('%s', async (_what, fn, error) => {
+    const asked = _what === 'records in another order' ? [...digests].reverse() : digests;
+    await expect(decodeChunkRecords(damaged(fn), asked, 'vm/p/disk0')).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(error) });
+  });
+  test('the route refuses too many digests, and names a missing chunk', async () => {
+    await expect(f.agent.readChunks(Array.from({ length: 257 }, () => digests[0]))).rejects.toMatchObject({ status: 400 });
+    await expect(f.agent.readChunks([digests[0], 'ab'.repeat(32)])).rejects.toMatchObject({ status: 404, message: expect.stringMatching(/chunk abab[0-9a-f]* is missing/) });
+  });
+});
