@@ -2,10 +2,11 @@
 // hvprotect repository, side by side with `restic restore`, `borg extract` and `cp` of the image,
 // in one run on one machine. The same image is backed up by each tool first (not timed).
 //
-//   npx tsc -p . && node dist/bench/restore.js [--size-gib 4] [--rounds 1] [--in-flight 32] [--keep]
+//   npx tsc -p . && node dist/bench/restore.js [--size-gib 4] [--rounds 1] [--in-flight 64] [--keep]
 //
-// hvprotect = the agent's restore data path (recovery's PointDiskReader over the storage API,
-// restorePointDisk writing a sparse raw file, every chunk hashed against its digest) in a
+// hvprotect = the agent's restore data path (recovery's PointDiskReader over the storage API's
+// batched chunk read, each chunk decompressed and hashed against its digest on the agent's worker
+// threads, restorePointDisk writing a sparse raw file) in a
 // process of its own, against the protection server's storage API in another, over loopback.
 // Writes bench/restore.md. Temp data lives under /tmp and is removed.
 import { execFileSync } from 'node:child_process';
@@ -57,7 +58,7 @@ function warm(p: string): void {
 
 async function main(): Promise<void> {
   const rounds = Number(opt('rounds', '1'));
-  const inFlight = Number(opt('in-flight', '32'));
+  const inFlight = Number(opt('in-flight', '64'));
   const tmp = await fs.mkdtemp(path.join('/tmp', 'hvp-bench-restore-'));
   const ingestScript = path.join(__dirname, 'repository-ingest-child.js');
   const srv = forkChild(ingestScript, ['server', path.join(tmp, 'hvprotect-repo'), String(256 * 1024)]);
@@ -129,7 +130,7 @@ async function main(): Promise<void> {
       '',
       'Notes:',
       `- Machine: ${os.cpus().length} cores (${os.cpus()[0]?.model ?? '?'}), ${mib(os.totalmem())} MiB RAM, shared with other engineers' sessions (load average at the end: ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}): single wall times swing; compare within one run.`,
-      `- hvprotect: the agent's restore data path (\`recovery/\`: PointDiskReader over the storage API, \`restorePointDisk\` with ${inFlight} chunks fetched ahead of the write, each 256 KiB chunk hashed (SHA-256) against its index slot before it is written, all-zero slots not fetched, the raw file sparse) in its own process; the storage API server (repository, zstd level 1) in another; loopback HTTP. The workflow around it (\`hvprotect restore\`: lease, activity scheduling) adds about 0.3 s (bench/backup-e2e.md's measurements of the same steps) and is not in this number.`,
+      `- hvprotect: the agent's restore data path (\`recovery/\`: PointDiskReader over the storage API's batched read \`POST /v1/chunks/read\`, 16 chunks of 256 KiB per request and ${inFlight} chunks in flight, the server sending them as stored; each chunk decompressed and hashed (SHA-256) against its index slot on the agent's worker threads before it is written, consecutive chunks written with one writev, all-zero slots not fetched, the raw file sparse) in its own process; the storage API server (repository, zstd level 1) in another; loopback HTTP. The workflow around it (\`hvprotect restore\`: lease, activity scheduling) adds about 0.3 s (bench/backup-e2e.md's measurements of the same steps) and is not in this number.`,
       '- restic 0.14 (Debian) `restic restore latest --target DIR` (AES-256 + Poly1305 always; compression auto); borg 1.2 (Debian) `borg extract` (no encryption, lz4); cp (coreutils, sparse=auto).',
       '- Each repository (and, for cp, the image) is read once before its run so that it is in the page cache; the output folder is emptied and `sync` run before each run.',
     ];

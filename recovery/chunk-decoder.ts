@@ -2,8 +2,9 @@
 // whole POST /chunks/read response (records of digest + stored chunk, storage-api/protocol.ts),
 // check every record against the digest asked for, decompress it into exactly the length its
 // header gives (never what the zstd frame claims), and hash it: a chunk is handed out only when
-// the SHA-256 of its bytes is its digest. The response's memory is moved to the worker and each
-// chunk's moved back, never copied across. Plain JavaScript (eval), as repository/encoder.ts, so
+// the SHA-256 of its bytes is its digest. The response's memory is moved to the worker and back
+// (a chunk stored uncompressed is handed out as a view of it), each decompressed chunk's moved
+// back: nothing is copied across. Plain JavaScript (eval), as repository/encoder.ts, so
 // it runs the same from dist/ and under jest.
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
@@ -32,11 +33,13 @@ function decode(body, digests) {
     if (rawLength === 0 || rawLength > MAX) throw new Error(at + ': header claims ' + rawLength + ' bytes, a chunk is 1..' + MAX);
     if (o + 48 + stored > body.length) throw new Error(at + ': payload of ' + stored + ' bytes runs past the response');
     const payload = body.subarray(o + 48, o + 48 + stored);
-    const raw = Buffer.allocUnsafeSlow(rawLength);
+    let raw;
     if (codec === 0) {
+      // Stored as is: handed out as a view of the response (which goes back with the results).
       if (stored !== rawLength) throw new Error(at + ': stored ' + stored + ' bytes, header says ' + rawLength);
-      payload.copy(raw);
+      raw = payload;
     } else if (codec === 1) {
+      raw = Buffer.allocUnsafeSlow(rawLength);
       const claimed = getFrameContentSize(payload);
       if (claimed !== null && claimed !== rawLength) throw new Error(at + ': zstd frame claims ' + claimed + ' bytes, the header ' + rawLength);
       let n;
@@ -53,7 +56,9 @@ function decode(body, digests) {
 parentPort.on('message', ({ id, body, digests }) => {
   try {
     const raws = decode(Buffer.from(body), digests);
-    parentPort.postMessage({ id, raws: raws.map((r) => r.buffer) }, raws.map((r) => r.buffer));
+    // Each chunk as [its own memory] or [offset, length] in the response, moved back with it.
+    const list = raws.map((r) => (r.buffer === body ? [r.byteOffset, r.length] : r.buffer));
+    parentPort.postMessage({ id, body, raws: list }, [body, ...raws.filter((r) => r.buffer !== body).map((r) => r.buffer)]);
   } catch (e) {
     parentPort.postMessage({ id, error: e.message });
   }
@@ -72,13 +77,13 @@ class DecoderWorker {
   constructor() {
     this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { zstdBindingPath: require.resolve('zstd-napi/binding'), maxChunkSize: MAX_CHUNK_SIZE } });
     this.worker.unref(); // referenced only while it has work (see run)
-    this.worker.on('message', (m: { id: number; raws?: ArrayBuffer[]; error?: string }) => {
+    this.worker.on('message', (m: { id: number; body?: ArrayBuffer; raws?: Array<ArrayBuffer | [number, number]>; error?: string }) => {
       const job = this.jobs.get(m.id);
       if (!job) return;
       this.jobs.delete(m.id);
       if (this.jobs.size === 0) this.worker.unref();
       if (m.error !== undefined) job.reject(new RepositoryError('CORRUPT', `${job.where}: ${m.error}`, 'run `hvprotect verify --read-data`; restore from another recovery point'));
-      else job.resolve(m.raws!.map((b) => Buffer.from(b)));
+      else job.resolve(m.raws!.map((b) => (Array.isArray(b) ? Buffer.from(m.body!, b[0], b[1]) : Buffer.from(b))));
     });
     this.worker.on('error', (err) => {
       for (const j of this.jobs.values()) j.reject(err);

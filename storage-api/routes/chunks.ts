@@ -92,23 +92,7 @@ export function chunkRoutes(app: FastifyInstance, repo: Repository): void {
   }, async (req, reply) => {
     await checkGrantedDigests(req, reply, req.body.digests);
     if (reply.sent) return reply;
-    const digests = req.body.digests;
-    const files: Buffer[] = new Array(digests.length);
-    let total = 0;
-    let next = 0;
-    await Promise.all(Array.from({ length: Math.min(16, digests.length) }, async () => {
-      while (next < digests.length) {
-        const i = next++;
-        files[i] = await repo.chunks.readStored(digests[i]);
-        total += 32 + files[i].length;
-        if (total > MAX_CHUNK_READ_BYTES) {
-          throw new RepositoryError('INVALID_ARGUMENT', `${digests.length} chunks come to more than ${MAX_CHUNK_READ_BYTES} bytes`, 'ask for fewer chunks per request');
-        }
-      }
-    }));
-    const parts: Buffer[] = [];
-    digests.forEach((d, i) => parts.push(Buffer.from(d, 'hex'), files[i]));
-    return reply.type('application/octet-stream').send(Buffer.concat(parts, total));
+    return reply.type('application/octet-stream').send(await repo.chunks.readStoredRecords(req.body.digests, MAX_CHUNK_READ_BYTES));
   });
 
   app.get<{ Params: { digest: string } }>(`${P}/chunks/:digest`, { config: { access: 'read-chunk' } }, async (req, reply) => {
