@@ -10,7 +10,10 @@ async function main(url: string, token: string, pointId: string, file: string, v
     process.send!({ ready: true });
   });
   const start = process.hrtime.bigint();
-  const reader = await PointDiskReader.open(storageApiChunkSource(client, { dataSource: 'bench-vm', pointId }, 'disk0'));
+  const source = storageApiChunkSource(client, { dataSource: 'bench-vm', pointId }, 'disk0');
+  // --per-chunk: the data path before batched reads (one GET per chunk, decoded and hashed by the
+  // server, hashed again here on the main thread), for a before/after in the same run.
+  const reader = await PointDiskReader.open(perChunk ? { ...source, readChunks: undefined } : source);
   const writer = await openDiskWriter(file, 'raw', virtualSize, false);
   const done = await restorePointDisk(reader, writer, { inFlight });
   await writer.close();
@@ -18,7 +21,8 @@ async function main(url: string, token: string, pointId: string, file: string, v
   process.send!({ wallMs, bytesWritten: done.bytesWritten, cpu: process.cpuUsage(), maxRssKiB: process.resourceUsage().maxRSS }, () => process.exit(0));
 }
 
-const [url, token, pointId, file, size, inFlight] = process.argv.slice(2);
+const [url, token, pointId, file, size, inFlight, mode] = process.argv.slice(2);
+const perChunk = mode === 'per-chunk';
 main(url, token, pointId, file, Number(size), Number(inFlight)).catch((err) => {
   console.error(err);
   process.exit(1);
