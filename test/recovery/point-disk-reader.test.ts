@@ -8,23 +8,26 @@ import { PointDiskReader, openDiskWriter, repositoryChunkSource, restorePointDis
 import { openVhdx } from '../../vhdx';
 import { backup, randomDisk } from '../repository/support';
 import { startFixture, tempDir, type Fixture } from '../storage-api/support';
+import type { StorageClient } from '../../storage-api/client';
 
 const CS = 64 * 1024;
 let f: Fixture;
 let disk: Buffer;
 let pointId: string;
+let agent: StorageClient; // the agent's client under a restore grant for the point
 
 beforeAll(async () => {
   f = await startFixture({ defaultChunkSize: CS, encoderThreads: 0, createChunkFolders: false });
   disk = randomDisk(40 * CS + 1536, 7); // a short last slot (VHDX sizes are whole sectors), zero pages, several all-zero chunks
   disk.fill(0, 5 * CS, 9 * CS);
   pointId = (await backup(f.repo, 'vm', disk)).pointId;
+  agent = (await f.restoreJob({ dataSource: 'vm', pointId })).agent;
 });
 afterAll(() => f.close());
 
 const sources = (): Array<[string, ChunkSource]> => [
   ['repository', repositoryChunkSource(f.repo, 'vm', pointId, 'disk0')],
-  ['storage API', storageApiChunkSource(f.agent, { dataSource: 'vm', pointId }, 'disk0')],
+  ['storage API', storageApiChunkSource(agent, { dataSource: 'vm', pointId }, 'disk0')],
 ];
 
 test.each([0, 1])('random reads equal the disk backed up (source %#)', async (i) => {
@@ -119,7 +122,7 @@ test('over an encrypted repository the batched read unseals on the server and re
   const e = await startFixture({ defaultChunkSize: CS, encoderThreads: 0, createChunkFolders: false, encryptionKey: EncryptionKey.generate().key });
   try {
     const id = (await backup(e.repo, 'vm', disk)).pointId;
-    const reader = await PointDiskReader.open(storageApiChunkSource(e.agent, { dataSource: 'vm', pointId: id }, 'disk0'));
+    const reader = await PointDiskReader.open(storageApiChunkSource((await e.restoreJob({ dataSource: 'vm', pointId: id })).agent, { dataSource: 'vm', pointId: id }, 'disk0'));
     const out = Buffer.alloc(disk.length);
     for await (const { slot, data } of reader.slotsInOrder(0, reader.slotCount, { skipZero: true })) data.copy(out, slot * CS);
     expect(out.equals(disk)).toBe(true);
@@ -135,7 +138,7 @@ describe('a damaged or lying chunk read response is refused, naming the chunk', 
     const reader = await PointDiskReader.open(sources()[0][1]);
     const slots = [0, 1, 2, 3].filter((s) => !reader.isZeroSlot(s));
     digests = slots.map((s) => (reader as unknown as { digestOf(s: number): Buffer }).digestOf(s).toString('hex'));
-    body = await f.agent.readChunks(digests);
+    body = await agent.readChunks(digests);
   });
   const { decodeChunkRecords } = require('../../recovery/chunk-decoder') as typeof import('../../recovery/chunk-decoder');
   const damaged = (fn: (b: Buffer) => Buffer) => fn(Buffer.from(body));
@@ -156,7 +159,19 @@ describe('a damaged or lying chunk read response is refused, naming the chunk', 
     await expect(decodeChunkRecords(damaged(fn), asked, 'vm/p/disk0')).rejects.toMatchObject({ code: 'CORRUPT', message: expect.stringMatching(error) });
   });
   test('the route refuses too many digests, and names a missing chunk', async () => {
-    await expect(f.agent.readChunks(Array.from({ length: 257 }, () => digests[0]))).rejects.toMatchObject({ status: 400 });
-    await expect(f.agent.readChunks([digests[0], 'ab'.repeat(32)])).rejects.toMatchObject({ status: 404, message: expect.stringMatching(/chunk abab[0-9a-f]* is missing/) });
+    await expect(agent.readChunks(Array.from({ length: 257 }, () => digests[0]))).rejects.toMatchObject({ status: 400 });
+    await expect(f.admin.readChunks([digests[0], 'ab'.repeat(32)])).rejects.toMatchObject({ status: 404, message: expect.stringMatching(/chunk abab[0-9a-f]* is missing/) });
+  });
+  test('an agent reads only chunks of the point its restore grant is for', async () => {
+    await expect(f.agent.readChunks(digests)).rejects.toMatchObject({ status: 403 }); // no grant
+    const other = (await backup(f.repo, 'vm2', randomDisk(4 * CS, 99))).pointId;
+    const otherAgent = (await f.restoreJob({ dataSource: 'vm2', pointId: other })).agent;
+    // vm2's grant does not reach vm's chunks, even one among its own; the route names the chunk.
+    const mine = await PointDiskReader.open(storageApiChunkSource(otherAgent, { dataSource: 'vm2', pointId: other }, 'disk0'));
+    const own = (mine as unknown as { digestOf(s: number): Buffer }).digestOf(0).toString('hex');
+    expect((await otherAgent.readChunks([own])).length).toBeGreaterThan(48);
+    await expect(otherAgent.readChunks([own, digests[0]])).rejects.toMatchObject({ status: 403, message: expect.stringMatching(new RegExp(`chunk ${digests[0]} is not part of vm2/${other}`)) });
+    const backupAgent = (await f.backupJob('vm3')).agent;
+    await expect(backupAgent.readChunks(digests)).rejects.toMatchObject({ status: 403 });
   });
 });
