@@ -7,7 +7,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { CHUNK_HEADER_SIZE } from './chunk-store';
 import { RepositoryError, isNotFound } from './errors';
-import { DIGEST_SIZE, checkIndex, readSlots } from './fixed-index';
+import { DIGEST_SIZE, checkIndex, forEachNonZeroSlot, readSlots } from './fixed-index';
 import type { Repository } from './repository';
 
 export interface VerifyOptions {
@@ -94,13 +94,10 @@ export async function verifyRepository(repo: Repository, opts: VerifyOptions = {
     const wanted = new Set<string>();
     for (const g of good) {
       for await (const { slots } of readSlots(g.file)) {
-        for (let o = 0; o < slots.length; o += DIGEST_SIZE) {
+        forEachNonZeroSlot(slots, (o) => {
           const prefix = slots.readUInt16BE(o);
-          if (prefix < from || prefix >= to) continue;
-          const hex = slots.toString('hex', o, o + DIGEST_SIZE);
-          if (prefix === 0 && /^0+$/.test(hex)) continue;
-          wanted.add(hex);
-        }
+          if (prefix >= from && prefix < to) wanted.add(slots.toString('hex', o, o + DIGEST_SIZE));
+        });
       }
     }
     const list = [...wanted];
@@ -144,9 +141,9 @@ export async function verifyRepository(repo: Repository, opts: VerifyOptions = {
     const bad = new Set(damaged.keys());
     for (const g of good) {
       for await (const { slots } of readSlots(g.file)) {
-        for (let o = 0; o < slots.length; o += DIGEST_SIZE) {
+        forEachNonZeroSlot(slots, (o) => {
           if (bad.has(slots.toString('hex', o, o + DIGEST_SIZE))) affect(g.dataSource, g.pointId, g.diskId, 'chunk');
-        }
+        });
       }
     }
   }

@@ -15,7 +15,7 @@
 // re-reads the indexes (sequential, 32 bytes per chunk) and sweeps only that range's folders.
 import { promises as fs } from 'node:fs';
 import { RepositoryError, isNotFound } from './errors';
-import { DIGEST_SIZE, INDEX_HEADER_SIZE, readSlots } from './fixed-index';
+import { DIGEST_SIZE, INDEX_HEADER_SIZE, forEachNonZeroSlot, readSlots } from './fixed-index';
 import type { Repository } from './repository';
 
 export interface GcOptions {
@@ -39,7 +39,6 @@ export interface GcReport {
   durationMs: number;
 }
 
-const ZERO_PREFIX = 0; // the zero digest is never stored, so it need not be marked
 
 export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Promise<GcReport> {
   return repo.exclusiveGc(async () => {
@@ -71,12 +70,10 @@ export async function collectGarbage(repo: Repository, opts: GcOptions = {}): Pr
       const mark = async (file: string): Promise<void> => {
         try {
           for await (const { slots } of readSlots(file)) {
-            for (let o = 0; o < slots.length; o += DIGEST_SIZE) {
+            forEachNonZeroSlot(slots, (o) => {
               const prefix = slots.readUInt16BE(o);
-              if (prefix < from || prefix >= to) continue;
-              if (prefix === ZERO_PREFIX && slots.subarray(o, o + DIGEST_SIZE).every((b) => b === 0)) continue;
-              marked.add(slots.toString('latin1', o, o + DIGEST_SIZE));
-            }
+              if (prefix >= from && prefix < to) marked.add(slots.toString('latin1', o, o + DIGEST_SIZE));
+            });
           }
         } catch (err) {
           // Deleted, or moved from a session into a point, since the listing: the re-listing

@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { rm } from 'node:fs/promises';
-import { readIndexVerified } from '../../repository/fixed-index';
+import { forEachNonZeroSlot, readIndexVerified } from '../../repository/fixed-index';
 import { verifyRepository } from '../../repository';
 import type { Repository } from '../../repository';
 import { backup, digestOf, restore, tempRepo } from './support';
@@ -71,5 +71,21 @@ describe('fixed index cloning and restore (property-based)', () => {
     const c = b.subarray(0, 3 * CS + 100);
     const m3 = await backup(repo, 'resize', c, { base: m2.pointId, changedSlots: [3] });
     expect((await restore(repo, 'resize', m3.pointId)).equals(c)).toBe(true);
+  });
+});
+
+describe('forEachNonZeroSlot (verify and GC skip all-zero pages of an index)', () => {
+  it('visits exactly the non-zero slots, across page boundaries and a partial last page', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 700 }), fc.uniqueArray(fc.nat(699), { maxLength: 40 }), fc.nat(31), (count, set, byte) => {
+        const slots = Buffer.alloc(count * 32);
+        const expected = set.filter((i) => i < count).sort((a, b) => a - b);
+        for (const i of expected) slots[i * 32 + byte] = 1 + (i % 255);
+        const seen: number[] = [];
+        forEachNonZeroSlot(slots, (o) => seen.push(o / 32));
+        expect(seen).toEqual(expected);
+      }),
+      { numRuns: 300, seed: 18 },
+    );
   });
 });
