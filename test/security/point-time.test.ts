@@ -3,6 +3,7 @@
 // who can start the activity) dating a point 9999-12-31 got every later backup of the data source
 // refused and made `delete --oldest` take the good point; here it is dated now, and the planned
 // backup, the retention and delete --oldest behave.
+import { randomUUID } from 'node:crypto';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { createServerActivities } from '../../activities/server/backup';
 import type { BackupPlan, CommitRequest, CommittedPoint } from '../../activities/server/types';
@@ -28,9 +29,12 @@ function request(sessionId: string, workflowId: string, checkpointCreatedAt: str
   } as unknown as CommitRequest;
 }
 
+/** An activity environment as one backup run sees it (planBackup's session follows from the run). */
+const runEnv = (workflowId: string) => new MockActivityEnvironment({ workflowExecution: { workflowId, runId: randomUUID() } });
+
 async function commitWith(checkpointCreatedAt: (startedAt: string) => string, job: string) {
   const acts = await activities();
-  const env = new MockActivityEnvironment();
+  const env = runEnv(job);
   const plan: BackupPlan = await env.run(acts.planBackup, { dataSource: 'vm-time', vmId: 'v1', vmName: 'vm-time', disks: [{ diskId: 'disk0', virtualSize: 65536 }], requestedKind: 'auto' as const });
   await f.repo.putFullIndex(plan.sessionId, 'disk0', 65536, Buffer.alloc(32)); // what the agent sends: one all-zero slot
   const startedAt = (await f.repo.getSession(plan.sessionId)).startedAt;
@@ -56,8 +60,9 @@ test('a checkpoint dated 9999 (or 1970) makes a point dated now; a plausible che
 
 test('points per data source per hour are bounded: past the limit planning and committing are refused, saying why', async () => {
   const acts = await activities(2);
-  const env = new MockActivityEnvironment();
-  const plan = (): Promise<BackupPlan> => env.run(acts.planBackup, { dataSource: 'vm-rate', vmId: 'v2', vmName: 'vm-rate', disks: [{ diskId: 'disk0', virtualSize: 65536 }], requestedKind: 'auto' as const });
+  const env = runEnv('wf-rate');
+  let runs = 0;
+  const plan = (): Promise<BackupPlan> => runEnv(`wf-rate-${runs++}`).run(acts.planBackup, { dataSource: 'vm-rate', vmId: 'v2', vmName: 'vm-rate', disks: [{ diskId: 'disk0', virtualSize: 65536 }], requestedKind: 'auto' as const });
   const plans: BackupPlan[] = [];
   for (let i = 0; i < 3; i++) plans.push(await plan()); // three backups planned while none has committed
   for (const [i, p] of plans.entries()) await f.repo.putFullIndex(p.sessionId, 'disk0', 65536, Buffer.alloc(32));
