@@ -9,6 +9,9 @@ const common = {
 };
 module.exports = {
   testTimeout: 120_000,
+  // A suite that leaves a handle open (seen: the CLI suite's child-process pipes) must not keep
+  // `npm test` from ending after every test has reported: CI would hang until its time limit.
+  forceExit: true,
   reporters: ['default', '<rootDir>/test/support/summary-reporter.js'],
   projects: [
     {
