@@ -156,7 +156,7 @@ test('a Hyper-V Replica copy is backed up on the replica server without pausing 
 
 test('two clients ask for a backup of one VM in the same instant: one runs, the other is told what runs', async () => {
   const facts = await stack.lab.createVm({ name: 'twins', host: 'hv01', disks: [{ sizeBytes: 4 * MiB, content: { kind: 'random', seed: 19, fill: 1 } }] });
-  await protectVm(stack.client, { vm: { vmId: facts.vmId, name: 'twins', host: 'hv01', state: 'running' }, dataSource: 'twins', schedule: { everyHours: 24 } });
+  await protectVm(stack.client, { server: stack.server.id, vm: { vmId: facts.vmId, name: 'twins', host: 'hv01', state: 'running' }, dataSource: 'twins', schedule: { everyHours: 24 } });
   const second = await connectClient(stack.temporal);
   try {
     for (let round = 0; round < 3; round++) {

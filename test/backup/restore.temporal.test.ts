@@ -56,7 +56,7 @@ beforeAll(async () => {
   });
   vmId = facts.vmId;
   expected = new Map(facts.disks.map((d, i) => [d.diskId, initialDiskContent(contents[i], d.virtualSize)]));
-  await protectVm(stack.client, { vm: { vmId, name: 'app01', host: 'hv01', state: 'running' }, dataSource: 'app01', schedule: { everyHours: 24 } });
+  await protectVm(stack.client, { server: stack.server.id, vm: { vmId, name: 'app01', host: 'hv01', state: 'running' }, dataSource: 'app01', schedule: { everyHours: 24 } });
   point = await stack.client.workflow.execute('backupVm', {
     taskQueue: stack.server.taskQueue,
     workflowId: `backup/app01/${randomUUID()}`,

@@ -55,7 +55,7 @@ beforeAll(async () => {
   const facts = await stack.lab.createVm({ name: 'fsvm', host: 'hv01', disks: [{ sizeBytes: 100 * MiB, content: { kind: 'zeros' } }] });
   diskId = facts.disks[0].diskId;
   await writeGuestDisk(img.gptDisk);
-  await json(['protect', 'add', 'fsvm', '--at', '03:00']);
+  await json(['protect', 'add', 'fsvm', '--at', '03:00', '--server', stack.server.id]);
   points.push((await json<{ pointId: string }>(['backup', 'fsvm', '--wait'])).pointId);
   images.push(path.join(img.dir, 'point1.img'));
   fs.copyFileSync(img.gptDisk, images[0]);

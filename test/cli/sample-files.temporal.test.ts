@@ -43,7 +43,7 @@ beforeAll(async () => {
   await createSampleLab(stack.lab);
   load = await stack.lab.startWriteLoad({ vm: 'web01', seed: 2026, intervalMs: 0, batch: 8 });
   for (const vm of Object.keys(disksOf)) {
-    await json(['protect', 'add', vm, '--at', '03:00']);
+    await json(['protect', 'add', vm, '--at', '03:00', '--server', stack.server.id]);
     await json(['backup', vm, '--wait']);
   }
 }, 300_000);

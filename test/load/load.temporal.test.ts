@@ -66,7 +66,7 @@ test(`${HOSTS.length * VMS_PER_HOST} VMs on ${HOSTS.length} hosts at once: all p
     const name = `load-${String(i).padStart(3, '0')}`;
     const content: InitialContent = { kind: 'random', seed: 1000 + i, fill: 1 };
     const facts = await stack.lab.createVm({ name, host, disks: [{ sizeBytes: DISK, content }] });
-    const p = await protectVm(stack.client, { vm: { vmId: facts.vmId, name, host, state: 'running' }, dataSource: name, schedule: { everyHours: 24 } });
+    const p = await protectVm(stack.client, { server: stack.server.id, vm: { vmId: facts.vmId, name, host, state: 'running' }, dataSource: name, schedule: { everyHours: 24 } });
     vms.push({ facts, ds: p.dataSource, content });
   }
 

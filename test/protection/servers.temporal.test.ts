@@ -129,7 +129,8 @@ test('two clients ask for a backup of one data source at the same moment: one ru
 
 describe('a server no agent holds a credential for', () => {
   let third: RunningServer;
-  const THIRD = `dpm0-${suffix}`;
+  // Sorts before every other server id (other suites' stopped servers stay listed for a while).
+  const THIRD = `000-${suffix}`;
   beforeAll(async () => {
     third = await startServer({ id: THIRD, logger: createLogger({ name: 'test', level: 'silent' }), temporal: stack.temporal, stateDir: path.join(stack.dir, 'server-third'), apiPort: 0, registerSearchAttributes: false });
     // The administrator issued hv01 a token on the new server but never gave it to the agent.

@@ -130,7 +130,7 @@ test('backup over mutual TLS into an encrypted repository: no guest text in the 
   const fp = await hvp(['key', 'fingerprint', keyFile]);
   expect(fp.stdout.trim()).toBe(server.repository.config.encryption?.keyFingerprint);
 
-  await json(['protect', 'add', 'sec1', '--at', '03:00']);
+  await json(['protect', 'add', 'sec1', '--at', '03:00', '--server', server.id]);
   const b = await json<{ pointId: string; kind: string }>(['backup', 'sec1', '--wait']);
   expect(b.kind).toBe('initial-replica');
 

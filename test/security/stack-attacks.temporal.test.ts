@@ -29,7 +29,7 @@ beforeAll(async () => {
   for (const [name, host, seed] of [['sec-a', 'hv01', 41], ['sec-b', 'hv02', 42]] as const) {
     const content: InitialContent = { kind: 'random', seed, fill: 0.6 };
     const facts = await stack.lab.createVm({ name, host, disks: [{ sizeBytes: 4 * MiB, content }] });
-    await protectVm(stack.client, { vm: { vmId: facts.vmId, name, host, state: 'running' }, dataSource: name, schedule: { everyHours: 24 } });
+    await protectVm(stack.client, { server: stack.server.id, vm: { vmId: facts.vmId, name, host, state: 'running' }, dataSource: name, schedule: { everyHours: 24 } });
     vms[name] = { facts, content, points: [] };
     await backup(name);
   }
