@@ -56,3 +56,14 @@ export const NON_RETRYABLE_HOST: string[] = [
 ];
 
 export const NON_RETRYABLE_SERVER: string[] = [ServerFailure.ShadowStorageFull, ServerFailure.TooManyPoints, ServerFailure.UnknownDataSource, ServerFailure.RepositoryFull];
+
+/** The innermost message of a failure chain (the activity's own words); pure, for workflows too. */
+export function innermostMessage(err: unknown): string {
+  let e = err as { message?: string; cause?: unknown } | undefined;
+  let msg = e?.message ?? String(err);
+  for (let i = 0; i < 5 && e?.cause; i++) {
+    e = e.cause as typeof e;
+    if (e?.message) msg = e.message;
+  }
+  return msg;
+}

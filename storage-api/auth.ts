@@ -15,7 +15,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Repository } from '../repository';
 import { fail } from './errors';
 import { GRANT_HEADER, type GrantAuthority, type GrantClaims } from './grants';
-import { PointDigests } from './point-digests';
+import type { PointDigests } from './point-digests';
 import type { TokenIdentity, TokenStore } from './tokens';
 
 /** What a route needs from the caller's token. */
@@ -37,8 +37,8 @@ declare module 'fastify' {
 /** How long a restore lease's liveness is trusted before it is looked at again (reads are per chunk). */
 const LIVENESS_MS = 5_000;
 
-export function registerAuth(app: FastifyInstance, tokens: TokenStore, grants: GrantAuthority, repo: Repository): void {
-  const digests = new PointDigests(repo);
+/** `digests`: which chunks a point names, shared with the routes that check a body's digests. */
+export function registerAuth(app: FastifyInstance, tokens: TokenStore, grants: GrantAuthority, repo: Repository, digests: PointDigests): void {
   const live = new Map<string, number>(); // "l:<leaseId>" → checked at
   const isLive = async (key: string, check: () => Promise<boolean>): Promise<boolean> => {
     const at = live.get(key);

@@ -9,6 +9,7 @@ import type { Repository } from '../repository';
 import { registerAuth } from './auth';
 import { readBinaryBody } from './binary-body';
 import { GrantAuthority } from './grants';
+import { PointDigests } from './point-digests';
 import { registerBounds, type StorageApiBounds } from './bounds';
 import { clientErrorHandler, errorHandler, fail, frameworkError } from './errors';
 import { API_PREFIX } from './protocol';
@@ -72,7 +73,9 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
   app.addContentTypeParser('application/octet-stream', (req, payload, done) => readBinaryBody(req, payload, done));
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler((req, reply) => fail(reply, 404, { error: 'NO_SUCH_ENDPOINT', message: `${req.method} ${req.url.split('?')[0]} is not a storage API endpoint`, hint: `endpoints live under ${API_PREFIX}/` }));
-  registerAuth(app, tokens, grants, repo);
+  // One cache of which chunks each point names: the grant check and the batched read share it.
+  const pointDigests = new PointDigests(repo);
+  registerAuth(app, tokens, grants, repo, pointDigests);
   registerBounds(app, opts.bounds);
   // A JSON route called without a body is called with no options: its schema decides.
   app.addHook('preValidation', async (req) => {
@@ -81,7 +84,7 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
 
   // Who the caller is: an agent checks its credential with this at start (any valid token).
   app.get(`${API_PREFIX}/whoami`, { config: { access: 'any' } }, async (req) => ({ name: req.identity!.name, role: req.identity!.role }));
-  chunkRoutes(app, repo);
+  chunkRoutes(app, repo, pointDigests);
   sessionRoutes(app, repo);
   pointRoutes(app, repo);
   adminRoutes(app, repo, tokens, grants);

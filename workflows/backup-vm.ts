@@ -33,7 +33,7 @@ import { msToNumber } from '@temporalio/common/lib/time';
 import type { BackupCheckpoint, VmFacts } from '../hypervisor/types';
 import type { DiskTransferResult, HostActivities, TransferHeartbeat, TransferKind } from '../activities/host/types';
 import type { BackupPlan, CommittedPoint, ServerActivities } from '../activities/server/types';
-import { HostFailure, JobFailure, NON_RETRYABLE_HOST, NON_RETRYABLE_SERVER } from '../activities/failures';
+import { HostFailure, JobFailure, NON_RETRYABLE_HOST, NON_RETRYABLE_SERVER, innermostMessage } from '../activities/failures';
 import { decideBackupMode, BackupModeRefused, type BackupModeDecision, type BackupModePolicy } from '../protection/backup-mode';
 import { SA } from '../temporal/search-attribute-keys';
 import { hostTransferQueue } from '../temporal/task-queues';
@@ -333,7 +333,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       retentionDeleted = retention.deleted.map((d) => d.pointId);
     } catch (err) {
       if (isCancellation(err) || !patched('retention-failure-is-a-warning')) throw err;
-      retentionWarning = `recovery point ${committed!.pointId} is kept, but retention and the shadow storage limit were not applied: ${causeOf(err)}; the next backup applies them again`;
+      retentionWarning = `recovery point ${committed!.pointId} is kept, but retention and the shadow storage limit were not applied: ${innermostMessage(err)}; the next backup applies them again`;
       log.warn(retentionWarning, { dataSource: input.dataSource, pointId: committed!.pointId });
     }
     step(retentionWarning ? `done, with a warning: ${retentionWarning}` : 'done');
@@ -380,16 +380,6 @@ function transferPositionOf(err: unknown): TransferHeartbeat | undefined {
   return undefined;
 }
 
-/** The innermost message of a failure chain (the activity's own words). */
-function causeOf(err: unknown): string {
-  let e = err as { message?: string; cause?: unknown } | undefined;
-  let msg = e?.message ?? String(err);
-  for (let i = 0; i < 5 && e?.cause; i++) {
-    e = e.cause as typeof e;
-    if (e?.message) msg = e.message;
-  }
-  return msg;
-}
 
 function baseName(p: string): string {
   const parts = p.split(/[\\/]/);

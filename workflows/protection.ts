@@ -31,7 +31,7 @@ import {
 } from '@temporalio/workflow';
 import { SA } from '../temporal/search-attribute-keys';
 import { checkServerId, serverTaskQueue } from '../temporal/task-queues';
-import { JobFailure } from '../activities/failures';
+import { JobFailure, innermostMessage } from '../activities/failures';
 import type { BackupVmInput, BackupVmResult } from './backup-vm';
 import type { RestoreVmInput, RestoreVmResult } from './restore-vm';
 
@@ -126,7 +126,7 @@ export async function protection(initial: ProtectionState): Promise<void> {
     const at2 = new Date().toISOString();
     void begin({ kind: 'backup', by: 'schedule' }).catch((err) => {
       log.warn('scheduled backup did not start', { error: (err as Error).message });
-      remember({ workflowId: `scheduled/${state.dataSource}/${at2}`, kind: 'backup', by: 'schedule', server: state.server, startedAt: at2 }, 'failed', undefined, causeMessage(err));
+      remember({ workflowId: `scheduled/${state.dataSource}/${at2}`, kind: 'backup', by: 'schedule', server: state.server, startedAt: at2 }, 'failed', undefined, innermostMessage(err));
     });
   });
   setHandler(
@@ -214,7 +214,7 @@ export async function protection(initial: ProtectionState): Promise<void> {
             });
       child.result().then(
         (r) => remember(job, 'completed', r.pointId, undefined, (r as Partial<BackupVmResult>).retentionWarning),
-        (err) => remember(job, isCancellation(err) ? 'cancelled' : 'failed', undefined, causeMessage(err)),
+        (err) => remember(job, isCancellation(err) ? 'cancelled' : 'failed', undefined, innermostMessage(err)),
       );
     } catch (err) {
       state.running = undefined;
@@ -253,12 +253,3 @@ function describeKind(kind: JobKind): string {
   return kind === 'check' ? 'a consistency check' : kind === 'restore' ? 'a restore' : 'a backup';
 }
 
-function causeMessage(err: unknown): string {
-  let e = err as { message?: string; cause?: unknown } | undefined;
-  let msg = e?.message ?? String(err);
-  for (let i = 0; i < 5 && e?.cause; i++) {
-    e = e.cause as typeof e;
-    if (e?.message) msg = e.message;
-  }
-  return msg;
-}

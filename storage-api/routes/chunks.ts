@@ -4,15 +4,14 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { MAX_CHUNK_SIZE, RepositoryError, checkDigest } from '../../repository';
 import type { Repository } from '../../repository';
 import { fail } from '../errors';
-import { PointDigests } from '../point-digests';
+import type { PointDigests } from '../point-digests';
 import { API_PREFIX as P, MAX_CHUNK_BATCH_BODY, MAX_CHUNK_READ_BATCH, MAX_CHUNK_READ_BYTES, MAX_MISSING_QUERY, decodeChunkBatch } from '../protocol';
 
 const BATCH_HINT = 'send records of 32-byte digest + u32 LE length + chunk bytes';
 
-export function chunkRoutes(app: FastifyInstance, repo: Repository): void {
+export function chunkRoutes(app: FastifyInstance, repo: Repository, pointDigests: PointDigests): void {
   // An agent's batched read names its chunks in the body, after auth.ts has run: each is checked
   // here against the point its restore grant is for, as auth.ts checks GET /chunks/:digest's.
-  const pointDigests = new PointDigests(repo);
   const checkGrantedDigests = async (req: FastifyRequest, reply: FastifyReply, digests: string[]): Promise<void> => {
     const g = req.grant;
     if (!g) return; // an admin token (auth.ts let nothing else through without a grant)
