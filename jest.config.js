@@ -9,6 +9,10 @@ const common = {
 };
 module.exports = {
   testTimeout: 120_000,
+  // Two suites at a time even on a 2-core machine (jest's default there is one): most of a
+  // temporal suite's time is spent waiting on the server, timers and child processes. Each jest
+  // worker has a Temporal namespace of its own (test/support/stack.ts), so they never share queues.
+  maxWorkers: 2,
   // A suite that leaves a handle open (seen: the CLI suite's child-process pipes) must not keep
   // `npm test` from ending after every test has reported: CI would hang until its time limit.
   forceExit: true,
@@ -24,6 +28,9 @@ module.exports = {
       ...common,
       displayName: 'temporal',
       testMatch: ['**/*.temporal.test.ts'],
+      // The replay suite's recorder writes histories; it runs only when asked for
+      // (HVP_RECORD_HISTORIES=..., see its header), never as part of `npm test`.
+      testPathIgnorePatterns: process.env.HVP_RECORD_HISTORIES ? ['/node_modules/'] : ['/node_modules/', '/test/replay/record-histories\\.temporal\\.test\\.ts$'],
       globalSetup: '<rootDir>/test/support/temporal-global-setup.ts',
       globalTeardown: '<rootDir>/test/support/temporal-global-teardown.ts',
     },

@@ -41,7 +41,44 @@ export function temporalCliPath(opts: { install?: boolean } = {}): string {
   }
 }
 
+/**
+ * A port nothing listens on, for a listener we start later. Chosen below the kernel's ephemeral
+ * range (ip_local_port_range), not by binding port 0: a port from that range can be taken again
+ * before our listener binds it, as the local end of any outgoing connection or by the Temporal
+ * CLI's own choice of free ports for its internal services (seen: the Web UI of a second
+ * `hvprotect dev` start failed with "address already in use" on the port chosen for it).
+ */
 export async function freePort(host = '127.0.0.1'): Promise<number> {
+  const [low] = ephemeralRange();
+  const floor = 10_000;
+  const span = Math.max(1, low - floor);
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = floor + Math.floor(Math.random() * span);
+    if (await canListen(host, port)) return port;
+  }
+  return kernelPort(host);
+}
+
+function ephemeralRange(): [number, number] {
+  try {
+    const [a, b] = fs.readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    if (a > 10_500 && b >= a) return [a, b];
+  } catch {
+    // not Linux: fall through
+  }
+  return [49152, 65535];
+}
+
+function canListen(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, host, () => srv.close(() => resolve(true)));
+  });
+}
+
+function kernelPort(host: string): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
