@@ -25,9 +25,17 @@ import { loadClientTls, loadServerTls } from '../storage-api/tls';
 import { labCommand } from '../hypervisor/lab/cli';
 import { AesGcmPayloadCodec, PayloadKeyring } from '../temporal/payload-codec';
 import { startCodecServer } from '../temporal/codec-server';
+import { adoptRuns, drainServer, pickServer, resumeServer, upgradeStatus } from './upgrade';
+import os from 'node:os';
 
 function portOrZero(value: string): number {
   return value === '0' ? 0 : port(value);
+}
+
+function durationMs(value: string): number {
+  const m = /^(\d+)(s|m|h)$/.exec(value.trim());
+  if (!m || Number(m[1]) === 0) throw new InvalidArgumentError('a duration such as 90s, 30m or 2h');
+  return Number(m[1]) * { s: 1_000, m: 60_000, h: 3_600_000 }[m[2] as 's' | 'm' | 'h'];
 }
 
 function hypervisorKind(value: string): 'lab' | 'hyperv' {
@@ -436,6 +444,92 @@ export function buildProgram(): Command {
         await client.connection.close();
       }
     });
+
+  const upgrade = program
+    .command('upgrade')
+    .description('Upgrade a protection server in place without breaking its running jobs (README: Upgrading): drain, stop, start the new build')
+    .addHelpText(
+      'after',
+      '\nEach server is a Temporal worker deployment (hvprotect-server-<id>); a backup or restore stays pinned to the build that started it.\n\n' +
+        'Example, one server:\n  hvprotect upgrade drain --server dpm01 --wait 2h   # new work waits; running jobs finish\n' +
+        '  (stop the server, install the new release, start it: it becomes current and runs what waited)\n  hvprotect upgrade status --server dpm01\n',
+    );
+  const withClient = async (fn: (client: Client) => Promise<void>) => {
+    const client = await connectClient(loadTemporalSettings());
+    try {
+      await fn(client);
+    } finally {
+      await client.connection.close();
+    }
+  };
+  const cliIdentity = `hvprotect-cli@${os.hostname()}`;
+  upgrade
+    .command('status')
+    .description('Builds of a server in Temporal, which one takes new work, and the open jobs pinned to each')
+    .option('--server <id>', 'the server (default: the only one)')
+    .option('--json', 'print as JSON', false)
+    .action(async (o) =>
+      withClient(async (client) => {
+        const st = await upgradeStatus(client, await pickServer(client, o.server));
+        if (o.json) return void process.stdout.write(`${JSON.stringify(st)}\n`);
+        const lines = [
+          `server ${st.server}: ${st.running ? `running build ${st.runningBuild ?? '(before versioning)'}` : 'not running'}; ` +
+            (st.drained ? 'DRAINED: new work waits until a build of it starts' : `new work goes to build ${st.currentBuild ?? '(none yet)'}`),
+          'builds:',
+          ...st.versions.map((v) => `  ${v.buildId}  ${v.status}  since ${v.createdAt ?? '?'}  open pinned jobs ${st.pinned[v.buildId]?.length ?? 0}`),
+        ];
+        for (const [b, runs] of Object.entries(st.pinned)) if (b !== st.currentBuild) for (const r of runs) lines.push(`  waiting for ${b}: ${r.workflowId}`);
+        process.stdout.write(`${lines.join('\n')}\n`);
+      }),
+    );
+  upgrade
+    .command('drain')
+    .description('Stop a server taking new work (scheduled and manual jobs wait in Temporal) and let its running jobs finish')
+    .option('--server <id>', 'the server (default: the only one)')
+    .option('--wait <duration>', 'wait until its running jobs have finished, at most this long (e.g. 90s, 30m, 2h)', durationMs)
+    .action(async (o) =>
+      withClient(async (client) => {
+        const server = await pickServer(client, o.server);
+        const r = await drainServer(client, server, {
+          waitMs: o.wait,
+          identity: cliIdentity,
+          onWait: (open) => process.stderr.write(`waiting for ${open.length} job(s): ${open.map((x) => x.workflowId).join(', ')}\n`),
+        });
+        if (!r.open.length) {
+          process.stdout.write(`${server.id} is drained (build ${r.build || '?'} runs no job): stop it, install the new release and start it; it takes the waiting work\n`);
+        } else {
+          process.stdout.write(
+            `${server.id} takes no new work; ${r.open.length} job(s) of build ${r.build} still run: ${r.open.map((x) => x.workflowId).join(', ')}\n` +
+              'wait for them (`hvprotect upgrade drain --wait 1h` again, or `hvprotect upgrade status`) before stopping it\n',
+          );
+          process.exitCode = 3;
+        }
+      }),
+    );
+  upgrade
+    .command('resume')
+    .description('End a drain: the build given (default the running one) takes new work again')
+    .option('--server <id>', 'the server (default: the only one)')
+    .option('--build <id>', 'the build to make current')
+    .action(async (o) =>
+      withClient(async (client) => {
+        const server = await pickServer(client, o.server);
+        const build = await resumeServer(client, server, cliIdentity, o.build);
+        process.stdout.write(`${server.id}: build ${build} takes new work\n`);
+      }),
+    );
+  upgrade
+    .command('adopt')
+    .description('Continue the open jobs pinned to an old build on the current one (only when this release replays that build\'s histories; else start the old build to finish them)')
+    .option('--server <id>', 'the server (default: the only one)')
+    .requiredOption('--from <build>', 'the old build whose jobs wait')
+    .action(async (o) =>
+      withClient(async (client) => {
+        const server = await pickServer(client, o.server);
+        const r = await adoptRuns(client, server, o.from, cliIdentity);
+        process.stdout.write(`${r.moved.length} job(s) of build ${o.from} continue on build ${r.to}${r.moved.length ? `: ${r.moved.map((x) => x.workflowId).join(', ')}` : ''}\n`);
+      }),
+    );
 
   const key = program.command('key').description('Encryption keys for chunks at rest (AES-256-GCM): keep the key file safe, a repository cannot be read without it');
   key

@@ -9,11 +9,12 @@ import { ScheduleOverlapPolicy, ScheduleNotFoundError, WorkflowExecutionAlreadyS
 import { SA } from '../temporal/search-attribute-keys';
 import { serverTaskQueue } from '../temporal/task-queues';
 import { livePollers } from '../temporal/pollers';
+import { describeServerDeployment } from '../temporal/versioning';
 import { encryptsPayloads } from '../temporal/connection';
 import { ENCRYPTED_MARKER } from '../temporal/search-attribute-redaction';
 import type { BackupVmInput } from '../workflows/backup-vm';
 import type { FindVmsResult } from '../workflows/find-vm';
-import type { ServerRecord } from '../workflows/protection-server';
+import { serverWorkflowId, type ServerRecord } from '../workflows/protection-server';
 import {
   moveToUpdate,
   protectionStateQuery,
@@ -262,6 +263,12 @@ export async function listServers(client: Client): Promise<ServerStatus[]> {
 
 /** The server a new protection goes to: the one asked for, the only one, or the one owning fewest. */
 export async function chooseServer(client: Client, requested?: string): Promise<string> {
+  if (requested) {
+    // Its record, read directly: the list below comes from visibility, which can lag a server
+    // that has just started (seen in CI: a test's own server, started a moment before, not listed).
+    const record = await client.workflow.getHandle(serverWorkflowId(requested)).describe().catch(() => undefined);
+    if (record?.status.name === 'RUNNING') return requested;
+  }
   const servers = await listServers(client);
   if (requested) {
     if (!servers.some((s) => s.id === requested)) {
@@ -421,6 +428,7 @@ export async function dataSourceOf(client: Client, vmOrDs: string): Promise<Prot
 
 /** Asks the protection for a job now; refused (JobRefused) when one of the data source runs. */
 export async function startJob(client: Client, dataSource: string, req: JobRequest): Promise<{ job: JobInfo; handle: WorkflowHandle }> {
+  await refuseWhileDraining(client, dataSource);
   const requestId = req.requestId ?? randomUUID();
   const job = await client.workflow
     .getHandle(protectionWorkflowId(dataSource))
@@ -429,6 +437,23 @@ export async function startJob(client: Client, dataSource: string, req: JobReque
       throw refusal(err);
     });
   return { job, handle: client.workflow.getHandle(job.workflowId) };
+}
+
+/**
+ * A drained server runs no new work until a build of it starts (README: Upgrading): a job asked
+ * for now would wait for that, so say so instead of waiting.
+ */
+async function refuseWhileDraining(client: Client, dataSource: string): Promise<void> {
+  const described = await client.workflow.getHandle(protectionWorkflowId(dataSource)).describe().catch(() => undefined);
+  const server = (((await described?.memo) ?? {}) as { server?: string }).server;
+  if (!server) return;
+  const deployment = await describeServerDeployment(client, client.options.namespace, server).catch(() => undefined);
+  if (deployment && deployment.versions.length && !deployment.currentBuildId) {
+    throw new UsageError(
+      `protection server ${server} is drained for an upgrade: no job starts on it until a build of it starts ` +
+        `(or \`hvprotect upgrade resume --server ${server}\` ends the drain); nothing was started`,
+    );
+  }
 }
 
 /** Starts a backup (or consistency check) now, through the protection. */

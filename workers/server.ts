@@ -4,13 +4,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Client, Connection } from '@temporalio/client';
-import { Worker } from '@temporalio/worker';
+import { bundleWorkflowCode, Runtime, Worker } from '@temporalio/worker';
 import type { Logger } from '../log/logger';
 import { connectClient, connectWorker, dataConverterOf, loadTemporalSettings, workflowInterceptorModules, type TemporalSettings } from '../temporal/connection';
 import os from 'node:os';
 import { refuseSharedQueue, resolveServerIdentity, type ServerIdentity } from './server-identity';
 import { protectionServer, serverStartedSignal, serverWorkflowId, type ServerRecord } from '../workflows/protection-server';
 import { registerSearchAttributes } from '../temporal/search-attributes';
+import { buildIdOf, checkBuildId, openPinnedRuns, serverDeploymentName, setCurrentBuild, waitForVersion } from '../temporal/versioning';
+import { projectRoot } from '../temporal/project-root';
 import { startSessionKeeper, type SessionKeeper } from './session-keeper';
 import { installRuntime } from './runtime';
 import { ProtectionMetrics, startMetricsServer } from '../metrics/metrics';
@@ -59,6 +61,12 @@ export interface ServerOptions {
   sessionTtlMs?: number;
   /** How often the session keeper checks sessions against their workflow runs (default 5 min). */
   sessionKeepIntervalMs?: number;
+  /**
+   * The build id of this server's workflow code in its worker deployment (default: the package
+   * version and a digest of the workflow bundle, temporal/versioning.ts). Packagers may set their
+   * own; tests set one to stand for a release.
+   */
+  buildId?: string;
 }
 
 export interface RunningServer {
@@ -75,9 +83,15 @@ export interface RunningServer {
   adminToken: string;
   client: Client;
   metricsUrl?: string;
+  /** This server's build in its worker deployment (hvprotect-server-<id>). */
+  buildId: string;
   /** Resolves when the worker has stopped (after shutdown() or a fatal error). */
   done: Promise<void>;
   shutdown(): Promise<void>;
+}
+
+function packageVersion(): string {
+  return JSON.parse(fs.readFileSync(path.join(projectRoot(), 'package.json'), 'utf8')).version as string;
 }
 
 export function workflowsPath(): string {
@@ -148,14 +162,19 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
   const self = { id: identity.id, storageUrl: storageApi.url };
   const connection = await connectWorker(temporal);
+  // The bundle is made here, not by Worker.create, because its digest is the build id.
+  const workflowBundle = await bundleWorkflowCode({ workflowsPath: workflowsPath(), workflowInterceptorModules: workflowInterceptorModules(temporal), logger: Runtime.instance().logger });
+  const buildId = checkBuildId(opts.buildId ?? buildIdOf(packageVersion(), workflowBundle.code));
   const worker = await Worker.create({
     connection,
     namespace: temporal.namespace,
     taskQueue,
     identity: identity.workerIdentity,
-    workflowsPath: workflowsPath(),
+    workflowBundle,
     dataConverter: dataConverterOf(temporal),
-    interceptors: { workflowModules: workflowInterceptorModules(temporal) },
+    // Jobs are pinned to the build that started them; long-lived workflows say AUTO_UPGRADE
+    // themselves (temporal/versioning.ts).
+    workerDeploymentOptions: { useWorkerVersioning: true, version: { deploymentName: serverDeploymentName(identity.id), buildId }, defaultVersioningBehavior: 'PINNED' },
     activities: {
       ...selfCheckActivities,
       ...createServerActivities({ repository, tokens, grants, self, metrics, maxPointsPerHour: opts.maxPointsPerHour }),
@@ -164,6 +183,29 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     maxConcurrentWorkflowTaskExecutions: opts.maxConcurrentWorkflowTasks,
     shutdownGraceTime: '30 seconds',
   });
+  const running = worker.run();
+  // A server that starts makes its build the one new work goes to (ending a drain, or an upgrade);
+  // jobs pinned to other builds stay with them (temporal/versioning.ts).
+  let previousBuild: string;
+  try {
+    await waitForVersion(client, temporal.namespace, identity.id, buildId);
+    previousBuild = await setCurrentBuild(client, temporal.namespace, identity.id, buildId, identity.workerIdentity);
+  } catch (err) {
+    worker.shutdown();
+    await running.catch(() => undefined);
+    await Promise.all([storageApi.close(), metricsServer?.close(), repository.close(), connection.close(), client.connection.close()].map((p) => p?.catch(() => undefined)));
+    throw err;
+  }
+  if (previousBuild !== buildId) logger.info({ buildId, previousBuild: previousBuild || 'none (drained or first start)' }, 'this build is current: new jobs run on it');
+  const waiting = (await openPinnedRuns(client, identity.id).catch(() => [])).filter((r) => r.buildId !== buildId);
+  if (waiting.length) {
+    const builds = [...new Set(waiting.map((r) => r.buildId))];
+    logger.warn(
+      { builds, runs: waiting.map((r) => r.workflowId) },
+      `${waiting.length} job(s) started by build ${builds.join(', ')} wait for that build: start it to let them finish, ` +
+        `or continue them on this one with \`hvprotect upgrade adopt --server ${identity.id} --from BUILD\` (README: Upgrading)`,
+    );
+  }
   // The server's record in Temporal (`server/<id>`): what doctor and the CLI read.
   const record: ServerRecord = {
     id: identity.id,
@@ -174,6 +216,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     machine: os.hostname(),
     pid: process.pid,
     startedAt: new Date().toISOString(),
+    buildId,
   };
   await client.workflow.signalWithStart(protectionServer, {
     workflowId: serverWorkflowId(identity.id),
@@ -190,7 +233,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   );
   // Sessions live as long as their backup runs (checked against Temporal), not a fixed TTL.
   const sessionKeeper = startSessionKeeper({ repository, client, logger: logger.child({ component: 'session-keeper' }), intervalMs: opts.sessionKeepIntervalMs });
-  const done = worker.run().finally(async () => {
+  const done = running.finally(async () => {
     await sessionKeeper.stop().catch(() => undefined);
     await storageApi.close().catch(() => undefined);
     await metricsServer?.close().catch(() => undefined);
@@ -203,6 +246,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     id: identity.id,
     taskQueue,
     identity,
+    buildId,
     stateDir,
     repository,
     tokens,

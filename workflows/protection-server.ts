@@ -2,7 +2,7 @@
 // queue: the record of what the server is (queue, repository, storage API) that the CLI and
 // `doctor` read. A server (re)starting signals it with its current record; a query that gets no
 // answer means the server is not running.
-import { allHandlersFinished, condition, continueAsNew, defineQuery, defineSignal, setHandler, upsertMemo, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
+import { allHandlersFinished, condition, continueAsNew, defineQuery, defineSignal, setHandler, setWorkflowOptions, upsertMemo, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import { SA } from '../temporal/search-attribute-keys';
 
 export interface ServerRecord {
@@ -15,6 +15,8 @@ export interface ServerRecord {
   machine: string;
   pid: number;
   startedAt: string;
+  /** The build it runs (temporal/versioning.ts); absent in records of builds before versioning. */
+  buildId?: string;
 }
 
 export const serverRecordQuery = defineQuery<ServerRecord>('record');
@@ -41,3 +43,6 @@ export async function protectionServer(initial: ServerRecord): Promise<void> {
   await condition(allHandlersFinished);
   await continueAsNew<typeof protectionServer>(record);
 }
+
+// Lives as long as the server: follows the server's current build (temporal/versioning.ts).
+setWorkflowOptions({ versioningBehavior: 'AUTO_UPGRADE' }, protectionServer);

@@ -24,6 +24,7 @@ import {
   log,
   makeContinueAsNewFunc,
   setHandler,
+  setWorkflowOptions,
   startChild,
   upsertMemo,
   upsertSearchAttributes,
@@ -239,10 +240,17 @@ export async function protection(initial: ProtectionState): Promise<void> {
   }
 }
 
+// Long-lived: they move to the server's current build at their next task (temporal/versioning.ts);
+// their jobs (backupVm, restoreVm) stay pinned to the build that started them.
+setWorkflowOptions({ versioningBehavior: 'AUTO_UPGRADE' }, protection);
+
 /** Started by the Schedule `protect/<ds>`: asks the protection for a backup and ends. */
 export async function scheduledBackup(input: { dataSource: string }): Promise<void> {
   await getExternalWorkflowHandle(protectionWorkflowId(input.dataSource)).signal(scheduledRunSignal, { at: workflowInfo().startTime.toISOString() });
 }
+
+// A schedule's run started while the server drains waits, then signals whatever build is current.
+setWorkflowOptions({ versioningBehavior: 'AUTO_UPGRADE' }, scheduledBackup);
 
 function historyTooLong(limit: number): boolean {
   const info = workflowInfo();

@@ -57,6 +57,8 @@ export interface TestStackOptions {
   servers?: string[];
   /** Session TTL and keeper interval of the servers (tests of long backups shorten them). */
   sessions?: { ttlMs?: number; keepIntervalMs?: number };
+  /** The servers' build id in their worker deployment (default: from the workflow bundle). */
+  buildId?: string;
   /** Wraps each in-process agent's lab adapter (tests that slow, count or order its calls). */
   wrapAdapter?: (host: string, adapter: HypervisorAdapter) => HypervisorAdapter;
 }
@@ -75,7 +77,7 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
   const servers: RunningServer[] = [];
   for (const [i, id] of (opts.servers ?? [undefined]).entries()) {
     servers.push(
-      await startServer({ id, logger, temporal, stateDir: path.join(dir, i === 0 ? 'server' : `server-${id}`), repositoryDir: i === 0 ? opts.repositoryDir : undefined, apiPort: 0, metricsPort: 0, registerSearchAttributes: false, sessionTtlMs: opts.sessions?.ttlMs, sessionKeepIntervalMs: opts.sessions?.keepIntervalMs }),
+      await startServer({ id, logger, temporal, stateDir: path.join(dir, i === 0 ? 'server' : `server-${id}`), repositoryDir: i === 0 ? opts.repositoryDir : undefined, apiPort: 0, metricsPort: 0, registerSearchAttributes: false, sessionTtlMs: opts.sessions?.ttlMs, sessionKeepIntervalMs: opts.sessions?.keepIntervalMs, buildId: opts.buildId }),
     );
   }
   const server = servers[0];
