@@ -26,6 +26,7 @@ import { labCommand } from '../hypervisor/lab/cli';
 import { AesGcmPayloadCodec, PayloadKeyring } from '../temporal/payload-codec';
 import { startCodecServer } from '../temporal/codec-server';
 import { adoptRuns, drainServer, pickServer, resumeServer, upgradeStatus } from './upgrade';
+import { describeServerDeployment, openPinnedRuns } from '../temporal/versioning';
 import os from 'node:os';
 
 function portOrZero(value: string): number {
@@ -118,6 +119,15 @@ async function doctor(client: Client, namespace: string, timeoutSeconds: number)
     if (!servers.some((s) => s.id === owner && s.running)) problems.push(`server ${owner} owns ${dataSources.join(', ')} but is not running: their backups wait until it returns (or \`hvprotect protect move VM --to OTHER\`)`);
   }
   for (const sv of servers) {
+    const deployment = await describeServerDeployment(client, namespace, sv.id).catch(() => undefined);
+    if (deployment?.versions.length && !deployment.currentBuildId) {
+      problems.push(`server ${sv.id} is drained for an upgrade: its new jobs wait until a build of it starts (or \`hvprotect upgrade resume --server ${sv.id}\`)`);
+    }
+    const stranded = (await openPinnedRuns(client, sv.id).catch(() => [])).filter((r) => r.buildId !== (sv.running ? sv.buildId : undefined) && r.buildId !== deployment?.currentBuildId);
+    for (const b of new Set(stranded.map((r) => r.buildId))) {
+      const n = stranded.filter((r) => r.buildId === b).length;
+      problems.push(`${n} job(s) of ${sv.id} wait for build ${b}, which no running server has: start that build to finish them, or \`hvprotect upgrade adopt --server ${sv.id} --from ${b}\` (README: Upgrading)`);
+    }
     if (sv.foreignPollers.length) problems.push(`task queue ${sv.taskQueue} is polled by another repository's server too (${sv.foreignPollers.join(', ')}): give one of them another --id`);
   }
   // Agents: every host queue the protected VMs' hosts use, read from the pollers' identities.
@@ -320,6 +330,7 @@ export function buildProgram(): Command {
     .option('--api-tls-key <file>', 'the key of --api-tls-cert (PEM)')
     .option('--api-tls-client-ca <file>', 'mutual TLS: agents must present a certificate signed by this CA (PEM)')
     .option('--encryption-key-file <file>', 'encrypt chunks at rest (AES-256-GCM) with this key (from `hvprotect key generate`); an encrypted repository needs it')
+    .option('--build-id <id>', 'this build\'s id in the server\'s worker deployment (default: package version and a digest of the workflow code); see `hvprotect upgrade`')
     .addHelpText(
       'after',
       '\nConnection: TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, TEMPORAL_PROFILE.\n' +
@@ -357,8 +368,9 @@ export function buildProgram(): Command {
         maxPointsPerHour: o.maxPointsPerHour,
         metricsToken,
         sdkMetricsUrl: `http://${sdk}/metrics`,
+        buildId: o.buildId,
       });
-      process.stdout.write(`protection server ${server.id} on task queue ${server.taskQueue}\nstorage API ${server.storageApi.url}\nmetrics ${server.metricsUrl}\n`);
+      process.stdout.write(`protection server ${server.id} (build ${server.buildId}) on task queue ${server.taskQueue}\nstorage API ${server.storageApi.url}\nmetrics ${server.metricsUrl}\n`);
       await Promise.race([server.done, untilSignal(() => server.shutdown(), (m) => logger.info(m))]);
     });
 
@@ -433,7 +445,7 @@ export function buildProgram(): Command {
         if (o.json) process.stdout.write(`${JSON.stringify(report)}\n`);
         else {
           const lines = [`Temporal at ${settings.address} (namespace ${settings.namespace})`, 'servers:'];
-          for (const sv of report.servers) lines.push(`  ${sv.id}  ${sv.running ? 'running' : 'NOT RUNNING'}  queue ${sv.taskQueue}  repository ${sv.repository}  storage ${sv.storageUrl}  owns ${sv.dataSources.length}${sv.dataSources.length ? ` (${sv.dataSources.join(', ')})` : ''}`);
+          for (const sv of report.servers) lines.push(`  ${sv.id}  ${sv.running ? 'running' : 'NOT RUNNING'}  build ${sv.buildId ?? '-'}  queue ${sv.taskQueue}  repository ${sv.repository}  storage ${sv.storageUrl}  owns ${sv.dataSources.length}${sv.dataSources.length ? ` (${sv.dataSources.join(', ')})` : ''}`);
           lines.push('agents:');
           for (const a of report.agents) lines.push(`  ${a.host}  serves ${a.servers.join(', ') || 'none'}`);
           lines.push(report.problems.length ? `problems:\n${report.problems.map((p) => `  - ${p}`).join('\n')}` : `ok: self-check answered by ${report.selfCheck?.server} in ${report.selfCheck?.ms} ms`);

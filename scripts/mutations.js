@@ -24,6 +24,14 @@ const ROOT = path.resolve(__dirname, '..');
  */
 const MUTATIONS = [
   {
+    name: 'jobs-not-pinned-to-their-build',
+    why: 'backups follow the current build (AUTO_UPGRADE) instead of staying pinned: an upgrade replays a running transfer on other code',
+    file: 'workers/server.ts',
+    from: "buildId }, defaultVersioningBehavior: 'PINNED' },",
+    to: "buildId }, defaultVersioningBehavior: 'AUTO_UPGRADE' },",
+    tests: ['test/upgrade/upgrade.temporal.test.ts'],
+  },
+  {
     name: 'transfer-retry-restarts-from-zero',
     why: 'a transfer retry ignores its heartbeat and re-reads the disk from slot 0',
     file: 'activities/host/index.ts',

@@ -151,6 +151,10 @@ test('a build stopped under a backup: the backup waits for it, the next build na
   const log = require('node:fs').readFileSync(path.join(stack.dir, 'server-build-c.jsonl'), 'utf8') as string;
   expect(log).toMatch(/job\(s\) started by build build-b wait for that build/);
 
+  // doctor names it as a problem, with both ways out.
+  const doctor = JSON.parse((await hvp('doctor', '--json', '--timeout', '10')).stdout) as { problems: string[] };
+  expect(doctor.problems).toContainEqual(expect.stringMatching(new RegExp(`1 job\\(s\\) of ${server.id} wait for build build-b, which no running server has.*upgrade adopt --server ${server.id} --from build-b`)));
+
   const adopted = await hvp('upgrade', 'adopt', '--server', server.id, '--from', 'build-b');
   expect(adopted.stdout).toMatch(new RegExp(`1 job\\(s\\) of build build-b continue on build build-c: ${h.workflowId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
   await expectPointRestores((await h.result()) as BackupVmResult);
