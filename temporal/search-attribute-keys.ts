@@ -14,5 +14,7 @@ export const SA = {
   dataSource: defineSearchAttributeKey('BackupDataSource', SearchAttributeType.KEYWORD),
   /** Id of the protection server that owns the data source (runs its jobs, keeps its chain). */
   server: defineSearchAttributeKey('BackupServer', SearchAttributeType.KEYWORD),
+  /** A completed job's warning, for the Web UI's filters: retention-not-applied. */
+  warning: defineSearchAttributeKey('BackupWarning', SearchAttributeType.KEYWORD),
 } as const;
 

@@ -335,6 +335,8 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       if (isCancellation(err) || !patched('retention-failure-is-a-warning')) throw err;
       retentionWarning = `recovery point ${committed!.pointId} is kept, but retention and the shadow storage limit were not applied: ${innermostMessage(err)}; the next backup applies them again`;
       log.warn(retentionWarning, { dataSource: input.dataSource, pointId: committed!.pointId });
+      // Findable in the Web UI (BackupWarning = 'retention-not-applied') beside the log and the metric.
+      if (patched('retention-warning-search-attribute')) upsertSearchAttributes([{ key: SA.warning, value: 'retention-not-applied' }]);
     }
     step(retentionWarning ? `done, with a warning: ${retentionWarning}` : 'done');
     return {

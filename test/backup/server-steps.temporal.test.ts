@@ -1,6 +1,7 @@
 // The server's steps of a long backup: its session lives as long as its workflow run (checked
 // against Temporal, not a fixed TTL a long backup outlives), a session whose run ended is
 // aborted, and a retention that fails after the commit leaves a completed backup with a warning.
+import { SA } from '../../temporal/search-attribute-keys';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { WorkflowHandle } from '@temporalio/client';
@@ -82,6 +83,8 @@ test('a retention that fails after the commit: the backup completes with the poi
     repo.enforceRetention = enforce;
   }
   expect((await handle.describe()).status.name).toBe('COMPLETED');
+  // Recorded where an administrator filters: the Web UI's search attribute.
+  expect((await handle.describe()).typedSearchAttributes.get(SA.warning)).toBe('retention-not-applied');
   expect(r.retentionWarning).toMatch(/not applied.*ENOSPC|full/);
   expect((await repo.listPoints('keeper')).map((p) => p.pointId)).toEqual([r.pointId]);
   expect((await stack.lab.inspectVm('keeper')).checkpoints).toEqual([]);
