@@ -330,6 +330,8 @@ export function buildProgram(): Command {
     .option('--api-tls-key <file>', 'the key of --api-tls-cert (PEM)')
     .option('--api-tls-client-ca <file>', 'mutual TLS: agents must present a certificate signed by this CA (PEM)')
     .option('--encryption-key-file <file>', 'encrypt chunks at rest (AES-256-GCM) with this key (from `hvprotect key generate`); an encrypted repository needs it')
+    .option('--alert-webhook <url>', 'POST every change of a protection\'s status (OK / WARNING / CRITICAL) here as JSON, signed (X-Hvprotect-Signature, HMAC-SHA256)')
+    .option('--alert-webhook-secret-file <file>', 'the secret the alerts are signed with (required with --alert-webhook)')
     .option('--build-id <id>', 'this build\'s id in the server\'s worker deployment (default: package version and a digest of the workflow code); see `hvprotect upgrade`')
     .addHelpText(
       'after',
@@ -352,6 +354,9 @@ export function buildProgram(): Command {
         throw new UsageError((err as Error).message);
       }
       const encryptionKey = o.encryptionKeyFile ? await EncryptionKey.load(o.encryptionKeyFile) : undefined;
+      if (!!o.alertWebhook !== !!o.alertWebhookSecretFile) throw new UsageError('--alert-webhook and --alert-webhook-secret-file go together: the receiver checks each alert\'s signature with the secret');
+      if (o.alertWebhook && !/^https?:\/\//.test(o.alertWebhook)) throw new UsageError(`--alert-webhook ${o.alertWebhook}: an http:// or https:// URL`);
+      const alertWebhook = o.alertWebhook ? { url: o.alertWebhook as string, secret: readSecretFile(o.alertWebhookSecretFile, '--alert-webhook-secret-file') } : undefined;
       installRuntime({ logger, prometheusBindAddress: sdk });
       const server = await startServer({
         id: o.id,
@@ -369,6 +374,7 @@ export function buildProgram(): Command {
         metricsToken,
         sdkMetricsUrl: `http://${sdk}/metrics`,
         buildId: o.buildId,
+        alertWebhook,
       });
       process.stdout.write(`protection server ${server.id} (build ${server.buildId}) on task queue ${server.taskQueue}\nstorage API ${server.storageApi.url}\nmetrics ${server.metricsUrl}\n`);
       await Promise.race([server.done, untilSignal(() => server.shutdown(), (m) => logger.info(m))]);

@@ -16,6 +16,7 @@ import {
   describeProtection,
   JobRefused,
   listProtections,
+  protectionStatuses,
   moveProtection,
   startJob,
   parseTimes,
@@ -156,6 +157,8 @@ export function registerCommands(program: Command): void {
       .description('protect a VM: express full backups on a schedule, first one at the next slot')
       .option('--at <times>', 'express full times of day, HH:MM[,HH:MM…] (default 02:00)')
       .option('--every <hours>', 'or every N hours instead of fixed times', positiveInt)
+      .option('--tz <zone>', 'the time zone of --at, an IANA name such as Europe/Berlin (default the protection server\'s zone)')
+      .option('--rpo <hours>', 'recovery point objective: no point for longer is WARNING, twice as long CRITICAL (default the longest gap between runs + 1 h)', positiveInt)
       .option('--retention-days <days>', 'keep recovery points this many days', positiveInt)
       .option('--max-points <n>', 'keep at most this many recovery points (DPM max 448)', positiveInt)
       .option('--maxsize <size>', 'shadow storage limit: 20GB, 15% or UNBOUNDED', sizeArg)
@@ -166,7 +169,7 @@ export function registerCommands(program: Command): void {
       .option('--server <id>', 'the protection server that owns it (default: the only one, else the one owning fewest)')
       .option('--backup-now', 'start the first backup now', false)
       .option('--json', 'print JSON', false)
-      .addHelpText('after', '\nExamples:\n  hvprotect protect add web01 --at 02:00,14:00 --retention-days 14\n  hvprotect protect add app-linux01 --every 6 --offline-method pause --backup-now\n'),
+      .addHelpText('after', '\nExamples:\n  hvprotect protect add web01 --at 02:00,14:00 --tz Europe/Berlin --retention-days 14\n  hvprotect protect add app-linux01 --every 6 --offline-method pause --backup-now\n'),
   ).action(async (vmArg: string, o) => {
     if (o.at && o.every) throw new UsageError('give either --at or --every, not both');
     const at = o.at ? parseTimes(o.at) : undefined;
@@ -176,7 +179,7 @@ export function registerCommands(program: Command): void {
         vm,
         server: o.server,
         dataSource: o.dataSource,
-        schedule: { at, everyHours: o.every },
+        schedule: { at, everyHours: o.every, timezone: o.tz, rpoMs: o.rpo ? o.rpo * 3_600_000 : undefined },
         allowOffline: o.offline,
         offlineMethod: o.offlineMethod,
         role: o.replica ? 'replica' : undefined,
@@ -289,10 +292,30 @@ export function registerCommands(program: Command): void {
 
   program
     .command('status')
-    .description('running and recent backup and restore jobs, with links into the Web UI')
+    .description('running and recent backup and restore jobs, with links into the Web UI; --protection: every protected VM against its RPO')
     .option('--limit <n>', 'how many recent jobs', positiveInt, 20)
+    .option('--protection', 'the protection status of every protected VM (OK / WARNING / CRITICAL, last good point, last failure); exit 1 when one is not OK', false)
     .option('--json', 'print JSON', false)
     .action(async (o) => {
+      if (o.protection) {
+        const rows = await withClient((c) => protectionStatuses(c));
+        out(o.json, rows, () =>
+          table(
+            rows.map((r) => ({
+              status: r.level,
+              vm: r.vm,
+              server: r.server,
+              'last point': r.lastGood ? `${r.lastGood.at} (${Math.round(r.lastGood.ageSeconds / 3600)} h)` : '-',
+              rpo: `${Math.round(r.rpoSeconds / 3600)} h`,
+              paused: r.paused ? 'paused' : '',
+              why: r.reason,
+            })),
+            ['status', 'vm', 'server', 'last point', 'rpo', 'paused', 'why'],
+          ),
+        );
+        if (rows.some((r) => r.level !== 'OK')) process.exitCode = 1;
+        return;
+      }
       const jobs = await withClient(async (c) => {
         const rows: Record<string, string>[] = [];
         for await (const wf of c.workflow.list({ query: "WorkflowType IN ('backupVm', 'restoreVm')", pageSize: o.limit })) {

@@ -10,6 +10,8 @@ import { SA } from '../temporal/search-attribute-keys';
 import { serverTaskQueue } from '../temporal/task-queues';
 import { livePollers } from '../temporal/pollers';
 import { describeServerDeployment } from '../temporal/versioning';
+import { dailyCalendars } from './schedule-calendar';
+import { protectionStatus, type ProtectionStatus } from '../protection/status';
 import { encryptsPayloads } from '../temporal/connection';
 import { ENCRYPTED_MARKER } from '../temporal/search-attribute-redaction';
 import type { BackupVmInput } from '../workflows/backup-vm';
@@ -33,7 +35,29 @@ export interface ProtectionSchedule {
   at?: string[];
   /** Or every N hours (1–24). */
   everyHours?: number;
+  /** IANA zone the times are in (default the owning server's zone). */
   timezone?: string;
+  /** Recovery point objective (default the longest gap between runs plus an hour). */
+  rpoMs?: number;
+}
+
+const HOUR = 3_600_000;
+
+/** The longest time between two runs of a schedule: what the catch-up window and the RPO follow. */
+export function longestGapMs(schedule: Pick<ProtectionSchedule, 'at' | 'everyHours'>): number {
+  if (schedule.everyHours) return schedule.everyHours * HOUR;
+  const minutes = (schedule.at ?? ['02:00']).map((t) => {
+    const [h, m] = t.split(':').map(Number);
+    return h * 60 + m;
+  }).sort((a, b) => a - b);
+  let gap = 0;
+  for (let i = 0; i < minutes.length; i++) gap = Math.max(gap, ((minutes[(i + 1) % minutes.length] - minutes[i] + 1440 - 1) % 1440) + 1);
+  return gap * 60_000;
+}
+
+/** Start times spread so hundreds of VMs do not start in one second: a tenth of the gap, at most 30 min. */
+export function jitterMs(gapMs: number): number {
+  return Math.min(30 * 60_000, Math.floor(gapMs / 10));
 }
 
 export interface ProtectOptions {
@@ -148,14 +172,12 @@ export function backupInput(dataSource: string, vm: VmSummary, o: Pick<ProtectOp
 export async function protectVm(client: Client, o: ProtectOptions): Promise<ProtectionInfo> {
   const dataSource = o.dataSource ?? dataSourceIdFor(o.vm.name);
   const server = await chooseServer(client, o.server);
+  const timezone = o.schedule.timezone ?? (await serverTimeZone(client, server)) ?? 'UTC';
+  checkTimeZone(timezone);
+  const gapMs = longestGapMs(o.schedule);
   const spec: ScheduleSpec = o.schedule.everyHours
     ? { intervals: [{ every: `${o.schedule.everyHours} hours` as Duration }] }
-    : {
-        calendars: (o.schedule.at ?? ['02:00']).map((t) => {
-          const [hour, minute] = t.split(':').map(Number);
-          return { hour, minute, comment: `express full at ${t}` };
-        }),
-      };
+    : { calendars: dailyCalendars(o.schedule.at ?? ['02:00'], timezone) };
   const state: ProtectionState = {
     dataSource,
     vm: o.vm.name,
@@ -165,6 +187,7 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
     chains: [{ server, since: new Date().toISOString() }],
     recent: [],
     skippedRuns: 0,
+    rpoMs: o.schedule.rpoMs ?? gapMs + HOUR,
   };
   // Search attributes and a schedule's note are stored in plain text: with a payload codec, no VM name there.
   const vmInPlainText = encryptsPayloads(client) ? ENCRYPTED_MARKER : o.vm.name;
@@ -190,10 +213,14 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
   try {
     await client.schedule.create({
       scheduleId: scheduleIdOf(dataSource),
-      spec: { ...spec, timezone: o.schedule.timezone },
+      // Times in the zone (Temporal's calendar follows its daylight-saving rules), each run started
+      // up to a bounded jitter late so hundreds of VMs do not start in one second.
+      spec: { ...spec, timezone, jitter: jitterMs(gapMs) },
       action: scheduleAction(dataSource, o.vm.name, server, vmInPlainText),
       // The protection skips a run that finds a job going; the schedule need not start two either.
-      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: '1 hour', pauseOnFailure: false },
+      // A run missed while the server or Temporal was down is caught up within one whole gap: a
+      // server down overnight backs up when it returns, not at the next night.
+      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: gapMs, pauseOnFailure: false },
       memo: { vm: o.vm.name, vmId: o.vm.vmId, dataSource },
       typedSearchAttributes: [
         { key: SA.dataSource, value: dataSource },
@@ -288,15 +315,32 @@ export async function anyRunningServer(client: Client): Promise<ServerStatus> {
   return running[0];
 }
 
+/** The zone a server runs in, from its record (absent for servers before it was recorded). */
+async function serverTimeZone(client: Client, server: string): Promise<string | undefined> {
+  const d = await client.workflow.getHandle(serverWorkflowId(server)).describe().catch(() => undefined);
+  return (((await d?.memo) ?? {}) as Partial<ServerRecord>).timeZone;
+}
+
+export function checkTimeZone(zone: string): void {
+  try {
+    new Intl.DateTimeFormat('en', { timeZone: zone });
+  } catch {
+    throw new UsageError(`unknown time zone "${zone}": use an IANA name such as Europe/Berlin, America/New_York or UTC`);
+  }
+}
+
 function specText(d: ScheduleDescription): string {
-  const cal = d.spec.calendars?.map((c) => {
+  // The one-day calendars of spring-forward days (schedule-calendar.ts) are not the schedule's times.
+  const cal = d.spec.calendars?.filter((c) => !/clocks go forward/.test(c.comment ?? '')).map((c) => {
     const h = c.hour?.[0]?.start ?? 0;
     const m = c.minute?.[0]?.start ?? 0;
     return `${String(h).padStart(2, '0')}:${String(m).padStart(2, '0')}`;
   });
-  if (cal?.length) return `daily at ${cal.join(', ')}`;
+  const jitter = Number(d.spec.jitter ?? 0);
+  const spread = jitter ? `, started within ${Math.round(jitter / 60_000)} min` : '';
+  if (cal?.length) return `daily at ${cal.join(', ')} ${d.spec.timezone ?? 'UTC'}${spread}`;
   const iv = d.spec.intervals?.[0];
-  if (iv) return `every ${Math.round(Number(iv.every) / 3_600_000)} h`;
+  if (iv) return `every ${Math.round(Number(iv.every) / 3_600_000)} h${spread}`;
   return 'custom';
 }
 
@@ -346,6 +390,28 @@ export async function protectionState(client: Client, dataSource: string): Promi
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
   return Promise.race([p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error('timed out')), ms).unref())]);
+}
+
+export interface ProtectionStatusRow extends ProtectionStatus {
+  vm: string;
+  server: string;
+  paused: boolean;
+}
+
+/**
+ * Every protected VM against its RPO, from each protection's own record (its state query, which
+ * the workflow answers from durable state); the list of protections alone comes from visibility.
+ */
+export async function protectionStatuses(client: Client, now = new Date()): Promise<ProtectionStatusRow[]> {
+  const rows: ProtectionStatusRow[] = [];
+  for await (const wf of client.workflow.list({ query: "WorkflowType = 'protection' AND ExecutionStatus = 'Running'" })) {
+    const dataSource = wf.workflowId.slice('protection/'.length);
+    const state = await protectionState(client, dataSource);
+    const paused = await client.schedule.getHandle(scheduleIdOf(dataSource)).describe().then((d) => d.state.paused, () => false);
+    rows.push({ ...protectionStatus(state, now), vm: state.vm, server: state.server, paused });
+  }
+  const order = { CRITICAL: 0, WARNING: 1, OK: 2 };
+  return rows.sort((a, b) => order[a.level] - order[b.level] || a.vm.localeCompare(b.vm));
 }
 
 export async function listProtections(client: Client): Promise<ProtectionInfo[]> {

@@ -4,7 +4,11 @@
 // target has both.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { protectionStatus, type StatusLevel } from '../protection/status';
+import type { ProtectionState } from '../workflows/protection';
+
+const LEVEL_VALUE: Record<StatusLevel, number> = { OK: 0, WARNING: 1, CRITICAL: 2 };
 
 export class ProtectionMetrics {
   readonly registry = new Registry();
@@ -18,6 +22,12 @@ export class ProtectionMetrics {
     name: 'hvprotect_retention_failures_total',
     help: 'Retention runs that failed after a commit (the point is kept; the next backup applies retention again)',
     labelNames: ['datasource'] as const,
+    registers: [this.registry],
+  });
+  readonly alerts = new Counter({
+    name: 'hvprotect_protection_alerts_total',
+    help: 'Changes of protection status alerted (one per change), by the status changed to',
+    labelNames: ['datasource', 'to'] as const,
     registers: [this.registry],
   });
   readonly bytesRead = new Counter({
@@ -46,9 +56,53 @@ export class ProtectionMetrics {
     buckets: [0.01, 0.1, 0.5, 1, 5, 15, 60, 300],
     registers: [this.registry],
   });
+  /**
+   * The protections this server owns, as their workflows last reported their state
+   * (metrics/protection-states.ts refreshes it); the status is computed at each scrape.
+   */
+  protectionStates = new Map<string, ProtectionState>();
+  readonly lastRecoveryPoint = new Gauge({
+    name: 'hvprotect_last_recovery_point_timestamp_seconds',
+    help: 'When the newest good recovery point of the data source was made (unix seconds); absent before the first',
+    labelNames: ['datasource', 'group', 'server'] as const,
+    registers: [this.registry],
+    collect: () => this.collectStatus(),
+  });
+  readonly status = new Gauge({
+    name: 'hvprotect_protection_status',
+    help: 'Protection status against the RPO: 0 OK, 1 WARNING (last backup failed, or past the RPO), 2 CRITICAL (past twice the RPO)',
+    labelNames: ['datasource', 'group', 'server'] as const,
+    registers: [this.registry],
+  });
+  readonly rpo = new Gauge({
+    name: 'hvprotect_rpo_seconds',
+    help: 'The recovery point objective of the data source',
+    labelNames: ['datasource', 'group', 'server'] as const,
+    registers: [this.registry],
+  });
+  readonly checkNeeded = new Gauge({
+    name: 'hvprotect_consistency_check_needed',
+    help: '1 when the last backup failed in a way that needs a consistency check',
+    labelNames: ['datasource', 'group', 'server'] as const,
+    registers: [this.registry],
+  });
 
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'hvprotect_process_' });
+  }
+
+  private collectStatus(): void {
+    for (const g of [this.lastRecoveryPoint, this.status, this.rpo, this.checkNeeded]) g.reset();
+    const now = new Date();
+    for (const state of this.protectionStates.values()) {
+      const st = protectionStatus(state, now);
+      // Protection groups are not built yet: every data source is in no group ("").
+      const labels = { datasource: state.dataSource, group: '', server: state.server };
+      if (st.lastGood) this.lastRecoveryPoint.set(labels, Date.parse(st.lastGood.at) / 1000);
+      this.status.set(labels, LEVEL_VALUE[st.level]);
+      this.rpo.set(labels, st.rpoSeconds);
+      this.checkNeeded.set(labels, st.checkNeeded ? 1 : 0);
+    }
   }
 }
 

@@ -16,6 +16,7 @@ const needs = [
   ['e2fsprogs', () => has('mke2fs') && has('debugfs') && has('e2fsck')], // ext4 guest images, debugfs oracle
   ['dosfstools', () => has('mkfs.fat') && has('fsck.fat')], // FAT guest images
   ['mtools', () => has('mcopy')], // FAT guest images, mcopy oracle
+  ['prometheus', () => has('promtool')], // promtool checks and unit-tests the alert rules in deploy/prometheus
   ['fdisk', () => has('sfdisk')], // GPT and MBR guest disks
 ];
 

@@ -16,9 +16,11 @@ import { projectRoot } from '../temporal/project-root';
 import { startSessionKeeper, type SessionKeeper } from './session-keeper';
 import { installRuntime } from './runtime';
 import { ProtectionMetrics, startMetricsServer } from '../metrics/metrics';
+import { startProtectionStates } from '../metrics/protection-states';
 import * as selfCheckActivities from '../activities/server/self-check';
 import { createServerActivities } from '../activities/server/backup';
 import { createRestoreServerActivities } from '../activities/server/restore';
+import { createAlertActivities, type AlertWebhook } from '../activities/server/alerts';
 import { Repository } from '../repository';
 import type { EncryptionKey } from '../repository';
 import type { StorageServerTls } from '../storage-api/tls';
@@ -67,6 +69,10 @@ export interface ServerOptions {
    * own; tests set one to stand for a release.
    */
   buildId?: string;
+  /** How often the status gauges re-read the protections' states (default 30 s). */
+  protectionStatesIntervalMs?: number;
+  /** Where changes of protection status are posted (JSON, HMAC-signed; activities/server/alerts.ts). */
+  alertWebhook?: AlertWebhook;
 }
 
 export interface RunningServer {
@@ -179,6 +185,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       ...selfCheckActivities,
       ...createServerActivities({ repository, tokens, grants, self, metrics, maxPointsPerHour: opts.maxPointsPerHour }),
       ...createRestoreServerActivities({ repository, grants, self }),
+      ...createAlertActivities({ webhook: opts.alertWebhook, onAlert: (a) => metrics.alerts.inc({ datasource: a.dataSource, to: a.to }) }),
     },
     maxConcurrentWorkflowTaskExecutions: opts.maxConcurrentWorkflowTasks,
     shutdownGraceTime: '30 seconds',
@@ -217,6 +224,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     pid: process.pid,
     startedAt: new Date().toISOString(),
     buildId,
+    timeZone: Intl.DateTimeFormat().resolvedOptions().timeZone,
   };
   await client.workflow.signalWithStart(protectionServer, {
     workflowId: serverWorkflowId(identity.id),
@@ -231,9 +239,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     { id: identity.id, address: temporal.address, namespace: temporal.namespace, taskQueue, storageApi: storageApi.url, repository: repository.root },
     'protection server running',
   );
+  // The status gauges' states (metrics/protection-states.ts), when there is a /metrics to show them.
+  const protectionStates = metricsServer ? startProtectionStates({ client, serverId: identity.id, metrics, logger: logger.child({ component: 'protection-states' }), intervalMs: opts.protectionStatesIntervalMs }) : undefined;
   // Sessions live as long as their backup runs (checked against Temporal), not a fixed TTL.
   const sessionKeeper = startSessionKeeper({ repository, client, logger: logger.child({ component: 'session-keeper' }), intervalMs: opts.sessionKeepIntervalMs });
   const done = running.finally(async () => {
+    protectionStates?.stop();
     await sessionKeeper.stop().catch(() => undefined);
     await storageApi.close().catch(() => undefined);
     await metricsServer?.close().catch(() => undefined);

@@ -17,6 +17,8 @@ export interface ServerRecord {
   startedAt: string;
   /** The build it runs (temporal/versioning.ts); absent in records of builds before versioning. */
   buildId?: string;
+  /** The IANA zone it runs in: schedules made without --tz use it. */
+  timeZone?: string;
 }
 
 export const serverRecordQuery = defineQuery<ServerRecord>('record');

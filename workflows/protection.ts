@@ -23,6 +23,8 @@ import {
   isCancellation,
   log,
   makeContinueAsNewFunc,
+  patched,
+  proxyActivities,
   setHandler,
   setWorkflowOptions,
   startChild,
@@ -35,6 +37,8 @@ import { checkServerId, serverTaskQueue } from '../temporal/task-queues';
 import { JobFailure, innermostMessage } from '../activities/failures';
 import type { BackupVmInput, BackupVmResult } from './backup-vm';
 import type { RestoreVmInput, RestoreVmResult } from './restore-vm';
+import { protectionStatus, type StatusLevel } from '../protection/status';
+import type { AlertActivities } from '../activities/server/alerts';
 
 export type JobKind = 'backup' | 'check' | 'restore';
 
@@ -94,6 +98,12 @@ export interface ProtectionState {
   skippedRuns: number;
   /** Continue as new past this many events (default HISTORY_LIMIT; tests and replay recordings shorten it). */
   historyLimit?: number;
+  /** The newest good recovery point, kept however many jobs came after it (protection/status.ts). */
+  lastGood?: { pointId: string; at: string };
+  /** Recovery point objective: older than this is WARNING, twice this CRITICAL (default 24 h). */
+  rpoMs?: number;
+  /** The status last alerted on, and how many alerts were sent (their ids' sequence). */
+  alerted?: { level: StatusLevel; at: string; sequence: number };
 }
 
 const RECENT = 20;
@@ -114,6 +124,8 @@ export async function protection(initial: ProtectionState): Promise<void> {
   const state: ProtectionState = initial;
   let moving = false;
   let ending = false;
+  let jobsEnded = 0;
+  let alerting = false;
 
   setHandler(protectionStateQuery, () => state);
   setHandler(startJobUpdate, (req) => begin(req), { validator: (req) => refuseIfBusy(req) });
@@ -158,9 +170,10 @@ export async function protection(initial: ProtectionState): Promise<void> {
     { validator: (_req) => refuseIfBusy() },
   );
   showOwner();
+  if (patched('protection-status-alerts')) void watchStatus();
 
   await condition(() => moving || ending || (!state.running && historyTooLong(state.historyLimit ?? HISTORY_LIMIT)));
-  await condition(() => allHandlersFinished() && !state.running);
+  await condition(() => allHandlersFinished() && !state.running && !alerting);
   if (ending) return;
   // A move continues on the new owner's queue; otherwise the same queue, a fresh history.
   await makeContinueAsNewFunc<typeof protection>({ taskQueue: serverTaskQueue(state.server) })(state);
@@ -226,8 +239,43 @@ export async function protection(initial: ProtectionState): Promise<void> {
 
   function remember(job: JobInfo, outcome: JobOutcome['outcome'], pointId?: string, error?: string, warning?: string): void {
     if (state.running?.workflowId === job.workflowId) state.running = undefined;
+    if (outcome === 'completed' && pointId && job.kind !== 'restore') state.lastGood = { pointId, at: new Date().toISOString() };
+    jobsEnded++;
     state.recent.push({ ...job, outcome, endedAt: new Date().toISOString(), pointId, error, ...(warning ? { warning } : {}) });
     if (state.recent.length > RECENT) state.recent.splice(0, state.recent.length - RECENT);
+  }
+
+  /**
+   * Alerts once per change of status (OK, WARNING, CRITICAL; protection/status.ts): after every
+   * job, and by a timer at the moment the last good point passes the RPO or twice it.
+   */
+  async function watchStatus(): Promise<void> {
+    const alerts = proxyActivities<AlertActivities>({
+      startToCloseTimeout: '1 minute',
+      // A receiver that is down gets the alert when it is back (within a day), in order.
+      scheduleToCloseTimeout: '24 hours',
+      retry: { initialInterval: '10 seconds', backoffCoefficient: 2, maximumInterval: '10 minutes' },
+    });
+    while (!moving && !ending) {
+      const now = new Date();
+      const status = protectionStatus(state, now);
+      const previous = state.alerted?.level ?? 'OK';
+      if (status.level !== previous) {
+        const sequence = (state.alerted?.sequence ?? 0) + 1;
+        alerting = true;
+        try {
+          await alerts.protectionAlert({ id: `${state.dataSource}/${sequence}`, dataSource: state.dataSource, vm: state.vm, server: state.server, from: previous, to: status.level, status, at: now.toISOString() });
+        } catch (err) {
+          log.warn('protection alert not delivered', { error: innermostMessage(err) });
+        } finally {
+          alerting = false;
+        }
+        state.alerted = { level: status.level, at: now.toISOString(), sequence };
+      }
+      const seen = jobsEnded;
+      const wait = status.worsensAt ? Math.max(1000, Date.parse(status.worsensAt) - Date.now() + 1000) : undefined;
+      await condition(() => jobsEnded !== seen || moving || ending, wait as number);
+    }
   }
 
   function showOwner(): void {

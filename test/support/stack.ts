@@ -59,6 +59,9 @@ export interface TestStackOptions {
   sessions?: { ttlMs?: number; keepIntervalMs?: number };
   /** The servers' build id in their worker deployment (default: from the workflow bundle). */
   buildId?: string;
+  /** The servers' alert webhook and how often their status gauges re-read the protections. */
+  alertWebhook?: { url: string; secret: string };
+  protectionStatesIntervalMs?: number;
   /** Wraps each in-process agent's lab adapter (tests that slow, count or order its calls). */
   wrapAdapter?: (host: string, adapter: HypervisorAdapter) => HypervisorAdapter;
 }
@@ -77,7 +80,7 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
   const servers: RunningServer[] = [];
   for (const [i, id] of (opts.servers ?? [undefined]).entries()) {
     servers.push(
-      await startServer({ id, logger, temporal, stateDir: path.join(dir, i === 0 ? 'server' : `server-${id}`), repositoryDir: i === 0 ? opts.repositoryDir : undefined, apiPort: 0, metricsPort: 0, registerSearchAttributes: false, sessionTtlMs: opts.sessions?.ttlMs, sessionKeepIntervalMs: opts.sessions?.keepIntervalMs, buildId: opts.buildId }),
+      await startServer({ id, logger, temporal, stateDir: path.join(dir, i === 0 ? 'server' : `server-${id}`), repositoryDir: i === 0 ? opts.repositoryDir : undefined, apiPort: 0, metricsPort: 0, registerSearchAttributes: false, sessionTtlMs: opts.sessions?.ttlMs, sessionKeepIntervalMs: opts.sessions?.keepIntervalMs, buildId: opts.buildId, alertWebhook: opts.alertWebhook, protectionStatesIntervalMs: opts.protectionStatesIntervalMs }),
     );
   }
   const server = servers[0];
