@@ -28,6 +28,7 @@ import {
 } from './protection';
 import { UsageError } from './errors';
 import { registerFileCommands, restoreVolumeCommand } from './files';
+import { registerGroupCommands } from './group-commands';
 import { listServers } from './protection';
 import { randomUUID } from 'node:crypto';
 import type { RecoveryPointSummary } from '../activities/server/restore';
@@ -356,6 +357,7 @@ export function registerCommands(program: Command): void {
     });
 
   registerFileCommands(program, { addAdminOptions, dataSourceFor });
+  registerGroupCommands(program, { withClient, positiveInt, sizeArg });
 
   addAdminOptions(program
     .command('restore')

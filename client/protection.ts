@@ -69,6 +69,8 @@ export interface ProtectOptions {
   allowOffline?: boolean;
   offlineMethod?: 'save' | 'pause';
   role?: 'primary' | 'replica';
+  /** The protection group that protects it (workflows/protection-group.ts). */
+  group?: string;
 }
 
 export interface ProtectionInfo {
@@ -175,9 +177,7 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
   const timezone = o.schedule.timezone ?? (await serverTimeZone(client, server)) ?? 'UTC';
   checkTimeZone(timezone);
   const gapMs = longestGapMs(o.schedule);
-  const spec: ScheduleSpec = o.schedule.everyHours
-    ? { intervals: [{ every: `${o.schedule.everyHours} hours` as Duration }] }
-    : { calendars: dailyCalendars(o.schedule.at ?? ['02:00'], timezone) };
+  const { spec, catchupWindow } = scheduleTiming(o.schedule, timezone);
   const state: ProtectionState = {
     dataSource,
     vm: o.vm.name,
@@ -188,6 +188,7 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
     recent: [],
     skippedRuns: 0,
     rpoMs: o.schedule.rpoMs ?? gapMs + HOUR,
+    ...(o.group ? { group: o.group } : {}),
   };
   // Search attributes and a schedule's note are stored in plain text: with a payload codec, no VM name there.
   const vmInPlainText = encryptsPayloads(client) ? ENCRYPTED_MARKER : o.vm.name;
@@ -197,7 +198,7 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
       taskQueue: serverTaskQueue(server),
       args: [state],
       staticSummary: `protection of ${o.vm.name} by ${server}`,
-      memo: { vm: o.vm.name, vmId: o.vm.vmId, dataSource, server },
+      memo: { vm: o.vm.name, vmId: o.vm.vmId, dataSource, server, ...(o.group ? { group: o.group } : {}) },
       typedSearchAttributes: [
         { key: SA.dataSource, value: dataSource },
         { key: SA.vm, value: vmInPlainText },
@@ -213,14 +214,10 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
   try {
     await client.schedule.create({
       scheduleId: scheduleIdOf(dataSource),
-      // Times in the zone (Temporal's calendar follows its daylight-saving rules), each run started
-      // up to a bounded jitter late so hundreds of VMs do not start in one second.
-      spec: { ...spec, timezone, jitter: jitterMs(gapMs) },
+      spec,
       action: scheduleAction(dataSource, o.vm.name, server, vmInPlainText),
       // The protection skips a run that finds a job going; the schedule need not start two either.
-      // A run missed while the server or Temporal was down is caught up within one whole gap: a
-      // server down overnight backs up when it returns, not at the next night.
-      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow: gapMs, pauseOnFailure: false },
+      policies: { overlap: ScheduleOverlapPolicy.SKIP, catchupWindow, pauseOnFailure: false },
       memo: { vm: o.vm.name, vmId: o.vm.vmId, dataSource },
       typedSearchAttributes: [
         { key: SA.dataSource, value: dataSource },
@@ -313,6 +310,27 @@ export async function anyRunningServer(client: Client): Promise<ServerStatus> {
   const running = (await listServers(client)).filter((s) => s.running);
   if (!running.length) throw new UsageError('no protection server is running: start one with `hvprotect server` (or `npm start`)');
   return running[0];
+}
+
+/**
+ * A protection's schedule spec and catch-up window: times in the zone (with the spring-forward
+ * days' runs, schedule-calendar.ts), each run started up to a bounded jitter late so hundreds of
+ * VMs do not start in one second; a run missed while the server or Temporal was down is caught up
+ * within one whole gap (a server down overnight backs up when it returns, not the next night).
+ */
+export function scheduleTiming(schedule: Pick<ProtectionSchedule, 'at' | 'everyHours'>, timezone: string): { spec: ScheduleSpec; catchupWindow: number } {
+  const gapMs = longestGapMs(schedule);
+  const times: ScheduleSpec = schedule.everyHours
+    ? { intervals: [{ every: `${schedule.everyHours} hours` as Duration }] }
+    : { calendars: dailyCalendars(schedule.at ?? ['02:00'], timezone) };
+  return { spec: { ...times, timezone, jitter: jitterMs(gapMs) }, catchupWindow: gapMs };
+}
+
+/** Gives an existing protection's schedule new times (a protection group's policy changed). */
+export async function retimeProtection(client: Client, dataSource: string, schedule: Pick<ProtectionSchedule, 'at' | 'everyHours' | 'timezone'>, server: string): Promise<void> {
+  const timezone = schedule.timezone ?? (await serverTimeZone(client, server)) ?? 'UTC';
+  const { spec, catchupWindow } = scheduleTiming(schedule, timezone);
+  await client.schedule.getHandle(scheduleIdOf(dataSource)).update((prev) => ({ ...prev, spec, policies: { ...prev.policies, catchupWindow } }));
 }
 
 /** The zone a server runs in, from its record (absent for servers before it was recorded). */

@@ -21,6 +21,7 @@ import * as selfCheckActivities from '../activities/server/self-check';
 import { createServerActivities } from '../activities/server/backup';
 import { createRestoreServerActivities } from '../activities/server/restore';
 import { createAlertActivities, type AlertWebhook } from '../activities/server/alerts';
+import { createGroupActivities } from '../activities/server/groups';
 import { Repository } from '../repository';
 import type { EncryptionKey } from '../repository';
 import type { StorageServerTls } from '../storage-api/tls';
@@ -185,6 +186,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       ...selfCheckActivities,
       ...createServerActivities({ repository, tokens, grants, self, metrics, maxPointsPerHour: opts.maxPointsPerHour }),
       ...createRestoreServerActivities({ repository, grants, self }),
+      ...createGroupActivities({ client, repository, taskQueue }),
       ...createAlertActivities({ webhook: opts.alertWebhook, onAlert: (a) => metrics.alerts.inc({ datasource: a.dataSource, to: a.to }) }),
     },
     maxConcurrentWorkflowTaskExecutions: opts.maxConcurrentWorkflowTasks,

@@ -6,3 +6,4 @@ export * from './find-vm';
 export * from './protection';
 export * from './protection-server';
 export * from './recovery-points';
+export * from './protection-group';

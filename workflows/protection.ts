@@ -102,6 +102,8 @@ export interface ProtectionState {
   lastGood?: { pointId: string; at: string };
   /** Recovery point objective: older than this is WARNING, twice this CRITICAL (default 24 h). */
   rpoMs?: number;
+  /** The protection group it belongs to, if any (workflows/protection-group.ts). */
+  group?: string;
   /** The status last alerted on, and how many alerts were sent (their ids' sequence). */
   alerted?: { level: StatusLevel; at: string; sequence: number };
 }
@@ -279,7 +281,7 @@ export async function protection(initial: ProtectionState): Promise<void> {
   }
 
   function showOwner(): void {
-    upsertMemo({ dataSource: state.dataSource, vm: state.vm, vmId: state.vmId, server: state.server });
+    upsertMemo({ dataSource: state.dataSource, vm: state.vm, vmId: state.vmId, server: state.server, ...(state.group ? { group: state.group } : {}) });
     upsertSearchAttributes([
       { key: SA.dataSource, value: state.dataSource },
       { key: SA.vm, value: state.vm },
