@@ -96,8 +96,8 @@ export class ProtectionMetrics {
     const now = new Date();
     for (const state of this.protectionStates.values()) {
       const st = protectionStatus(state, now);
-      // Protection groups are not built yet: every data source is in no group ("").
-      const labels = { datasource: state.dataSource, group: '', server: state.server };
+      // A VM protected on its own (`protect add`) is in no group: "".
+      const labels = { datasource: state.dataSource, group: state.group ?? '', server: state.server };
       if (st.lastGood) this.lastRecoveryPoint.set(labels, Date.parse(st.lastGood.at) / 1000);
       this.status.set(labels, LEVEL_VALUE[st.level]);
       this.rpo.set(labels, st.rpoSeconds);
