@@ -9,6 +9,7 @@ import { openVhdx } from '../../vhdx';
 import { backup, randomDisk } from '../repository/support';
 import { startFixture, tempDir, type Fixture } from '../storage-api/support';
 import type { StorageClient } from '../../storage-api/client';
+import { decodeChunkRecords } from '../../recovery/chunk-decoder';
 
 const CS = 64 * 1024;
 let f: Fixture;
@@ -117,6 +118,20 @@ test('slotsInOrder over the storage API reads batches: the disk in order (zero s
   expect(requests).toBeLessThanOrEqual(2 * Math.ceil(reader.slotCount / 16) + 4); // not one per chunk
 });
 
+test('concurrent batched reads each get their own chunks (the server answers from reused memory)', async () => {
+  const reader = await PointDiskReader.open(sources()[1][1]);
+  const slots = Array.from({ length: reader.slotCount }, (_, s) => s).filter((s) => !reader.isZeroSlot(s));
+  const digestOf = (s: number) => (reader as unknown as { digestOf(s: number): Buffer }).digestOf(s).toString('hex');
+  // Batches of 16 chunks (1 MiB, from the pool), many at once, each from another place.
+  const batches = Array.from({ length: slots.length - 15 }, (_, i) => slots.slice(i, i + 16));
+  for (let round = 0; round < 2; round++) {
+    await Promise.all(batches.map(async (b) => {
+      const raws = await decodeChunkRecords(await agent.readChunks(b.map(digestOf)), b.map(digestOf), 'vm/p/disk0');
+      b.forEach((s, i) => expect(raws[i].equals(disk.subarray(s * CS, s * CS + raws[i].length))).toBe(true));
+    }));
+  }
+});
+
 test('over an encrypted repository the batched read unseals on the server and restores bit for bit', async () => {
   const { EncryptionKey } = await import('../../repository/encryption');
   const e = await startFixture({ defaultChunkSize: CS, encoderThreads: 0, createChunkFolders: false, encryptionKey: EncryptionKey.generate().key });
@@ -140,7 +155,6 @@ describe('a damaged or lying chunk read response is refused, naming the chunk', 
     digests = slots.map((s) => (reader as unknown as { digestOf(s: number): Buffer }).digestOf(s).toString('hex'));
     body = await agent.readChunks(digests);
   });
-  const { decodeChunkRecords } = require('../../recovery/chunk-decoder') as typeof import('../../recovery/chunk-decoder');
   const damaged = (fn: (b: Buffer) => Buffer) => fn(Buffer.from(body));
 
   test('the genuine response decodes to the chunks', async () => {
