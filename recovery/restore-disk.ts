@@ -8,6 +8,11 @@ export interface DiskWriter {
   write(offset: number, data: Buffer): Promise<void>;
   /** Consecutive pieces from `offset` in one call (one writev for a raw file). */
   writeMany?(offset: number, parts: Buffer[]): Promise<void>;
+  /**
+   * Writes that may be under way at once (1 when absent): positional writes to a raw file may
+   * overlap; a VHDX write may allocate a block and update the BAT, so those go one at a time.
+   */
+  readonly parallelWrites?: number;
   close(): Promise<void>;
 }
 
@@ -20,6 +25,7 @@ export async function openDiskWriter(file: string, format: 'vhdx' | 'raw', virtu
     const fh = await fsp.open(file, resuming ? 'r+' : 'wx', 0o600);
     await fh.truncate(virtualSize); // sparse: unwritten (zero) chunks take no space
     return {
+      parallelWrites: 2,
       write: async (offset, data) => {
         await fh.write(data, 0, data.length, offset);
       },
@@ -80,31 +86,49 @@ export async function restorePointDisk(
   const every = opts.progressEverySlots ?? 256;
   const progress: RestoreDiskProgress = { nextSlot: opts.fromSlot ?? 0, bytesWritten: 0, chunksVerified: 0 };
   let reported = progress.nextSlot;
-  // Consecutive slots gathered and written in one call; progress counts only what was written.
+  // Consecutive slots gathered and written in one call. The next write is issued while the one
+  // before is still under way (where the writer allows): the kernel takes it as soon as the first
+  // is done, not after this thread has been scheduled again, and the loop keeps taking chunks
+  // (and asking for more) meanwhile. Progress counts only what was written, in disk order.
   let first = -1;
   let parts: Buffer[] = [];
   let bytes = 0;
+  let written: Promise<void> = Promise.resolve(); // every write issued so far
+  const inWrite: Array<Promise<void>> = [];
   const flush = async () => {
     if (!parts.length) return;
-    if (writer.writeMany && parts.length > 1) await writer.writeMany(first * reader.chunkSize, parts);
-    else for (const [i, p] of parts.entries()) await writer.write((first + i) * reader.chunkSize, p);
-    progress.bytesWritten += bytes;
-    progress.chunksVerified += parts.length;
-    progress.nextSlot = first + parts.length;
+    const [from, pieces, n] = [first, parts, bytes];
     parts = [];
     bytes = 0;
-    if (progress.nextSlot - reported >= every) {
-      reported = progress.nextSlot;
-      opts.onProgress?.({ ...progress });
-    }
+    const write = writer.writeMany && pieces.length > 1
+      ? writer.writeMany(from * reader.chunkSize, pieces)
+      : (async () => { for (const [i, p] of pieces.entries()) await writer.write((from + i) * reader.chunkSize, p); })();
+    written = Promise.all([written, write]).then(() => {
+      progress.bytesWritten += n;
+      progress.chunksVerified += pieces.length;
+      progress.nextSlot = from + pieces.length;
+      if (progress.nextSlot - reported >= every) {
+        reported = progress.nextSlot;
+        opts.onProgress?.({ ...progress });
+      }
+    });
+    written.catch(() => undefined); // awaited below or at the end
+    inWrite.push(written);
+    while (inWrite.length >= (writer.parallelWrites ?? 1)) await inWrite.shift();
   };
-  for await (const { slot, data } of reader.slotsInOrder(progress.nextSlot, reader.slotCount, { inFlight: opts.inFlight ?? RESTORE_IN_FLIGHT, skipZero: true })) {
-    if (parts.length && (slot !== first + parts.length || bytes >= WRITE_MANY_BYTES)) await flush();
-    if (!parts.length) first = slot;
-    parts.push(data);
-    bytes += data.length;
+  try {
+    for await (const { slot, data } of reader.slotsInOrder(progress.nextSlot, reader.slotCount, { inFlight: opts.inFlight ?? RESTORE_IN_FLIGHT, skipZero: true })) {
+      if (parts.length && (slot !== first + parts.length || bytes >= WRITE_MANY_BYTES)) await flush();
+      if (!parts.length) first = slot;
+      parts.push(data);
+      bytes += data.length;
+    }
+    await flush();
+  } finally {
+    // No write is left under way when this returns or throws: the caller closes the file next.
+    await written.catch(() => undefined);
   }
-  await flush();
+  await written;
   progress.nextSlot = reader.slotCount;
   opts.onProgress?.({ ...progress });
   return progress;
