@@ -19,6 +19,7 @@ import {
   ActivityCancellationType,
   ApplicationFailure,
   CancellationScope,
+  CancelledFailure,
   TimeoutFailure,
   isCancellation,
   log,
@@ -274,7 +275,13 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       upsertSearchAttributes([{ key: SA.kind, value: kind }]);
       step('committing the recovery point');
       const owner = vm.current!;
-      committed = await server.commitRecoveryPoint({
+      // A cancellation that came before the commit stops the backup here (no point); one that
+      // comes during the commit waits for it: the point exists then, so the backup completes
+      // (release and retention run, the result names the point), never a cancelled backup whose point exists.
+      const commitFirst = patched('committed-backup-completes');
+      if (commitFirst && CancellationScope.current().consideredCancelled) throw new CancelledFailure('backup cancelled before the commit');
+      const commit = (req: Parameters<typeof server.commitRecoveryPoint>[0]) => (commitFirst ? CancellationScope.nonCancellable(() => server.commitRecoveryPoint(req)) : server.commitRecoveryPoint(req));
+      committed = await commit({
         dataSource: input.dataSource,
         sessionId: plan.sessionId,
         workflowId,
@@ -329,7 +336,8 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     let retentionDeleted: string[] = [];
     let retentionWarning: string | undefined;
     try {
-      const retention = await server.enforceRetention({ dataSource: input.dataSource, keepPointId: committed!.pointId });
+      const retain = () => server.enforceRetention({ dataSource: input.dataSource, keepPointId: committed!.pointId });
+      const retention = await (patched('committed-backup-completes') ? CancellationScope.nonCancellable(retain) : retain());
       retentionDeleted = retention.deleted.map((d) => d.pointId);
     } catch (err) {
       if (isCancellation(err) || !patched('retention-failure-is-a-warning')) throw err;
