@@ -10,6 +10,8 @@ import type { Repository } from '../repository';
 
 /** How often sessions are checked (well inside the 6 h TTL). */
 export const SESSION_KEEP_INTERVAL_MS = 5 * 60 * 1000;
+/** The first sweep after start. */
+const FIRST_SWEEP_MS = 30 * 1000;
 
 export interface SessionSweep {
   kept: string[];
@@ -45,14 +47,21 @@ export function startSessionKeeper(o: { repository: Repository; client: Client; 
     }
     return out;
   }
-  const timer = setInterval(() => {
+  const tick = () => {
     running = running.then(sweep).catch((err) => o.logger.warn({ err }, 'session keeper sweep failed'));
-  }, o.intervalMs ?? SESSION_KEEP_INTERVAL_MS);
+  };
+  const interval = o.intervalMs ?? SESSION_KEEP_INTERVAL_MS;
+  const timer = setInterval(tick, interval);
   timer.unref();
+  // Also soon after start: a server restarted more often than the interval (a crash loop; the chaos
+  // run's kill -9 every few minutes) would otherwise never sweep, and orphans would wait for the TTL.
+  const first = setTimeout(tick, Math.min(interval, FIRST_SWEEP_MS));
+  first.unref();
   return {
     sweep: () => (running = running.then(sweep)) as Promise<SessionSweep>,
     stop: async () => {
       clearInterval(timer);
+      clearTimeout(first);
       await running;
     },
   };
