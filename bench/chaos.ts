@@ -16,7 +16,7 @@
 //   - `hvprotect verify --read-data` is clean.
 // Not part of `npm test`. Writes bench/chaos.md (or --out).
 //
-//   npm run bench:chaos -- [--minutes 30] [--vms 6] [--seed 1] [--every-s 45] [--gap-s 15] [--disk-mib 16] [--out bench/chaos.md] [--keep]
+//   npm run build && node dist/bench/chaos.js [--minutes 30] [--vms 6] [--seed 1] [--every-s 45] [--gap-s 15] [--disk-mib 16] [--out bench/chaos.md] [--keep]
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fs, openSync, readFileSync } from 'node:fs';
 import * as os from 'node:os';
@@ -578,7 +578,7 @@ async function main(): Promise<void> {
     const lines = [
       '# Chaos run',
       '',
-      `Run ${new Date(t0).toISOString()} by \`node dist/bench/chaos.js ${args.filter((a) => a !== '--keep').join(' ')}\` (\`npm run bench:chaos\`): ` +
+      `Run ${new Date(t0).toISOString()} by \`node dist/bench/chaos.js ${args.filter((a) => a !== '--keep').join(' ')}\`: ` +
         `${(chaosMs / 60_000).toFixed(1)} minutes of injections, seed ${SEED}. ${VMS} lab VMs (one ${DISK / 2 ** 20} MiB disk each, 60% of its 1 MiB regions random data, ` +
         `a guest write load of one 4–64 KiB write every ~0.4 s) on the CSV of a 3-node lab cluster (${CLUSTER.join(', ')}) plus a standalone host (${STANDALONE}); ` +
         `${vms.filter((v) => v.offline).length} are Linux guests backed up offline (${vms.filter((v) => v.offline === 'pause').length} paused, ${vms.filter((v) => v.offline === 'save').length} saved for the checkpoint). ` +
