@@ -292,6 +292,7 @@ export function buildProgram(): Command {
         `  Temporal:      ${stack.temporal.address} (namespace ${stack.temporal.namespace})`,
         `  Payloads:      encrypted with ${stack.payloadKeyFile}; the Web UI decrypts through the codec server ${stack.codecServer.url}`,
         ...stack.servers.map((sv) => `  Server ${sv.id}:  storage API ${sv.storageApi.url}, repository ${sv.repository.root} (admin token in ${path.join(sv.stateDir, 'admin.token')})`),
+        ...stack.servers.map((sv) => `  Protection:    ${sv.storageApi.url}/protection (${sv.id}; sign in with its admin token)`),
         `  Metrics:       ${stack.server.metricsUrl}`,
         stack.lab ? `  Lab:           ${stack.lab.root} (agents: ${stack.agents.map((a) => a.host).join(', ')})` : '',
         stack.protections.length ? `  Protected:     ${stack.protections.map((p) => `${p.vm}${p.dataSource !== p.vm ? ` (${p.dataSource})` : ''}`).join(', ')}` : '',

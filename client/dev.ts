@@ -106,7 +106,8 @@ export async function startDevStack(opts: DevOptions): Promise<DevStack> {
       const id = `dpm${String(i).padStart(2, '0')}`;
       servers.push(
         await startServer({ id, logger: logger.child({ process: 'server', server: id }), temporal: settings, stateDir: path.join(stateDir, i === 1 ? 'server' : `server-${id}`),
-          apiPort: opts.apiPort && opts.apiPort + i - 1, metricsPort: i === 1 ? opts.metricsPort : undefined, sdkMetricsUrl: i === 1 && sdkMetrics ? `http://${sdkMetrics}/metrics` : undefined }),
+          apiPort: opts.apiPort && opts.apiPort + i - 1, metricsPort: i === 1 ? opts.metricsPort : undefined, sdkMetricsUrl: i === 1 && sdkMetrics ? `http://${sdkMetrics}/metrics` : undefined,
+          webUiUrl: temporal.uiUrl }),
       );
     }
     const server = servers[0];

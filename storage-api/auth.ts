@@ -19,7 +19,8 @@ import type { PointDigests } from './point-digests';
 import type { TokenIdentity, TokenStore } from './tokens';
 
 /** What a route needs from the caller's token. */
-export type RouteAccess = 'any' | 'admin' | 'backup' | 'read' | 'read-chunk';
+/** 'page': the protection page (routes/protection-page.ts), which checks its own admin token or session. */
+export type RouteAccess = 'any' | 'admin' | 'backup' | 'read' | 'read-chunk' | 'page';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -53,6 +54,7 @@ export function registerAuth(app: FastifyInstance, tokens: TokenStore, grants: G
   };
 
   app.addHook('onRequest', async (req: FastifyRequest, reply: FastifyReply) => {
+    if (req.routeOptions.config?.access === 'page') return;
     const auth = req.headers.authorization;
     if (!auth || !auth.startsWith('Bearer ')) {
       return fail(reply, 401, { error: 'UNAUTHENTICATED', message: 'no bearer token', hint: 'send "Authorization: Bearer <token>" with the token issued for this agent (hvprotect token issue --host HOST)' });

@@ -19,6 +19,7 @@ import { pointRoutes } from './routes/points';
 import { sessionRoutes } from './routes/sessions';
 import type { StorageServerTls } from './tls';
 import type { TokenStore } from './tokens';
+import { registerProtectionPage, type PageSource } from './routes/protection-page';
 
 export interface StorageApiOptions {
   repository: Repository;
@@ -33,6 +34,8 @@ export interface StorageApiOptions {
   tls?: StorageServerTls;
   /** Requests in flight per credential and the minimum body rate (bounds.ts). */
   bounds?: StorageApiBounds;
+  /** Serve the protection page at /protection from this source (routes/protection-page.ts). */
+  protectionPage?: PageSource;
 }
 
 export interface StorageApi {
@@ -88,6 +91,7 @@ export function buildStorageApi(opts: StorageApiOptions): FastifyInstance {
   sessionRoutes(app, repo);
   pointRoutes(app, repo);
   adminRoutes(app, repo, tokens, grants);
+  if (opts.protectionPage) registerProtectionPage(app, tokens, opts.protectionPage);
   return app;
 }
 

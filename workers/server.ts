@@ -17,6 +17,7 @@ import { startSessionKeeper, type SessionKeeper } from './session-keeper';
 import { installRuntime } from './runtime';
 import { ProtectionMetrics, startMetricsServer } from '../metrics/metrics';
 import { startProtectionStates } from '../metrics/protection-states';
+import { protectionPageSource } from '../protection/page-source';
 import * as selfCheckActivities from '../activities/server/self-check';
 import { createServerActivities } from '../activities/server/backup';
 import { createRestoreServerActivities } from '../activities/server/restore';
@@ -70,6 +71,8 @@ export interface ServerOptions {
    * own; tests set one to stand for a release.
    */
   buildId?: string;
+  /** The Temporal Web UI, for the protection page's links to jobs (default $HVPROTECT_WEB_UI). */
+  webUiUrl?: string;
   /** How often the status gauges re-read the protections' states (default 30 s). */
   protectionStatesIntervalMs?: number;
   /** Where changes of protection status are posted (JSON, HMAC-signed; activities/server/alerts.ts). */
@@ -161,6 +164,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     port: opts.apiPort ?? 8780,
     logger: logger.child({ component: 'storage-api' }),
     tls: opts.apiTls,
+    protectionPage: protectionPageSource({ client, repository, serverId: identity.id, webUi: opts.webUiUrl ?? process.env.HVPROTECT_WEB_UI }),
   });
   fs.writeFileSync(path.join(stateDir, 'storage-api.url'), `${storageApi.url}\n`);
 

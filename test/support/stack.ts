@@ -80,7 +80,7 @@ export async function startTestStack(opts: TestStackOptions): Promise<TestStack>
   const servers: RunningServer[] = [];
   for (const [i, id] of (opts.servers ?? [undefined]).entries()) {
     servers.push(
-      await startServer({ id, logger, temporal, stateDir: path.join(dir, i === 0 ? 'server' : `server-${id}`), repositoryDir: i === 0 ? opts.repositoryDir : undefined, apiPort: 0, metricsPort: 0, registerSearchAttributes: false, sessionTtlMs: opts.sessions?.ttlMs, sessionKeepIntervalMs: opts.sessions?.keepIntervalMs, buildId: opts.buildId, alertWebhook: opts.alertWebhook, protectionStatesIntervalMs: opts.protectionStatesIntervalMs }),
+      await startServer({ id, logger, temporal, stateDir: path.join(dir, i === 0 ? 'server' : `server-${id}`), repositoryDir: i === 0 ? opts.repositoryDir : undefined, apiPort: 0, metricsPort: 0, registerSearchAttributes: false, sessionTtlMs: opts.sessions?.ttlMs, sessionKeepIntervalMs: opts.sessions?.keepIntervalMs, buildId: opts.buildId, alertWebhook: opts.alertWebhook, protectionStatesIntervalMs: opts.protectionStatesIntervalMs, webUiUrl: process.env.HVP_TEST_TEMPORAL_UI || undefined }),
     );
   }
   const server = servers[0];
