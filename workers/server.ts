@@ -18,6 +18,7 @@ import { installRuntime } from './runtime';
 import { ProtectionMetrics, startMetricsServer } from '../metrics/metrics';
 import { startProtectionStates } from '../metrics/protection-states';
 import { protectionPageSource } from '../protection/page-source';
+import { startStorageAlerts } from '../protection/storage-alerts';
 import * as selfCheckActivities from '../activities/server/self-check';
 import { createServerActivities } from '../activities/server/backup';
 import { createRestoreServerActivities } from '../activities/server/restore';
@@ -247,10 +248,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   );
   // The status gauges' states (metrics/protection-states.ts), when there is a /metrics to show them.
   const protectionStates = metricsServer ? startProtectionStates({ client, serverId: identity.id, metrics, logger: logger.child({ component: 'protection-states' }), intervalMs: opts.protectionStatesIntervalMs }) : undefined;
+  const storageAlerts = startStorageAlerts({ repository, serverId: identity.id, stateFile: path.join(stateDir, 'storage-alerts.json'), webhook: opts.alertWebhook, logger: logger.child({ component: 'storage-alerts' }), intervalMs: opts.protectionStatesIntervalMs });
   // Sessions live as long as their backup runs (checked against Temporal), not a fixed TTL.
   const sessionKeeper = startSessionKeeper({ repository, client, logger: logger.child({ component: 'session-keeper' }), intervalMs: opts.sessionKeepIntervalMs });
   const done = running.finally(async () => {
     protectionStates?.stop();
+    storageAlerts.stop();
     await sessionKeeper.stop().catch(() => undefined);
     await storageApi.close().catch(() => undefined);
     await metricsServer?.close().catch(() => undefined);

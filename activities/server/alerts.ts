@@ -34,6 +34,30 @@ export function signAlert(secret: string, timestamp: number, body: string): stri
   return `sha256=${createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex')}`;
 }
 
+/** Posts one alert, signed; throws when the receiver did not answer 2xx (the caller retries). */
+export async function postAlert(webhook: AlertWebhook, id: string, payload: unknown): Promise<void> {
+  const body = JSON.stringify(payload);
+  const timestamp = Math.floor(Date.now() / 1000);
+  let res: Response;
+  try {
+    res = await fetch(webhook.url, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        'x-hvprotect-alert-id': id,
+        'x-hvprotect-timestamp': String(timestamp),
+        'x-hvprotect-signature': signAlert(webhook.secret, timestamp, body),
+      },
+      body,
+      signal: AbortSignal.timeout(15_000),
+    });
+  } catch (err) {
+    throw new Error(`alert webhook ${webhook.url} did not answer: ${(err as Error).message}`);
+  }
+  await res.arrayBuffer().catch(() => undefined);
+  if (!res.ok) throw new Error(`alert webhook ${webhook.url} answered ${res.status}`);
+}
+
 export interface AlertActivities {
   protectionAlert(alert: ProtectionAlert): Promise<{ delivered: boolean }>;
 }
@@ -45,26 +69,11 @@ export function createAlertActivities(deps: { webhook?: AlertWebhook; onAlert?: 
       deps.onAlert?.(alert);
       log.warn(`protection status of ${alert.vm} (${alert.dataSource}): ${alert.from} → ${alert.to}: ${alert.status.reason}`, { alertId: alert.id });
       if (!deps.webhook) return { delivered: false };
-      const body = JSON.stringify(alert);
-      const timestamp = Math.floor(Date.now() / 1000);
-      let res: Response;
       try {
-        res = await fetch(deps.webhook.url, {
-          method: 'POST',
-          headers: {
-            'content-type': 'application/json',
-            'x-hvprotect-alert-id': alert.id,
-            'x-hvprotect-timestamp': String(timestamp),
-            'x-hvprotect-signature': signAlert(deps.webhook.secret, timestamp, body),
-          },
-          body,
-          signal: AbortSignal.timeout(15_000),
-        });
+        await postAlert(deps.webhook, alert.id, alert);
       } catch (err) {
-        throw ApplicationFailure.retryable(`alert webhook ${deps.webhook.url} did not answer: ${(err as Error).message}`, 'AlertNotDelivered');
+        throw ApplicationFailure.retryable((err as Error).message, 'AlertNotDelivered');
       }
-      await res.arrayBuffer().catch(() => undefined);
-      if (!res.ok) throw ApplicationFailure.retryable(`alert webhook ${deps.webhook.url} answered ${res.status}`, 'AlertNotDelivered');
       return { delivered: true };
     },
   };

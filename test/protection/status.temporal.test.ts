@@ -168,3 +168,20 @@ test('a schedule in Europe/Berlin: once a day at 02:30 local across both dayligh
     }
   }
 }, 120_000);
+
+test('shadow storage past 90% of its limit: one signed alert, and one when back under 85%; none repeated', async () => {
+  const repo = stack.server.repository;
+  const [usage] = await repo.listShadowStorage('st1');
+  expect(usage.usedBytes).toBeGreaterThan(0);
+  const before = received.length;
+  await repo.resizeShadowStorage('st1', { maxSize: { kind: 'bytes', bytes: Math.ceil(usage.usedBytes / 0.95) } });
+  await until('the shadow storage alert', async () => (received.length > before ? true : undefined), 30_000);
+  expect(received.slice(before).map((r) => [r.id, (r.alert as unknown as { state: string }).state, r.valid])).toEqual([['shadow/st1/1', 'over', true]]);
+  expect((received[before].alert as unknown as { percent: number }).percent).toBeGreaterThan(90);
+  await new Promise((r) => setTimeout(r, 2000));
+  expect(received.length).toBe(before + 1);
+  await repo.resizeShadowStorage('st1', { maxSize: { kind: 'unbounded' } });
+  await repo.resizeShadowStorage('st1', { maxSize: { kind: 'bytes', bytes: usage.usedBytes * 2 } });
+  await until('the back-under alert', async () => (received.length > before + 1 ? true : undefined), 30_000);
+  expect(received.slice(before).map((r) => [r.id, (r.alert as unknown as { state: string }).state])).toEqual([['shadow/st1/1', 'over'], ['shadow/st1/2', 'back-under']]);
+}, 120_000);
