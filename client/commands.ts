@@ -207,8 +207,8 @@ export function registerCommands(program: Command): void {
       const all = await withClient(listProtections);
       out(o.json, all, () =>
         table(
-          all.map((p) => ({ datasource: p.dataSource, vm: p.vm, server: p.server, schedule: p.spec, state: p.running ? `${p.running.kind} running` : p.paused ? 'paused' : 'active', next: p.nextRuns[0] ?? '-', last: p.recentRuns.at(-1)?.startedAt ?? '-' })),
-          ['datasource', 'vm', 'server', 'schedule', 'state', 'next', 'last'],
+          all.map((p) => ({ datasource: p.dataSource, vm: p.vm, group: p.group ?? '-', server: p.server, schedule: p.spec, state: p.running ? `${p.running.kind} running` : p.paused ? 'paused' : 'active', next: p.nextRuns[0] ?? '-', last: p.recentRuns.at(-1)?.startedAt ?? '-', 'skipped/missed': `${p.skippedRuns}/${p.missedRuns}` })),
+          ['datasource', 'vm', 'group', 'server', 'schedule', 'state', 'next', 'last', 'skipped/missed'],
         ),
       );
     });

@@ -80,7 +80,11 @@ export interface ProtectionInfo {
   /** Every server that keeps (or kept) a chain of it, oldest first. */
   chains: ProtectionState['chains'];
   running?: JobInfo;
+  /** Scheduled runs that found a job of the VM going (counted by the protection). */
   skippedRuns: number;
+  /** Scheduled runs Temporal could not start within the catch-up window (Temporal down too long). */
+  missedRuns: number;
+  group?: string;
   vm: string;
   vmId: string;
   scheduleId: string;
@@ -376,6 +380,8 @@ export async function describeProtection(client: Client, dataSource: string): Pr
     chains: state.chains,
     running: state.running,
     skippedRuns: state.skippedRuns,
+    missedRuns: d?.info.numActionsMissedCatchupWindow ?? 0,
+    ...(state.group ? { group: state.group } : {}),
     vm: state.vm,
     vmId: state.vmId,
     scheduleId: scheduleIdOf(dataSource),
