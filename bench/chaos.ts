@@ -171,7 +171,9 @@ async function main(): Promise<void> {
     for (const v of vms) await v.load?.stop().catch(() => undefined);
     for (const s of supervised) await s.stop().catch(() => undefined);
     await dev?.stop().catch(() => undefined);
-    if (!KEEP) await fs.rm(tmp, { recursive: true, force: true });
+    // A run that found something keeps its state (logs, repository, Temporal's database) to look into.
+    if (!KEEP && process.exitCode === 0) await fs.rm(tmp, { recursive: true, force: true });
+    else console.log(`state kept in ${tmp}`);
   };
   const onSignal = () => void cleanup().finally(() => process.exit(130));
   process.once('SIGINT', onSignal);
@@ -375,11 +377,16 @@ async function main(): Promise<void> {
     if (!dev || dev.process.exitCode !== null) await startTemporal();
     for (const v of vms) await withRetry('pause schedule', () => client.schedule.getHandle(scheduleIdOf(v.name)).pause('chaos run over'), 20);
     const quiesceStart = Date.now();
+    const unanswered = new Map<string, string>();
     for (;;) {
       const running: string[] = [];
       for (const v of vms) {
-        const st = await withRetry('state', () => stateOf(v.name), 20);
-        if (st.running) running.push(st.running.workflowId);
+        // A protection whose workflow task fails cannot answer: note it (an invariant broken), go on.
+        const st = await withRetry('state', () => stateOf(v.name), 20).catch((err: Error) => {
+          unanswered.set(v.name, `${err.message} ${String((err as { cause?: Error }).cause?.message ?? '')}`.slice(0, 200));
+          return undefined;
+        });
+        if (st?.running) running.push(st.running.workflowId);
       }
       if (!running.length) break;
       if (Date.now() - quiesceStart > 20 * 60_000) throw new Error(`backups still running after 20 min: ${running.join(', ')}`);
@@ -571,6 +578,7 @@ async function main(): Promise<void> {
         `${cancelledIds.size} cancel requests: ${cancelledRuns.length} ended cancelled, ${cancelledCommitted} completed (the cancel came after the commit was under way), ${cancelBeforeCommit.length} committed after a cancel they had seen`,
       ],
       ['no process exited by itself', ownExits.length === 0, `${ownExits.length}`],
+      ['every protection answers its state query at the end', unanswered.size === 0, unanswered.size ? [...unanswered].map(([ds, e]) => `${ds}: ${e}`).join('; ') : `${VMS} / ${VMS}`],
     ];
     const allOk = checks.every(([, ok]) => ok);
     const fmtLoad = (l: number[]) => l.map((x) => x.toFixed(2)).join(' ');
