@@ -8,6 +8,7 @@
 // 2. a build stopped with a backup open: the backup waits for it (nothing runs it with other
 //    code), build-c names it at start, `upgrade adopt` continues it on build-c, and its point
 //    restores bit for bit.
+// 3. a server stopped over a scheduled time runs the missed backup when it returns.
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -18,7 +19,7 @@ import { initialDiskContent, type InitialContent } from '../../hypervisor/lab';
 import { connectClient } from '../../temporal/connection';
 import { startServer, type RunningServer } from '../../workers/server';
 import { createLogger } from '../../log/logger';
-import { protectVm, startBackupNow } from '../../client/protection';
+import { describeProtection, protectVm, startBackupNow } from '../../client/protection';
 import { protectionWorkflowId } from '../../workflows/protection';
 import type { BackupVmResult } from '../../workflows/backup-vm';
 
@@ -159,4 +160,32 @@ test('a build stopped under a backup: the backup waits for it, the next build na
   expect(adopted.stdout).toMatch(new RegExp(`1 job\\(s\\) of build build-b continue on build build-c: ${h.workflowId.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
   await expectPointRestores((await h.result()) as BackupVmResult);
   expect((await versioningOf(h)).buildId).toBe('build-c');
+}, 240_000);
+
+test('a server stopped over a scheduled time runs the missed backup when it returns', async () => {
+  // A daily time one to two minutes ahead, in UTC, without jitter so the instant is exact.
+  const at = new Date(Date.now() + 90_000);
+  const hhmm = `${String(at.getUTCHours()).padStart(2, '0')}:${String(at.getUTCMinutes()).padStart(2, '0')}`;
+  const facts = await stack.lab.createVm({ name: 'up2', host: 'hv01', disks: [{ sizeBytes: 4 * MiB, content: { kind: 'random', seed: 78, fill: 0.5 } }] });
+  await protectVm(client, { server: server.id, vm: { vmId: facts.vmId, name: 'up2', host: 'hv01', state: 'running' }, dataSource: 'up2', schedule: { at: [hhmm], timezone: 'UTC' } });
+  const schedule = client.schedule.getHandle('protect/up2');
+  await schedule.update((prev) => ({ ...prev, spec: { ...prev.spec, jitter: 0 } }));
+  const due = (await schedule.describe()).info.nextActionTimes[0];
+
+  // The server is down over that time.
+  const port = Number(new URL(server.storageApi.url).port);
+  const { id, stateDir } = server;
+  await server.shutdown();
+  while (Date.now() < due.getTime() + 5_000) await new Promise((r) => setTimeout(r, 1000));
+  expect(await backupsOf('up2')).toEqual([]);
+
+  // It returns: the run the schedule took while it was away becomes the backup.
+  server = await startServer({ id, buildId: 'build-c', logger: createLogger({ name: 'test', level: 'warn', format: 'json', destination: path.join(stack.dir, 'server-return.jsonl') }), temporal: stack.temporal, stateDir, apiPort: port, metricsPort: 0, registerSearchAttributes: false });
+  stack.servers.push(server);
+  let ids: string[] = [];
+  for (const deadline = Date.now() + 90_000; Date.now() < deadline && !ids.length; await new Promise((r) => setTimeout(r, 500))) ids = await backupsOf('up2');
+  expect(ids).toHaveLength(1);
+  const result = (await client.workflow.getHandle(ids[0]).result()) as BackupVmResult;
+  expect((await restoredBytes({ ...stack, server }, 'up2', result.pointId, facts.disks[0].diskId)).equals(initialDiskContent({ kind: 'random', seed: 78, fill: 0.5 }, 4 * MiB))).toBe(true);
+  expect((await describeProtection(client, 'up2')).recentRuns.at(-1)?.workflowId).toBe(ids[0]);
 }, 240_000);
