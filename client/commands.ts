@@ -175,7 +175,7 @@ export function registerCommands(program: Command): void {
     if (o.at && o.every) throw new UsageError('give either --at or --every, not both');
     const at = o.at ? parseTimes(o.at) : undefined;
     const info = await withClient(async (client) => {
-      const vm = await resolveVm(client, vmArg);
+      const vm = await resolveVm(client, vmArg, o.server);
       const p = await protectVm(client, {
         vm,
         server: o.server,

@@ -146,9 +146,10 @@ export class UnknownVm extends Error {
 }
 
 /** Finds a VM by name or id on the hosts whose agents run; an unknown one lists close names. */
-export async function resolveVm(client: Client, vm: string): Promise<VmSummary> {
+/** The VM named `vm` on some host, asked through `server` (default any running server). */
+export async function resolveVm(client: Client, vm: string, server?: string): Promise<VmSummary> {
   const found: FindVmsResult = await client.workflow.execute('findVms', {
-    taskQueue: (await anyRunningServer(client)).taskQueue,
+    taskQueue: server ? serverTaskQueue(await chooseServer(client, server)) : (await anyRunningServer(client)).taskQueue,
     workflowId: `find-vms/${randomUUID()}`,
     args: [{}],
     workflowExecutionTimeout: '2 minutes',
@@ -311,9 +312,13 @@ export async function chooseServer(client: Client, requested?: string): Promise<
 
 /** Some running server, for jobs that any server can do (finding VMs, the self-check). */
 export async function anyRunningServer(client: Client): Promise<ServerStatus> {
-  const running = (await listServers(client)).filter((s) => s.running);
-  if (!running.length) throw new UsageError('no protection server is running: start one with `hvprotect server` (or `npm start`)');
-  return running[0];
+  // Visibility can lag a server that has just started (seen in CI with two suites at once): a few
+  // seconds' grace before saying none runs.
+  for (const deadline = Date.now() + 5_000; ; await new Promise((r) => setTimeout(r, 500))) {
+    const running = (await listServers(client)).filter((s) => s.running);
+    if (running.length) return running[0];
+    if (Date.now() > deadline) throw new UsageError('no protection server is running: start one with `hvprotect server` (or `npm start`)');
+  }
 }
 
 /**
@@ -522,7 +527,7 @@ export async function startJob(client: Client, dataSource: string, req: JobReque
   const requestId = req.requestId ?? randomUUID();
   const job = await client.workflow
     .getHandle(protectionWorkflowId(dataSource))
-    .executeUpdate(startJobUpdate, { args: [{ ...req, requestId }], updateId: requestId })
+    .executeUpdate(startJobUpdate, { args: [{ ...req, requestId, requestedAt: req.requestedAt ?? new Date().toISOString() }], updateId: requestId })
     .catch((err) => {
       throw refusal(err);
     });

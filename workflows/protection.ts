@@ -54,6 +54,11 @@ export interface JobRequest {
   server?: string;
   /** Tests shorten a backup's timeouts. */
   timing?: BackupVmInput['timing'];
+  /**
+   * When it was asked for (the client's clock; a scheduled run's time): names the job. Taken from
+   * the request, which the history holds, not from the workflow clock (see begin()).
+   */
+  requestedAt?: string;
 }
 
 export interface JobInfo {
@@ -139,7 +144,7 @@ export async function protection(initial: ProtectionState): Promise<void> {
       return;
     }
     const at2 = new Date().toISOString();
-    void begin({ kind: 'backup', by: 'schedule' }).catch((err) => {
+    void begin({ kind: 'backup', by: 'schedule', requestedAt: at }).catch((err) => {
       log.warn('scheduled backup did not start', { error: (err as Error).message });
       remember({ workflowId: `scheduled/${state.dataSource}/${at2}`, kind: 'backup', by: 'schedule', server: state.server, startedAt: at2 }, 'failed', undefined, innermostMessage(err));
     });
@@ -204,7 +209,12 @@ export async function protection(initial: ProtectionState): Promise<void> {
     // No second check here: the SDK runs a handler's first synchronous part right after its
     // validator, so the next request's validator sees `running`; and on replay, where no validator
     // runs, a check could meet the events in another order than the first run did.
-    const at = new Date().toISOString();
+    // The job's id names its time. From the workflow clock it was not replay-safe: the chaos run
+    // (bench/chaos) had a protection whose first execution saw the clock of the previous task in
+    // a signal's task and named its child by it, while replay gave the signal's own task time:
+    // non-determinism, the protection stuck. The request's time is in the history: it cannot differ.
+    const asked = patched('job-id-from-request-time') ? req.requestedAt : undefined;
+    const at = asked && !Number.isNaN(Date.parse(asked)) ? new Date(asked).toISOString() : new Date().toISOString();
     const server = req.server ?? state.server;
     const job: JobInfo = { workflowId: `${req.kind}/${state.dataSource}/${at}`, kind: req.kind, by: req.by, requestId: req.requestId, server, startedAt: at };
     state.running = job;
