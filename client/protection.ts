@@ -315,7 +315,8 @@ export async function anyRunningServer(client: Client): Promise<ServerStatus> {
   // Visibility can lag a server that has just started (seen in CI with two suites at once): a few
   // seconds' grace before saying none runs.
   for (const deadline = Date.now() + 5_000; ; await new Promise((r) => setTimeout(r, 500))) {
-    const running = (await listServers(client)).filter((s) => s.running);
+    // The newest record first: a server that died keeps looking alive while its pollers age out.
+    const running = (await listServers(client)).filter((s) => s.running).sort((a, b) => b.startedAt.localeCompare(a.startedAt));
     if (running.length) return running[0];
     if (Date.now() > deadline) throw new UsageError('no protection server is running: start one with `hvprotect server` (or `npm start`)');
   }
