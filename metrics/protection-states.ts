@@ -16,7 +16,7 @@ export function startProtectionStates(o: { client: Client; serverId: string; met
     for (let i = 0; i < ids.length; i += 8) {
       await Promise.all(
         ids.slice(i, i + 8).map(async (id) => {
-          const state = (await o.client.workflow.getHandle(id).query(protectionStateQuery).catch(() => undefined)) as ProtectionState | undefined;
+          const state = (await within(o.client.workflow.getHandle(id).query(protectionStateQuery), 10_000).catch(() => undefined)) as ProtectionState | undefined;
           if (state && state.server === o.serverId) {
             o.metrics.protectionStates.set(state.dataSource, state);
           }
@@ -29,7 +29,8 @@ export function startProtectionStates(o: { client: Client; serverId: string; met
   };
   const tick = async () => {
     if (stopped) return;
-    running = refresh().catch((err) => o.logger.warn({ err: (err as Error).message }, 'protection states not refreshed'));
+    // Bounded, so one query or listing that never answers cannot stop the gauges for good.
+    running = within(refresh(), 60_000).catch((err) => o.logger.warn({ err: (err as Error).message }, 'protection states not refreshed'));
     await running;
     if (!stopped) timer = setTimeout(tick, o.intervalMs ?? 30_000);
   };
@@ -44,4 +45,9 @@ export function startProtectionStates(o: { client: Client; serverId: string; met
       clearTimeout(timer);
     },
   };
+}
+
+function within<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<T>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms / 1000} s`)), ms)))]).finally(() => clearTimeout(timer));
 }

@@ -64,7 +64,7 @@ export function protectionStatus(s: StatusInput, now: Date): ProtectionStatus {
     level = 'OK';
     reason = good ? `last recovery point ${age} old` : 'waiting for the first backup';
   }
-  if (failed && level !== 'WARNING') reason += `; the last backup failed: ${failed.error ?? 'no reason recorded'}`;
+  if (failed && !reason.startsWith('the last backup failed')) reason += `; the last backup failed: ${failed.error ?? 'no reason recorded'}`;
   return {
     dataSource: s.dataSource,
     level,
