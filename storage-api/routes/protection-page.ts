@@ -13,6 +13,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { Eta } from 'eta';
 import type { TokenStore } from '../tokens';
 import type { StatusLevel } from '../../protection/status';
+import { bytes } from '../../client/format';
 
 export const PAGE_PREFIX = '/protection';
 
@@ -87,17 +88,6 @@ const VM = `<p><a href="${PAGE_PREFIX}">&larr; all VMs</a></p>
 <table><thead><tr><th>Recovery point</th><th>Made</th><th>Kind</th><th>Mode</th><th>Stored</th><th>Downtime</th></tr></thead><tbody>
 <% it.points.slice().reverse().forEach(function (p) { %><tr data-point="<%= p.pointId %>"><td><code><%= p.pointId %></code></td><td><%= p.createdAt %></td><td><%= p.kind %></td><td><%= p.mode %></td>
 <td><%= it.bytes(p.storedBytes) %></td><td><%= p.downtimeMs === undefined ? '-' : (p.downtimeMs / 1000).toFixed(1) + ' s' %></td></tr><% }) %></tbody></table>`;
-
-function bytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return `${i === 0 ? v : v.toFixed(1)} ${units[i]}`;
-}
 
 export function registerProtectionPage(app: FastifyInstance, tokens: TokenStore, source: PageSource): void {
   const eta = new Eta({ autoEscape: true, cache: true });

@@ -5,30 +5,18 @@
 // own is refused with the reason; a VM in one group is refused by another, naming the group; a
 // policy change reaches the VMs' schedules; removing the cluster with --unprotect ends their
 // protection; the group is deleted.
-import { execFile } from 'node:child_process';
-import path from 'node:path';
-import { promisify } from 'node:util';
+import { runCli, type CliResult } from '../support/cli';
 import { startTestStack, type TestStack } from '../support/stack';
 import { protectVm } from '../../client/protection';
 import { protectionWorkflowId } from '../../workflows/protection';
 import type { GroupState } from '../../workflows/protection-group';
 
 const MiB = 1024 * 1024;
-const CLI = path.resolve(__dirname, '..', '..', 'dist', 'client', 'cli.js');
-const run = promisify(execFile);
 
 let stack: TestStack;
 
-async function hvp(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(process.execPath, [CLI, ...args], {
-      env: { ...process.env, TEMPORAL_ADDRESS: stack.temporal.address, TEMPORAL_NAMESPACE: stack.temporal.namespace, HVPROTECT_PAYLOAD_KEY_FILE: stack.temporal.payloadKeyFile ?? '' },
-    });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: e.code ?? -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
+function hvp(...args: string[]): Promise<CliResult> {
+  return runCli(stack, args);
 }
 
 async function show(name: string): Promise<GroupState> {

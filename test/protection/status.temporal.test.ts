@@ -7,19 +7,15 @@
 // - manual backups are the protection's runs (the last run shown);
 // - a schedule in Europe/Berlin runs once a day at the local time, across both daylight-saving
 //   changes of 2027 (Temporal's own computation of the next times).
-import { execFile } from 'node:child_process';
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
-import path from 'node:path';
-import { promisify } from 'node:util';
+import { runCli, type CliResult } from '../support/cli';
 import { startTestStack, type TestStack } from '../support/stack';
 import { protectVm, startBackupNow, describeProtection } from '../../client/protection';
 import type { ProtectionAlert } from '../../activities/server/alerts';
 
 const MiB = 1024 * 1024;
-const CLI = path.resolve(__dirname, '..', '..', 'dist', 'client', 'cli.js');
 const SECRET = 'test-webhook-secret';
-const run = promisify(execFile);
 
 let stack: TestStack;
 let receiver: http.Server;
@@ -27,16 +23,8 @@ let receiverUrl: string;
 const received: Array<{ alert: ProtectionAlert; id: string; valid: boolean }> = [];
 let refuseNext = 0;
 
-async function hvp(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(process.execPath, [CLI, ...args], {
-      env: { ...process.env, TEMPORAL_ADDRESS: stack.temporal.address, TEMPORAL_NAMESPACE: stack.temporal.namespace, HVPROTECT_PAYLOAD_KEY_FILE: stack.temporal.payloadKeyFile ?? '' },
-    });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: e.code ?? -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
+function hvp(...args: string[]): Promise<CliResult> {
+  return runCli(stack, args);
 }
 
 async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 90_000): Promise<T> {

@@ -9,11 +9,10 @@
 //    code), build-c names it at start, `upgrade adopt` continues it on build-c, and its point
 //    restores bit for bit.
 // 3. a server stopped over a scheduled time runs the missed backup when it returns.
-import { execFile } from 'node:child_process';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
+import { runCli, type CliResult } from '../support/cli';
 import { startTestStack, restoredBytes, waitForTransfer, type TestStack } from '../support/stack';
 import { initialDiskContent, type InitialContent } from '../../hypervisor/lab';
 import { connectClient } from '../../temporal/connection';
@@ -25,8 +24,6 @@ import type { BackupVmResult } from '../../workflows/backup-vm';
 
 const MiB = 1024 * 1024;
 const DISK = 64 * MiB;
-const CLI = path.resolve(__dirname, '..', '..', 'dist', 'client', 'cli.js');
-const run = promisify(execFile);
 
 let stack: TestStack;
 let client: Client;
@@ -34,17 +31,8 @@ let server: RunningServer;
 const content: InitialContent = { kind: 'random', seed: 77, fill: 0.8 };
 let diskId: string;
 
-async function hvp(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(process.execPath, [CLI, ...args], {
-      env: { ...process.env, TEMPORAL_ADDRESS: stack.temporal.address, TEMPORAL_NAMESPACE: stack.temporal.namespace, HVPROTECT_PAYLOAD_KEY_FILE: stack.temporal.payloadKeyFile ?? '' },
-      timeout: 150_000,
-    });
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: e.code ?? -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
+function hvp(...args: string[]): Promise<CliResult> {
+  return runCli(stack, args, { timeoutMs: 150_000 });
 }
 
 /** The same server (id, state, storage port) started again as another build. */
