@@ -43,7 +43,11 @@ export async function groupState(client: Client, name: string): Promise<GroupSta
 export async function listGroups(client: Client): Promise<GroupState[]> {
   const out: GroupState[] = [];
   for await (const wf of client.workflow.list({ query: "WorkflowType = 'protectionGroup' AND ExecutionStatus = 'Running'" })) {
-    const s = await client.workflow.getHandle(wf.workflowId).query(groupStateQuery).catch(() => undefined);
+    // Visibility lags: a group deleted a moment ago may still be listed as running, so the
+    // workflow's own status decides.
+    const h = client.workflow.getHandle(wf.workflowId);
+    if ((await h.describe().catch(() => undefined))?.status.name !== 'RUNNING') continue;
+    const s = await h.query(groupStateQuery).catch(() => undefined);
     if (s) out.push(s);
   }
   return out.sort((a, b) => a.name.localeCompare(b.name));
@@ -130,5 +134,8 @@ export async function deleteGroup(client: Client, name: string, unprotect: boole
       await new Promise((r) => setTimeout(r, 500));
     }
   }
-  await client.workflow.getHandle(groupWorkflowId(name)).executeUpdate(deleteGroupUpdate).catch(unwrap);
+  const h = client.workflow.getHandle(groupWorkflowId(name));
+  await h.executeUpdate(deleteGroupUpdate).catch(unwrap);
+  // The update's answer comes before the workflow closes; once this returns, it is gone.
+  await h.result().catch(() => undefined);
 }
