@@ -3,6 +3,7 @@
 import { promises as fsp } from 'node:fs';
 import { createDynamicVhdx, openVhdx } from '../vhdx';
 import type { PointDiskReader } from './point-disk-reader';
+import { openRawDiskWriter } from './raw-writer';
 
 export interface DiskWriter {
   write(offset: number, data: Buffer): Promise<void>;
@@ -17,36 +18,12 @@ export interface DiskWriter {
 }
 
 /**
- * Opens (or, resuming, reopens) the file a disk is restored to; raw files are sparse. A new file
+ * Opens (or, resuming, reopens) the file a disk is restored to; raw files are sparse and written
+ * with O_DIRECT where the file system allows it (raw-writer.ts). A new file
  * is created exclusively (EEXIST if anything is there) and readable by its owner only (0600).
  */
 export async function openDiskWriter(file: string, format: 'vhdx' | 'raw', virtualSize: number, resuming: boolean): Promise<DiskWriter> {
-  if (format === 'raw') {
-    const fh = await fsp.open(file, resuming ? 'r+' : 'wx', 0o600);
-    await fh.truncate(virtualSize); // sparse: unwritten (zero) chunks take no space
-    return {
-      parallelWrites: 2,
-      write: async (offset, data) => {
-        await fh.write(data, 0, data.length, offset);
-      },
-      writeMany: async (offset, parts) => {
-        const total = parts.reduce((a, p) => a + p.length, 0);
-        let done = (await fh.writev(parts, offset)).bytesWritten;
-        if (done === total) return;
-        // A short writev: the rest one piece at a time.
-        for (let i = 0, at = 0; i < parts.length; at += parts[i].length, i++) {
-          if (at + parts[i].length <= done) continue;
-          const from = Math.max(0, done - at);
-          await fh.write(parts[i], from, parts[i].length - from, offset + at + from);
-          done = at + parts[i].length;
-        }
-      },
-      close: async () => {
-        await fh.sync();
-        await fh.close();
-      },
-    };
-  }
+  if (format === 'raw') return openRawDiskWriter(file, virtualSize, resuming);
   if (!resuming) {
     await (await fsp.open(file, 'wx', 0o600)).close(); // claims the name; the VHDX is renamed over it
     await createDynamicVhdx(file, { virtualSize });
