@@ -24,6 +24,14 @@ const ROOT = path.resolve(__dirname, '..');
  */
 const MUTATIONS = [
   {
+    name: 'restore-through-page-cache',
+    why: 'the raw restore file is written buffered: every restored byte copied into the page cache and flushed again by the fsync',
+    file: 'recovery/raw-writer.ts',
+    from: "if ((opts.direct ?? true) && constants.O_DIRECT !== undefined) {",
+    to: "if ((opts.direct ?? false) && constants.O_DIRECT !== undefined) {",
+    tests: ['test/recovery/raw-writer.test.ts'],
+  },
+  {
     name: 'jobs-not-pinned-to-their-build',
     why: 'backups follow the current build (AUTO_UPGRADE) instead of staying pinned: an upgrade replays a running transfer on other code',
     file: 'workers/server.ts',
