@@ -60,8 +60,52 @@ async function agent(url: string, tokens: string, image: string, rangesFile: str
   process.send!({ wallMs, ingestMs, cpu: process.cpuUsage(), faults: process.resourceUsage().minorPageFault, maxRssKiB: process.resourceUsage().maxRSS, pointId: manifest.pointId, progress, ownedBytes: manifest.ownedBytes }, () => process.exit(0));
 }
 
+/**
+ * The work any design does that hashes every chunk on both sides and compresses it with zstd
+ * level 1, and nothing else: the image read from the page cache in chunks, zero chunks skipped,
+ * each other chunk SHA-256'd twice and compressed, on two threads (one per core), no HTTP, no
+ * files written. Its wall time is a floor for hvprotect's ingest on this machine.
+ */
+async function floor(image: string, chunkSize: number, threads: number): Promise<void> {
+  const { Worker } = await import('node:worker_threads');
+  const start = process.hrtime.bigint();
+  const source = `
+    const { workerData, parentPort } = require('node:worker_threads');
+    const fs = require('node:fs');
+    const { createHash } = require('node:crypto');
+    const zstd = require(workerData.zstdBindingPath);
+    const cctx = new zstd.CCtx();
+    const { image, chunkSize, id, threads, level } = workerData;
+    const fd = fs.openSync(image, 'r');
+    const size = fs.fstatSync(fd).size;
+    const buf = Buffer.allocUnsafe(chunkSize);
+    const out = Buffer.allocUnsafe(zstd.compressBound(chunkSize));
+    const zero = Buffer.alloc(chunkSize);
+    let chunks = 0, stored = 0;
+    for (let i = id; i * chunkSize < size; i += threads) {
+      const n = fs.readSync(fd, buf, 0, chunkSize, i * chunkSize);
+      const c = buf.subarray(0, n);
+      if (c.equals(zero.subarray(0, n))) continue;
+      createHash('sha256').update(c).digest();
+      createHash('sha256').update(c).digest();
+      stored += Math.min(n, cctx.compress(out, c, level));
+      chunks++;
+    }
+    fs.closeSync(fd);
+    parentPort.postMessage({ chunks, stored });
+  `;
+  const { ZSTD_LEVEL } = await import('../repository/codec');
+  const results = await Promise.all(Array.from({ length: threads }, (_, id) => new Promise<{ chunks: number; stored: number }>((resolve, reject) => {
+    const w = new Worker(source, { eval: true, workerData: { image, chunkSize, id, threads, level: ZSTD_LEVEL, zstdBindingPath: require.resolve('zstd-napi/binding') } });
+    w.once('message', resolve);
+    w.once('error', reject);
+  })));
+  const wallMs = Number(process.hrtime.bigint() - start) / 1e6;
+  process.send!({ wallMs, cpu: process.cpuUsage(), maxRssKiB: process.resourceUsage().maxRSS, chunks: results.reduce((a, r) => a + r.chunks, 0), stored: results.reduce((a, r) => a + r.stored, 0) }, () => process.exit(0));
+}
+
 const [role, ...args] = process.argv.slice(2);
-const run = role === 'server' ? server(args[0], Number(args[1])) : agent(args[0], args[1], args[2], args[3], args[4]);
+const run = role === 'server' ? server(args[0], Number(args[1])) : role === 'floor' ? floor(args[0], Number(args[1]), Number(args[2])) : agent(args[0], args[1], args[2], args[3], args[4]);
 run.catch((err) => {
   console.error(err);
   process.exit(1);

@@ -200,6 +200,12 @@ async function main(): Promise<void> {
         } else if (t === 'restic') add(t, 'initial', await restic(dir, image));
         else add(t, 'initial', await borg(dir, image, 'initial'));
       }
+      if (!args.includes('--no-floor')) {
+        await warm(image);
+        const f = forkChild(path.join(__dirname, 'repository-ingest-child.js'), ['floor', image, String(CHUNK_SIZE), String(os.cpus().length)]);
+        const r = (await f.next()) as { wallMs: number; maxRssKiB: number; cpu: { user: number; system: number } };
+        add('floor', 'initial', { wallMs: r.wallMs, storedBytes: 0, maxRssMiB: r.maxRssKiB / 1024, note: `cpu ${(r.cpu.user / 1e6).toFixed(1)} user + ${(r.cpu.system / 1e6).toFixed(1)} sys` });
+      }
       writes = await changeImage(image, rangesFile);
       for (const t of order) {
         await warm(image);
@@ -233,7 +239,10 @@ async function main(): Promise<void> {
         return `| ${tool} | ${phase} | ${sec(r.wall)} | ${sec(r.min)}–${sec(r.max)} | ${r.all.map(sec).join(', ')} | ${mib(r.stored)} | ${r.rss.toFixed(0)} |`;
       })),
       '',
-      `Initial, median: hvprotect ${sec(row('hvprotect', 'initial').wall)} s, restic ${sec(row('restic', 'initial').wall)} s, borg ${sec(row('borg', 'initial').wall)} s.`,
+      `Initial, median: hvprotect ${sec(row('hvprotect', 'initial').wall)} s, restic ${sec(row('restic', 'initial').wall)} s, borg ${sec(row('borg', 'initial').wall)} s: hvprotect ${(row('hvprotect', 'initial').wall / row('borg', 'initial').wall).toFixed(2)}x borg's time.`,
+      ...(results.has('floor|initial')
+        ? [`Floor (the image's non-zero chunks hashed twice with SHA-256 and compressed with zstd level 1 on ${os.cpus().length} threads, read from the page cache; no HTTP, no files written): median ${sec(row('floor', 'initial').wall)} s (${row('floor', 'initial').all.map(sec).join(', ')}; ${row('floor', 'initial').notes.join('; ')}), ${(row('floor', 'initial').wall / row('borg', 'initial').wall).toFixed(2)}x borg's time: no design that checks every digest on the server and compresses with zstd-1 ingests this image faster on this machine.`]
+        : []),
       `Incremental, median: restic/hvprotect wall time ${(ri.wall / hi.wall).toFixed(1)}x, borg/hvprotect ${(bi.wall / hi.wall).toFixed(1)}x; hvprotect stored ${((hi.stored / ri.stored) * 100).toFixed(0)}% of restic's, ${((hi.stored / bi.stored) * 100).toFixed(0)}% of borg's.`,
       `hvprotect peak RSS per run (agent, server): ${[...row('hvprotect', 'initial').notes, ...hi.notes].join('; ')}.`,
       '',
