@@ -2,6 +2,7 @@
 // the queue of the server that owns it, which serialises its jobs; plus a Temporal Schedule
 // (`protect/<ds>`) that asks it for express fulls at the given times, and the data source's
 // retention in the owner's repository. Backups and checks "now" go through the same protection.
+import { within } from '../temporal/within';
 import { randomUUID } from 'node:crypto';
 import type { Client, ScheduleDescription, ScheduleSpec, WorkflowHandle } from '@temporalio/client';
 import type { Duration } from '@temporalio/common';
@@ -411,15 +412,11 @@ export async function protectionState(client: Client, dataSource: string): Promi
   }
   if (described.status.name !== 'RUNNING') throw new UsageError(`${dataSource} is not protected (\`hvprotect protect list\` shows what is)`);
   try {
-    return await withTimeout(handle.query(protectionStateQuery), 5_000);
+    return await within(handle.query(protectionStateQuery), 5_000);
   } catch {
     const m = ((await described.memo) ?? {}) as { vm?: string; vmId?: string; server?: string };
     return { dataSource, vm: m.vm ?? '?', vmId: m.vmId ?? '?', server: m.server ?? '?', backup: { dataSource, vm: m.vmId ?? dataSource }, chains: [], recent: [], skippedRuns: 0 };
   }
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  return Promise.race([p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error('timed out')), ms).unref())]);
 }
 
 export interface ProtectionStatusRow extends ProtectionStatus {

@@ -5,6 +5,7 @@ import type { Client } from '@temporalio/client';
 import type { Logger } from '../log/logger';
 import type { ProtectionMetrics } from './metrics';
 import { protectionStateQuery, type ProtectionState } from '../workflows/protection';
+import { within } from '../temporal/within';
 
 export function startProtectionStates(o: { client: Client; serverId: string; metrics: ProtectionMetrics; logger: Logger; intervalMs?: number }): { refresh(): Promise<void>; stop(): void } {
   let stopped = false;
@@ -47,7 +48,3 @@ export function startProtectionStates(o: { client: Client; serverId: string; met
   };
 }
 
-function within<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([p, new Promise<T>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms / 1000} s`)), ms)))]).finally(() => clearTimeout(timer));
-}
