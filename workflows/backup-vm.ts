@@ -145,6 +145,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     { key: SA.vm, value: input.vm },
   ]);
 
+  let committed: CommittedPoint | undefined;
   try {
     await vm.owner();
     step('inspecting the VM');
@@ -192,7 +193,6 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     }
 
     let checkpoint: BackupCheckpoint | undefined;
-    let committed: CommittedPoint | undefined;
     const results: DiskTransferResult[] = [];
     try {
       step(decision.mode === 'online' ? 'creating the backup checkpoint (VSS in the guest)' : `creating the backup checkpoint (offline, ${decision.quiesce})`);
@@ -375,6 +375,15 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       ...(retentionWarning ? { retentionWarning } : {}),
     };
   } catch (err) {
+    // A backup whose cancellation was asked for, and that made no point, ends cancelled whatever
+    // its last step ended with: a transfer whose agent died before it heard the cancel times out
+    // instead of stopping, a release may fail. The admin asked for it to stop, and it stopped
+    // without a point; what the step said is kept in the message (a checkpoint a failed release
+    // left is released by the VM's next backup). Found by bench/chaos (seed 15).
+    if (!isCancellation(err) && !committed && CancellationScope.current().consideredCancelled && patched('cancelled-backup-ends-cancelled')) {
+      step(`cancelled; its last step ended with: ${innermostMessage(err)}`);
+      throw new CancelledFailure(`backup cancelled; its last step ended with: ${innermostMessage(err)}`);
+    }
     if (!isCancellation(err)) step(`failed: ${(err as Error).message}`);
     throw err;
   }

@@ -1,7 +1,7 @@
 // Backups that finish by themselves: live migration mid-transfer, a kill -9 of the agent
 // mid-transfer, and a failure after the checkpoint that must leave no checkpoint behind.
 import type { WorkflowHandle } from '@temporalio/client';
-import { startTestStack, restoredBytes as sharedRestoredBytes, startBackup as sharedStartBackup, waitForTransfer, type TestStack } from '../support/stack';
+import { failureOf, startTestStack, restoredBytes as sharedRestoredBytes, startBackup as sharedStartBackup, waitForTransfer, type TestStack } from '../support/stack';
 import { initialDiskContent } from '../../hypervisor/lab';
 import type { BackupVmInput, BackupVmResult } from '../../workflows/backup-vm';
 
@@ -104,6 +104,32 @@ test('kill -9 of the agent mid-transfer: the backup finishes after the agent res
   expect((await restoredBytes('killme', r.pointId, facts.disks[0].diskId)).equals(initialDiskContent(content, 40 * MiB))).toBe(true);
   expect((await stack.lab.inspectVm('killme')).checkpoints).toEqual([]);
   agent.kill('SIGTERM');
+});
+
+test('cancelled while its agent is dead: the transfer times out instead of hearing the cancel, and the backup still ends cancelled, nothing left', async () => {
+  // bench/chaos (seed 15) found a backup cancelled while its agent could not hear it end FAILED
+  // ("activity Heartbeat timeout") instead of cancelled.
+  const facts = await stack.lab.createVm({ name: 'deafagent', host: 'hv04', disks: [{ sizeBytes: 40 * MiB, content: { kind: 'random', seed: 26, fill: 1 } }] });
+  let agent = await stack.spawnAgent('hv04', ['--batch-slots', '4', '--throttle', '4']);
+  const handle = await startBackup({ dataSource: 'deafagent', vm: facts.vmId });
+  await waitForTransfer(handle, 4 * MiB);
+  agent.kill('SIGKILL');
+  await new Promise((r) => agent.once('exit', r));
+  await handle.cancel();
+  // The transfer's heartbeat times out (5 s here); the release then needs the agent back.
+  await new Promise((r) => setTimeout(r, 8_000));
+  agent = await stack.spawnAgent('hv04', ['--batch-slots', '4']);
+  try {
+    const failure = await failureOf(handle.result());
+    expect((await handle.describe()).status.name).toBe('CANCELLED');
+    expect(failure.text).toMatch(/cancel/i);
+    const after = await stack.lab.inspectVm('deafagent');
+    expect(after.checkpoints).toEqual([]);
+    expect(after.state).toBe('running');
+    expect(await stack.server.repository.listPoints('deafagent')).toEqual([]);
+  } finally {
+    agent.kill('SIGTERM');
+  }
 });
 
 test('a failure after the checkpoint (shadow storage too small) leaves no checkpoint and no point', async () => {
