@@ -9,7 +9,6 @@ export async function withHeartbeat<T>(fn: () => Promise<T>, everyMs = 1000): Pr
   } catch {
     return fn(); // not in an activity (tests calling the function directly)
   }
-  if (ctx.info.isLocal) return fn(); // a local activity lives in its workflow task: nothing to beat
   ctx.heartbeat();
   const timer = setInterval(() => ctx!.heartbeat(), everyMs);
   try {

@@ -25,7 +25,6 @@ import {
   log,
   patched,
   proxyActivities,
-  proxyLocalActivities,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -90,20 +89,10 @@ export interface BackupVmResult {
 
 // Server steps run on this workflow's own queue (its server's); they heartbeat, so a protection
 // server killed mid-step is retried in seconds.
-const SERVER_RETRY: RetryPolicy = { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10, nonRetryableErrorTypes: NON_RETRYABLE_SERVER };
-const serverTasks = proxyActivities<ServerActivities>({
+const server = proxyActivities<ServerActivities>({
   startToCloseTimeout: '10 minutes',
   heartbeatTimeout: '10 seconds',
-  retry: SERVER_RETRY,
-});
-// The same steps as local activities: this workflow runs on its server's queue, so the worker
-// that runs it is the one with the server's repository. A local activity runs inside the workflow
-// task (no activity task to schedule, match and poll, no extra workflow task for its result):
-// about 55 ms per step on this machine (bench/backup-e2e.md), four steps per backup. A server that
-// dies mid-step loses the workflow task; the next one runs the step again, as a retry would.
-const serverLocal = proxyLocalActivities<ServerActivities>({
-  startToCloseTimeout: '10 minutes',
-  retry: SERVER_RETRY,
+  retry: { initialInterval: '1 second', maximumInterval: '30 seconds', maximumAttempts: 10, nonRetryableErrorTypes: NON_RETRYABLE_SERVER },
 });
 // Host steps name their host's queue per call (the VM's owner at that moment).
 const host = proxyActivities<HostActivities>({
@@ -118,7 +107,6 @@ const TRANSFER_RETRY: RetryPolicy = { initialInterval: '1 second', maximumInterv
 const RELEASE_RETRY: RetryPolicy = { maximumAttempts: 20, nonRetryableErrorTypes: [HostFailure.VmNotOnHost, HostFailure.VmNotFound] };
 
 export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
-  const server = patched('server-steps-local') ? serverLocal : serverTasks;
   const { workflowId, parent } = workflowInfo();
   const timing = {
     heartbeatTimeout: (input.timing?.heartbeatTimeout ?? '60 seconds') as Duration,
