@@ -375,9 +375,7 @@ async function main(): Promise<void> {
         `on a repository of its own in another process (bench/repository-ingest-child.ts server, peak RSS ${repoServerRss.toFixed(0)} MiB); timed from beginSession to ` +
         'the committed manifest, process start-up excluded. It reads only the chunks under the changed ranges, as the express full does from change tracking.',
       '- The express full does in addition: lease, locate the VM, inspect it, plan, create the backup checkpoint (a real AVHDX), read through the VHDX ' +
-        'reader, commit, release (merge the AVHDX back), retention. The host steps are activities on the host\'s queue, each scheduled by a workflow task; ' +
-        'the server steps (plan, the host list, commit, retention) are local activities on the server\'s worker (patched `server-steps-local`): they run inside ' +
-        'a workflow task, leave a marker instead of activity events, and their time is in "outside activities". The table above shows where the time goes.',
+        'reader, commit, release (merge the AVHDX back), retention — each an activity scheduled by a workflow task; the table above shows where the time goes.',
       '- Temp data under /tmp, removed at the end.',
     ];
     const out = path.join(ROOT, 'bench', 'backup-e2e.md');
