@@ -32,6 +32,15 @@ const MUTATIONS = [
     tests: ['test/recovery/raw-writer.test.ts'],
   },
   {
+    name: 'cancel-lost-to-a-timeout',
+    why: 'a backup cancelled while its agent could not hear it ends FAILED with the transfer\'s timeout instead of cancelled',
+    file: 'workflows/backup-vm.ts',
+    from: "CancellationScope.current().consideredCancelled && patched('cancelled-backup-ends-cancelled')) {",
+    to: "CancellationScope.current().consideredCancelled && patched('cancelled-backup-ends-cancelled') && false) {",
+    tests: ['test/backup/faults.temporal.test.ts'],
+    only: 'agent is dead',
+  },
+  {
     name: 'jobs-not-pinned-to-their-build',
     why: 'backups follow the current build (AUTO_UPGRADE) instead of staying pinned: an upgrade replays a running transfer on other code',
     file: 'workers/server.ts',
