@@ -146,15 +146,22 @@ export class UnknownVm extends Error {
   override name = 'UnknownVm';
 }
 
-/** Finds a VM by name or id on the hosts whose agents run; an unknown one lists close names. */
-/** The VM named `vm` on some host, asked through `server` (default any running server). */
-export async function resolveVm(client: Client, vm: string, server?: string): Promise<VmSummary> {
-  const found: FindVmsResult = await client.workflow.execute('findVms', {
-    taskQueue: server ? serverTaskQueue(await chooseServer(client, server)) : (await anyRunningServer(client)).taskQueue,
-    workflowId: `find-vms/${randomUUID()}`,
+/** Every VM on the hosts whose agents answer, asked through the server of `taskQueue` (the findVms workflow). */
+export function findAllVms(client: Client, taskQueue: string, label = ''): Promise<FindVmsResult> {
+  return client.workflow.execute('findVms', {
+    taskQueue,
+    workflowId: `find-vms/${label}${randomUUID()}`,
     args: [{}],
     workflowExecutionTimeout: '2 minutes',
   });
+}
+
+/**
+ * Finds a VM by name or id on the hosts whose agents run, asked through `server` (default any
+ * running server); an unknown one lists close names.
+ */
+export async function resolveVm(client: Client, vm: string, server?: string): Promise<VmSummary> {
+  const found = await findAllVms(client, server ? serverTaskQueue(await chooseServer(client, server)) : (await anyRunningServer(client)).taskQueue);
   const exact = found.vms.filter((v) => v.vmId === vm || v.name === vm);
   const match = exact.length ? exact : found.vms.filter((v) => v.name.toLowerCase() === vm.toLowerCase());
   // The same VM id on two hosts is a Hyper-V Replica pair: the primary is the one meant.
@@ -417,6 +424,25 @@ export async function protectionState(client: Client, dataSource: string): Promi
     const m = ((await described.memo) ?? {}) as { vm?: string; vmId?: string; server?: string };
     return { dataSource, vm: m.vm ?? '?', vmId: m.vmId ?? '?', server: m.server ?? '?', backup: { dataSource, vm: m.vmId ?? dataSource }, chains: [], recent: [], skippedRuns: 0 };
   }
+}
+
+/** The data sources whose protection `serverId` owns, as visibility lists them. */
+export async function ownedDataSources(client: Client, serverId: string): Promise<string[]> {
+  const out: string[] = [];
+  for await (const wf of client.workflow.list({ query: `WorkflowType = 'protection' AND ExecutionStatus = 'Running' AND BackupServer = '${serverId}'` })) {
+    out.push(wf.workflowId.slice('protection/'.length));
+  }
+  return out;
+}
+
+/**
+ * A protection's state, when `serverId` owns it (its own record says so, whatever visibility
+ * lists); undefined when another server owns it or it does not answer (within `ms`, when given).
+ */
+export async function ownedProtectionState(client: Client, serverId: string, dataSource: string, ms?: number): Promise<ProtectionState | undefined> {
+  const query = client.workflow.getHandle(protectionWorkflowId(dataSource)).query(protectionStateQuery);
+  const state = (await (ms === undefined ? query : within(query, ms)).catch(() => undefined)) as ProtectionState | undefined;
+  return state?.server === serverId ? state : undefined;
 }
 
 export interface ProtectionStatusRow extends ProtectionStatus {

@@ -4,47 +4,34 @@
 import type { Client } from '@temporalio/client';
 import type { Logger } from '../log/logger';
 import type { ProtectionMetrics } from './metrics';
-import { protectionStateQuery, type ProtectionState } from '../workflows/protection';
+import { ownedDataSources, ownedProtectionState } from '../client/protection';
 import { within } from '../temporal/within';
+import { startPeriodic } from '../workers/periodic';
 
 export function startProtectionStates(o: { client: Client; serverId: string; metrics: ProtectionMetrics; logger: Logger; intervalMs?: number }): { refresh(): Promise<void>; stop(): void } {
-  let stopped = false;
-  let running: Promise<void> | undefined;
   const refresh = async () => {
-    const ids: string[] = [];
-    for await (const wf of o.client.workflow.list({ query: `WorkflowType = 'protection' AND ExecutionStatus = 'Running' AND BackupServer = '${o.serverId}'` })) ids.push(wf.workflowId);
+    const listed = await ownedDataSources(o.client, o.serverId);
     // A few at a time: hundreds of protections must not open hundreds of queries at once.
-    for (let i = 0; i < ids.length; i += 8) {
+    for (let i = 0; i < listed.length; i += 8) {
       await Promise.all(
-        ids.slice(i, i + 8).map(async (id) => {
-          const state = (await within(o.client.workflow.getHandle(id).query(protectionStateQuery), 10_000).catch(() => undefined)) as ProtectionState | undefined;
-          if (state && state.server === o.serverId) {
-            o.metrics.protectionStates.set(state.dataSource, state);
-          }
+        listed.slice(i, i + 8).map(async (ds) => {
+          const state = await ownedProtectionState(o.client, o.serverId, ds, 10_000);
+          if (state) o.metrics.protectionStates.set(state.dataSource, state);
         }),
       );
     }
     // Gone from the list: unprotected or moved. Listed but not answering (a drained server): kept as last seen.
-    const listed = new Set(ids.map((id) => id.slice('protection/'.length)));
-    for (const ds of [...o.metrics.protectionStates.keys()]) if (!listed.has(ds)) o.metrics.protectionStates.delete(ds);
+    const names = new Set(listed);
+    for (const ds of [...o.metrics.protectionStates.keys()]) if (!names.has(ds)) o.metrics.protectionStates.delete(ds);
   };
-  const tick = async () => {
-    if (stopped) return;
-    // Bounded, so one query or listing that never answers cannot stop the gauges for good.
-    running = within(refresh(), 60_000).catch((err) => o.logger.warn({ err: (err as Error).message }, 'protection states not refreshed'));
-    await running;
-    if (!stopped) timer = setTimeout(tick, o.intervalMs ?? 30_000);
-  };
-  let timer: NodeJS.Timeout = setTimeout(tick, 0);
+  // Bounded, so one query or listing that never answers cannot stop the gauges for good.
+  const loop = startPeriodic({ run: () => within(refresh(), 60_000), intervalMs: o.intervalMs ?? 30_000, logger: o.logger, failure: 'protection states not refreshed' });
   return {
     refresh: async () => {
-      await running;
+      await loop.idle();
       await refresh();
     },
-    stop: () => {
-      stopped = true;
-      clearTimeout(timer);
-    },
+    stop: loop.stop,
   };
 }
 

@@ -4,7 +4,8 @@
 import type { Client } from '@temporalio/client';
 import type { Repository } from '../repository';
 import type { PagePoint, PageSource, PageVm } from '../storage-api/routes/protection-page';
-import { protectionStateQuery, protectionWorkflowId, type ProtectionState } from '../workflows/protection';
+import type { ProtectionState } from '../workflows/protection';
+import { ownedDataSources, ownedProtectionState } from '../client/protection';
 import { protectionStatus } from './status';
 
 export function protectionPageSource(o: { client: Client; repository: Repository; serverId: string; webUi?: string }): PageSource {
@@ -30,17 +31,14 @@ export function protectionPageSource(o: { client: Client; repository: Repository
     };
   }
 
-  async function stateOf(dataSource: string): Promise<ProtectionState | undefined> {
-    const state = (await o.client.workflow.getHandle(protectionWorkflowId(dataSource)).query(protectionStateQuery).catch(() => undefined)) as ProtectionState | undefined;
-    return state?.server === o.serverId ? state : undefined;
-  }
+  const stateOf = (dataSource: string) => ownedProtectionState(o.client, o.serverId, dataSource);
 
   return {
     serverId: o.serverId,
     async vms() {
       const out: PageVm[] = [];
-      for await (const wf of o.client.workflow.list({ query: `WorkflowType = 'protection' AND ExecutionStatus = 'Running' AND BackupServer = '${o.serverId}'` })) {
-        const state = await stateOf(wf.workflowId.slice('protection/'.length));
+      for (const ds of await ownedDataSources(o.client, o.serverId)) {
+        const state = await stateOf(ds);
         if (state) out.push(await vmOf(state));
       }
       const order = { CRITICAL: 0, WARNING: 1, OK: 2 };

@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import type { Logger } from '../log/logger';
 import type { Repository } from '../repository';
 import { postAlert, type AlertWebhook } from '../activities/server/alerts';
+import { writeFileDurable } from '../repository/durable';
+import { startPeriodic } from '../workers/periodic';
 
 export const OVER = 0.9;
 export const BACK_UNDER = 0.85;
@@ -33,11 +35,8 @@ export function startStorageAlerts(o: { repository: Repository; serverId: string
   } catch {
     // first start
   }
-  const save = () => {
-    fs.writeFileSync(`${o.stateFile}.tmp`, JSON.stringify(record));
-    fs.renameSync(`${o.stateFile}.tmp`, o.stateFile);
-  };
-  let running: Promise<void> | undefined;
+  // Atomic (temp + rename), not fsynced: a record lost to a power cut repeats one alert.
+  const save = () => writeFileDurable(o.stateFile, JSON.stringify(record), { fsync: false });
   const check = async () => {
     for (const u of await o.repository.listShadowStorage()) {
       if (!u.maximumBytes) continue;
@@ -60,24 +59,15 @@ export function startStorageAlerts(o: { repository: Repository; serverId: string
       o.onAlert?.(alert);
       if (o.webhook) await postAlert(o.webhook, alert.id, alert);
       record[u.dataSource] = { over: to === 'over', sequence: r.sequence + 1 };
-      save();
+      await save();
     }
   };
-  const tick = async () => {
-    running = check().catch((err) => o.logger.warn({ err: (err as Error).message }, 'shadow storage alerts: will try again'));
-    await running;
-    if (!stopped) timer = setTimeout(tick, o.intervalMs ?? 60_000);
-  };
-  let stopped = false;
-  let timer: NodeJS.Timeout = setTimeout(tick, 0);
+  const loop = startPeriodic({ run: check, intervalMs: o.intervalMs ?? 60_000, logger: o.logger, failure: 'shadow storage alerts: will try again' });
   return {
     check: async () => {
-      await running;
+      await loop.idle();
       await check();
     },
-    stop: () => {
-      stopped = true;
-      clearTimeout(timer);
-    },
+    stop: loop.stop,
   };
 }

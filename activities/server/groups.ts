@@ -2,15 +2,13 @@
 // owns its data sources: find the VMs its members cover, protect the new ones with the group's
 // policy, report the ones no host sees any more, refuse the ones another group (or a protection
 // of their own) has.
-import { randomUUID } from 'node:crypto';
 import { Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
 import type { Repository } from '../../repository';
 import type { VmSummary } from '../../hypervisor/types';
-import type { FindVmsResult } from '../../workflows/find-vm';
 import type { GroupMember, GroupPolicy, GroupState, GroupVm } from '../../workflows/protection-group';
 import { protectionWorkflowId } from '../../workflows/protection';
-import { dataSourceIdFor, protectVm, retimeProtection } from '../../client/protection';
+import { dataSourceIdFor, findAllVms, protectVm, retimeProtection } from '../../client/protection';
 import { parseShadowStorageSize } from '../../repository/shadow-storage';
 
 export interface ReconcileInput {
@@ -40,12 +38,7 @@ export function createGroupActivities(deps: { client: Client; repository: Reposi
   return {
     async reconcileGroup(input) {
       const ctx = Context.current();
-      const found: FindVmsResult = await deps.client.workflow.execute('findVms', {
-        taskQueue: deps.taskQueue,
-        workflowId: `find-vms/group-${input.name}-${randomUUID().slice(0, 8)}`,
-        args: [{}],
-        workflowExecutionTimeout: '2 minutes',
-      });
+      const found = await findAllVms(deps.client, deps.taskQueue, `group-${input.name}-`);
       ctx.heartbeat();
       const now = new Date().toISOString();
       const byId = new Map<string, VmSummary>();
