@@ -55,13 +55,18 @@ function policyOf(o: Record<string, unknown>, defaults: boolean): Partial<Omit<G
   return p;
 }
 
+/** "vm a, host hv01, cluster c1". */
+function memberNames(g: GroupState): string {
+  return g.members.map((m) => `${m.kind} ${m.name}`).join(', ');
+}
+
 function describeGroup(g: GroupState): string {
   const p = g.policy;
   const lines = [
     `group ${g.name} on ${p.server}: ${p.everyHours ? `every ${p.everyHours} h` : `daily at ${(p.at ?? []).join(', ')}`}${p.timezone ? ` ${p.timezone}` : ''}` +
       `${p.rpoHours ? `, RPO ${p.rpoHours} h` : ''}${p.retentionDays ? `, ${p.retentionDays} days` : ''}${p.maxPoints ? `, at most ${p.maxPoints} points` : ''}` +
       `${p.maxSize ? `, shadow storage ${p.maxSize}` : ''}, ${p.allowOffline ? `offline by ${p.offlineMethod} when needed` : 'online only'}`,
-    `members: ${g.members.map((m) => `${m.kind} ${m.name}`).join(', ') || '(none)'}`,
+    `members: ${memberNames(g) || '(none)'}`,
     `last reconcile: ${g.lastReconcile ? `${g.lastReconcile.at}${g.lastReconcile.error ? ` FAILED: ${g.lastReconcile.error}` : ''}` : 'not yet'}${g.silentHosts.length ? `; no answer from ${g.silentHosts.join(', ')}` : ''}`,
     '',
     table(
@@ -101,7 +106,7 @@ export function registerGroupCommands(program: Command, h: Helpers): void {
       const gs = await h.withClient(listGroups);
       out(o.json, gs, () =>
         table(
-          gs.map((g) => ({ group: g.name, server: g.policy.server, members: g.members.map((m) => `${m.kind} ${m.name}`).join(', '), protected: g.protected.length, missing: g.missing.length, refused: g.refused.length })),
+          gs.map((g) => ({ group: g.name, server: g.policy.server, members: memberNames(g), protected: g.protected.length, missing: g.missing.length, refused: g.refused.length })),
           ['group', 'server', 'members', 'protected', 'missing', 'refused'],
         ),
       );
@@ -129,7 +134,7 @@ export function registerGroupCommands(program: Command, h: Helpers): void {
       const members = membersOf(o);
       if (!members.length) throw new UsageError('add what? --vm NAME, --host NAME or --cluster NAME');
       const g = await h.withClient((c) => addMembers(c, name, members));
-      out(o.json, g, () => `members of ${g.name}: ${g.members.map((m) => `${m.kind} ${m.name}`).join(', ')}\n`);
+      out(o.json, g, () => `members of ${g.name}: ${memberNames(g)}\n`);
     });
   memberOptions(group.command('remove').argument('<name>').description('remove members; their VMs stay protected unless --unprotect'))
     .option('--unprotect', 'stop protecting the VMs they brought (their recovery points are kept)', false)
@@ -138,7 +143,7 @@ export function registerGroupCommands(program: Command, h: Helpers): void {
       const members = membersOf(o);
       if (!members.length) throw new UsageError('remove what? --vm NAME, --host NAME or --cluster NAME');
       const g = await h.withClient((c) => removeMembers(c, name, members, o.unprotect));
-      out(o.json, g, () => `members of ${g.name}: ${g.members.map((m) => `${m.kind} ${m.name}`).join(', ') || '(none)'}\n`);
+      out(o.json, g, () => `members of ${g.name}: ${memberNames(g) || '(none)'}\n`);
     });
   group
     .command('delete')

@@ -103,10 +103,15 @@ export async function removeMembers(client: Client, name: string, members: Group
   const before = await groupState(client, name);
   const after = await client.workflow.getHandle(groupWorkflowId(name)).executeUpdate(removeMembersUpdate, { args: [members] }).catch(unwrap);
   if (unprotect) {
-    const stillCovered = (v: { vm: string; vmId: string; host: string }) => after.members.some((m) => (m.kind === 'vm' ? m.name.toLowerCase() === v.vm.toLowerCase() || m.name === v.vmId : m.kind === 'host' ? m.name.toLowerCase() === v.host.toLowerCase() : false));
+    // A group's VM records its host, not its cluster: a cluster member is taken to cover every VM
+    // when it is removed, and none when it stays.
+    type Vm = { vm: string; vmId: string; host: string };
+    const coveredBy = (m: GroupMember, v: Vm): boolean | undefined =>
+      m.kind === 'vm' ? m.name.toLowerCase() === v.vm.toLowerCase() || m.name === v.vmId : m.kind === 'host' ? m.name.toLowerCase() === v.host.toLowerCase() : undefined;
     for (const v of [...before.protected, ...before.missing]) {
-      const wasCovered = members.some((m) => (m.kind === 'vm' ? m.name.toLowerCase() === v.vm.toLowerCase() || m.name === v.vmId : m.kind === 'host' ? m.name.toLowerCase() === v.host.toLowerCase() : true));
-      if (wasCovered && !stillCovered(v)) await removeProtection(client, v.dataSource).catch(() => undefined);
+      const wasCovered = members.some((m) => coveredBy(m, v) ?? true);
+      const stillCovered = after.members.some((m) => coveredBy(m, v) ?? false);
+      if (wasCovered && !stillCovered) await removeProtection(client, v.dataSource).catch(() => undefined);
     }
     await client.workflow.getHandle(groupWorkflowId(name)).signal(reconcileSignal);
   }

@@ -369,8 +369,9 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     // without a point; what the step said is kept in the message (a checkpoint a failed release
     // left is released by the VM's next backup). Found by bench/chaos (seed 15).
     if (!isCancellation(err) && !committed && CancellationScope.current().consideredCancelled && patched('cancelled-backup-ends-cancelled')) {
-      step(`cancelled; its last step ended with: ${innermostMessage(err)}`);
-      throw new CancelledFailure(`backup cancelled; its last step ended with: ${innermostMessage(err)}`);
+      const why = `its last step ended with: ${innermostMessage(err)}`;
+      step(`cancelled; ${why}`);
+      throw new CancelledFailure(`backup cancelled; ${why}`);
     }
     if (!isCancellation(err)) step(`failed: ${(err as Error).message}`);
     throw err;
