@@ -4,6 +4,7 @@
 // the same changed ranges (ingest/ `ingestDisk`, the transferDisk activity's own pipeline, without Temporal, VHDX or lab).
 //
 //   npx tsc -p . && node dist/bench/backup-e2e.js [--size-gib 4] [--rounds 3] [--fill 0.7] [--multi-disk-gib 1] [--multi-rounds 1] [--keep]
+//   (HVP_AGENT_NODE_ARGS="--perf-basic-prof" runs the agent with those node flags, for profiling)
 //
 // Steps: a lab VM with one dynamic VHDX (1 MiB regions of random data, `fill` of them; the rest
 // never written), an initial replica; then per round 1% of the disk changed in scattered 64 KiB
@@ -160,7 +161,7 @@ async function main(): Promise<void> {
       const log = openSync(path.join(tmp, `agent-${hostName}.log`), 'a');
       const p = spawn(
         process.execPath,
-        [path.join(ROOT, 'dist', 'client', 'cli.js'), 'agent', '--host', hostName, '--lab-root', lab.root, '--server', `${server!.id}=${tokenFile}`, ...extra],
+        [...(process.env.HVP_AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean), path.join(ROOT, 'dist', 'client', 'cli.js'), 'agent', '--host', hostName, '--lab-root', lab.root, '--server', `${server!.id}=${tokenFile}`, ...extra],
         { env: { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, HVPROTECT_LOG_FORMAT: 'json', HVPROTECT_LOG_LEVEL: 'warn' }, stdio: ['ignore', log, log] },
       );
       children.push(p);

@@ -116,6 +116,13 @@ export interface DiskReader {
   readonly virtualSize: number;
   /** `signal`: the backup was cancelled; an adapter whose read can take long stops and throws. */
   read(offset: number, length: number, signal?: AbortSignal): Promise<Buffer>;
+  /**
+   * Optional: fills all of `target` with the bytes at `offset`, in memory the caller reuses. The
+   * backup pipeline reads every batch into one of a few buffers this way: a fresh buffer per read
+   * was gigabytes of new external memory per backup, and each 64 MB of it set off a full GC of
+   * the agent's heap.
+   */
+  readInto?(target: Buffer, offset: number, signal?: AbortSignal): Promise<void>;
   /** Ranges that hold data (a reader may skip the rest), sorted and merged. */
   allocatedRanges(): Promise<{ offset: number; length: number }[]>;
   close(): Promise<void>;

@@ -146,7 +146,12 @@ export async function ingestDisk(o: IngestOptions): Promise<IngestPosition> {
     return batch;
   };
 
-  const readBatch = async (slots: number[]): Promise<{ chunks: ReadChunk[]; bytes: number }> => {
+  // Batch memory is reused (readers with readInto): batchesInFlight + 1 buffers for the whole
+  // disk instead of a fresh one per read. A buffer goes back once its batch is settled (uploads
+  // done or failed), when no chunk of it is referenced any more.
+  const freeBuffers: Buffer[] = [];
+  const takeBuffer = () => freeBuffers.pop() ?? Buffer.allocUnsafeSlow(perBatch * chunkSize);
+  const readBatch = async (slots: number[], memory: Buffer | undefined): Promise<{ chunks: ReadChunk[]; bytes: number }> => {
     const runs: Array<{ first: number; index: number; n: number }> = [];
     slots.forEach((slot, i) => {
       const last = runs[runs.length - 1];
@@ -159,7 +164,11 @@ export async function ingestDisk(o: IngestOptions): Promise<IngestPosition> {
       o.signal?.throwIfAborted();
       const offset = run.first * chunkSize;
       const length = Math.min(run.n * chunkSize, virtualSize - offset);
-      const data = await reader.read(offset, length, o.signal);
+      let data: Buffer;
+      if (memory && reader.readInto) {
+        data = memory.subarray(run.index * chunkSize, run.index * chunkSize + length);
+        await reader.readInto(data, offset, o.signal);
+      } else data = await reader.read(offset, length, o.signal);
       if (data.length !== length) throw new Error(`disk reader returned ${data.length} bytes at ${offset}, expected ${length}`);
       bytes += length;
       // Hashed here: WebCrypto's digest would run on the thread pool but copies every chunk first.
@@ -215,7 +224,15 @@ export async function ingestDisk(o: IngestOptions): Promise<IngestPosition> {
       o.signal?.throwIfAborted();
       const slots = nextBatch();
       if (slots.length === 0) break;
-      const { chunks, bytes } = await readBatch(slots);
+      const memory = reader.readInto ? takeBuffer() : undefined;
+      let read: Awaited<ReturnType<typeof readBatch>>;
+      try {
+        read = await readBatch(slots, memory);
+      } catch (err) {
+        if (memory) freeBuffers.push(memory);
+        throw err;
+      }
+      const { chunks, bytes } = read;
       if (o.throttleBytesPerSecond) {
         throttled += bytes;
         const due = throttleStart + (1000 * throttled) / o.throttleBytesPerSecond;
@@ -224,6 +241,7 @@ export async function ingestDisk(o: IngestOptions): Promise<IngestPosition> {
       pos.bytesRead += bytes;
       const sent = sendBatch(chunks);
       sent.catch(() => undefined); // awaited in order by settleOldest
+      if (memory) void sent.then(() => freeBuffers.push(memory), () => freeBuffers.push(memory));
       running.push({ sent, slots: slots.length, endOffset: Math.min(virtualSize, (slots[slots.length - 1] + 1) * chunkSize) });
       while (running.length >= Math.max(1, t.batchesInFlight)) await settleOldest();
     }

@@ -5,18 +5,22 @@ import type { DiskReader } from '../hypervisor/types';
 export async function openRawFileReader(file: string): Promise<DiskReader> {
   const fh = await fs.open(file, 'r');
   const virtualSize = (await fh.stat()).size;
+  const readInto = async (target: Buffer, offset: number): Promise<void> => {
+    let done = 0;
+    while (done < target.length) {
+      const { bytesRead } = await fh.read(target, done, target.length - done, offset + done);
+      if (bytesRead === 0) throw new Error(`${file}: ends at ${offset + done}, read asked for ${offset}+${target.length}`);
+      done += bytesRead;
+    }
+  };
   return {
     virtualSize,
     async read(offset, length) {
       const buf = Buffer.allocUnsafe(length);
-      let done = 0;
-      while (done < length) {
-        const { bytesRead } = await fh.read(buf, done, length - done, offset + done);
-        if (bytesRead === 0) throw new Error(`${file}: ends at ${offset + done}, read asked for ${offset}+${length}`);
-        done += bytesRead;
-      }
+      await readInto(buf, offset);
       return buf;
     },
+    readInto,
     // A raw file says nothing about allocation: all of it may hold data.
     allocatedRanges: async () => [{ offset: 0, length: virtualSize }],
     close: () => fh.close(),

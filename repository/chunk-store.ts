@@ -183,6 +183,37 @@ export class ChunkStore {
     }
   }
 
+  /**
+   * touch() for many chunks: the ones not stored. The GC coordination runs here; the stat and
+   * utimes of the whole list run on an encoder thread (a promise, a thread-pool round trip and,
+   * for a new chunk, an exception per digest were a large share of the event loop's ingest work).
+   */
+  async missing(digests: string[]): Promise<string[]> {
+    const unique = [...new Set(digests)];
+    for (const d of unique) {
+      const unlinking = this.deleting.get(d);
+      if (unlinking) await unlinking;
+      this.protectedDuringGc?.add(d);
+    }
+    const out: string[] = [];
+    if (!this.encoder.threaded) {
+      let next = 0;
+      await Promise.all(Array.from({ length: 16 }, async () => {
+        while (next < unique.length) {
+          const d = unique[next++];
+          if ((await this.touch(d)) === undefined) out.push(d);
+        }
+      }));
+      return out;
+    }
+    const sizes = await this.encoder.touchAll(this.dir, unique);
+    unique.forEach((d, i) => {
+      if (sizes[i] > 0) this.remember(d, sizes[i]);
+      else out.push(d);
+    });
+    return out;
+  }
+
   async storedSize(digest: string): Promise<number | undefined> {
     try {
       return (await fs.stat(this.pathOf(digest))).size;

@@ -88,13 +88,18 @@ function store({ id, data, items, dir, tmpTag, pooled }) {
     if (isZero(raw)) { results[i] = { written: false, storedSize: 0 }; continue; }
     const sub = path.join(dir, digest.slice(0, 3));
     const file = path.join(sub, digest);
-    const now = new Date();
-    try {
-      fs.utimesSync(file, now, now);
-      const size = fs.statSync(file).size;
-      if (size > 16) { results[i] = { written: false, storedSize: size }; continue; }
-    } catch (err) {
-      if (err.code !== 'ENOENT') throw err;
+    // Stored already (another session, a retry): bump its mtime instead. A stat that finds
+    // nothing returns undefined: no exception built per new chunk.
+    const st = fs.statSync(file, { throwIfNoEntry: false });
+    if (st && st.size > 16) {
+      try {
+        const now = new Date();
+        fs.utimesSync(file, now, now);
+        results[i] = { written: false, storedSize: st.size };
+        continue;
+      } catch (err) {
+        if (err.code !== 'ENOENT') throw err;
+      }
     }
     const at = used;
     const header = arena.subarray(at, at + 16);
@@ -176,7 +181,31 @@ function writeChunkFile(file, sub, tag, image, size) {
   fs.renameSync(tmp, file);
   return size;
 }
+// "touch": which of these chunks are stored (a file longer than its header)? Those get their
+// mtime bumped (GC spares chunks newer than its cutoff). Sizes back, 0 for a missing one. A stat
+// that finds nothing returns undefined here: no exception built per new chunk.
+function touchAll({ id, dir, digests }) {
+  const sizes = new Array(digests.length).fill(0);
+  const now = new Date();
+  for (let i = 0; i < digests.length; i++) {
+    const d = digests[i];
+    const file = path.join(dir, d.slice(0, 3), d);
+    const st = fs.statSync(file, { throwIfNoEntry: false });
+    if (!st || st.size <= 16) continue;
+    try {
+      fs.utimesSync(file, now, now);
+    } catch (err) {
+      if (err.code === 'ENOENT') continue;
+      throw err;
+    }
+    sizes[i] = st.size;
+  }
+  parentPort.postMessage({ id, sizes });
+}
 parentPort.on('message', (m) => {
+  if (m.op === 'touch') {
+    try { return touchAll(m); } catch (err) { return parentPort.postMessage({ id: m.id, error: String(err && err.message || err), code: err && err.code }); }
+  }
   if (m.op === 'store') {
     try { return store(m); } catch (err) { return parentPort.postMessage({ id: m.id, error: String(err && err.message || err), code: err && err.code }); }
   }
@@ -202,6 +231,7 @@ interface Pending {
   raw?: Buffer;
   resolve: (e: EncodedChunk) => void;
   resolveStore?: (r: StoreReply) => void;
+  resolveTouch?: (sizes: number[]) => void;
   reject: (err: Error) => void;
 }
 
@@ -235,7 +265,7 @@ export class ChunkEncoder {
     for (let i = 0; i < threads; i++) {
       const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { directWrites, zstdPath: require.resolve('zstd-napi'), zstdBindingPath: require.resolve('zstd-napi/binding'), level: ZSTD_LEVEL, chunkKey: chunkKey ? new Uint8Array(chunkKey) : undefined } });
       w.unref();
-      w.on('message', (m: { id: number; digest: string; allZero: boolean; codec: Codec; payload: Uint8Array | null; error?: string; code?: string; back?: ArrayBuffer } & Partial<StoreReply>) => {
+      w.on('message', (m: { id: number; digest: string; allZero: boolean; codec: Codec; payload: Uint8Array | null; error?: string; code?: string; back?: ArrayBuffer; sizes?: number[] } & Partial<StoreReply>) => {
         if (m.back) bodyPool.give(m.back, true); // a pooled body the worker is done with
         const p = this.pending.get(m.id);
         if (!p) return;
@@ -243,6 +273,7 @@ export class ChunkEncoder {
         this.inFlight[i]--;
         if (m.error) return p.reject(Object.assign(new Error(`chunk encoder: ${m.error}`), m.code ? { code: m.code } : {}));
         if (p.resolveStore) return p.resolveStore(m as StoreReply);
+        if (p.resolveTouch) return p.resolveTouch(m.sizes!);
         if (!p.raw) return;
         const payload = m.allZero ? Buffer.alloc(0) : m.payload ? Buffer.from(m.payload.buffer, m.payload.byteOffset, m.payload.byteLength) : p.raw;
         p.resolve({ digest: m.digest, rawLength: p.raw.length, allZero: m.allZero, codec: m.codec, payload });
@@ -297,6 +328,21 @@ export class ChunkEncoder {
       this.pending.set(id, { resolve: () => undefined, resolveStore: resolve, reject });
       this.inFlight[best]++;
       this.workers[best].postMessage({ op: 'store', id, data, items, dir, tmpTag, pooled }, [data.buffer as ArrayBuffer]);
+    });
+  }
+
+  /**
+   * For each digest, the stored size of its chunk file under `dir` (0 when there is none), with
+   * the mtime of every stored one bumped: stat and utimes on a worker thread, for a whole list.
+   */
+  touchAll(dir: string, digests: string[]): Promise<number[]> {
+    let best = 0;
+    for (let i = 1; i < this.workers.length; i++) if (this.inFlight[i] < this.inFlight[best]) best = i;
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve: () => undefined, resolveTouch: resolve, reject });
+      this.inFlight[best]++;
+      this.workers[best].postMessage({ op: 'touch', id, dir, digests });
     });
   }
 

@@ -258,6 +258,7 @@ export class Repository {
           if (st && Date.now() - st.mtimeMs < 60_000) continue;
         }
         await fs.rm(path.join(dir, n), { recursive: true, force: true });
+        if (dir === this.layout.sessionsDir) this.sessions.forget(n);
       }
     }
   }

@@ -145,7 +145,7 @@ export class BackupSessions {
         disks: {},
       };
       // A session of this id that expired or differs is gone for good: start it again, empty.
-      await fs.rm(this.deps.layout.sessionDir(sessionId), { recursive: true, force: true });
+      await this.remove(sessionId);
       await fs.mkdir(this.deps.layout.sessionDir(sessionId), { recursive: true });
       await this.save(session);
       return session;
@@ -157,18 +157,44 @@ export class BackupSessions {
     await this.mutex.run(sessionId, async () => this.renew(await this.get(sessionId)));
   }
 
+  /**
+   * The sessions this process wrote, as last written. Every upload request asks whether its
+   * session is still live (auth.ts); reading session.json for that was four thread-pool file
+   * operations per request, about a tenth of the storage API's event loop during an ingest.
+   * Filled only by save() and emptied when a session ends, both under the session's mutex, so a
+   * read racing an end cannot put an ended session back (a session this process has not written
+   * since it started is read from its file).
+   */
+  private readonly written = new Map<string, BackupSession>();
+
   /** Atomic against a process crash but not fsynced: a session lost to a power cut only means a new one. */
-  private save(s: BackupSession): Promise<void> {
-    return writeFileDurable(this.deps.layout.sessionFile(s.sessionId), JSON.stringify(s) + '\n', { fsync: false });
+  private async save(s: BackupSession): Promise<void> {
+    await writeFileDurable(this.deps.layout.sessionFile(s.sessionId), JSON.stringify(s) + '\n', { fsync: false });
+    this.written.set(s.sessionId, structuredClone(s));
+  }
+
+  /** Removes a session's folder (it ended), and what this process remembers of it. */
+  private async remove(sessionId: string): Promise<void> {
+    await fs.rm(this.deps.layout.sessionDir(sessionId), { recursive: true, force: true });
+    this.written.delete(sessionId);
+  }
+
+  /** Forgets a session removed from outside (expired, removed by the repository's sweep). */
+  forget(sessionId: string): void {
+    this.written.delete(sessionId);
   }
 
   async get(sessionId: string): Promise<BackupSession> {
     let s: BackupSession;
-    try {
-      s = JSON.parse(await fs.readFile(this.deps.layout.sessionFile(sessionId), 'utf8')) as BackupSession;
-    } catch (err) {
-      if (isNotFound(err)) throw new RepositoryError('NOT_FOUND', `no backup session ${sessionId}`, 'it was committed, aborted or expired: begin a new session');
-      throw err;
+    const known = this.written.get(sessionId);
+    if (known) s = structuredClone(known);
+    else {
+      try {
+        s = JSON.parse(await fs.readFile(this.deps.layout.sessionFile(sessionId), 'utf8')) as BackupSession;
+      } catch (err) {
+        if (isNotFound(err)) throw new RepositoryError('NOT_FOUND', `no backup session ${sessionId}`, 'it was committed, aborted or expired: begin a new session');
+        throw err;
+      }
     }
     if (Date.parse(s.expiresAt) < Date.now()) {
       throw new RepositoryError('NOT_FOUND', `backup session ${sessionId} expired at ${s.expiresAt}`, 'begin a new session');
@@ -228,7 +254,7 @@ export class BackupSessions {
 
   /** Aborts a session: its staged indexes go; its chunks stay until GC finds them unused. */
   async abort(sessionId: string): Promise<void> {
-    await this.mutex.run(sessionId, () => fs.rm(this.deps.layout.sessionDir(sessionId), { recursive: true, force: true }));
+    await this.mutex.run(sessionId, () => this.remove(sessionId));
   }
 
   private async stagedIndex(s: BackupSession, diskId: string, virtualSize: number, basePoint: string | undefined): Promise<IndexBuilder> {
@@ -405,7 +431,7 @@ export class BackupSessions {
           ownedBytes,
         };
         await points.write(manifest, staged, { skipSync: this.deps.skipSync });
-        await fs.rm(layout.sessionDir(sessionId), { recursive: true, force: true });
+        await this.remove(sessionId);
         // The session's base (kept while it lived) may now go if the count says so.
         await this.deps.enforceRetention(ds, 0, 'max-points');
         this.deps.logger?.info({ dataSource: ds, pointId: manifest.pointId, kind: manifest.kind, ownedBytes }, 'recovery point committed');

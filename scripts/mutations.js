@@ -24,6 +24,14 @@ const ROOT = path.resolve(__dirname, '..');
  */
 const MUTATIONS = [
   {
+    name: 'batch-memory-reused-too-early',
+    why: 'a batch buffer goes back to the pipeline\'s pool as soon as it is read, while its chunks are still being uploaded: a later read overwrites them',
+    file: 'ingest/pipeline.ts',
+    from: 'if (memory) void sent.then(() => freeBuffers.push(memory), () => freeBuffers.push(memory));',
+    to: 'if (memory) freeBuffers.push(memory);',
+    tests: ['test/ingest/pipeline.test.ts'],
+  },
+  {
     name: 'restore-through-page-cache',
     why: 'the raw restore file is written buffered: every restored byte copied into the page cache and flushed again by the fsync',
     file: 'recovery/raw-writer.ts',

@@ -153,17 +153,31 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     upsertSearchAttributes([{ key: SA.mode, value: decision.mode }]);
     if (decision.reasons.length) log.info('offline backup', { reasons: decision.reasons });
 
+    // Steps that do not depend on each other overlap (a no-change backup is ten steps; each
+    // sequential one costs its own round trip and a workflow task): the server plans while the
+    // host releases leftovers and makes an online checkpoint, the agent list is read meanwhile,
+    // and retention runs while the checkpoint is released. An offline backup plans first: a VM is
+    // never paused or saved for a plan the server then refuses.
+    const overlap = patched('overlapped-backup-steps') && decision.mode === 'online';
     step('planning');
-    const plan: BackupPlan = await server.planBackup({
+    const planning = server.planBackup({
       dataSource: input.dataSource,
       vmId: facts.vmId,
       vmName: facts.name,
       disks: facts.disks.map((d) => ({ diskId: d.diskId, virtualSize: d.virtualSize })),
       requestedKind: input.kind ?? 'auto',
     });
-    progress.kind = plan.kind;
-    progress.server = plan.server.id;
-    upsertSearchAttributes([{ key: SA.kind, value: plan.kind }, { key: SA.server, value: plan.server.id }]);
+    planning.catch(() => undefined); // awaited below; a failure before that is not unhandled
+    let settled: BackupPlan | undefined;
+    const settlePlan = async (): Promise<BackupPlan> => {
+      if (settled) return settled;
+      const p = await planning;
+      progress.kind = p.kind;
+      progress.server = p.server.id;
+      upsertSearchAttributes([{ key: SA.kind, value: p.kind }, { key: SA.server, value: p.server.id }]);
+      return (settled = p);
+    };
+    if (!overlap) await settlePlan();
 
     // A backup checkpoint left by an earlier run that could not release it (its host was down, the
     // reply was lost) would block ours and grow forever. Only a run its protection started may
@@ -182,20 +196,24 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
 
     let checkpoint: BackupCheckpoint | undefined;
     const results: DiskTransferResult[] = [];
+    let retaining: Promise<{ deleted: Array<{ pointId: string }> }> | undefined;
     try {
       step(decision.mode === 'online' ? 'creating the backup checkpoint (VSS in the guest)' : `creating the backup checkpoint (offline, ${decision.quiesce})`);
       // Cancelled while the checkpoint is being made: wait until the agent has stopped or finished,
       // so the release below finds what it made (by label) instead of racing it.
       const waitForCheckpoint = patched('checkpoint-waits-for-cancellation') ? { cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED } : {};
+      const listing = overlap ? server.listHosts() : undefined;
+      listing?.catch(() => undefined);
       checkpoint = await vm.onOwner('checkpoint', (q, h) =>
         host.createBackupCheckpoint.executeWithOptions(hostStep(q, `${decision.mode} checkpoint of ${facts.name} on ${h}`, waitForCheckpoint), [
           { vmId: facts.vmId, mode: decision.mode, offlineMethod: decision.quiesce === 'save' || decision.quiesce === 'pause' ? decision.quiesce : 'none', label: workflowId },
         ]),
       );
       const ckpt = checkpoint;
+      const plan = await settlePlan();
       startDisks(ckpt.disks);
 
-      const agents = await server.listHosts();
+      const agents = await (listing ?? server.listHosts());
       const transferOne = async (disk: BackupCheckpoint['disks'][number], i: number): Promise<void> => {
         const planned = plan.disks.find((p) => p.diskId === disk.diskId);
         if (!planned) throw ApplicationFailure.nonRetryable(`disk ${disk.diskId} appeared after planning`, JobFailure.DiskSetChanged);
@@ -305,6 +323,10 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
           };
         }),
       });
+      if (overlap) {
+        retaining = CancellationScope.nonCancellable(() => server.enforceRetention({ dataSource: input.dataSource, keepPointId: committed!.pointId }));
+        retaining.catch(() => undefined); // awaited after the release; a failed release fails the backup first
+      }
     } finally {
       // Leftover checkpoints are what Hyper-V admins hate most: always release, also on
       // failure or cancellation, and also one whose creation reply was lost (by label).
@@ -325,7 +347,9 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
           else log.warn('could not release the backup checkpoint: VM gone', { type: t });
         }
         // Uploaded chunks stop being protected from GC once the session is gone.
-        if (!committed) await server.abortSession({ dataSource: input.dataSource, sessionId: plan.sessionId }).catch(() => undefined);
+        // A plan still under way (the checkpoint failed first) is waited for: its session is aborted too.
+        const session = settled ?? (await planning.catch(() => undefined));
+        if (!committed && session) await server.abortSession({ dataSource: input.dataSource, sessionId: session.sessionId }).catch(() => undefined);
         if (releaseError) throw releaseError;
       });
     }
@@ -337,7 +361,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     let retentionWarning: string | undefined;
     try {
       const retain = () => server.enforceRetention({ dataSource: input.dataSource, keepPointId: committed!.pointId });
-      const retention = await (patched('committed-backup-completes') ? CancellationScope.nonCancellable(retain) : retain());
+      const retention = await (retaining ?? (patched('committed-backup-completes') ? CancellationScope.nonCancellable(retain) : retain()));
       retentionDeleted = retention.deleted.map((d) => d.pointId);
     } catch (err) {
       if (isCancellation(err) || !patched('retention-failure-is-a-warning')) throw err;
@@ -352,7 +376,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       pointId: committed!.pointId,
       vmName: facts.name,
       host: vm.current!.host,
-      server: plan.server.id,
+      server: settled!.server.id,
       mode: decision.mode,
       modeReasons: decision.reasons,
       kind: progress.kind as TransferKind,

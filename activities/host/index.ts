@@ -293,6 +293,14 @@ function countingReads(reader: DiskReader): DiskReader & { bytesRead: number } {
       counted.bytesRead += data.length;
       return data;
     },
+    ...(reader.readInto
+      ? {
+          async readInto(target: Buffer, offset: number, signal?: AbortSignal) {
+            await reader.readInto!(target, offset, signal);
+            counted.bytesRead += target.length;
+          },
+        }
+      : {}),
     allocatedRanges: () => reader.allocatedRanges(),
     close: () => reader.close(),
   };

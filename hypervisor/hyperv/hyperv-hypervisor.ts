@@ -79,6 +79,8 @@ export function classifyRctFailure(failed: Record<string, unknown>): { transient
 export interface VhdxImage {
   readonly virtualSize: number;
   read(offset: number, length: number): Promise<Buffer> | Buffer;
+  /** Fills `target` from `offset` (the project's VhdxDisk has it): reused memory, see DiskReader.readInto. */
+  readInto?(target: Buffer, offset: number): Promise<void> | void;
   allocatedRanges(): Promise<{ offset: number; length: number }[]> | { offset: number; length: number }[];
   close(): Promise<void> | void;
 }
@@ -598,6 +600,7 @@ export class HyperVHypervisor implements HypervisorAdapter {
     return {
       virtualSize: image.virtualSize,
       read: async (offset, length) => image.read(offset, length),
+      ...(image.readInto ? { readInto: async (target: Buffer, offset: number) => void (await image.readInto!(target, offset)) } : {}),
       allocatedRanges: async () => mergeRanges(await image.allocatedRanges(), image.virtualSize),
       close: async () => {
         await image.close();

@@ -76,6 +76,10 @@ export async function openDiskReader(path: string): Promise<DiskReader> {
       if (closed) throw new Error(`${path}: reader is closed`);
       return disk.read(offset, length);
     },
+    readInto: async (target, offset) => {
+      if (closed) throw new Error(`${path}: reader is closed`);
+      await disk.readInto(target, offset);
+    },
     allocatedRanges: async () => normalise(await disk.allocatedRanges()),
     close: async () => {
       if (closed) return;

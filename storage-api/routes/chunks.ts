@@ -39,16 +39,7 @@ export function chunkRoutes(app: FastifyInstance, repo: Repository, pointDigests
       },
     },
   }, async (req) => {
-    const missing: string[] = [];
-    const unique = [...new Set(req.body.digests)];
-    let next = 0;
-    await Promise.all(Array.from({ length: 16 }, async () => {
-      while (next < unique.length) {
-        const d = unique[next++];
-        if ((await repo.chunks.touch(d)) === undefined) missing.push(d);
-      }
-    }));
-    return { missing };
+    return { missing: await repo.chunks.missing(req.body.digests) };
   });
 
   app.put<{ Params: { digest: string } }>(`${P}/chunks/:digest`, { bodyLimit: MAX_CHUNK_SIZE, config: { access: 'backup' } }, async (req, reply) => {

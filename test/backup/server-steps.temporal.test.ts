@@ -91,3 +91,35 @@ test('a retention that fails after the commit: the backup completes with the poi
   const metrics = await (await fetch(stack.server.metricsUrl!)).text();
   expect(metrics).toMatch(/hvprotect_retention_failures_total\{datasource="keeper"\} [1-9]/);
 });
+
+test('a plan refused while the online checkpoint is being made (the two overlap): the checkpoint is released, no session and no point remain', async () => {
+  slow.checkpointMs = 3000;
+  const facts = await stack.lab.createVm({ name: 'refused', host: 'hv01', disks: [{ sizeBytes: 2 * MiB, content: { kind: 'random', seed: 94, fill: 1 } }] });
+  const repo = stack.server.repository;
+  const begin = repo.beginSession.bind(repo);
+  let checkpointsDuringPlan: number | undefined;
+  repo.beginSession = async (...args: Parameters<typeof begin>) => {
+    await sleep(1000); // the checkpoint is under way by now
+    checkpointsDuringPlan = (await stack.lab.inspectVm('refused')).checkpoints.length;
+    await begin(...args); // a session opened, then the volume fills: the plan fails after it
+    throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
+  };
+  let handle: WorkflowHandle;
+  try {
+    handle = await startBackup({ dataSource: 'refused', vm: facts.vmId });
+    await expect(handle.result()).rejects.toThrow();
+  } finally {
+    repo.beginSession = begin;
+  }
+  const history = JSON.stringify((await handle.fetchHistory()).events);
+  expect(history).toMatch(/repository volume is full/);
+  // The plan ran while the checkpoint was being made, and what the checkpoint made is gone again.
+  expect(history).toMatch(/createBackupCheckpoint/);
+  expect(checkpointsDuringPlan).toBeDefined();
+  expect((await stack.lab.inspectVm('refused')).checkpoints).toEqual([]);
+  // The session the failed plan had opened goes with its run (the keeper aborts it).
+  for (const deadline = Date.now() + 10_000; (await repo.listSessions()).some((s) => s.dataSource === 'refused'); await sleep(100)) {
+    if (Date.now() > deadline) throw new Error('the refused plan\'s session is still there');
+  }
+  expect(await repo.listPoints('refused').catch(() => [])).toEqual([]);
+});

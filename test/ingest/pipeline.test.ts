@@ -49,6 +49,36 @@ describe('ingestDisk through the storage API', () => {
     expect((await verifyRepository(f.repo, { readData: true })).ok).toBe(true);
   });
 
+  it('reads into a few reused buffers (readInto) and still stores every batch as it was read', async () => {
+    // 24 batches through at most batchesInFlight + 1 buffers: a buffer handed back before its
+    // batch's uploads ended would be overwritten by a later read, and the point would not restore.
+    const size = 96 * CHUNK + 777;
+    const disk = makeDisk(size, 23);
+    const { session: s, agent } = await f.backupJob('vm-reuse', { chunkSize: CHUNK });
+    const memories = new Set<ArrayBufferLike>();
+    let reads = 0;
+    const reader: DiskReader = {
+      ...bufferDiskReader(disk),
+      read: async () => {
+        throw new Error('read() called although readInto() exists');
+      },
+      readInto: async (target, offset) => {
+        memories.add(target.buffer);
+        reads++;
+        await new Promise((r) => setTimeout(r, reads % 3)); // reads end out of order
+        disk.copy(target, 0, offset, offset + target.length);
+      },
+    };
+    const p = await ingestDisk({
+      reader, storage: agent, sessionId: s.sessionId, diskId: 'disk0', chunkSize: CHUNK, slots: allSlots(size, CHUNK),
+      tuning: { batchBytes: 4 * CHUNK, batchesInFlight: 2, uploadBytes: CHUNK, uploadConcurrency: 3 },
+    });
+    expect(p.bytesRead).toBe(size);
+    expect(memories.size).toBeLessThanOrEqual(3);
+    const m = await f.admin.commitPoint(s.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'reuse.vhdx', virtualSize: size }] });
+    expect((await readAll(await f.admin.openDiskStream(m, 'disk0'))).equals(disk)).toBe(true);
+  });
+
   it('resumes an interrupted ingest from its last reported position', async () => {
     const size = 40 * CHUNK;
     const disk = makeDisk(size, 11);
