@@ -93,7 +93,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
       try {
         if (!(await adapter.isVmOnHost(vm))) return { host: adapter.hostName, present: false };
         const f: VmFacts = await adapter.inspectVm(vm);
-        return { host: adapter.hostName, present: true, vmId: f.vmId, name: f.name, role: f.replica.role, cluster: f.cluster?.name };
+        return { host: adapter.hostName, present: true, vmId: f.vmId, name: f.name, role: f.replica.role, cluster: f.cluster?.name, facts: f };
       } catch (err) {
         if (err instanceof HypervisorError && (err.type === 'VmNotOnHost' || err.type === 'VmNotFound')) {
           return { host: adapter.hostName, present: false };

@@ -8,6 +8,11 @@ export interface VmLocation {
   name?: string;
   role?: ReplicaRole;
   cluster?: string;
+  /**
+   * What the probe's inspection found (the probe inspects the VM to answer): a backup takes its
+   * facts from here instead of inspecting again. Absent from agents before it was added.
+   */
+  facts?: VmFacts;
 }
 
 /** The protection server a step works for: the agent answers only servers it holds a credential for. */

@@ -64,12 +64,23 @@ afterAll(async () => {
   if (!process.env.HVP_KEEP_TEST_STATE) fs.rmSync(dir, { recursive: true, force: true });
 });
 
-/** Every byte the dev server's SQLite database holds (main file, WAL, shared memory). */
+/**
+ * Every byte the dev server's SQLite database holds (main file, WAL, shared memory, a rollback
+ * journal). SQLite creates and deletes its journal while it writes: one listed a moment ago may
+ * be gone when it is read (its bytes are in the main file by then).
+ */
 function databaseBytes(): Buffer {
   const base = path.basename(dev.dbFile);
-  return Buffer.concat(
-    fs.readdirSync(path.dirname(dev.dbFile)).filter((f) => f.startsWith(base) && !f.endsWith('.log')).map((f) => fs.readFileSync(path.join(path.dirname(dev.dbFile), f))),
-  );
+  const dir = path.dirname(dev.dbFile);
+  const read = (f: string): Buffer => {
+    try {
+      return fs.readFileSync(path.join(dir, f));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return Buffer.alloc(0);
+      throw err;
+    }
+  };
+  return Buffer.concat(fs.readdirSync(dir).filter((f) => f.startsWith(base) && !f.endsWith('.log')).map(read));
 }
 
 async function backUp(stack: TestStack, name: string, dataSource: string) {
