@@ -4,15 +4,14 @@
 // server step below touches that server's repository, wherever the VM migrates.
 //
 //   owner  ← resolve the VM's owner host            (probe the agents; follows migrations)
-//   facts  ← the finding probe's inspection          (inspectVm on the owner for an agent that sent none)
+//   facts  ← inspectVm                               host
 //   mode   ← decideBackupMode(facts)                 pure: online | offline + reasons
 //   plan   ← planBackup                              server: initial replica | express full | consistency check
 //   ckpt   ← createBackupCheckpoint                  host: offline = save/pause → checkpoint → resume
-//            (online: plan and the host list run meanwhile)
 //   try      transferDisk × disks, all at once       host: within its transfer limit; heartbeats its position, resumes there
 //            commitRecoveryPoint                     server: atomic, only now does the point exist
-//   finally  releaseBackupCheckpoint                 host: merge / reference point; resume the VM (online: during the commit)
-//   enforceRetention                                 server: retention range + shadow storage limit (online: during the release)
+//   finally  releaseBackupCheckpoint                 host: merge / reference point; resume the VM
+//   enforceRetention                                 server: retention range + shadow storage limit
 //
 // A host activity that finds the VM gone fails VmNotOnHost: the owner is resolved again and the
 // same step carries on on the new host, a bounded number of times (follow-vm.ts).
@@ -201,18 +200,6 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     let checkpoint: BackupCheckpoint | undefined;
     const results: DiskTransferResult[] = [];
     let retaining: Promise<{ deleted: Array<{ pointId: string }> }> | undefined;
-    // Leftover checkpoints are what Hyper-V admins hate most: always release, also on failure or
-    // cancellation, and also one whose creation reply was lost (by label).
-    const releaseCheckpoint = () =>
-      CancellationScope.nonCancellable(async () => {
-        step('releasing the backup checkpoint');
-        await vm.onOwner('release', (q, h) =>
-          host.releaseBackupCheckpoint.executeWithOptions(hostStep(q, `release backup checkpoint of ${progress.vm} on ${h}`, { retry: RELEASE_RETRY }), [
-            { vmId: input.vm, label: workflowId, checkpointId: checkpoint?.checkpointId },
-          ]),
-        );
-      });
-    let releasing: Promise<void> | undefined;
     try {
       step(decision.mode === 'online' ? 'creating the backup checkpoint (VSS in the guest)' : `creating the backup checkpoint (offline, ${decision.quiesce})`);
       // Cancelled while the checkpoint is being made: wait until the agent has stopped or finished,
@@ -314,12 +301,6 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
       // (release and retention run, the result names the point), never a cancelled backup whose point exists.
       const commitFirst = patched('committed-backup-completes');
       if (commitFirst && CancellationScope.current().consideredCancelled) throw new CancelledFailure('backup cancelled before the commit');
-      // Nothing reads the checkpoint any more and the commit does not need it: it is released
-      // while the point is committed (a failed commit leaves it released all the same).
-      if (overlap && patched('release-during-commit')) {
-        releasing = releaseCheckpoint();
-        releasing.catch(() => undefined); // awaited in the finally
-      }
       const commit = (req: Parameters<typeof server.commitRecoveryPoint>[0]) => (commitFirst ? CancellationScope.nonCancellable(() => server.commitRecoveryPoint(req)) : server.commitRecoveryPoint(req));
       committed = await commit({
         dataSource: input.dataSource,
@@ -350,10 +331,17 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
         retaining.catch(() => undefined); // awaited after the release; a failed release fails the backup first
       }
     } finally {
+      // Leftover checkpoints are what Hyper-V admins hate most: always release, also on
+      // failure or cancellation, and also one whose creation reply was lost (by label).
       await CancellationScope.nonCancellable(async () => {
+        step('releasing the backup checkpoint');
         let releaseError: unknown;
         try {
-          await (releasing ?? releaseCheckpoint());
+          await vm.onOwner('release', (q, h) =>
+            host.releaseBackupCheckpoint.executeWithOptions(hostStep(q, `release backup checkpoint of ${progress.vm} on ${h}`, { retry: RELEASE_RETRY }), [
+              { vmId: input.vm, label: workflowId, checkpointId: checkpoint?.checkpointId },
+            ]),
+          );
         } catch (err) {
           // VM deleted, or nowhere to be found: nothing can be released now; the next backup of
           // the VM releases leftovers first. Anything else is this backup's failure.
