@@ -375,8 +375,8 @@ async function main(): Promise<void> {
       `- Repository-only path: \`ingestDisk\` (ingest/, the pipeline the transferDisk activity runs) in a child process reading the raw copy (page cache warm), talking to a storage API ` +
         `on a repository of its own in another process (bench/repository-ingest-child.ts server, peak RSS ${repoServerRss.toFixed(0)} MiB); timed from beginSession to ` +
         'the committed manifest, process start-up excluded. It reads only the chunks under the changed ranges, as the express full does from change tracking.',
-      '- The express full does in addition: lease, locate the VM, inspect it, plan, create the backup checkpoint (a real AVHDX), read through the VHDX ' +
-        'reader, commit, release (merge the AVHDX back), retention — each an activity scheduled by a workflow task; the table above shows where the time goes.',
+      '- The express full does in addition: lease, locate the VM (the probe that finds it inspects it), plan and create the backup checkpoint (a real AVHDX) at once, read through the VHDX ' +
+        'reader, commit, release (merge the AVHDX back) and retention at once — each an activity scheduled by a workflow task; the table above shows where the time goes.',
       '- Temp data under /tmp, removed at the end.',
     ];
     const out = path.join(ROOT, 'bench', 'backup-e2e.md');
