@@ -161,14 +161,19 @@ export class ChunkStore {
     return r.size;
   }
 
+  /** The GC coordination of every use of a chunk: waits for its unlink in flight, shields it from a running GC. */
+  private async claim(digest: string): Promise<void> {
+    await this.deleting.get(digest);
+    this.protectedDuringGc?.add(digest);
+  }
+
   /**
    * Marks the chunk as in use now: waits for a GC unlink in flight, shields it from the running
    * GC, and bumps its mtime (GC spares chunks newer than its cutoff). Returns the stored size,
    * or undefined when the chunk is not there.
    */
   async touch(digest: string): Promise<number | undefined> {
-    await this.deleting.get(digest);
-    this.protectedDuringGc?.add(digest);
+    await this.claim(digest);
     const file = this.pathOf(digest);
     try {
       const now = new Date();
@@ -190,11 +195,6 @@ export class ChunkStore {
    */
   async missing(digests: string[]): Promise<string[]> {
     const unique = [...new Set(digests)];
-    for (const d of unique) {
-      const unlinking = this.deleting.get(d);
-      if (unlinking) await unlinking;
-      this.protectedDuringGc?.add(d);
-    }
     const out: string[] = [];
     if (!this.encoder.threaded) {
       let next = 0;
@@ -206,6 +206,7 @@ export class ChunkStore {
       }));
       return out;
     }
+    for (const d of unique) await this.claim(d);
     const sizes = await this.encoder.touchAll(this.dir, unique);
     unique.forEach((d, i) => {
       if (sizes[i] > 0) this.remember(d, sizes[i]);
@@ -263,11 +264,7 @@ export class ChunkStore {
       for (const e of encoded) out.push(await this.insertEncoded(e));
       return out;
     }
-    // The same GC coordination as touch(): wait for unlinks in flight, shield from a running GC.
-    for (const it of items) {
-      await this.deleting.get(it.digest);
-      this.protectedDuringGc?.add(it.digest);
-    }
+    for (const it of items) await this.claim(it.digest);
     const reply = await this.encoder.storeBatch(body, items, this.dir, `${process.pid.toString(36)}-${(this.batchCounter++).toString(36)}`);
     if ('mismatch' in reply) {
       const { digest, actual } = reply.mismatch;

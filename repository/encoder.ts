@@ -88,19 +88,9 @@ function store({ id, data, items, dir, tmpTag, pooled }) {
     if (isZero(raw)) { results[i] = { written: false, storedSize: 0 }; continue; }
     const sub = path.join(dir, digest.slice(0, 3));
     const file = path.join(sub, digest);
-    // Stored already (another session, a retry): bump its mtime instead. A stat that finds
-    // nothing returns undefined: no exception built per new chunk.
-    const st = fs.statSync(file, { throwIfNoEntry: false });
-    if (st && st.size > 16) {
-      try {
-        const now = new Date();
-        fs.utimesSync(file, now, now);
-        results[i] = { written: false, storedSize: st.size };
-        continue;
-      } catch (err) {
-        if (err.code !== 'ENOENT') throw err;
-      }
-    }
+    // Stored already (another session, a retry): its mtime bumped instead.
+    const storedSize = touchStored(file, new Date());
+    if (storedSize > 0) { results[i] = { written: false, storedSize }; continue; }
     const at = used;
     const header = arena.subarray(at, at + 16);
     const n = cctx.compress(arena.subarray(at + 16), raw, workerData.level);
@@ -181,26 +171,24 @@ function writeChunkFile(file, sub, tag, image, size) {
   fs.renameSync(tmp, file);
   return size;
 }
-// "touch": which of these chunks are stored (a file longer than its header)? Those get their
-// mtime bumped (GC spares chunks newer than its cutoff). Sizes back, 0 for a missing one. A stat
-// that finds nothing returns undefined here: no exception built per new chunk.
-function touchAll({ id, dir, digests }) {
-  const sizes = new Array(digests.length).fill(0);
-  const now = new Date();
-  for (let i = 0; i < digests.length; i++) {
-    const d = digests[i];
-    const file = path.join(dir, d.slice(0, 3), d);
-    const st = fs.statSync(file, { throwIfNoEntry: false });
-    if (!st || st.size <= 16) continue;
-    try {
-      fs.utimesSync(file, now, now);
-    } catch (err) {
-      if (err.code === 'ENOENT') continue;
-      throw err;
-    }
-    sizes[i] = st.size;
+// A stored chunk (a file longer than its header) gets its mtime bumped (GC spares chunks newer
+// than its cutoff) and its size returned; 0 when there is none. A stat that finds nothing
+// returns undefined: no exception built per new chunk.
+function touchStored(file, now) {
+  const st = fs.statSync(file, { throwIfNoEntry: false });
+  if (!st || st.size <= 16) return 0;
+  try {
+    fs.utimesSync(file, now, now);
+  } catch (err) {
+    if (err.code === 'ENOENT') return 0;
+    throw err;
   }
-  parentPort.postMessage({ id, sizes });
+  return st.size;
+}
+// "touch": the stored size of each of these chunks, 0 for a missing one.
+function touchAll({ id, dir, digests }) {
+  const now = new Date();
+  parentPort.postMessage({ id, sizes: digests.map((d) => touchStored(path.join(dir, d.slice(0, 3), d), now)) });
 }
 parentPort.on('message', (m) => {
   if (m.op === 'touch') {
@@ -287,10 +275,16 @@ export class ChunkEncoder {
     }
   }
 
-  encode(raw: Buffer): Promise<EncodedChunk> {
-    if (this.workers.length === 0) return Promise.resolve(encodeHere(raw));
+  /** The worker with the fewest jobs in flight. */
+  private leastBusy(): number {
     let best = 0;
     for (let i = 1; i < this.workers.length; i++) if (this.inFlight[i] < this.inFlight[best]) best = i;
+    return best;
+  }
+
+  encode(raw: Buffer): Promise<EncodedChunk> {
+    if (this.workers.length === 0) return Promise.resolve(encodeHere(raw));
+    const best = this.leastBusy();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { raw, resolve, reject });
@@ -313,8 +307,7 @@ export class ChunkEncoder {
    * body is handed over (no copy when it owns its memory; the caller must not use it after).
    */
   storeBatch(body: Buffer, items: StoreItem[], dir: string, tmpTag: string): Promise<StoreReply> {
-    let best = 0;
-    for (let i = 1; i < this.workers.length; i++) if (this.inFlight[i] < this.inFlight[best]) best = i;
+    const best = this.leastBusy();
     let data: Uint8Array;
     const pooled = bodyPool.owns(body.buffer);
     if (pooled || (body.byteOffset === 0 && body.buffer.byteLength === body.length && !(body.buffer instanceof SharedArrayBuffer))) {
@@ -336,8 +329,7 @@ export class ChunkEncoder {
    * the mtime of every stored one bumped: stat and utimes on a worker thread, for a whole list.
    */
   touchAll(dir: string, digests: string[]): Promise<number[]> {
-    let best = 0;
-    for (let i = 1; i < this.workers.length; i++) if (this.inFlight[i] < this.inFlight[best]) best = i;
+    const best = this.leastBusy();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve: () => undefined, resolveTouch: resolve, reject });
