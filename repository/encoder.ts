@@ -67,13 +67,21 @@ const path = require('node:path');
 // A file system without O_DIRECT (tmpfs) refuses it with EINVAL: buffered writes from then on.
 // Only Linux has O_DIRECT (elsewhere the constant is undefined: buffered).
 let direct = !!workerData.directWrites && fs.constants.O_DIRECT !== undefined;
+// Pooled request bodies (buffer-pool.ts): shared memory this worker was sent once, by id.
+const shared = new Map();
 // "store": hash each chunk of a batch and, while its bytes are still in the CPU cache, compress
 // it if it is new; only when every digest matched (a bad batch stores nothing) write the new
-// ones: temp file, rename. The request body was handed over, not copied; a pooled one is handed
-// back with the reply.
-function store({ id, data, items, dir, tmpTag, pooled }) {
-  const body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  const reply = (m) => pooled ? parentPort.postMessage({ ...m, back: data.buffer }, [data.buffer]) : parentPort.postMessage(m);
+// ones: temp file, rename. The request body is pooled shared memory (read here, given back to
+// the pool by the main thread once this replies) or was handed over; never copied.
+function store({ id, data, pool, items, dir, tmpTag }) {
+  let body;
+  if (pool) {
+    if (pool.sab) shared.set(pool.id, pool.sab);
+    const sab = shared.get(pool.id);
+    if (!sab) throw new Error('pooled body ' + pool.id + ' was never sent to this worker');
+    body = Buffer.from(sab, pool.offset, pool.length);
+  } else body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const reply = (m) => parentPort.postMessage(m);
   let need = 0;
   for (const it of items) need += roundUp(16 + zstd.compressBound(it.length) + (chunkKey ? 28 : 0));
   const arena = arenaOf(need);
@@ -194,6 +202,7 @@ parentPort.on('message', (m) => {
   if (m.op === 'touch') {
     try { return touchAll(m); } catch (err) { return parentPort.postMessage({ id: m.id, error: String(err && err.message || err), code: err && err.code }); }
   }
+  if (m.op === 'forget') return void shared.delete(m.poolId);
   if (m.op === 'store') {
     try { return store(m); } catch (err) { return parentPort.postMessage({ id: m.id, error: String(err && err.message || err), code: err && err.code }); }
   }
@@ -217,6 +226,8 @@ parentPort.on('message', (m) => {
 
 interface Pending {
   raw?: Buffer;
+  /** Pooled memory lent to the worker: given back to the pool when it replies. */
+  lent?: SharedArrayBuffer;
   resolve: (e: EncodedChunk) => void;
   resolveStore?: (r: StoreReply) => void;
   resolveTouch?: (sizes: number[]) => void;
@@ -238,6 +249,9 @@ export class ChunkEncoder {
   private readonly inFlight: number[] = [];
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
+  /** Per worker, the ids of pooled memory it has been sent (and keeps until told to forget). */
+  private readonly sentPool: Array<Set<number>> = [];
+  private readonly stopDropListener: () => void;
 
   /**
    * threads = 0 encodes on the calling thread. Default: one per core, at least 2, at most 4
@@ -253,12 +267,12 @@ export class ChunkEncoder {
     for (let i = 0; i < threads; i++) {
       const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { directWrites, zstdPath: require.resolve('zstd-napi'), zstdBindingPath: require.resolve('zstd-napi/binding'), level: ZSTD_LEVEL, chunkKey: chunkKey ? new Uint8Array(chunkKey) : undefined } });
       w.unref();
-      w.on('message', (m: { id: number; digest: string; allZero: boolean; codec: Codec; payload: Uint8Array | null; error?: string; code?: string; back?: ArrayBuffer; sizes?: number[] } & Partial<StoreReply>) => {
-        if (m.back) bodyPool.give(m.back, true); // a pooled body the worker is done with
+      w.on('message', (m: { id: number; digest: string; allZero: boolean; codec: Codec; payload: Uint8Array | null; error?: string; code?: string; sizes?: number[] } & Partial<StoreReply>) => {
         const p = this.pending.get(m.id);
         if (!p) return;
         this.pending.delete(m.id);
         this.inFlight[i]--;
+        if (p.lent) bodyPool.give(p.lent); // the worker is done with the body
         if (m.error) return p.reject(Object.assign(new Error(`chunk encoder: ${m.error}`), m.code ? { code: m.code } : {}));
         if (p.resolveStore) return p.resolveStore(m as StoreReply);
         if (p.resolveTouch) return p.resolveTouch(m.sizes!);
@@ -272,7 +286,13 @@ export class ChunkEncoder {
       });
       this.workers.push(w);
       this.inFlight.push(0);
+      this.sentPool.push(new Set());
     }
+    this.stopDropListener = bodyPool.onDrop((poolId) => {
+      this.workers.forEach((w, i) => {
+        if (this.sentPool[i].delete(poolId)) w.postMessage({ op: 'forget', poolId });
+      });
+    });
   }
 
   /** The worker with the fewest jobs in flight. */
@@ -308,19 +328,31 @@ export class ChunkEncoder {
    */
   storeBatch(body: Buffer, items: StoreItem[], dir: string, tmpTag: string): Promise<StoreReply> {
     const best = this.leastBusy();
+    const id = this.nextId++;
+    const poolId = bodyPool.idOf(body.buffer);
+    if (poolId !== undefined) {
+      // Pooled memory: sent to this worker once, named by id after that; lent, not moved.
+      const sab = body.buffer as SharedArrayBuffer;
+      const first = !this.sentPool[best].has(poolId);
+      this.sentPool[best].add(poolId);
+      const pool = { id: poolId, offset: body.byteOffset, length: body.length, ...(first ? { sab } : {}) };
+      return new Promise((resolve, reject) => {
+        this.pending.set(id, { resolve: () => undefined, resolveStore: resolve, reject, lent: sab });
+        this.inFlight[best]++;
+        this.workers[best].postMessage({ op: 'store', id, pool, items, dir, tmpTag });
+      });
+    }
     let data: Uint8Array;
-    const pooled = bodyPool.owns(body.buffer);
-    if (pooled || (body.byteOffset === 0 && body.buffer.byteLength === body.length && !(body.buffer instanceof SharedArrayBuffer))) {
+    if (body.byteOffset === 0 && body.buffer.byteLength === body.length && !(body.buffer instanceof SharedArrayBuffer)) {
       data = new Uint8Array(body.buffer, body.byteOffset, body.length);
     } else {
       data = new Uint8Array(body.length);
       data.set(body);
     }
-    const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve: () => undefined, resolveStore: resolve, reject });
       this.inFlight[best]++;
-      this.workers[best].postMessage({ op: 'store', id, data, items, dir, tmpTag, pooled }, [data.buffer as ArrayBuffer]);
+      this.workers[best].postMessage({ op: 'store', id, data, items, dir, tmpTag }, [data.buffer as ArrayBuffer]);
     });
   }
 
@@ -339,6 +371,7 @@ export class ChunkEncoder {
   }
 
   async close(): Promise<void> {
+    this.stopDropListener();
     await Promise.all(this.workers.map((w) => w.terminate()));
     this.workers.length = 0;
   }

@@ -4,6 +4,7 @@
 // fastify's own parser does. A chunked body is collected and joined once.
 import { errorCodes, type FastifyRequest } from 'fastify';
 import { bodyPool } from '../repository/buffer-pool';
+import { bodyBytesReceived } from './young-gc';
 
 export function readBinaryBody(req: FastifyRequest, payload: NodeJS.ReadableStream, done: (err: Error | null, body?: Buffer) => void): void {
   const limit = req.routeOptions.bodyLimit ?? 1024 * 1024;
@@ -21,7 +22,7 @@ export function readBinaryBody(req: FastifyRequest, payload: NodeJS.ReadableStre
     payload.removeListener('end', onEnd);
     payload.removeListener('error', onError);
     if (err) {
-      if (body) bodyPool.give(body.buffer as ArrayBuffer);
+      if (body) bodyPool.give(body.buffer);
       return done(err);
     }
     done(null, value);
@@ -34,6 +35,7 @@ export function readBinaryBody(req: FastifyRequest, payload: NodeJS.ReadableStre
       c.copy(body, received);
     } else parts.push(c);
     received += c.length;
+    bodyBytesReceived(c.length);
   };
   const onEnd = () => {
     if (body && received !== body.length) return finish(new errorCodes.FST_ERR_CTP_INVALID_CONTENT_LENGTH());

@@ -89,7 +89,7 @@ export function chunkRoutes(app: FastifyInstance, repo: Repository, pointDigests
     // V8 runs as external memory grows (bench/restore.md).
     let pooled: Buffer | undefined;
     const body = await repo.chunks.readStoredRecords(req.body.digests, MAX_CHUNK_READ_BYTES, (n) => (pooled = bodyPool.take(n)));
-    reply.raw.once('close', () => bodyPool.give(pooled!.buffer as ArrayBuffer));
+    reply.raw.once('close', () => bodyPool.give(pooled!.buffer));
     return reply.type('application/octet-stream').send(body);
   });
 

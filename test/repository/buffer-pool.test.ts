@@ -10,7 +10,7 @@ describe('BufferPool', () => {
     expect(pool.owns(a.buffer)).toBe(true);
     const b = pool.take(3 * 1024 * 1024);
     expect(b.buffer).not.toBe(a.buffer); // a is still in use
-    pool.give(a.buffer as ArrayBuffer);
+    pool.give(a.buffer);
     const c = pool.take(4 * 1024 * 1024);
     expect(c.buffer).toBe(a.buffer);
     expect(pool.take(4 * 1024 * 1024).buffer).not.toBe(a.buffer); // given once, taken once
@@ -26,18 +26,40 @@ describe('BufferPool', () => {
     expect(pool.owns(small.buffer)).toBe(false);
     const huge = pool.take(9 * 1024 * 1024);
     expect(pool.owns(huge.buffer)).toBe(false);
-    // A buffer transferred to a worker and back is a new object: accepted only when the caller says so.
-    const t = new ArrayBuffer(2 * 1024 * 1024);
+    // Shared memory of the right size that another pool (or anyone else) made is not taken either.
+    const other = new BufferPool(1024 * 1024, 8 * 1024 * 1024, 16 * 1024 * 1024).take(2 * 1024 * 1024);
+    pool.give(other.buffer);
+    expect(pool.take(2 * 1024 * 1024).buffer).not.toBe(other.buffer);
+    const t = new SharedArrayBuffer(2 * 1024 * 1024);
     pool.give(t);
     expect(pool.take(2 * 1024 * 1024).buffer).not.toBe(t);
-    pool.give(t, true);
-    expect(pool.take(2 * 1024 * 1024).buffer).toBe(t);
+  });
+
+  it('names its memory by a stable id, and says which it lets go of', () => {
+    const pool = new BufferPool(1024 * 1024, 8 * 1024 * 1024, 1024 * 1024);
+    const dropped: number[] = [];
+    const stop = pool.onDrop((id) => dropped.push(id));
+    const a = pool.take(1024 * 1024);
+    const b = pool.take(1024 * 1024);
+    const [ida, idb] = [pool.idOf(a.buffer), pool.idOf(b.buffer)];
+    expect(ida).toBeDefined();
+    expect(idb).not.toBe(ida);
+    pool.give(a.buffer);
+    pool.give(b.buffer); // over the 1 MiB idle limit: let go of, and said so
+    expect(dropped).toEqual([idb]);
+    const again = pool.take(1024 * 1024);
+    expect(pool.idOf(again.buffer)).toBe(ida);
+    stop();
+    const c = pool.take(1024 * 1024);
+    pool.give(again.buffer);
+    pool.give(c.buffer); // let go of, no longer said
+    expect(dropped).toEqual([idb]);
   });
 
   it('keeps at most its idle limit', () => {
     const pool = new BufferPool(1024 * 1024, 8 * 1024 * 1024, 2 * 1024 * 1024);
     const bufs = [pool.take(1024 * 1024), pool.take(1024 * 1024), pool.take(1024 * 1024)];
-    for (const b of bufs) pool.give(b.buffer as ArrayBuffer);
+    for (const b of bufs) pool.give(b.buffer);
     const again = [pool.take(1024 * 1024), pool.take(1024 * 1024), pool.take(1024 * 1024)];
     const reused = again.filter((b) => bufs.some((x) => x.buffer === b.buffer));
     expect(reused).toHaveLength(2);
