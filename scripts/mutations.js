@@ -32,6 +32,22 @@ const MUTATIONS = [
     tests: ['test/ingest/pipeline.test.ts'],
   },
   {
+    name: 'upload-bodies-never-swept',
+    why: 'the storage API stops pacing scavenges by upload bytes: the HTTP parser\'s dead body pieces pile up as external memory until V8 runs a full mark-compact (~200 in a 4 GiB ingest)',
+    file: 'storage-api/binary-body.ts',
+    from: '    bodyBytesReceived(c.length);\n',
+    to: '',
+    tests: ['test/storage-api/upload-memory.test.ts'],
+  },
+  {
+    name: 'pooled-body-given-back-while-lent',
+    why: 'a pooled upload body goes back to the pool when it is sent to the encoder worker, not when the worker is done: the next upload overwrites chunks being hashed and stored',
+    file: 'repository/encoder.ts',
+    from: "        this.workers[best].postMessage({ op: 'store', id, pool, items, dir, tmpTag });\n",
+    to: "        this.workers[best].postMessage({ op: 'store', id, pool, items, dir, tmpTag });\n        bodyPool.give(sab);\n",
+    tests: ['test/storage-api/upload-memory.test.ts'],
+  },
+  {
     name: 'restore-through-page-cache',
     why: 'the raw restore file is written buffered: every restored byte copied into the page cache and flushed again by the fsync',
     file: 'recovery/raw-writer.ts',

@@ -1,0 +1,52 @@
+// Upload bodies and V8's collector (young-gc.ts, buffer-pool.ts): the bodies of a real upload
+// over HTTP land in pooled shared memory that the encoder workers read in place, are stored bit
+// for bit, and every 16 MiB of body is followed by a scavenge, so the parser's dead body pieces
+// are found young instead of piling up into full mark-compacts.
+import { PerformanceObserver, constants } from 'node:perf_hooks';
+import { createHash, randomBytes } from 'node:crypto';
+import { SWEEP_EVERY_BYTES, youngSweeps } from '../../storage-api/young-gc';
+import { startFixture } from './support';
+import type { Fixture } from './support';
+
+describe('upload bodies', () => {
+  let fx: Fixture;
+  beforeAll(async () => {
+    fx = await startFixture();
+  });
+  afterAll(async () => fx.close());
+
+  it('are stored from shared memory bit for bit, with a scavenge per 16 MiB received', async () => {
+    const kinds: number[] = [];
+    const obs = new PerformanceObserver((list) => {
+      for (const e of list.getEntries()) kinds.push((e as unknown as { detail: { kind: number } }).detail.kind);
+    });
+    obs.observe({ entryTypes: ['gc'] });
+    const { agent } = await fx.backupJob('vm-upload-memory');
+    const before = youngSweeps();
+    const chunkSize = 256 * 1024;
+    const sent = new Map<string, Buffer>();
+    // 64 MiB in 4 MiB batches, 6 requests in flight at any time: pooled bodies are reused from
+    // one request to the next while the encoder workers still read earlier ones.
+    const batches = 16;
+    let next = 0;
+    await Promise.all(Array.from({ length: 6 }, async () => {
+      while (next < batches) {
+        next++;
+        const chunks = Array.from({ length: 16 }, () => {
+          const data = randomBytes(chunkSize);
+          const digest = createHash('sha256').update(data).digest('hex');
+          sent.set(digest, data);
+          return { digest, data };
+        });
+        const results = await agent.putChunks(chunks);
+        expect(results.every((r) => r.written)).toBe(true);
+      }
+    }));
+    const received = batches * 16 * chunkSize;
+    expect(youngSweeps() - before).toBeGreaterThanOrEqual(Math.floor(received / SWEEP_EVERY_BYTES) - 1);
+    await new Promise((r) => setTimeout(r, 50)); // the observer's entries come asynchronously
+    obs.disconnect();
+    expect(kinds.filter((k) => k === constants.NODE_PERFORMANCE_GC_MINOR).length).toBeGreaterThanOrEqual(2);
+    for (const [digest, data] of sent) expect((await fx.repo.chunks.read(digest)).equals(data)).toBe(true);
+  });
+});
