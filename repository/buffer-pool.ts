@@ -9,21 +9,33 @@
 // as new external memory, and the old one's count only drops at a full GC: the storage API ran
 // a full mark-compact every ~70 ms of an ingest (199 in 20 s), on the main thread and two
 // concurrent markers (bench/repository-ingest.md).
+//
+// The pool makes at most `maxPoolBytes` of such memory and never lets go of it: memory it let go
+// of would be freed only once a full GC had run on the main thread and on every worker it was
+// sent to, which allocate little and seldom run one (letting go over an idle limit instead put
+// 112 MiB on the server's RSS under 24 uploads at once). Past the budget a body gets plain memory.
 
 export class BufferPool {
   private readonly free = new Map<number, SharedArrayBuffer[]>();
   private readonly ids = new WeakMap<SharedArrayBuffer, number>();
   private nextId = 1;
-  private pooledBytes = 0;
-  private readonly dropListeners = new Set<(id: number) => void>();
+  /** Bytes of the memory this pool made that is still alive (lent out or idle). */
+  private madeBytes = 0;
+  /** Memory lent and never given back (a request that failed) stops counting once collected. */
+  private readonly collected = new FinalizationRegistry<number>((bytes) => {
+    this.madeBytes -= bytes;
+  });
 
   constructor(
     /** Capacities are multiples of this. */
     private readonly classBytes = 1024 * 1024,
     /** Larger requests get a plain allocation. */
     private readonly maxCapacity = 32 * 1024 * 1024,
-    /** Idle memory the pool may keep. */
-    private readonly maxPooledBytes = 64 * 1024 * 1024,
+    /**
+     * Pooled memory made in all (lent out and idle): 24 uploads of 4 MiB at once (four agents at
+     * their defaults) and restores' reads fit.
+     */
+    private readonly maxPoolBytes = 128 * 1024 * 1024,
   ) {}
 
   /** A Buffer of `length` bytes (contents undefined) over pooled memory when it fits. */
@@ -32,11 +44,11 @@ export class BufferPool {
     // Small bodies (index patches, single digests) are not worth a class-sized buffer.
     if (length < this.classBytes / 4 || capacity > this.maxCapacity) return Buffer.allocUnsafeSlow(length);
     const sab = this.free.get(capacity)?.pop();
-    if (sab) {
-      this.pooledBytes -= capacity;
-      return Buffer.from(sab, 0, length);
-    }
+    if (sab) return Buffer.from(sab, 0, length);
+    if (this.madeBytes + capacity > this.maxPoolBytes) return Buffer.allocUnsafeSlow(length);
     const fresh = new SharedArrayBuffer(capacity);
+    this.madeBytes += capacity;
+    this.collected.register(fresh, capacity);
     this.ids.set(fresh, this.nextId++);
     return Buffer.from(fresh, 0, length);
   }
@@ -44,15 +56,6 @@ export class BufferPool {
   /** The pool's id for memory it made (stable for the memory's life), else undefined. */
   idOf(ab: ArrayBufferLike): number | undefined {
     return ab instanceof SharedArrayBuffer ? this.ids.get(ab) : undefined;
-  }
-
-  /**
-   * Calls `listener` with the id of memory the pool lets go of (over its idle limit): whoever
-   * was sent that memory by id (an encoder worker) can drop it. Returns the unsubscribe.
-   */
-  onDrop(listener: (id: number) => void): () => void {
-    this.dropListeners.add(listener);
-    return () => this.dropListeners.delete(listener);
   }
 
   /** True for memory this pool made. */
@@ -66,18 +69,12 @@ export class BufferPool {
    * be done with it.
    */
   give(ab: ArrayBufferLike): void {
-    const id = this.idOf(ab);
-    if (id === undefined) return;
+    if (this.idOf(ab) === undefined) return;
     const sab = ab as SharedArrayBuffer;
     const list = this.free.get(sab.byteLength) ?? [];
     if (list.includes(sab)) return;
-    if (this.pooledBytes + sab.byteLength > this.maxPooledBytes) {
-      for (const listener of this.dropListeners) listener(id);
-      return;
-    }
     list.push(sab);
     this.free.set(sab.byteLength, list);
-    this.pooledBytes += sab.byteLength;
   }
 }
 

@@ -67,7 +67,8 @@ const path = require('node:path');
 // A file system without O_DIRECT (tmpfs) refuses it with EINVAL: buffered writes from then on.
 // Only Linux has O_DIRECT (elsewhere the constant is undefined: buffered).
 let direct = !!workerData.directWrites && fs.constants.O_DIRECT !== undefined;
-// Pooled request bodies (buffer-pool.ts): shared memory this worker was sent once, by id.
+// Pooled request bodies (buffer-pool.ts): shared memory this worker was sent once, by id. The
+// pool never lets go of memory it made, so nothing is ever forgotten here.
 const shared = new Map();
 // "store": hash each chunk of a batch and, while its bytes are still in the CPU cache, compress
 // it if it is new; only when every digest matched (a bad batch stores nothing) write the new
@@ -202,7 +203,6 @@ parentPort.on('message', (m) => {
   if (m.op === 'touch') {
     try { return touchAll(m); } catch (err) { return parentPort.postMessage({ id: m.id, error: String(err && err.message || err), code: err && err.code }); }
   }
-  if (m.op === 'forget') return void shared.delete(m.poolId);
   if (m.op === 'store') {
     try { return store(m); } catch (err) { return parentPort.postMessage({ id: m.id, error: String(err && err.message || err), code: err && err.code }); }
   }
@@ -249,9 +249,8 @@ export class ChunkEncoder {
   private readonly inFlight: number[] = [];
   private readonly pending = new Map<number, Pending>();
   private nextId = 0;
-  /** Per worker, the ids of pooled memory it has been sent (and keeps until told to forget). */
+  /** Per worker, the ids of pooled memory it has been sent (and keeps). */
   private readonly sentPool: Array<Set<number>> = [];
-  private readonly stopDropListener: () => void;
 
   /**
    * threads = 0 encodes on the calling thread. Default: one per core, at least 2, at most 4
@@ -288,11 +287,6 @@ export class ChunkEncoder {
       this.inFlight.push(0);
       this.sentPool.push(new Set());
     }
-    this.stopDropListener = bodyPool.onDrop((poolId) => {
-      this.workers.forEach((w, i) => {
-        if (this.sentPool[i].delete(poolId)) w.postMessage({ op: 'forget', poolId });
-      });
-    });
   }
 
   /** The worker with the fewest jobs in flight. */
@@ -371,7 +365,6 @@ export class ChunkEncoder {
   }
 
   async close(): Promise<void> {
-    this.stopDropListener();
     await Promise.all(this.workers.map((w) => w.terminate()));
     this.workers.length = 0;
   }
