@@ -137,6 +137,12 @@ export interface HypervisorAdapter {
    */
   inspectVm(vm: string): Promise<VmFacts>;
   isVmOnHost(vm: string): Promise<boolean>;
+  /**
+   * How often a long transfer asks isVmOnHost, in ms: 0 or absent = after every batch, waited for
+   * (cheap answers: the lab). Where each ask is expensive (a PowerShell process on Hyper-V), at
+   * most this often, in the background (activities/host/placement-check.ts).
+   */
+  readonly placementCheckMs?: number;
   createBackupCheckpoint(
     vmId: string,
     /**

@@ -48,6 +48,14 @@ const MUTATIONS = [
     tests: ['test/storage-api/upload-memory.test.ts'],
   },
   {
+    name: 'placement-asked-every-batch',
+    why: 'a transfer on Hyper-V asks PowerShell whether the VM is still on the host after every 16 MiB batch, not at most every 10 s: hundreds of PowerShell processes per disk',
+    file: 'activities/host/placement-check.ts',
+    from: '      if (pending || now() - lastAsked < everyMs) return;\n',
+    to: '      if (pending) return;\n',
+    tests: ['test/hyperv/placement-check.test.ts'],
+  },
+  {
     name: 'restore-through-page-cache',
     why: 'the raw restore file is written buffered: every restored byte copied into the page cache and flushed again by the fsync',
     file: 'recovery/raw-writer.ts',

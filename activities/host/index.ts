@@ -20,6 +20,7 @@ import type {
   ReleaseRequest,
   VmLocation,
 } from './types';
+import { placementCheck } from './placement-check';
 
 export interface HostActivityDeps {
   adapter: HypervisorAdapter;
@@ -153,6 +154,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
                 throw err;
               });
         await checkHere();
+        const placement = placementCheck(checkHere, adapter.placementCheckMs ?? 0);
         const reader = countingReads(await adapter.openCheckpointDisk(req.vmId, req.checkpointId, req.diskId));
         try {
           // What to read: decided once, and again identically on a retry.
@@ -222,7 +224,7 @@ export function createHostActivities(deps: HostActivityDeps): HostActivities {
               last = details;
               if (++batches === 2) crashPoint('agent:mid-transfer');
               if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled');
-              await checkHere();
+              await placement.afterBatch();
             },
           });
           const result: DiskTransferResult = {
