@@ -93,7 +93,7 @@ const MUTATIONS = [
     name: 'transfer-ignores-vm-leaving-host',
     why: "the transfer keeps reading on the old host after the VM moved (only the release follows it)",
     file: 'activities/host/index.ts',
-    from: "if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled');\n              await checkHere();",
+    from: "if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled');\n              await placement.afterBatch();",
     to: "if (ctx.cancellationSignal.aborted) throw new CancelledFailure('backup cancelled');",
     tests: ['test/backup/faults.temporal.test.ts'],
     only: 'live migration within the cluster',
