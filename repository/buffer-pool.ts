@@ -58,11 +58,6 @@ export class BufferPool {
     return ab instanceof SharedArrayBuffer ? this.ids.get(ab) : undefined;
   }
 
-  /** True for memory this pool made. */
-  owns(ab: ArrayBufferLike): boolean {
-    return this.idOf(ab) !== undefined;
-  }
-
   /**
    * Gives memory back; ignored for memory the pool did not make. Nothing may read or write it
    * after this (the next take hands it out): the caller and whoever it lent the memory to must

@@ -82,7 +82,6 @@ function store({ id, data, pool, items, dir, tmpTag }) {
     if (!sab) throw new Error('pooled body ' + pool.id + ' was never sent to this worker');
     body = Buffer.from(sab, pool.offset, pool.length);
   } else body = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-  const reply = (m) => parentPort.postMessage(m);
   let need = 0;
   for (const it of items) need += roundUp(16 + zstd.compressBound(it.length) + (chunkKey ? 28 : 0));
   const arena = arenaOf(need);
@@ -93,7 +92,7 @@ function store({ id, data, pool, items, dir, tmpTag }) {
     const raw = body.subarray(items[i].offset, items[i].offset + items[i].length);
     const digest = items[i].digest;
     const actual = createHash('sha256').update(raw).digest('hex');
-    if (actual !== digest) return reply({ id, mismatch: { digest, actual } });
+    if (actual !== digest) return parentPort.postMessage({ id, mismatch: { digest, actual } });
     if (isZero(raw)) { results[i] = { written: false, storedSize: 0 }; continue; }
     const sub = path.join(dir, digest.slice(0, 3));
     const file = path.join(sub, digest);
@@ -121,7 +120,7 @@ function store({ id, data, pool, items, dir, tmpTag }) {
   for (const { i, sub, file, image, size } of pending) {
     results[i] = { written: true, storedSize: writeChunkFile(file, sub, tmpTag + '-' + i, image, size) };
   }
-  reply({ id, results });
+  parentPort.postMessage({ id, results });
 }
 
 // Writes one chunk file: temp file (O_EXCL), the bytes, rename. "image" is the file's bytes padded

@@ -176,7 +176,7 @@ const MUTATIONS = [
     name: 'upload-skips-digest-check',
     why: 'the storage API stores an uploaded chunk without recomputing its SHA-256',
     file: 'repository/encoder.ts',
-    from: 'if (actual !== digest) return reply({ id, mismatch: { digest, actual } });',
+    from: 'if (actual !== digest) return parentPort.postMessage({ id, mismatch: { digest, actual } });',
     to: '',
     tests: ['test/storage-api/refusals.test.ts', 'test/storage-api/ingest.test.ts'],
   },

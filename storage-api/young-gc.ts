@@ -16,7 +16,7 @@ import * as vm from 'node:vm';
 /** Bytes of request body between two scavenges. */
 export const SWEEP_EVERY_BYTES = 16 * 1024 * 1024;
 
-type Gc = (options: { type: 'minor' | 'major'; execution?: 'sync' | 'async' }) => void;
+type Gc = (options: { type: 'minor' }) => void;
 
 let gcFn: Gc | null | undefined;
 

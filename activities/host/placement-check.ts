@@ -16,17 +16,6 @@ export interface PlacementCheck {
 
 export function placementCheck(check: () => Promise<void>, everyMs: number, now: () => number = Date.now): PlacementCheck {
   let asked = 0;
-  if (everyMs <= 0) {
-    return {
-      get asked() {
-        return asked;
-      },
-      async afterBatch() {
-        asked++;
-        await check();
-      },
-    };
-  }
   let lastAsked = now();
   let pending: Promise<void> | undefined;
   let found: { err: unknown } | undefined;
@@ -35,6 +24,10 @@ export function placementCheck(check: () => Promise<void>, everyMs: number, now:
       return asked;
     },
     async afterBatch() {
+      if (everyMs <= 0) {
+        asked++;
+        return check();
+      }
       if (found) throw found.err;
       if (pending || now() - lastAsked < everyMs) return;
       lastAsked = now();
