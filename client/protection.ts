@@ -30,6 +30,7 @@ import {
 } from '../workflows/protection';
 import type { VmSummary } from '../hypervisor/types';
 import { UsageError } from './errors';
+import { JobFailure } from '../activities/failures';
 
 export interface ProtectionSchedule {
   /** Express full times of day, "HH:MM" (24 h). */
@@ -485,11 +486,12 @@ export async function setProtectionPaused(client: Client, dataSource: string, pa
 
 export async function removeProtection(client: Client, dataSource: string): Promise<void> {
   await describeProtection(client, dataSource);
+  // The protection first: a refusal (a job runs) leaves the schedule as it was.
+  await askProtection(client, dataSource, (attempt) =>
+    client.workflow.getHandle(protectionWorkflowId(dataSource)).executeUpdate(unprotectUpdate, { args: [{ by: 'cli' }], updateId: attemptId(randomUUID(), attempt) }),
+  );
   await client.schedule.getHandle(scheduleIdOf(dataSource)).delete().catch((err) => {
     if (!(err instanceof ScheduleNotFoundError)) throw err;
-  });
-  await client.workflow.getHandle(protectionWorkflowId(dataSource)).executeUpdate(unprotectUpdate, { args: [{ by: 'cli' }] }).catch((err) => {
-    throw refusal(err);
   });
 }
 
@@ -500,9 +502,10 @@ export async function moveProtection(client: Client, dataSource: string, to: str
   const target = (await listServers(client)).find((s) => s.id === to);
   if (!target) throw new UsageError(`no protection server ${to}: \`hvprotect doctor\` lists the servers`);
   if (!target.running) throw new UsageError(`protection server ${to} is not running: start it first (\`hvprotect server --id ${to}\`)`);
-  await client.workflow.getHandle(protectionWorkflowId(dataSource)).executeUpdate(moveToUpdate, { args: [{ to, by: 'cli' }] }).catch((err) => {
-    throw refusal(err);
-  });
+  const moveId = randomUUID();
+  await askProtection(client, dataSource, (attempt) =>
+    client.workflow.getHandle(protectionWorkflowId(dataSource)).executeUpdate(moveToUpdate, { args: [{ to, by: 'cli' }], updateId: attemptId(moveId, attempt) }),
+  );
   await client.schedule.getHandle(scheduleIdOf(dataSource)).update((prev) => ({ ...prev, action: { ...prev.action, taskQueue: serverTaskQueue(to) } })).catch((err) => {
     if (!(err instanceof ScheduleNotFoundError)) throw err;
   });
@@ -517,16 +520,55 @@ export async function moveProtection(client: Client, dataSource: string, to: str
 /** A refused update, as one clear line. */
 function refusal(err: unknown): Error {
   if (err instanceof WorkflowUpdateFailedError) {
-    const cause = err.cause as { message?: string; type?: string } | undefined;
-    return new JobRefused(cause?.message ?? err.message, cause?.type);
+    const cause = err.cause as { message?: string; type?: string; details?: unknown[] } | undefined;
+    const running = cause?.type === JobFailure.JobAlreadyRunning ? (cause.details?.[0] as JobInfo | undefined) : undefined;
+    return new JobRefused(cause?.message ?? err.message, cause?.type, running?.workflowId ? running : undefined);
   }
   return err as Error;
 }
 
 export class JobRefused extends Error {
   override name = 'JobRefused';
-  constructor(message: string, readonly type?: string) {
+  /** The refusal's type (JobFailure), and for JobAlreadyRunning the job it named. */
+  constructor(message: string, readonly type?: string, readonly running?: JobInfo) {
     super(message);
+  }
+}
+
+/** How long a protection may take to record that its job has ended before a refusal naming that job stands. */
+const CATCH_UP_MS = 30_000;
+
+/**
+ * Sends an update to a protection. The protection learns that its job has ended in a workflow
+ * task of its own, after the job's result is out: "backup now" (or remove, or move) asked right
+ * after a backup's result can be refused naming the job that has just ended. Such a refusal is
+ * not the answer: while the job it names has closed, ask again (a fresh update id each time,
+ * so the server does not hand back the refusal) until the protection has caught up.
+ */
+async function askProtection<T>(client: Client, dataSource: string, send: (attempt: number) => Promise<T>): Promise<T> {
+  const deadline = Date.now() + CATCH_UP_MS;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await send(attempt);
+    } catch (err) {
+      const refused = refusal(err);
+      const named = refused instanceof JobRefused ? refused.running : undefined;
+      if (!named || Date.now() > deadline || !(await hasClosed(client, named.workflowId))) throw refused;
+      await new Promise((r) => setTimeout(r, Math.min(1000, 50 * 2 ** attempt)));
+    }
+  }
+}
+
+function attemptId(id: string, attempt: number): string {
+  return attempt ? `${id}/${attempt}` : id;
+}
+
+async function hasClosed(client: Client, workflowId: string): Promise<boolean> {
+  try {
+    return (await client.workflow.getHandle(workflowId).describe()).status.name !== 'RUNNING';
+  } catch (err) {
+    // A job that was never recorded is not running either; anything else leaves the refusal as it is.
+    return (err as Error).name === 'WorkflowNotFoundError';
   }
 }
 
@@ -549,12 +591,10 @@ export async function dataSourceOf(client: Client, vmOrDs: string): Promise<Prot
 export async function startJob(client: Client, dataSource: string, req: JobRequest): Promise<{ job: JobInfo; handle: WorkflowHandle }> {
   await refuseWhileDraining(client, dataSource);
   const requestId = req.requestId ?? randomUUID();
-  const job = await client.workflow
-    .getHandle(protectionWorkflowId(dataSource))
-    .executeUpdate(startJobUpdate, { args: [{ ...req, requestId, requestedAt: req.requestedAt ?? new Date().toISOString() }], updateId: requestId })
-    .catch((err) => {
-      throw refusal(err);
-    });
+  const request = { ...req, requestId, requestedAt: req.requestedAt ?? new Date().toISOString() };
+  const job = await askProtection(client, dataSource, (attempt) =>
+    client.workflow.getHandle(protectionWorkflowId(dataSource)).executeUpdate(startJobUpdate, { args: [request], updateId: attemptId(requestId, attempt) }),
+  );
   return { job, handle: client.workflow.getHandle(job.workflowId) };
 }
 

@@ -194,7 +194,7 @@ export async function protection(initial: ProtectionState): Promise<void> {
     if (r && !(req?.requestId && r.requestId === req.requestId)) {
       throw ApplicationFailure.nonRetryable(
         `${describeKind(r.kind)} of ${state.dataSource} is running on ${r.server} (${r.workflowId}, started by ${r.by} at ${r.startedAt}): ` +
-          `one backup, check or original-place restore at a time${req ? `, so this ${describeKind(req.kind)} was not started` : ''}; ` +
+          `one backup, check or original-place restore at a time${req ? `, so this ${describeKind(req.kind).replace(/^an? /, '')} was not started` : ''}; ` +
           'watch it or cancel it in the Web UI, or wait for it with `hvprotect status`',
         JobFailure.JobAlreadyRunning,
         r,

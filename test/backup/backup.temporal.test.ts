@@ -7,14 +7,33 @@ import type { BackupVmInput, BackupVmResult } from '../../workflows/backup-vm';
 import { SA } from '../../temporal/search-attribute-keys';
 import { readWorkflowRun } from '../load/history';
 import { connectClient } from '../../temporal/connection';
-import { JobRefused, protectVm, protectionState, removeProtection, startBackupNow } from '../../client/protection';
+import type { HypervisorAdapter } from '../../hypervisor/types';
+import { JobRefused, protectVm, removeProtection, startBackupNow } from '../../client/protection';
 
 const MiB = 1024 * 1024;
 const DISK = 24 * MiB;
 let stack: TestStack;
 
+/** VMs whose backup checkpoint waits until the promise given here settles (a backup held running). */
+const holdCheckpoint = new Map<string, Promise<void>>();
+
+function holding(_host: string, a: HypervisorAdapter): HypervisorAdapter {
+  return new Proxy(a, {
+    get(target, prop, receiver) {
+      if (prop === 'createBackupCheckpoint') {
+        return async (vmId: string, opts: Parameters<HypervisorAdapter['createBackupCheckpoint']>[1]) => {
+          await holdCheckpoint.get(vmId);
+          return target.createBackupCheckpoint(vmId, opts);
+        };
+      }
+      const v = Reflect.get(target, prop, receiver);
+      return typeof v === 'function' ? v.bind(target) : v;
+    },
+  });
+}
+
 beforeAll(async () => {
-  stack = await startTestStack({ hosts: ['hv01', 'hv02'], fileServers: ['fs01'], batchSlots: 8 });
+  stack = await startTestStack({ hosts: ['hv01', 'hv02'], fileServers: ['fs01'], batchSlots: 8, wrapAdapter: holding });
 });
 afterAll(async () => {
   await stack?.stop();
@@ -166,15 +185,43 @@ test('two clients ask for a backup of one VM in the same instant: one runs, the 
       expect(refused).toBeInstanceOf(JobRefused);
       expect(refused.message).toMatch(/a backup of twins is running on .* \(backup\/twins\/.*, started by client [AB] at .*\): one backup, check or original-place restore at a time/);
       const ran = (a.status === 'fulfilled' ? a : (b as PromiseFulfilledResult<WorkflowHandle>)).value;
+      // The next round asks at once: the protection may not have recorded this one's end yet.
       await ran.result();
-      // The protection learns of the end in its next workflow task: ask again after that.
-      while ((await protectionState(stack.client, 'twins')).running) await new Promise((r) => setTimeout(r, 50));
     }
   } finally {
     await second.connection.close();
     await removeProtection(stack.client, 'twins');
   }
   expect(await stack.server.repository.listPoints('twins')).toHaveLength(3);
+});
+
+test('asked again the moment a backup has ended, the protection runs it; removed while one runs, nothing changes', async () => {
+  const facts = await stack.lab.createVm({ name: 'again', host: 'hv02', disks: [{ sizeBytes: 4 * MiB, content: { kind: 'random', seed: 23, fill: 1 } }] });
+  await protectVm(stack.client, { server: stack.server.id, vm: { vmId: facts.vmId, name: 'again', host: 'hv02', state: 'running' }, dataSource: 'again', schedule: { everyHours: 24 } });
+  const schedule = stack.client.schedule.getHandle('protect/again');
+  // Each ask comes as the previous backup's result is out, before the protection has (most
+  // often) recorded its end: each must run, not be refused naming the backup that has ended.
+  for (let round = 0; round < 5; round++) await (await startBackupNow(stack.client, { dataSource: 'again' }, 'auto', 'test')).result();
+  expect(await stack.server.repository.listPoints('again')).toHaveLength(5);
+
+  // Removing the protection while a backup runs is refused, naming it, and leaves the schedule.
+  let release!: () => void;
+  holdCheckpoint.set(facts.vmId, new Promise<void>((r) => (release = r)));
+  const running = await startBackupNow(stack.client, { dataSource: 'again' }, 'auto', 'test');
+  try {
+    const refused = await removeProtection(stack.client, 'again').then(() => undefined, (err: Error) => err);
+    expect(refused).toBeInstanceOf(JobRefused);
+    expect((refused as JobRefused).running?.workflowId).toBe(running.workflowId);
+    expect((await schedule.describe()).scheduleId).toBe('protect/again');
+  } finally {
+    release();
+    holdCheckpoint.delete(facts.vmId);
+  }
+  // The moment it has ended, removing goes through, schedule and all.
+  await running.result();
+  await removeProtection(stack.client, 'again');
+  await expect(schedule.describe()).rejects.toThrow(/not found/i);
+  expect(await stack.server.repository.listPoints('again')).toHaveLength(6);
 });
 
 test('the disks of one VM transfer at once, and each restores to its own content', async () => {
