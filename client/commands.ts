@@ -207,9 +207,9 @@ export function registerCommands(program: Command): void {
       const all = await withClient(listProtections);
       out(o.json, all, () =>
         table(
-          all.map((p) => ({ datasource: p.dataSource, vm: p.vm, group: p.group ?? '-', server: p.server, schedule: p.spec, state: p.running ? `${p.running.kind} running` : p.paused ? 'paused' : 'active', next: p.nextRuns[0] ?? '-', last: p.recentRuns.at(-1)?.startedAt ?? '-', 'skipped/missed': `${p.skippedRuns}/${p.missedRuns}` })),
+          all.map((p) => ({ datasource: p.dataSource, vm: p.vm, group: p.group ?? '-', server: p.server, schedule: p.spec, state: p.unanswered ? 'not answering' : p.running ? `${p.running.kind} running` : p.paused ? 'paused' : 'active', next: p.nextRuns[0] ?? '-', last: p.recentRuns.at(-1)?.startedAt ?? '-', 'skipped/missed': `${p.skippedRuns}/${p.missedRuns}` })),
           ['datasource', 'vm', 'group', 'server', 'schedule', 'state', 'next', 'last', 'skipped/missed'],
-        ),
+        ) + all.filter((p) => p.unanswered).map((p) => `${p.dataSource}: ${p.unanswered}\n`).join(''),
       );
     });
   for (const [name, paused] of [['pause', true], ['resume', false]] as const) {

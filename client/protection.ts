@@ -12,7 +12,7 @@ import { serverTaskQueue } from '../temporal/task-queues';
 import { livePollers } from '../temporal/pollers';
 import { describeServerDeployment } from '../temporal/versioning';
 import { dailyCalendars } from './schedule-calendar';
-import { protectionStatus, type ProtectionStatus } from '../protection/status';
+import { DEFAULT_RPO_MS, protectionStatus, type ProtectionStatus } from '../protection/status';
 import { encryptsPayloads } from '../temporal/connection';
 import { ENCRYPTED_MARKER } from '../temporal/search-attribute-redaction';
 import type { BackupVmInput } from '../workflows/backup-vm';
@@ -30,7 +30,7 @@ import {
 } from '../workflows/protection';
 import type { VmSummary } from '../hypervisor/types';
 import { UsageError } from './errors';
-import { JobFailure } from '../activities/failures';
+import { JobFailure, innermostMessage } from '../activities/failures';
 
 export interface ProtectionSchedule {
   /** Express full times of day, "HH:MM" (24 h). */
@@ -95,6 +95,8 @@ export interface ProtectionInfo {
   spec: string;
   nextRuns: string[];
   recentRuns: { workflowId: string; startedAt: string }[];
+  /** Set when the protection did not answer (its server is down or busy): `running` and the runs are not known. */
+  unanswered?: string;
 }
 
 const SCHEDULE_PREFIX = 'protect/';
@@ -405,11 +407,21 @@ export async function describeProtection(client: Client, dataSource: string): Pr
     spec: d ? specText(d) : 'no schedule',
     nextRuns: d ? d.info.nextActionTimes.slice(0, 3).map((t) => t.toISOString()) : [],
     recentRuns: state.recent.filter((r) => r.outcome !== 'skipped').slice(-5).map((r) => ({ workflowId: r.workflowId, startedAt: r.startedAt })),
+    ...(state.unanswered ? { unanswered: state.unanswered } : {}),
   };
 }
 
-/** The protection's state: by query when its owner runs, else what its memo says. */
-export async function protectionState(client: Client, dataSource: string): Promise<ProtectionState> {
+/**
+ * A protection's state as the client saw it. `unanswered` says why only its memo is known (its
+ * server did not answer the query): then nothing of its jobs or points is known, not "none".
+ */
+export type ProtectionView = ProtectionState & { unanswered?: string };
+
+/** How long the protection's owner gets to answer the state query before the memo stands in. */
+const STATE_QUERY_MS = 5_000;
+
+/** The protection's state: by query when its owner runs, else what its memo says (marked `unanswered`). */
+export async function protectionState(client: Client, dataSource: string): Promise<ProtectionView> {
   const handle = client.workflow.getHandle(protectionWorkflowId(dataSource));
   let described;
   try {
@@ -420,10 +432,16 @@ export async function protectionState(client: Client, dataSource: string): Promi
   }
   if (described.status.name !== 'RUNNING') throw new UsageError(`${dataSource} is not protected (\`hvprotect protect list\` shows what is)`);
   try {
-    return await within(handle.query(protectionStateQuery), 5_000);
-  } catch {
+    return await within(handle.query(protectionStateQuery), STATE_QUERY_MS);
+  } catch (err) {
     const m = ((await described.memo) ?? {}) as { vm?: string; vmId?: string; server?: string };
-    return { dataSource, vm: m.vm ?? '?', vmId: m.vmId ?? '?', server: m.server ?? '?', backup: { dataSource, vm: m.vmId ?? dataSource }, chains: [], recent: [], skippedRuns: 0 };
+    const server = m.server ?? '?';
+    return {
+      dataSource, vm: m.vm ?? '?', vmId: m.vmId ?? '?', server, backup: { dataSource, vm: m.vmId ?? dataSource }, chains: [], recent: [], skippedRuns: 0,
+      unanswered:
+        `its protection did not answer its state query (${innermostMessage(err)}): its server ${server} is down or too busy, ` +
+        `so its jobs and recovery points are not known here; \`hvprotect doctor\` shows whether ${server} runs`,
+    };
   }
 }
 
@@ -462,7 +480,11 @@ export async function protectionStatuses(client: Client, now = new Date()): Prom
     const dataSource = wf.workflowId.slice('protection/'.length);
     const state = await protectionState(client, dataSource);
     const paused = await client.schedule.getHandle(scheduleIdOf(dataSource)).describe().then((d) => d.state.paused, () => false);
-    rows.push({ ...protectionStatus(state, now), vm: state.vm, server: state.server, paused });
+    // Unknown is not OK: without the protection's record its last good point cannot be vouched for.
+    const status: ProtectionStatus = state.unanswered
+      ? { dataSource, level: 'WARNING', reason: state.unanswered, rpoSeconds: Math.round((state.rpoMs ?? DEFAULT_RPO_MS) / 1000), checkNeeded: false }
+      : protectionStatus(state, now);
+    rows.push({ ...status, vm: state.vm, server: state.server, paused });
   }
   const order = { CRITICAL: 0, WARNING: 1, OK: 2 };
   return rows.sort((a, b) => order[a.level] - order[b.level] || a.vm.localeCompare(b.vm));

@@ -244,6 +244,22 @@ const MUTATIONS = [
     to: "if (typeof header !== 'string') return; if (false) return refuse(",
     tests: ['test/security/grants.test.ts'],
   },
+  {
+    name: 'unanswered-protection-shows-ok',
+    why: 'a protection whose server does not answer is rated from its empty memo: OK, "waiting for the first backup"',
+    file: 'client/protection.ts',
+    from: '    const status: ProtectionStatus = state.unanswered\n',
+    to: '    const status: ProtectionStatus = state.unanswered && !state.unanswered\n',
+    tests: ['test/protection/servers.temporal.test.ts'],
+  },
+  {
+    name: 'refusal-naming-ended-job-stands',
+    why: '"backup now" (or remove) asked the moment a backup ended is refused, naming the backup that has just ended',
+    file: 'client/protection.ts',
+    from: "      if (!named || Date.now() > deadline || !(await hasClosed(client, named.workflowId))) throw refused;\n",
+    to: '      throw refused;\n',
+    tests: ['test/backup/backup.temporal.test.ts'],
+  },
 ];
 
 function parseArgs(argv) {

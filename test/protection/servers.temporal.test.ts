@@ -11,7 +11,7 @@ import type { VmFacts } from '../../hypervisor/types';
 import type { BackupVmResult } from '../../workflows/backup-vm';
 import { startServer } from '../../workers/server';
 import { createLogger } from '../../log/logger';
-import { chooseServer, listServers, moveProtection, protectVm, protectionState, startBackupNow, startJob, type ProtectionInfo } from '../../client/protection';
+import { chooseServer, describeProtection, listServers, moveProtection, protectVm, protectionState, protectionStatuses, startBackupNow, startJob, type ProtectionInfo } from '../../client/protection';
 import type { RunningServer } from '../../workers/server';
 
 const MiB = 1024 * 1024;
@@ -167,3 +167,32 @@ describe('a server no agent holds a credential for', () => {
     expect(report.problems).toContain(`the agent on hv01 holds no credential for ${THIRD}, which owns VMs backed up on hv01: add --server ${THIRD}=TOKEN_FILE`);
   }, 180_000);
 });
+
+test('a protection whose server is stopped shows as not answering: WARNING with the reason, never OK or idle', async () => {
+  const FOURTH = `zzz-${suffix}`;
+  const fourth = await startServer({ id: FOURTH, logger: createLogger({ name: 'test', level: 'silent' }), temporal: stack.temporal, stateDir: path.join(stack.dir, 'server-fourth'), apiPort: 0, registerSearchAttributes: false });
+  let stopped = false;
+  try {
+    for (let i = 0; i < 200 && !(await listServers(stack.client)).some((sv) => sv.id === FOURTH && sv.running); i++) await new Promise((r) => setTimeout(r, 100));
+    const facts = await stack.lab.createVm({ name: 'ms-orphan', host: 'hv02', disks: [{ sizeBytes: DISK, content: { kind: 'random', seed: 811, fill: 1 } }] });
+    const p = await protectVm(stack.client, { vm: { vmId: facts.vmId, name: facts.name, host: 'hv02', state: 'running' }, server: FOURTH, dataSource: `ms-orphan-${suffix}`, schedule: { everyHours: 24 } });
+    // While its server runs, the protection answers for itself.
+    expect((await describeProtection(stack.client, p.dataSource)).unanswered).toBeUndefined();
+    stopped = true;
+    await fourth.shutdown();
+    const info = await describeProtection(stack.client, p.dataSource);
+    expect(info.server).toBe(FOURTH);
+    expect(info.running).toBeUndefined();
+    expect(info.unanswered).toMatch(new RegExp(`did not answer its state query .*its server ${FOURTH} is down or too busy.*hvprotect doctor`));
+    const rows = await protectionStatuses(stack.client);
+    const row = rows.find((r) => r.dataSource === p.dataSource);
+    expect(row).toMatchObject({ level: 'WARNING', server: FOURTH, vm: 'ms-orphan' });
+    expect(row!.reason).toBe(info.unanswered);
+    // The servers that run still answer for their own protections.
+    const others = rows.filter((r) => IDS.includes(r.server));
+    expect(others.length).toBeGreaterThan(0);
+    for (const r of others) expect(r.reason).not.toMatch(/did not answer/);
+  } finally {
+    if (!stopped) await fourth.shutdown();
+  }
+}, 120_000);
