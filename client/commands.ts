@@ -24,9 +24,11 @@ import {
   removeProtection,
   resolveVm,
   setProtectionPaused,
+  setProtectionPolicy,
   startBackupNow,
 } from './protection';
 import { UsageError } from './errors';
+import { DEFAULT_RPO_MS } from '../protection/status';
 import { registerFileCommands, restoreVolumeCommand } from './files';
 import { registerGroupCommands } from './group-commands';
 import { listServers } from './protection';
@@ -210,6 +212,28 @@ export function registerCommands(program: Command): void {
           all.map((p) => ({ datasource: p.dataSource, vm: p.vm, group: p.group ?? '-', server: p.server, schedule: p.spec, state: p.unanswered ? 'not answering' : p.running ? `${p.running.kind} running` : p.paused ? 'paused' : 'active', next: p.nextRuns[0] ?? '-', last: p.recentRuns.at(-1)?.startedAt ?? '-', 'skipped/missed': `${p.skippedRuns}/${p.missedRuns}` })),
           ['datasource', 'vm', 'group', 'server', 'schedule', 'state', 'next', 'last', 'skipped/missed'],
         ) + all.filter((p) => p.unanswered).map((p) => `${p.dataSource}: ${p.unanswered}\n`).join(''),
+      );
+    });
+  protect
+    .command('set')
+    .argument('<vm>', 'VM name, id or data source')
+    .description("change a protection's RPO or offline policy (a VM in a group follows the group: `group set`)")
+    .option('--rpo <hours>', 'recovery point objective: no point for longer is WARNING, twice as long CRITICAL', positiveInt)
+    .option('--offline', 'allow saving or pausing a VM that cannot be backed up online')
+    .option('--no-offline', 'fail rather than save or pause a VM that cannot be backed up online')
+    .addOption(new Option('--offline-method <m>', 'how to make a running VM quiet for an offline backup').choices(['save', 'pause']))
+    .option('--json', 'print JSON', false)
+    .action(async (vm: string, o) => {
+      if (o.rpo === undefined && o.offline === undefined && o.offlineMethod === undefined) throw new UsageError('nothing to change: give --rpo, --offline, --no-offline or --offline-method');
+      const state = await withClient(async (c) => {
+        const p = await dataSourceOf(c, vm);
+        if (p.group) throw new UsageError(`${p.dataSource} is protected by group ${p.group}, whose policy it follows: change that (\`hvprotect group set ${p.group} …\`)`);
+        return setProtectionPolicy(c, p.dataSource, { rpoMs: o.rpo !== undefined ? o.rpo * 3_600_000 : undefined, allowOffline: o.offline, offlineMethod: o.offlineMethod });
+      });
+      const policy = state.backup.policy ?? {};
+      out(o.json, { dataSource: state.dataSource, rpoMs: state.rpoMs, allowOffline: policy.allowOffline ?? true, offlineMethod: policy.offlineMethod ?? 'save' }, () =>
+        `${state.dataSource}: RPO ${Math.round((state.rpoMs ?? DEFAULT_RPO_MS) / 3_600_000)} h; ` +
+        `${policy.allowOffline === false ? 'never offline' : `offline allowed (${policy.offlineMethod ?? 'save'})`}; from the next backup on\n`,
       );
     });
   for (const [name, paused] of [['pause', true], ['resume', false]] as const) {

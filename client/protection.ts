@@ -22,10 +22,12 @@ import {
   moveToUpdate,
   protectionStateQuery,
   protectionWorkflowId,
+  setProtectionPolicyUpdate,
   startJobUpdate,
   unprotectUpdate,
   type JobInfo,
   type JobRequest,
+  type ProtectionPolicyChange,
   type ProtectionState,
 } from '../workflows/protection';
 import type { VmSummary } from '../hypervisor/types';
@@ -352,6 +354,20 @@ export async function retimeProtection(client: Client, dataSource: string, sched
   const timezone = schedule.timezone ?? (await serverTimeZone(client, server)) ?? 'UTC';
   const { spec, catchupWindow } = scheduleTiming(schedule, timezone);
   await client.schedule.getHandle(scheduleIdOf(dataSource)).update((prev) => ({ ...prev, spec, policies: { ...prev.policies, catchupWindow } }));
+}
+
+/**
+ * Changes a protection's RPO and offline policy (what is given; the rest stays). The status is
+ * judged against the new RPO at once; the next job backs up with the new offline policy.
+ */
+export async function setProtectionPolicy(client: Client, dataSource: string, change: Omit<ProtectionPolicyChange, 'by'>, by = 'cli'): Promise<ProtectionState> {
+  return client.workflow
+    .getHandle(protectionWorkflowId(dataSource))
+    .executeUpdate(setProtectionPolicyUpdate, { args: [{ ...change, by }] })
+    .catch((err) => {
+      if ((err as Error).name === 'WorkflowNotFoundError') throw new UsageError(`${dataSource} is not protected (\`hvprotect protect list\` shows what is)`);
+      throw refusal(err);
+    });
 }
 
 /** The zone a server runs in, from its record (absent for servers before it was recorded). */

@@ -253,6 +253,22 @@ const MUTATIONS = [
     tests: ['test/protection/servers.temporal.test.ts'],
   },
   {
+    name: 'policy-change-waits-out-old-rpo',
+    why: 'a protection given a shorter RPO judges its status only when the timer set by the old RPO fires (or the next job ends): no alert for up to a day',
+    file: 'workflows/protection.ts',
+    from: '      await condition(() => jobsEnded !== seen || policyChanges !== seenPolicy || moving || ending, wait as number);\n',
+    to: '      await condition(() => jobsEnded !== seen || moving || ending, wait as number);\n',
+    tests: ['test/protection/status.temporal.test.ts'],
+  },
+  {
+    name: 'group-set-leaves-member-rpo',
+    why: '`group set --rpo/--no-offline` changes the schedule of the VMs the group protects already, but not their RPO or offline policy',
+    file: 'activities/server/groups.ts',
+    from: '          await setProtectionPolicy(deps.client, g.dataSource,',
+    to: '          if (false) await setProtectionPolicy(deps.client, g.dataSource,',
+    tests: ['test/protection/groups.temporal.test.ts'],
+  },
+  {
     name: 'refusal-naming-ended-job-stands',
     why: '"backup now" (or remove) asked the moment a backup ended is refused, naming the backup that has just ended',
     file: 'client/protection.ts',

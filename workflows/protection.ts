@@ -8,6 +8,8 @@
 //            a run that finds a job going is counted as skipped
 //   move     moveTo hands the data source to another server: its next backup starts a new chain
 //            there; the old chain stays on the old server until its retention lets it go
+//   policy   setPolicy changes the RPO and the offline policy (a group's `group set`): the status
+//            is judged against the new RPO at once, the next job backs up with the new policy
 //
 // It runs on its owner's task queue, continues as new (state carried) before its history grows
 // long, and never while a job or handler is in flight.
@@ -121,6 +123,14 @@ export const protectionStateQuery = defineQuery<ProtectionState>('state');
 export const startJobUpdate = defineUpdate<JobInfo, [JobRequest]>('startJob');
 export const moveToUpdate = defineUpdate<ProtectionState, [{ to: string; by: string }]>('moveTo');
 export const unprotectUpdate = defineUpdate<void, [{ by: string }]>('unprotect');
+/** What setPolicy changes: what is given, the rest stays. */
+export interface ProtectionPolicyChange {
+  rpoMs?: number;
+  allowOffline?: boolean;
+  offlineMethod?: 'save' | 'pause';
+  by: string;
+}
+export const setProtectionPolicyUpdate = defineUpdate<ProtectionState, [ProtectionPolicyChange]>('setPolicy');
 export const scheduledRunSignal = defineSignal<[{ at: string }]>('scheduledRun');
 
 export function protectionWorkflowId(dataSource: string): string {
@@ -133,6 +143,7 @@ export async function protection(initial: ProtectionState): Promise<void> {
   let ending = false;
   let jobsEnded = 0;
   let alerting = false;
+  let policyChanges = 0;
 
   setHandler(protectionStateQuery, () => state);
   setHandler(startJobUpdate, (req) => begin(req), { validator: (req) => refuseIfBusy(req) });
@@ -166,6 +177,26 @@ export async function protection(initial: ProtectionState): Promise<void> {
         checkServerId(to);
         if (to === state.server) throw new Error(`${state.dataSource} is already protected by ${to}`);
         refuseIfBusy();
+      },
+    },
+  );
+  setHandler(
+    setProtectionPolicyUpdate,
+    ({ rpoMs, allowOffline, offlineMethod, by }) => {
+      if (rpoMs !== undefined) state.rpoMs = rpoMs;
+      const policy = { ...state.backup.policy };
+      if (allowOffline !== undefined) policy.allowOffline = allowOffline;
+      if (offlineMethod !== undefined) policy.offlineMethod = offlineMethod;
+      state.backup = { ...state.backup, policy };
+      policyChanges++;
+      log.info('protection policy changed', { rpoMs: state.rpoMs, allowOffline: policy.allowOffline, offlineMethod: policy.offlineMethod, by });
+      return state;
+    },
+    {
+      validator: ({ rpoMs, offlineMethod }) => {
+        if (ending) throw ApplicationFailure.nonRetryable(`${state.dataSource} is being unprotected`, JobFailure.ProtectionChanging);
+        if (rpoMs !== undefined && !(Number.isFinite(rpoMs) && rpoMs >= 1000)) throw ApplicationFailure.nonRetryable(`an RPO of ${rpoMs} ms: give at least a second`, 'InvalidInput');
+        if (offlineMethod !== undefined && offlineMethod !== 'save' && offlineMethod !== 'pause') throw ApplicationFailure.nonRetryable(`offline method ${String(offlineMethod)}: save or pause`, 'InvalidInput');
       },
     },
   );
@@ -285,8 +316,10 @@ export async function protection(initial: ProtectionState): Promise<void> {
         state.alerted = { level: status.level, at: now.toISOString(), sequence };
       }
       const seen = jobsEnded;
+      const seenPolicy = policyChanges;
       const wait = status.worsensAt ? Math.max(1000, Date.parse(status.worsensAt) - Date.now() + 1000) : undefined;
-      await condition(() => jobsEnded !== seen || moving || ending, wait as number);
+      // A new RPO is judged at once (no timer set by the old one is waited out).
+      await condition(() => jobsEnded !== seen || policyChanges !== seenPolicy || moving || ending, wait as number);
     }
   }
 

@@ -8,7 +8,7 @@ import type { Repository } from '../../repository';
 import type { VmSummary } from '../../hypervisor/types';
 import type { GroupMember, GroupPolicy, GroupState, GroupVm } from '../../workflows/protection-group';
 import { protectionWorkflowId } from '../../workflows/protection';
-import { dataSourceIdFor, findAllVms, protectVm, retimeProtection } from '../../client/protection';
+import { dataSourceIdFor, findAllVms, longestGapMs, protectVm, retimeProtection, setProtectionPolicy } from '../../client/protection';
 import { parseShadowStorageSize } from '../../repository/shadow-storage';
 
 export interface ReconcileInput {
@@ -53,6 +53,9 @@ export function createGroupActivities(deps: { client: Client; repository: Reposi
         if (p && p.status.name !== 'RUNNING') continue;
         if (input.reapply && p) {
           await retimeProtection(deps.client, g.dataSource, { at: input.policy.at, everyHours: input.policy.everyHours, timezone: input.policy.timezone }, input.policy.server);
+          // The RPO (the group's, else the new schedule's longest gap plus an hour, as for a new
+          // protection) and the offline policy reach the VMs the group protects already.
+          await setProtectionPolicy(deps.client, g.dataSource, { rpoMs: groupRpoMs(input.policy), allowOffline: input.policy.allowOffline, offlineMethod: input.policy.offlineMethod }, `group ${input.name}`);
           await applyStorageSettings(deps.repository, g.dataSource, input.policy);
         }
         const here = byId.get(g.vmId);
@@ -77,7 +80,7 @@ export function createGroupActivities(deps: { client: Client; repository: Reposi
             server: input.policy.server,
             dataSource,
             group: input.name,
-            schedule: { at: input.policy.at, everyHours: input.policy.everyHours, timezone: input.policy.timezone, rpoMs: input.policy.rpoHours ? input.policy.rpoHours * 3_600_000 : undefined },
+            schedule: { at: input.policy.at, everyHours: input.policy.everyHours, timezone: input.policy.timezone, rpoMs: groupRpoMs(input.policy) },
             allowOffline: input.policy.allowOffline,
             offlineMethod: input.policy.offlineMethod,
           });
@@ -91,6 +94,11 @@ export function createGroupActivities(deps: { client: Client; repository: Reposi
       return { protected: protectedVms, missing, refused, silentHosts: found.silentHosts };
     },
   };
+}
+
+/** The group's RPO, else what a protection of its schedule gets by default: the longest gap plus an hour. */
+export function groupRpoMs(policy: Pick<GroupPolicy, 'rpoHours' | 'at' | 'everyHours'>): number {
+  return policy.rpoHours ? policy.rpoHours * 3_600_000 : longestGapMs(policy) + 3_600_000;
 }
 
 async function applyStorageSettings(repository: Repository, dataSource: string, policy: GroupPolicy): Promise<void> {

@@ -3,11 +3,12 @@
 // a group over a lab cluster and a host protects the VMs there (the cluster's roles, the host's VMs), then a VM created afterwards by
 // itself; a VM deleted from the host is reported missing, still protected; a VM protected on its
 // own is refused with the reason; a VM in one group is refused by another, naming the group; a
-// policy change reaches the VMs' schedules; removing the cluster with --unprotect ends their
+// policy change reaches the VMs' schedules, RPO and offline policy (`protect set` changes a VM
+// protected on its own, and refuses one of a group); removing the cluster with --unprotect ends their
 // protection; the group is deleted.
 import { runCli, type CliResult } from '../support/cli';
 import { startTestStack, type TestStack } from '../support/stack';
-import { protectVm } from '../../client/protection';
+import { protectVm, protectionState } from '../../client/protection';
 import { protectionWorkflowId } from '../../workflows/protection';
 import type { GroupState } from '../../workflows/protection-group';
 
@@ -92,6 +93,32 @@ test('a group over a cluster and a host: protects what is there and what comes l
     if (every === 12 * 3_600_000) break;
     if (Date.now() > deadline) throw new Error(`schedule of ga2 not retimed: every ${every}`);
   }
+  // So do its RPO (without one of its own: the new schedule's longest gap plus an hour) and its
+  // offline policy: the protections of VMs it took before have them, not what they were made with.
+  const policyOf = async (ds: string) => {
+    const st = await protectionState(stack.client, ds);
+    return { rpoHours: (st.rpoMs ?? 0) / 3_600_000, allowOffline: st.backup.policy?.allowOffline, offlineMethod: st.backup.policy?.offlineMethod };
+  };
+  const reaches = async (what: string, want: Awaited<ReturnType<typeof policyOf>>) => {
+    for (const deadline = Date.now() + 60_000; ; await new Promise((r) => setTimeout(r, 500))) {
+      const got = await Promise.all(['ga2', 'gh1'].map(policyOf));
+      if (got.every((x) => JSON.stringify(x) === JSON.stringify(want))) return;
+      if (Date.now() > deadline) throw new Error(`${what} did not reach the group's VMs: ${JSON.stringify(got)}`);
+    }
+  };
+  await reaches('the schedule-derived RPO', { rpoHours: 13, allowOffline: true, offlineMethod: 'save' });
+  expect((await hvp('group', 'set', 'gold', '--rpo', '6', '--no-offline', '--offline-method', 'pause')).code).toBe(0);
+  await reaches('the RPO and offline policy', { rpoHours: 6, allowOffline: false, offlineMethod: 'pause' });
+  // A VM of the group is changed through the group; one protected on its own by itself.
+  const inGroup = await hvp('protect', 'set', 'ga2', '--rpo', '5');
+  expect(inGroup.code).not.toBe(0);
+  expect(inGroup.stderr).toMatch(/ga2 is protected by group gold, whose policy it follows: change that \(`hvprotect group set gold/);
+  expect(await policyOf('ga2')).toEqual({ rpoHours: 6, allowOffline: false, offlineMethod: 'pause' });
+  const own = await hvp('protect', 'set', 'gown', '--rpo', '30', '--offline-method', 'pause', '--json');
+  expect(own.stderr).toBe('');
+  expect(JSON.parse(own.stdout)).toEqual({ dataSource: 'gown', rpoMs: 30 * 3_600_000, allowOffline: true, offlineMethod: 'pause' });
+  expect(await policyOf('gown')).toEqual({ rpoHours: 30, allowOffline: undefined, offlineMethod: 'pause' });
+  expect((await hvp('protect', 'set', 'gown')).stderr).toMatch(/nothing to change: give --rpo, --offline, --no-offline or --offline-method/);
 
   // Removing the cluster with --unprotect ends the protection of its VMs; the host's stays.
   expect((await hvp('group', 'remove', 'gold', '--cluster', 'c1', '--unprotect')).code).toBe(0);

@@ -11,7 +11,7 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 import http from 'node:http';
 import { runCli, type CliResult } from '../support/cli';
 import { startTestStack, type TestStack } from '../support/stack';
-import { protectVm, startBackupNow, describeProtection } from '../../client/protection';
+import { protectVm, startBackupNow, describeProtection, setProtectionPolicy } from '../../client/protection';
 import type { ProtectionAlert } from '../../activities/server/alerts';
 
 const MiB = 1024 * 1024;
@@ -172,4 +172,22 @@ test('shadow storage past 90% of its limit: one signed alert, and one when back 
   await repo.resizeShadowStorage('st1', { maxSize: { kind: 'bytes', bytes: usage.usedBytes * 2 } });
   await until('the back-under alert', async () => (received.length > before + 1 ? true : undefined), 30_000);
   expect(received.slice(before).map((r) => [r.id, (r.alert as unknown as { state: string }).state])).toEqual([['shadow/st1/1', 'over'], ['shadow/st1/2', 'back-under']]);
+}, 120_000);
+
+test('a new RPO is judged at once: shortened below the age of the protection, the CRITICAL alert comes without the old RPO waited out', async () => {
+  const facts = await stack.lab.createVm({ name: 'st-rpo', host: 'hv01', disks: [{ sizeBytes: 2 * MiB, content: { kind: 'random', seed: 9, fill: 0.5 } }] });
+  await protectVm(stack.client, { server: stack.server.id, vm: { vmId: facts.vmId, name: 'st-rpo', host: 'hv01', state: 'running' }, dataSource: 'st-rpo', schedule: { everyHours: 24 } });
+  const ofIt = () => received.filter((r) => r.alert.dataSource === 'st-rpo');
+  // 25 h to go before WARNING: nothing to say for now.
+  await new Promise((r) => setTimeout(r, 2500));
+  expect(ofIt()).toEqual([]);
+  expect(await cliLevel('st-rpo')).toBe('OK');
+  const st = await setProtectionPolicy(stack.client, 'st-rpo', { rpoMs: 1000 }, 'test');
+  expect(st.rpoMs).toBe(1000);
+  await until('the CRITICAL alert of st-rpo', async () => (ofIt().length ? true : undefined), 30_000);
+  expect(ofIt().map((r) => [r.id, r.alert.from, r.alert.to, r.valid])).toEqual([['st-rpo/1', 'OK', 'CRITICAL', true]]);
+  expect(await cliLevel('st-rpo')).toBe('CRITICAL');
+  // Out of range: refused with the reason, nothing changed.
+  await expect(setProtectionPolicy(stack.client, 'st-rpo', { rpoMs: 10 }, 'test')).rejects.toThrow(/an RPO of 10 ms: give at least a second/);
+  expect((await describeProtection(stack.client, 'st-rpo')).unanswered).toBeUndefined();
 }, 120_000);
