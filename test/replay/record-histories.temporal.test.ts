@@ -15,7 +15,7 @@ import { historyToJson } from './history-json';
 import { startTestStack, waitForTransfer, type TestStack } from '../support/stack';
 import type { BackupVmInput } from '../../workflows/backup-vm';
 import { protectionStateQuery, protectionWorkflowId, type ProtectionState } from '../../workflows/protection';
-import { startJob } from '../../client/protection';
+import { setProtectionPolicy, startJob } from '../../client/protection';
 
 const MiB = 1024 * 1024;
 const HISTORIES = path.join(__dirname, 'histories');
@@ -124,7 +124,7 @@ suite('record replay histories', () => {
     if (record('restore-export')) await save(stack.client, 'restore-export', workflowId);
   });
 
-  test('a protection: a job asked for, a scheduled run skipped and one run, continue-as-new', async () => {
+  test('a protection: a job asked for, a scheduled run skipped and one run after a policy change, continue-as-new', async () => {
     const facts = await stack.lab.createVm({ name: 'rec-prot', host: 'hv01', disks: [{ sizeBytes: 16 * MiB, content: { kind: 'random', seed: 7, fill: 1 } }] });
     const ds = `rec-prot-${randomUUID().slice(0, 6)}`;
     const state: ProtectionState = {
@@ -157,6 +157,8 @@ suite('record replay histories', () => {
     };
     await continued(first);
     const second = (await stack.client.workflow.getHandle(prot.workflowId).describe()).runId;
+    // A policy change (`protect set`, `group set`) in the new run, before its backup.
+    expect((await setProtectionPolicy(stack.client, ds, { rpoMs: 2 * 3_600_000, offlineMethod: 'pause' }, 'recorder')).rpoMs).toBe(2 * 3_600_000);
     await scheduled(2); // runs a backup in the new run
     for (const deadline = Date.now() + 60_000; ; ) {
       const now = await stack.client.workflow.getHandle(prot.workflowId).query(protectionStateQuery);
