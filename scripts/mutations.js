@@ -269,6 +269,14 @@ const MUTATIONS = [
     tests: ['test/protection/groups.temporal.test.ts'],
   },
   {
+    name: 'gc-exposed-to-every-context',
+    why: "the V8 flag the storage API's scavenges need stays on: every context made afterwards, workflow sandboxes too, has a global gc",
+    file: 'storage-api/young-gc.ts',
+    from: "      v8.setFlagsFromString('--no-expose-gc');\n",
+    to: "      v8.setFlagsFromString('--expose-gc');\n",
+    tests: ['test/storage-api/young-gc.test.ts'],
+  },
+  {
     name: 'refusal-naming-ended-job-stands',
     why: '"backup now" (or remove) asked the moment a backup ended is refused, naming the backup that has just ended',
     file: 'client/protection.ts',

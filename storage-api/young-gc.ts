@@ -9,7 +9,8 @@
 //
 // The scavenge is V8's own, reached as `gc({ type: 'minor' })`: exposed here once per process
 // through a V8 flag and a fresh context (the documented flag; no command-line option needed, so
-// every launcher of the storage API has it). Where it cannot be had, nothing is forced.
+// every launcher of the storage API has it), the flag turned off again at once so that no other
+// context gets a global gc. Where it cannot be had, nothing is forced.
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 
@@ -30,6 +31,14 @@ function exposedGc(): Gc | null {
     gcFn = typeof fn === 'function' ? (fn as Gc) : null;
   } catch {
     gcFn = null;
+  } finally {
+    // Only this one context gets it: contexts made later (a protection server's workflow
+    // sandboxes among them) have no global gc, as without the flag.
+    try {
+      v8.setFlagsFromString('--no-expose-gc');
+    } catch {
+      /* the flag stays; nothing else depends on it */
+    }
   }
   return gcFn;
 }
