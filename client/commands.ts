@@ -25,6 +25,7 @@ import {
   resolveVm,
   setProtectionPaused,
   setProtectionPolicy,
+  scheduleIdOf,
   startBackupNow,
 } from './protection';
 import { UsageError } from './errors';
@@ -253,9 +254,16 @@ export function registerCommands(program: Command): void {
     .description('stop protecting a VM (its recovery points stay until retention removes them)')
     .action(async (vm: string) => {
       const ds = await withClient(async (c) => {
-        const p = await dataSourceOf(c, vm);
-        await removeProtection(c, p.dataSource);
-        return p.dataSource;
+        const dataSource = await dataSourceOf(c, vm).then(
+          (p) => p.dataSource,
+          async (err) => {
+            // A remove cut short leaves the schedule of an ended protection: named by its data source, it goes too.
+            if (!(err instanceof UsageError) || !(await c.schedule.getHandle(scheduleIdOf(vm)).describe().then(() => true, () => false))) throw err;
+            return vm;
+          },
+        );
+        await removeProtection(c, dataSource);
+        return dataSource;
       });
       process.stdout.write(`removed protection of ${ds}; its recovery points are kept\n`);
     });

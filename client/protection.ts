@@ -523,14 +523,28 @@ export async function setProtectionPaused(client: Client, dataSource: string, pa
 }
 
 export async function removeProtection(client: Client, dataSource: string): Promise<void> {
-  await describeProtection(client, dataSource);
-  // The protection first: a refusal (a job runs) leaves the schedule as it was.
-  await askProtection(client, dataSource, (attempt) =>
-    client.workflow.getHandle(protectionWorkflowId(dataSource)).executeUpdate(unprotectUpdate, { args: [{ by: 'cli' }], updateId: attemptId(randomUUID(), attempt) }),
+  const known = await describeProtection(client, dataSource).then(
+    () => true,
+    (err) => {
+      if (err instanceof UsageError) return false;
+      throw err;
+    },
   );
-  await client.schedule.getHandle(scheduleIdOf(dataSource)).delete().catch((err) => {
-    if (!(err instanceof ScheduleNotFoundError)) throw err;
-  });
+  // The protection first: a refusal (a job runs) leaves the schedule as it was.
+  if (known) {
+    await askProtection(client, dataSource, (attempt) =>
+      client.workflow.getHandle(protectionWorkflowId(dataSource)).executeUpdate(unprotectUpdate, { args: [{ by: 'cli' }], updateId: attemptId(randomUUID(), attempt) }),
+    );
+  }
+  // Also the schedule of a protection that has ended already (a remove cut short after its first step).
+  const deleted = await client.schedule.getHandle(scheduleIdOf(dataSource)).delete().then(
+    () => true,
+    (err) => {
+      if (!(err instanceof ScheduleNotFoundError)) throw err;
+      return false;
+    },
+  );
+  if (!known && !deleted) throw new UsageError(`${dataSource} is not protected (\`hvprotect protect list\` shows what is)`);
 }
 
 /** Hands a data source to another server: its next backup starts a chain there. */

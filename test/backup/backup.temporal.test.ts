@@ -8,6 +8,7 @@ import { SA } from '../../temporal/search-attribute-keys';
 import { readWorkflowRun } from '../load/history';
 import { connectClient } from '../../temporal/connection';
 import type { HypervisorAdapter } from '../../hypervisor/types';
+import { runCli } from '../support/cli';
 import { JobRefused, protectVm, removeProtection, startBackupNow } from '../../client/protection';
 
 const MiB = 1024 * 1024;
@@ -222,6 +223,25 @@ test('asked again the moment a backup has ended, the protection runs it; removed
   await removeProtection(stack.client, 'again');
   await expect(schedule.describe()).rejects.toThrow(/not found/i);
   expect(await stack.server.repository.listPoints('again')).toHaveLength(6);
+});
+
+test('a remove cut short after the protection ended leaves a schedule that the next remove takes away', async () => {
+  const facts = await stack.lab.createVm({ name: 'halfgone', host: 'hv01', disks: [{ sizeBytes: 2 * MiB, content: { kind: 'random', seed: 29, fill: 1 } }] });
+  await protectVm(stack.client, { server: stack.server.id, vm: { vmId: facts.vmId, name: 'halfgone', host: 'hv01', state: 'running' }, dataSource: 'halfgone', schedule: { everyHours: 24 } });
+  // As if the remove's first step (the protection) went through and it stopped before the second.
+  await stack.client.workflow.getHandle('protection/halfgone').terminate('test: remove cut short');
+  const schedule = stack.client.schedule.getHandle('protect/halfgone');
+  expect((await schedule.describe()).scheduleId).toBe('protect/halfgone');
+  // `protect remove` by the data source's name finds it and takes it away.
+  const removed = await runCli(stack, ['protect', 'remove', 'halfgone']);
+  expect(removed.stderr).toBe('');
+  expect(removed.stdout).toBe('removed protection of halfgone; its recovery points are kept\n');
+  await expect(schedule.describe()).rejects.toThrow(/not found/i);
+  // Nothing left: another remove says so.
+  await expect(removeProtection(stack.client, 'halfgone')).rejects.toThrow(/halfgone is not protected/);
+  const again = await runCli(stack, ['protect', 'remove', 'halfgone']);
+  expect(again.code).not.toBe(0);
+  expect(again.stderr).toMatch(/"halfgone" is not a protected VM/);
 });
 
 test('the disks of one VM transfer at once, and each restores to its own content', async () => {
