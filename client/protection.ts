@@ -433,6 +433,20 @@ export async function describeProtection(client: Client, dataSource: string): Pr
  */
 export type ProtectionView = ProtectionState & { unanswered?: string };
 
+/**
+ * A query given `ms` to answer. The RPC itself ends then (a gRPC deadline): a query left behind
+ * would go on retrying after its caller gave up, into a connection closed meanwhile.
+ */
+function boundedQuery<T>(client: Client, query: () => Promise<T>, ms: number): Promise<T> {
+  return within(client.withDeadline(Date.now() + ms, query), ms + 1_000);
+}
+
+/** Why a query was not answered, in words (no gRPC detail that differs from one ask to the next). */
+function unansweredBecause(err: unknown): string {
+  const message = innermostMessage(err);
+  return /DEADLINE_EXCEEDED|no answer within/.test(message) ? `no answer within ${STATE_QUERY_MS / 1000} s` : message;
+}
+
 /** How long the protection's owner gets to answer the state query before the memo stands in. */
 const STATE_QUERY_MS = 5_000;
 
@@ -448,14 +462,14 @@ export async function protectionState(client: Client, dataSource: string): Promi
   }
   if (described.status.name !== 'RUNNING') throw new UsageError(`${dataSource} is not protected (\`hvprotect protect list\` shows what is)`);
   try {
-    return await within(handle.query(protectionStateQuery), STATE_QUERY_MS);
+    return await boundedQuery(client, () => handle.query(protectionStateQuery), STATE_QUERY_MS);
   } catch (err) {
     const m = ((await described.memo) ?? {}) as { vm?: string; vmId?: string; server?: string };
     const server = m.server ?? '?';
     return {
       dataSource, vm: m.vm ?? '?', vmId: m.vmId ?? '?', server, backup: { dataSource, vm: m.vmId ?? dataSource }, chains: [], recent: [], skippedRuns: 0,
       unanswered:
-        `its protection did not answer its state query (${innermostMessage(err)}): its server ${server} is down or too busy, ` +
+        `its protection did not answer its state query (${unansweredBecause(err)}): its server ${server} is down or too busy, ` +
         `so its jobs and recovery points are not known here; \`hvprotect doctor\` shows whether ${server} runs`,
     };
   }
@@ -475,8 +489,8 @@ export async function ownedDataSources(client: Client, serverId: string): Promis
  * lists); undefined when another server owns it or it does not answer (within `ms`, when given).
  */
 export async function ownedProtectionState(client: Client, serverId: string, dataSource: string, ms?: number): Promise<ProtectionState | undefined> {
-  const query = client.workflow.getHandle(protectionWorkflowId(dataSource)).query(protectionStateQuery);
-  const state = (await (ms === undefined ? query : within(query, ms)).catch(() => undefined)) as ProtectionState | undefined;
+  const query = () => client.workflow.getHandle(protectionWorkflowId(dataSource)).query(protectionStateQuery);
+  const state = (await (ms === undefined ? query() : boundedQuery(client, query, ms)).catch(() => undefined)) as ProtectionState | undefined;
   return state?.server === serverId ? state : undefined;
 }
 
