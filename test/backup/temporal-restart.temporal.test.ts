@@ -48,6 +48,18 @@ test('kill -9 of the Temporal server mid-transfer: the backup finishes after it 
     if (Date.now() > deadline) throw new Error('transfer did not start');
     await new Promise((r) => setTimeout(r, 100));
   }
+  // The embedded server's SQLite runs in WAL mode (temporal/dev-server.ts): the file header's
+  // read and write versions are 2, and the log is beside it. kill -9 must lose nothing of it.
+  const header = Buffer.alloc(20);
+  const fd = fs.openSync(dev.dbFile, 'r');
+  try {
+    fs.readSync(fd, header, 0, 20, 0);
+  } finally {
+    fs.closeSync(fd);
+  }
+  expect(header.subarray(0, 16).toString('latin1')).toBe('SQLite format 3\0');
+  expect([header[18], header[19]]).toEqual([2, 2]);
+  expect(fs.existsSync(`${dev.dbFile}-wal`)).toBe(true);
   const port = Number(dev.address.split(':').pop());
   await dev.kill();
   await new Promise((r) => setTimeout(r, 2000));

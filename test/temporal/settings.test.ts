@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { loadTemporalSettings, TemporalSettingsInvalid } from '../../temporal/connection';
+import { temporalSqlitePragmas } from '../../temporal/dev-server';
 
 describe('Temporal connection settings', () => {
   test('default is the local dev server', () => {
@@ -45,4 +46,10 @@ describe('Temporal connection settings', () => {
     );
     expect(() => loadTemporalSettings({ TEMPORAL_CONFIG_FILE: '/nonexistent', TEMPORAL_ADDRESS: addr })).toThrow(/host:port/);
   });
+});
+
+test('the embedded Temporal server keeps its SQLite in WAL mode, synced at checkpoints unless HVPROTECT_TEMPORAL_SYNC=full; anything else is refused, naming both', () => {
+  expect(temporalSqlitePragmas(undefined)).toEqual(['journal_mode=wal', 'synchronous=normal']);
+  expect(temporalSqlitePragmas('FULL')).toEqual(['journal_mode=wal', 'synchronous=full']);
+  expect(() => temporalSqlitePragmas('off')).toThrow('HVPROTECT_TEMPORAL_SYNC=off: give "normal" (the default: synced at checkpoints) or "full" (synced at every commit)');
 });
