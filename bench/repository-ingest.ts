@@ -6,7 +6,7 @@
 //   node dist/bench/repository-ingest.js --study [--size-gib 1]   (chunk size study, hvprotect only)
 //
 // Writes the table to bench/repository-ingest.md (the study to bench/repository-chunk-size.md).
-// Temp data lives under /tmp and is removed.
+// Temp data lives under /tmp (or HVP_BENCH_DIR, e.g. a freshly made file system) and is removed.
 import { execFileSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { promises as fs } from 'node:fs';
@@ -164,7 +164,7 @@ const sec = (ms: number) => (ms / 1000).toFixed(1);
 
 async function main(): Promise<void> {
   const rounds = Number(opt('rounds', '3'));
-  const tmp = await fs.mkdtemp(path.join('/tmp', 'hvp-bench-'));
+  const tmp = await fs.mkdtemp(path.join(process.env.HVP_BENCH_DIR ?? '/tmp', 'hvp-bench-'));
   try {
     const original = path.join(tmp, 'original.raw');
     const image = path.join(tmp, 'disk.raw');
@@ -264,7 +264,7 @@ async function main(): Promise<void> {
 
 /** The same image and the same changes at several chunk sizes: what an incremental costs. */
 async function study(): Promise<void> {
-  const tmp = await fs.mkdtemp(path.join('/tmp', 'hvp-bench-'));
+  const tmp = await fs.mkdtemp(path.join(process.env.HVP_BENCH_DIR ?? '/tmp', 'hvp-bench-'));
   try {
     const original = path.join(tmp, 'original.raw');
     await makeImage(original);
