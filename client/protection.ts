@@ -59,6 +59,16 @@ export function longestGapMs(schedule: Pick<ProtectionSchedule, 'at' | 'everyHou
   return gap * 60_000;
 }
 
+/** A protection's RPO unless one is given: its schedule's longest gap plus an hour. */
+export function defaultRpoMs(schedule: Pick<ProtectionSchedule, 'at' | 'everyHours'>): number {
+  return longestGapMs(schedule) + HOUR;
+}
+
+/** The refusal for a data source no protection (running) answers for. */
+function notProtected(dataSource: string): UsageError {
+  return new UsageError(`${dataSource} is not protected (\`hvprotect protect list\` shows what is)`);
+}
+
 /** Start times spread so hundreds of VMs do not start in one second: a tenth of the gap, at most 30 min. */
 export function jitterMs(gapMs: number): number {
   return Math.min(30 * 60_000, Math.floor(gapMs / 10));
@@ -194,7 +204,6 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
   const server = await chooseServer(client, o.server);
   const timezone = o.schedule.timezone ?? (await serverTimeZone(client, server)) ?? 'UTC';
   checkTimeZone(timezone);
-  const gapMs = longestGapMs(o.schedule);
   const { spec, catchupWindow } = scheduleTiming(o.schedule, timezone);
   const state: ProtectionState = {
     dataSource,
@@ -205,7 +214,7 @@ export async function protectVm(client: Client, o: ProtectOptions): Promise<Prot
     chains: [{ server, since: new Date().toISOString() }],
     recent: [],
     skippedRuns: 0,
-    rpoMs: o.schedule.rpoMs ?? gapMs + HOUR,
+    rpoMs: o.schedule.rpoMs ?? defaultRpoMs(o.schedule),
     ...(o.group ? { group: o.group } : {}),
   };
   // Search attributes and a schedule's note are stored in plain text: with a payload codec, no VM name there.
@@ -365,7 +374,7 @@ export async function setProtectionPolicy(client: Client, dataSource: string, ch
     .getHandle(protectionWorkflowId(dataSource))
     .executeUpdate(setProtectionPolicyUpdate, { args: [{ ...change, by }] })
     .catch((err) => {
-      if ((err as Error).name === 'WorkflowNotFoundError') throw new UsageError(`${dataSource} is not protected (\`hvprotect protect list\` shows what is)`);
+      if ((err as Error).name === 'WorkflowNotFoundError') throw notProtected(dataSource);
       throw refusal(err);
     });
 }
@@ -457,10 +466,10 @@ export async function protectionState(client: Client, dataSource: string): Promi
   try {
     described = await handle.describe();
   } catch (err) {
-    if ((err as Error).name === 'WorkflowNotFoundError') throw new UsageError(`${dataSource} is not protected (\`hvprotect protect list\` shows what is)`);
+    if ((err as Error).name === 'WorkflowNotFoundError') throw notProtected(dataSource);
     throw err;
   }
-  if (described.status.name !== 'RUNNING') throw new UsageError(`${dataSource} is not protected (\`hvprotect protect list\` shows what is)`);
+  if (described.status.name !== 'RUNNING') throw notProtected(dataSource);
   try {
     return await boundedQuery(client, () => handle.query(protectionStateQuery), STATE_QUERY_MS);
   } catch (err) {
@@ -558,7 +567,7 @@ export async function removeProtection(client: Client, dataSource: string): Prom
       return false;
     },
   );
-  if (!known && !deleted) throw new UsageError(`${dataSource} is not protected (\`hvprotect protect list\` shows what is)`);
+  if (!known && !deleted) throw notProtected(dataSource);
 }
 
 /** Hands a data source to another server: its next backup starts a chain there. */

@@ -8,7 +8,7 @@ import type { Repository } from '../../repository';
 import type { VmSummary } from '../../hypervisor/types';
 import type { GroupMember, GroupPolicy, GroupState, GroupVm } from '../../workflows/protection-group';
 import { protectionWorkflowId } from '../../workflows/protection';
-import { dataSourceIdFor, findAllVms, longestGapMs, protectVm, retimeProtection, setProtectionPolicy } from '../../client/protection';
+import { dataSourceIdFor, defaultRpoMs, findAllVms, protectVm, retimeProtection, setProtectionPolicy } from '../../client/protection';
 import { parseShadowStorageSize } from '../../repository/shadow-storage';
 
 export interface ReconcileInput {
@@ -98,7 +98,7 @@ export function createGroupActivities(deps: { client: Client; repository: Reposi
 
 /** The group's RPO, else what a protection of its schedule gets by default: the longest gap plus an hour. */
 export function groupRpoMs(policy: Pick<GroupPolicy, 'rpoHours' | 'at' | 'everyHours'>): number {
-  return policy.rpoHours ? policy.rpoHours * 3_600_000 : longestGapMs(policy) + 3_600_000;
+  return policy.rpoHours ? policy.rpoHours * 3_600_000 : defaultRpoMs(policy);
 }
 
 async function applyStorageSettings(repository: Repository, dataSource: string, policy: GroupPolicy): Promise<void> {
