@@ -61,6 +61,11 @@ export class ProtectionMetrics {
    * (metrics/protection-states.ts refreshes it); the status is computed at each scrape.
    */
   protectionStates = new Map<string, ProtectionState>();
+  /**
+   * When each of those last answered its state query (ms since the epoch). A protection that
+   * stops answering keeps its last seen state above; this says how old that is.
+   */
+  readonly answeredAt = new Map<string, number>();
   readonly lastRecoveryPoint = new Gauge({
     name: 'hvprotect_last_recovery_point_timestamp_seconds',
     help: 'When the newest good recovery point of the data source was made (unix seconds); absent before the first',
@@ -87,12 +92,19 @@ export class ProtectionMetrics {
     registers: [this.registry],
   });
 
+  readonly stateAge = new Gauge({
+    name: 'hvprotect_protection_state_age_seconds',
+    help: 'Seconds since the protection last answered this server\'s state query: the status, RPO and last recovery point gauges are as of then',
+    labelNames: ['datasource', 'group', 'server'] as const,
+    registers: [this.registry],
+  });
+
   constructor() {
     collectDefaultMetrics({ register: this.registry, prefix: 'hvprotect_process_' });
   }
 
   private collectStatus(): void {
-    for (const g of [this.lastRecoveryPoint, this.status, this.rpo, this.checkNeeded]) g.reset();
+    for (const g of [this.lastRecoveryPoint, this.status, this.rpo, this.checkNeeded, this.stateAge]) g.reset();
     const now = new Date();
     for (const state of this.protectionStates.values()) {
       const st = protectionStatus(state, now);
@@ -102,6 +114,8 @@ export class ProtectionMetrics {
       this.status.set(labels, LEVEL_VALUE[st.level]);
       this.rpo.set(labels, st.rpoSeconds);
       this.checkNeeded.set(labels, st.checkNeeded ? 1 : 0);
+      const answered = this.answeredAt.get(state.dataSource);
+      if (answered !== undefined) this.stateAge.set(labels, Math.max(0, (now.getTime() - answered) / 1000));
     }
   }
 }

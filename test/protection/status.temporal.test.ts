@@ -118,6 +118,9 @@ test('OK -> WARNING -> CRITICAL -> OK on an accelerated RPO: one signed alert pe
   const metrics = await (await fetch(stack.server.metricsUrl!)).text();
   expect(metrics).toMatch(new RegExp(`^hvprotect_last_recovery_point_timestamp_seconds\\{datasource="st1",group="",server="${stack.server.id}"\\} \\d+`, 'm'));
   expect(metrics).toMatch(new RegExp(`^hvprotect_rpo_seconds\\{datasource="st1",group="",server="${stack.server.id}"\\} 75$`, 'm'));
+  // It answered the last refresh: its state's age is within one refresh interval, not growing.
+  const age = new RegExp(`^hvprotect_protection_state_age_seconds\\{datasource="st1",group="",server="${stack.server.id}"\\} ([\\d.]+)$`, 'm').exec(metrics);
+  expect(Number(age?.[1])).toBeLessThan(60);
 
   // Exactly one alert per change, each signed, in order, ids in sequence; none more after a while.
   await new Promise((r) => setTimeout(r, 3000));
