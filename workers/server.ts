@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Client, Connection } from '@temporalio/client';
-import { bundleWorkflowCode, Runtime, Worker } from '@temporalio/worker';
+import { Runtime, Worker } from '@temporalio/worker';
 import type { Logger } from '../log/logger';
 import { connectClient, connectWorker, dataConverterOf, loadTemporalSettings, workflowInterceptorModules, type TemporalSettings } from '../temporal/connection';
 import os from 'node:os';
@@ -15,6 +15,7 @@ import { buildIdOf, checkBuildId, openPinnedRuns, serverDeploymentName, setCurre
 import { projectRoot } from '../temporal/project-root';
 import { startSessionKeeper, type SessionKeeper } from './session-keeper';
 import { installRuntime } from './runtime';
+import { bundleWorkflowsApart } from './workflow-bundle';
 import { ProtectionMetrics, startMetricsServer } from '../metrics/metrics';
 import { startProtectionStates } from '../metrics/protection-states';
 import { protectionPageSource } from '../protection/page-source';
@@ -174,8 +175,9 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
   const self = { id: identity.id, storageUrl: storageApi.url };
   const connection = await connectWorker(temporal);
-  // The bundle is made here, not by Worker.create, because its digest is the build id.
-  const workflowBundle = await bundleWorkflowCode({ workflowsPath: workflowsPath(), workflowInterceptorModules: workflowInterceptorModules(temporal), logger: Runtime.instance().logger });
+  // The bundle is made here, not by Worker.create, because its digest is the build id; on a
+  // thread of its own, so that webpack's leftovers do not stay in this process (workflow-bundle.ts).
+  const workflowBundle = await bundleWorkflowsApart({ workflowsPath: workflowsPath(), workflowInterceptorModules: workflowInterceptorModules(temporal), logger: Runtime.instance().logger });
   const buildId = checkBuildId(opts.buildId ?? buildIdOf(packageVersion(), workflowBundle.code));
   const worker = await Worker.create({
     connection,
