@@ -25,7 +25,6 @@ import {
   resolveVm,
   setProtectionPaused,
   setProtectionPolicy,
-  scheduleIdOf,
   startBackupNow,
 } from './protection';
 import { UsageError } from './errors';
@@ -254,14 +253,18 @@ export function registerCommands(program: Command): void {
     .description('stop protecting a VM (its recovery points stay until retention removes them)')
     .action(async (vm: string) => {
       const ds = await withClient(async (c) => {
-        const dataSource = await dataSourceOf(c, vm).then(
-          (p) => p.dataSource,
-          async (err) => {
-            // A remove cut short leaves the schedule of an ended protection: named by its data source, it goes too.
-            if (!(err instanceof UsageError) || !(await c.schedule.getHandle(scheduleIdOf(vm)).describe().then(() => true, () => false))) throw err;
-            return vm;
-          },
-        );
+        let dataSource: string;
+        try {
+          dataSource = (await dataSourceOf(c, vm)).dataSource;
+        } catch (err) {
+          if (!(err instanceof UsageError)) throw err;
+          // A remove cut short leaves the schedule of an ended protection: named by its data source,
+          // removeProtection takes it away; with nothing there either, the lookup's refusal says why.
+          await removeProtection(c, vm).catch((e) => {
+            throw e instanceof UsageError ? err : e;
+          });
+          return vm;
+        }
         await removeProtection(c, dataSource);
         return dataSource;
       });

@@ -446,18 +446,16 @@ export type ProtectionView = ProtectionState & { unanswered?: string };
  * A query given `ms` to answer. The RPC itself ends then (a gRPC deadline): a query left behind
  * would go on retrying after its caller gave up, into a connection closed meanwhile.
  */
-function boundedQuery<T>(client: Client, query: () => Promise<T>, ms: number): Promise<T> {
-  return within(client.withDeadline(Date.now() + ms, query), ms + 1_000);
-}
-
-/**
- * Why a query was not answered, in words (no gRPC detail that differs from one ask to the next):
- * a query that ran out its time is "no answer within", whether grpc-js reported the deadline as
- * DEADLINE_EXCEEDED or, when it fired between retries, as CANCELLED.
- */
-function unansweredBecause(err: unknown, elapsedMs: number): string {
-  const message = innermostMessage(err);
-  return elapsedMs >= STATE_QUERY_MS - 50 || /DEADLINE_EXCEEDED|no answer within/.test(message) ? `no answer within ${STATE_QUERY_MS / 1000} s` : message;
+async function boundedQuery<T>(client: Client, query: () => Promise<T>, ms: number): Promise<T> {
+  const deadline = Date.now() + ms;
+  try {
+    return await within(client.withDeadline(deadline, query), ms + 1_000);
+  } catch (err) {
+    // Ran out its time: said the same way at every ask, whether grpc-js reported the deadline as
+    // DEADLINE_EXCEEDED or, when it fired between retries, as CANCELLED.
+    if (Date.now() >= deadline - 50 || /DEADLINE_EXCEEDED/.test(innermostMessage(err))) throw new Error(`no answer within ${ms / 1000} s`);
+    throw err;
+  }
 }
 
 /** How long the protection's owner gets to answer the state query before the memo stands in. */
@@ -474,17 +472,15 @@ export async function protectionState(client: Client, dataSource: string): Promi
     throw err;
   }
   if (described.status.name !== 'RUNNING') throw notProtected(dataSource);
-  const asked = Date.now();
   try {
     return await boundedQuery(client, () => handle.query(protectionStateQuery), STATE_QUERY_MS);
   } catch (err) {
-    const elapsedMs = Date.now() - asked;
     const m = ((await described.memo) ?? {}) as { vm?: string; vmId?: string; server?: string };
     const server = m.server ?? '?';
     return {
       dataSource, vm: m.vm ?? '?', vmId: m.vmId ?? '?', server, backup: { dataSource, vm: m.vmId ?? dataSource }, chains: [], recent: [], skippedRuns: 0,
       unanswered:
-        `its protection did not answer its state query (${unansweredBecause(err, elapsedMs)}): its server ${server} is down or too busy, ` +
+        `its protection did not answer its state query (${innermostMessage(err)}): its server ${server} is down or too busy, ` +
         `so its jobs and recovery points are not known here; \`hvprotect doctor\` shows whether ${server} runs`,
     };
   }

@@ -60,12 +60,7 @@ export class ProtectionMetrics {
    * The protections this server owns, as their workflows last reported their state
    * (metrics/protection-states.ts refreshes it); the status is computed at each scrape.
    */
-  protectionStates = new Map<string, ProtectionState>();
-  /**
-   * When each of those last answered its state query (ms since the epoch). A protection that
-   * stops answering keeps its last seen state above; this says how old that is.
-   */
-  readonly answeredAt = new Map<string, number>();
+  protectionStates = new Map<string, { state: ProtectionState; /** when it last answered (ms since the epoch): a protection that stops answering keeps its last seen state */ answeredAt: number }>();
   readonly lastRecoveryPoint = new Gauge({
     name: 'hvprotect_last_recovery_point_timestamp_seconds',
     help: 'When the newest good recovery point of the data source was made (unix seconds); absent before the first',
@@ -106,7 +101,7 @@ export class ProtectionMetrics {
   private collectStatus(): void {
     for (const g of [this.lastRecoveryPoint, this.status, this.rpo, this.checkNeeded, this.stateAge]) g.reset();
     const now = new Date();
-    for (const state of this.protectionStates.values()) {
+    for (const { state, answeredAt } of this.protectionStates.values()) {
       const st = protectionStatus(state, now);
       // A VM protected on its own (`protect add`) is in no group: "".
       const labels = { datasource: state.dataSource, group: state.group ?? '', server: state.server };
@@ -114,8 +109,7 @@ export class ProtectionMetrics {
       this.status.set(labels, LEVEL_VALUE[st.level]);
       this.rpo.set(labels, st.rpoSeconds);
       this.checkNeeded.set(labels, st.checkNeeded ? 1 : 0);
-      const answered = this.answeredAt.get(state.dataSource);
-      if (answered !== undefined) this.stateAge.set(labels, Math.max(0, (now.getTime() - answered) / 1000));
+      this.stateAge.set(labels, Math.max(0, (now.getTime() - answeredAt) / 1000));
     }
   }
 }

@@ -16,20 +16,14 @@ export function startProtectionStates(o: { client: Client; serverId: string; met
       await Promise.all(
         listed.slice(i, i + 8).map(async (ds) => {
           const state = await ownedProtectionState(o.client, o.serverId, ds, 10_000);
-          if (!state) return;
-          o.metrics.protectionStates.set(state.dataSource, state);
-          o.metrics.answeredAt.set(state.dataSource, Date.now());
+          if (state) o.metrics.protectionStates.set(state.dataSource, { state, answeredAt: Date.now() });
         }),
       );
     }
     // Gone from the list: unprotected or moved. Listed but not answering (a drained server, a
     // stuck workflow): kept as last seen, and hvprotect_protection_state_age_seconds grows.
     const names = new Set(listed);
-    for (const ds of [...o.metrics.protectionStates.keys()]) {
-      if (names.has(ds)) continue;
-      o.metrics.protectionStates.delete(ds);
-      o.metrics.answeredAt.delete(ds);
-    }
+    for (const ds of [...o.metrics.protectionStates.keys()]) if (!names.has(ds)) o.metrics.protectionStates.delete(ds);
   };
   // Bounded, so one query or listing that never answers cannot stop the gauges for good.
   const loop = startPeriodic({ run: () => within(refresh(), 60_000), intervalMs: o.intervalMs ?? 30_000, logger: o.logger, failure: 'protection states not refreshed' });

@@ -288,8 +288,8 @@ const MUTATIONS = [
     name: 'stale-state-looks-fresh',
     why: 'a protection that stopped answering keeps its last seen status on /metrics, and its age says 0: HvprotectProtectionNotAnswering never fires',
     file: 'metrics/metrics.ts',
-    from: '      if (answered !== undefined) this.stateAge.set(labels, Math.max(0, (now.getTime() - answered) / 1000));\n',
-    to: '      if (answered !== undefined) this.stateAge.set(labels, 0);\n',
+    from: '      this.stateAge.set(labels, Math.max(0, (now.getTime() - answeredAt) / 1000));\n',
+    to: '      this.stateAge.set(labels, 0);\n',
     tests: ['test/protection/metrics-state-age.test.ts'],
   },
 ];

@@ -22,10 +22,8 @@ async function ages(m: ProtectionMetrics): Promise<Record<string, number>> {
 
 test('the age of each protection\'s last answer is exported beside its status, and grows while it does not answer', async () => {
   const m = new ProtectionMetrics();
-  m.protectionStates.set('web01', state('web01'));
-  m.protectionStates.set('db02', state('db02'));
-  m.answeredAt.set('web01', Date.now() - 2_000);
-  m.answeredAt.set('db02', Date.now() - 900_000);
+  m.protectionStates.set('web01', { state: state('web01'), answeredAt: Date.now() - 2_000 });
+  m.protectionStates.set('db02', { state: state('db02'), answeredAt: Date.now() - 900_000 });
   const a = await ages(m);
   expect(a.web01).toBeGreaterThanOrEqual(2);
   expect(a.web01).toBeLessThan(10);
@@ -37,6 +35,5 @@ test('the age of each protection\'s last answer is exported beside its status, a
   expect((await ages(m)).db02).toBeGreaterThanOrEqual(a.db02 + 1);
   // Gone from the server's protections: no series left behind.
   m.protectionStates.delete('db02');
-  m.answeredAt.delete('db02');
   expect(Object.keys(await ages(m))).toEqual(['web01']);
 });
