@@ -292,6 +292,14 @@ const MUTATIONS = [
     to: '      this.stateAge.set(labels, 0);\n',
     tests: ['test/protection/metrics-state-age.test.ts'],
   },
+  {
+    name: 'retry-throws-after-close',
+    why: 'the Temporal client\'s retry makes its next attempt on a closed connection unguarded: "Channel has been shut down" is thrown from a timer and ends the process',
+    file: 'temporal/grpc-retry.ts',
+    from: '      try {\n        return nextCall(opts);\n      } catch (err) {\n        return closedCall(err instanceof Error ? err.message : String(err));\n      }\n',
+    to: '      return nextCall(opts);\n',
+    tests: ['test/temporal/grpc-retry.test.ts'],
+  },
 ];
 
 function parseArgs(argv) {

@@ -2,7 +2,8 @@
 // TEMPORAL_TLS_*, TEMPORAL_PROFILE and the TOML config profile (TEMPORAL_CONFIG_FILE), read by
 // @temporalio/envconfig. Without any of them: the local dev server at localhost:7233, "default".
 // HVPROTECT_PAYLOAD_KEY_FILE (or --payload-key-file) seals hvprotect's payloads (payload-codec.ts).
-import { Connection, Client } from '@temporalio/client';
+import { Connection, Client, type ConnectionOptions } from '@temporalio/client';
+import { closeSafeRetryInterceptor } from './grpc-retry';
 import type { DataConverter } from '@temporalio/common';
 import { AesGcmPayloadCodec, NoPayloadKeyCodec } from './payload-codec';
 import { NativeConnection } from '@temporalio/worker';
@@ -100,6 +101,14 @@ function describeCause(err: unknown): string {
   return msg.split('\n')[0].slice(0, 200);
 }
 
+/**
+ * Connection.connect with the retry of grpc-retry.ts, which cannot throw out of its timer once the
+ * connection is closed: every gRPC connection to Temporal that hvprotect (and its tests) makes.
+ */
+export function connectTemporal(options: ConnectionOptions): Promise<Connection> {
+  return Connection.connect({ interceptors: [closeSafeRetryInterceptor()], ...options });
+}
+
 /** A Temporal client, or a TemporalUnreachable that says the address tried and what to do. */
 export async function connectClient(
   settings: TemporalSettings = loadTemporalSettings(),
@@ -108,7 +117,7 @@ export async function connectClient(
   const { address, namespace, connectionOptions } = settings;
   let connection: Connection;
   try {
-    connection = await Connection.connect({
+    connection = await connectTemporal({
       address,
       tls: connectionOptions.tls,
       apiKey: connectionOptions.apiKey,

@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { Connection } from '@temporalio/client';
+import { connectTemporal } from './connection';
 import { devServerSearchAttributeFlags, registerSearchAttributes } from './search-attributes';
 import { projectRoot } from './project-root';
 
@@ -256,7 +256,7 @@ async function waitUntilReady(
       );
     }
     try {
-      const connection = await Connection.connect({ address: server.address, connectTimeout: 2_000 });
+      const connection = await connectTemporal({ address: server.address, connectTimeout: 2_000 });
       try {
         await connection.workflowService.describeNamespace({ namespace: server.namespace });
         for (const ns of [server.namespace, ...extraNamespaces]) {

@@ -178,9 +178,11 @@ test('two clients ask for a backup of one VM in the same instant: one runs, the 
   const facts = await stack.lab.createVm({ name: 'twins', host: 'hv01', disks: [{ sizeBytes: 4 * MiB, content: { kind: 'random', seed: 19, fill: 1 } }] });
   await protectVm(stack.client, { server: stack.server.id, vm: { vmId: facts.vmId, name: 'twins', host: 'hv01', state: 'running' }, dataSource: 'twins', schedule: { everyHours: 24 } });
   const second = await connectClient(stack.temporal);
+  const started: WorkflowHandle[] = [];
   try {
     for (let round = 0; round < 3; round++) {
       const [a, b] = await Promise.allSettled([startBackupNow(stack.client, { dataSource: 'twins' }, 'auto', 'client A'), startBackupNow(second, { dataSource: 'twins' }, 'auto', 'client B')]);
+      for (const s of [a, b]) if (s.status === 'fulfilled') started.push(s.value);
       expect([a.status, b.status].sort()).toEqual(['fulfilled', 'rejected']);
       const refused = (a.status === 'rejected' ? a : (b as PromiseRejectedResult)).reason as Error;
       expect(refused).toBeInstanceOf(JobRefused);
@@ -190,6 +192,9 @@ test('two clients ask for a backup of one VM in the same instant: one runs, the 
       await ran.result();
     }
   } finally {
+    // A failed assertion above leaves a backup running; removing the protection would be refused
+    // and that refusal would hide the failure: the backups that started end first.
+    await Promise.allSettled(started.map((h) => h.result()));
     await second.connection.close();
     await removeProtection(stack.client, 'twins');
   }

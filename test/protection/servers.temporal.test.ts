@@ -4,7 +4,8 @@
 import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import * as path from 'node:path';
-import { Client, Connection } from '@temporalio/client';
+import { Client } from '@temporalio/client';
+import { connectTemporal } from '../../temporal/connection';
 import { startTestStack, restoredBytes, type TestStack } from '../support/stack';
 import { initialDiskContent, type InitialContent } from '../../hypervisor/lab';
 import type { VmFacts } from '../../hypervisor/types';
@@ -105,7 +106,7 @@ test('a second server with the id of a running one (another repository) refuses 
 
 test('two clients ask for a backup of one data source at the same moment: one runs, the other is told what runs and where', async () => {
   const v = vms[3];
-  const connection = await Connection.connect({ address: stack.temporal.address });
+  const connection = await connectTemporal({ address: stack.temporal.address });
   const second = new Client({ connection, namespace: stack.temporal.namespace });
   try {
     const asked = await Promise.allSettled([

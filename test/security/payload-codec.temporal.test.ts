@@ -9,12 +9,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { chromium, type Browser } from 'playwright-core';
-import { Client, Connection } from '@temporalio/client';
+import { Client } from '@temporalio/client';
 import { defaultPayloadConverter, type Payload } from '@temporalio/common';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { freePort, startDevServer, temporalCliPath, type DevServer } from '../../temporal/dev-server';
-import { connectClient, loadTemporalSettings, withPayloadKeyFile } from '../../temporal/connection';
+import { connectClient, connectTemporal, loadTemporalSettings, withPayloadKeyFile } from '../../temporal/connection';
 import { AesGcmPayloadCodec, PayloadKeyring } from '../../temporal/payload-codec';
 import { startCodecServer, type CodecServer } from '../../temporal/codec-server';
 import { failureChain, startTestStack, type TestStack } from '../support/stack';
@@ -117,7 +117,7 @@ test('with the codec a backup leaves no VM name or path in Temporal\'s SQLite; w
 
 test('the codec server opens the payloads the history holds, for hvprotect\'s HTTP contract and for `temporal workflow show --codec-endpoint`', async () => {
   // A client without the codec sees what Temporal stores: sealed payloads.
-  const connection = await Connection.connect({ address: dev.address });
+  const connection = await connectTemporal({ address: dev.address });
   try {
     const raw = new Client({ connection, namespace: 'default' });
     const history = await raw.workflow.getHandle(secretRun.workflowId).fetchHistory();
