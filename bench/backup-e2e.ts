@@ -4,7 +4,7 @@
 // the same changed ranges (ingest/ `ingestDisk`, the transferDisk activity's own pipeline, without Temporal, VHDX or lab).
 //
 //   npx tsc -p . && node dist/bench/backup-e2e.js [--size-gib 4] [--rounds 3] [--fill 0.7] [--multi-disk-gib 1] [--multi-rounds 1] [--keep]
-//   (HVP_AGENT_NODE_ARGS="--perf-basic-prof" runs the agent with those node flags, for profiling)
+//   (HVP_AGENT_NODE_ARGS="--perf-basic-prof" runs the agent with those node flags, HVP_SERVER_NODE_ARGS the server, for profiling)
 //
 // Steps: a lab VM with one dynamic VHDX (1 MiB regions of random data, `fill` of them; the rest
 // never written), an initial replica; then per round 1% of the disk changed in scattered 64 KiB
@@ -15,7 +15,7 @@
 // Temp data lives under /tmp and is removed; every process started here is stopped.
 import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { promises as fs, openSync } from 'node:fs';
+import { promises as fs, openSync, readFileSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -50,6 +50,7 @@ async function ingestChild(url: string, tokens: string, image: string, rangesFil
     process.send!({ ready: true });
   });
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   const session = await client.beginSession(DS, basePoint !== '-' ? { basePoint } : {});
   const grant = await client.issueGrant({ sessionId: session.sessionId, disks: [{ diskId: 'disk0', virtualSize }] });
   // The agent's transferDisk path (ingest/), with its defaults.
@@ -67,8 +68,9 @@ async function ingestChild(url: string, tokens: string, image: string, rangesFil
     disks: [{ diskId: 'disk0', fileName: path.basename(image), virtualSize }],
   });
   const wallMs = performance.now() - t0;
+  const cpu = process.cpuUsage(cpu0);
   await reader.close();
-  process.send!({ wallMs, pointId: manifest.pointId, bytesRead: progress.bytesRead, bytesSent: progress.bytesSent, chunkSize: session.chunkSize }, () => process.exit(0));
+  process.send!({ wallMs, cpuMs: (cpu.user + cpu.system) / 1000, pointId: manifest.pointId, bytesRead: progress.bytesRead, bytesSent: progress.bytesSent, chunkSize: session.chunkSize }, () => process.exit(0));
 }
 
 // ---- helpers for the parent -----------------------------------------------------------------------
@@ -82,6 +84,23 @@ function nextMessage<T>(proc: ChildProcess): Promise<T> {
       resolve(m as T);
     });
   });
+}
+
+/** sync(1): every dirty page of every file system written out (between measured backups). */
+async function flushAll(): Promise<void> {
+  execFileSync('sync');
+}
+
+/** CPU time (user + system) a process has used so far, in ms; NaN once it is gone. */
+function cpuMsOf(pid: number | undefined): number {
+  if (!pid) return NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime, stime in clock ticks (USER_HZ 100)
+  } catch {
+    return NaN;
+  }
 }
 
 function peakRssMiB(pid: number | undefined): number {
@@ -107,6 +126,8 @@ interface BackupRun {
   steps: Array<{ activity: string; ms: number; queuedMs: number }>;
   /** Time of the workflow not covered by any activity (workflow tasks, scheduling between steps). */
   outsideActivitiesMs: number;
+  /** CPU ms each process used from the start of the backup to its result. */
+  cpu: { temporal: number; server: number; agent: number };
 }
 
 async function main(): Promise<void> {
@@ -115,9 +136,8 @@ async function main(): Promise<void> {
   const FILL = Number(opt('fill', '0.7'));
   // Loaded here so that the ingest child loads only the storage client.
   const { startDevServer, freePort } = await import('../temporal/dev-server');
-  const { loadTemporalSettings } = await import('../temporal/connection');
-  const { createLogger } = await import('../log/logger');
-  const { startServer } = await import('../workers/server');
+  const { loadTemporalSettings, connectClient } = await import('../temporal/connection');
+  const { StorageClient } = await import('../storage-api/client');
   const { Lab } = await import('../hypervisor/lab');
   const { hostTaskQueue, hostTransferQueue } = await import('../temporal/task-queues');
   const { readWorkflowRun, outsideActivitiesMs } = await import('../test/load/history');
@@ -127,10 +147,24 @@ async function main(): Promise<void> {
   const tmp = await fs.mkdtemp(path.join('/tmp', 'hvp-e2e-'));
   const children: ChildProcess[] = [];
   let dev: Awaited<ReturnType<typeof startDevServer>> | undefined;
-  let server: Awaited<ReturnType<typeof startServer>> | undefined;
+  let opened: Awaited<ReturnType<typeof connectClient>> | undefined;
   const cleanup = async () => {
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-    await server?.shutdown().catch(() => undefined);
+    // Asked to stop first (a profiled process writes its profile on the way out), killed after 15 s.
+    const live = children.filter((c) => c.exitCode === null && c.signalCode === null);
+    await Promise.all(
+      live.map(
+        (c) =>
+          new Promise<void>((resolve) => {
+            const kill = setTimeout(() => c.kill('SIGKILL'), 15_000);
+            c.once('exit', () => {
+              clearTimeout(kill);
+              resolve();
+            });
+            c.kill('SIGTERM');
+          }),
+      ),
+    );
+    await opened?.connection.close().catch(() => undefined);
     await dev?.stop().catch(() => undefined);
     if (!args.includes('--keep')) await fs.rm(tmp, { recursive: true, force: true });
   };
@@ -142,7 +176,6 @@ async function main(): Promise<void> {
     console.log(`temp ${tmp}`);
     dev = await startDevServer({ dbFile: path.join(tmp, 'temporal', 'db.sqlite'), port: await freePort(), headless: true, readyTimeoutMs: 120_000 });
     const temporal = loadTemporalSettings({ TEMPORAL_ADDRESS: dev.address, TEMPORAL_NAMESPACE: 'default' });
-    const logger = createLogger({ name: 'bench', level: 'warn', format: 'json', destination: path.join(tmp, 'server.log') });
 
     // The lab VM: createVm writes the regions through our VHDX writer, fast enough at 4 GiB.
     const lab = await Lab.open(path.join(tmp, 'lab'));
@@ -153,23 +186,36 @@ async function main(): Promise<void> {
     const disk = facts.disks[0];
     console.log(`lab VM created in ${sec(createMs)} s: ${disk.basePath}`);
 
-    // The lab's VM creation (4 GiB written through our VHDX writer) is this process's work too, but
-    // not the protection server's: its peak is reported apart, and the peak RSS counted anew from
-    // here (Linux: writing 5 to clear_refs resets VmHWM), so the server's figure is the server's.
-    const labCreateRss = peakRssMiB(process.pid);
-    const peakFromHere = await fs.writeFile('/proc/self/clear_refs', '5').then(() => true, () => false);
-    server = await startServer({ logger, temporal, stateDir: path.join(tmp, 'server'), apiPort: 0, registerSearchAttributes: false });
-    const client = server.client;
+    // The protection server as it runs in a deployment: `hvprotect server`, a process of its own
+    // (workflows, server activities, storage API, repository), so that its peak RSS is its own and
+    // nothing of the benchmark (the lab's writes, history reads) runs beside its storage API.
+    const env = { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, HVPROTECT_LOG_FORMAT: 'json', HVPROTECT_LOG_LEVEL: 'warn' };
+    const stateDir = path.join(tmp, 'server');
+    const serverLog = openSync(path.join(tmp, 'server.log'), 'a');
+    const serverProc = spawn(process.execPath, [...(process.env.HVP_SERVER_NODE_ARGS ?? '').split(' ').filter(Boolean), path.join(ROOT, 'dist', 'client', 'cli.js'), 'server', '--state-dir', stateDir, '--api-port', '0'], { env, stdio: ['ignore', serverLog, serverLog] });
+    children.push(serverProc);
+    for (let i = 0; !(await fs.stat(path.join(stateDir, 'server.id')).then(() => true, () => false)); i++) {
+      if (i > 1200 || serverProc.exitCode !== null) throw new Error(`the protection server did not start: see ${tmp}/server.log`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const server = {
+      id: (await fs.readFile(path.join(stateDir, 'server.id'), 'utf8')).trim(),
+      admin: new StorageClient((await fs.readFile(path.join(stateDir, 'storage-api.url'), 'utf8')).trim(), (await fs.readFile(path.join(stateDir, 'admin.token'), 'utf8')).trim()),
+    };
+    const client = await connectClient(temporal);
+    opened = client;
+    const agents = new Map<string, ChildProcess>();
     const spawnAgent = async (hostName: string, extra: string[] = []) => {
       const tokenFile = path.join(tmp, `${hostName}.token`);
-      await fs.writeFile(tokenFile, await server!.tokens.issue(hostName, 'agent'), { mode: 0o600 });
+      await fs.writeFile(tokenFile, await server.admin.issueToken(hostName, 'agent'), { mode: 0o600 });
       const log = openSync(path.join(tmp, `agent-${hostName}.log`), 'a');
       const p = spawn(
         process.execPath,
-        [...(process.env.HVP_AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean), path.join(ROOT, 'dist', 'client', 'cli.js'), 'agent', '--host', hostName, '--lab-root', lab.root, '--server', `${server!.id}=${tokenFile}`, ...extra],
-        { env: { ...process.env, TEMPORAL_ADDRESS: temporal.address, TEMPORAL_NAMESPACE: temporal.namespace, HVPROTECT_LOG_FORMAT: 'json', HVPROTECT_LOG_LEVEL: 'warn' }, stdio: ['ignore', log, log] },
+        [...(process.env.HVP_AGENT_NODE_ARGS ?? '').split(' ').filter(Boolean), path.join(ROOT, 'dist', 'client', 'cli.js'), 'agent', '--host', hostName, '--lab-root', lab.root, '--server', `${server.id}=${tokenFile}`, ...extra],
+        { env, stdio: ['ignore', log, log] },
       );
       children.push(p);
+      agents.set(hostName, p);
       await waitForPollers(client, temporal.namespace, [hostTaskQueue(hostName), hostTransferQueue(hostName)].map((name) => ({ name, kind: 'activity' as const })), 60_000);
       return p;
     };
@@ -177,22 +223,25 @@ async function main(): Promise<void> {
 
     // Every backup goes through the VM's protection, as `hvprotect backup` does: protected on first
     // use (its schedule paused, so that only the benchmark starts backups), then startJob.
-    for (let i = 0; !(await listServers(client)).some((s) => s.id === server!.id && s.running); i++) {
+    for (let i = 0; !(await listServers(client)).some((s) => s.id === server.id && s.running); i++) {
       if (i > 240) throw new Error(`protection server ${server.id} not listed as running`);
       await new Promise((r) => setTimeout(r, 500));
     }
     const protectedDs = new Set<string>();
     const backup = async (label: string, ds = DS, vm = { vmId: facts.vmId, name: 'bench-vm', host: 'hv01' }): Promise<BackupRun & { result: BackupVmResult }> => {
       if (!protectedDs.has(ds)) {
-        await protectVm(client, { vm: { ...vm, state: 'running' }, server: server!.id, dataSource: ds, schedule: { everyHours: 24 } });
+        await protectVm(client, { vm: { ...vm, state: 'running' }, server: server.id, dataSource: ds, schedule: { everyHours: 24 } });
         await client.schedule.getHandle(scheduleIdOf(ds)).pause('benchmark: backups started by hand only');
         protectedDs.add(ds);
       }
+      const pids = { temporal: dev!.process.pid, server: serverProc.pid, agent: agents.get(vm.host)?.pid };
+      const cpu0 = { temporal: cpuMsOf(pids.temporal), server: cpuMsOf(pids.server), agent: cpuMsOf(pids.agent) };
       const t0 = performance.now();
       const h = await startBackupNow(client, { dataSource: ds }, 'auto', `benchmark ${label}`);
       const workflowId = h.workflowId;
       const result = (await h.result()) as BackupVmResult;
       const wallMs = performance.now() - t0;
+      const cpu = { temporal: cpuMsOf(pids.temporal) - cpu0.temporal, server: cpuMsOf(pids.server) - cpu0.server, agent: cpuMsOf(pids.agent) - cpu0.agent };
       const run = await readWorkflowRun(client, workflowId);
       const acts = run.activities.filter((a) => a.closedAt !== undefined);
       const historyMs = run.closedAt! - run.startedAt;
@@ -209,6 +258,7 @@ async function main(): Promise<void> {
         changedChunks: result.disks.reduce((s, d) => s + d.changedChunks, 0),
         steps: acts.map((a) => ({ activity: a.activityType, ms: a.closedAt! - a.scheduledAt, queuedMs: (a.startedAt ?? a.scheduledAt) - a.scheduledAt })),
         outsideActivitiesMs: outsideActivitiesMs(run), // not covered by any activity's [scheduled, closed]
+        cpu,
         result,
       };
       console.log(`${label}: ${r.kind} ${sec(r.wallMs)} s (transfer ${sec(r.transferActivityMs)} s, read ${mib(r.bytesRead)} MiB, sent ${mib(r.bytesSent)} MiB)`);
@@ -216,7 +266,7 @@ async function main(): Promise<void> {
     };
 
     const initial = await backup('initial-replica');
-    const chunkSize = (await server.repository.getPoint(DS, initial.result.pointId)).disks[0].chunkSize;
+    const chunkSize = (await server.admin.getPoint({ dataSource: DS, pointId: initial.result.pointId })).disks[0].chunkSize;
 
     // The raw copy for the repository-only path, and its own repository (a separate server process,
     // bench/repository-ingest-child.ts, so that the two paths never deduplicate against each other).
@@ -230,9 +280,11 @@ async function main(): Promise<void> {
       const c = fork(__filename, ['--role', 'ingest', repoUrl, repoToken, raw, rangesFile, basePoint], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
       children.push(c);
       await nextMessage(c);
-      const done = nextMessage<{ wallMs: number; pointId: string; bytesRead: number; bytesSent: number; chunkSize: number }>(c);
+      const done = nextMessage<{ wallMs: number; cpuMs: number; pointId: string; bytesRead: number; bytesSent: number; chunkSize: number }>(c);
+      const api0 = cpuMsOf(repoServer.pid);
       c.send('go');
-      const r = await done;
+      const r = { ...(await done), apiCpuMs: NaN };
+      r.apiCpuMs = cpuMsOf(repoServer.pid) - api0;
       if (r.chunkSize !== chunkSize) throw new Error(`repository-only chunk size ${r.chunkSize} differs from ${chunkSize}`);
       console.log(`repository-only ${rangesFile === '-' ? 'full' : 'incremental'}: ${sec(r.wallMs)} s (read ${mib(r.bytesRead)} MiB, sent ${mib(r.bytesSent)} MiB)`);
       return r;
@@ -240,7 +292,7 @@ async function main(): Promise<void> {
     const repoInitial = await ingest('-', '-');
     let repoBase = repoInitial.pointId;
 
-    const rounds: Array<{ writes: number; writeMs: number; express: BackupRun; repoOnly: { wallMs: number; bytesRead: number; bytesSent: number }; noChange: BackupRun; order: string }> = [];
+    const rounds: Array<{ writes: number; writeMs: number; express: BackupRun; repoOnly: { wallMs: number; bytesRead: number; bytesSent: number; cpuMs: number; apiCpuMs: number }; noChange: BackupRun; order: string }> = [];
     for (let round = 0; round < ROUNDS; round++) {
       // 1% of the disk in distinct, scattered, 64 KiB-aligned 64 KiB writes of random data, through
       // the lab (tracked) and into the raw copy at the same offsets.
@@ -266,15 +318,24 @@ async function main(): Promise<void> {
       let express: BackupRun;
       let repoOnly: Awaited<ReturnType<typeof ingest>>;
       const order = round % 2 === 0 ? 'workflow first' : 'repository-only first';
+      // Each measured backup starts with nothing dirty in the page cache: the harness's writes (the
+      // lab's and the raw copy's, on the same file system as the repositories here, on other
+      // machines in a deployment) are flushed first, so that whichever path runs first does not
+      // pay for them in its commit's syncfs. What a path dirties itself it pays for.
       if (round % 2 === 0) {
+        await flushAll();
         express = await backup(`express-full-${round + 1}`);
+        await flushAll();
         repoOnly = await ingest(rangesFile, repoBase);
       } else {
+        await flushAll();
         repoOnly = await ingest(rangesFile, repoBase);
+        await flushAll();
         express = await backup(`express-full-${round + 1}`);
       }
       repoBase = repoOnly.pointId;
       if (express.kind !== 'express-full') throw new Error(`round ${round + 1}: expected an express full, got ${express.kind}`);
+      await flushAll();
       const noChange = await backup(`no-change-${round + 1}`);
       rounds.push({ writes: n, writeMs, express, repoOnly, noChange, order });
     }
@@ -302,7 +363,7 @@ async function main(): Promise<void> {
     }
 
     const agentRss = peakRssMiB(agent.pid);
-    const serverRss = peakFromHere ? peakRssMiB(process.pid) : process.resourceUsage().maxRSS / 1024;
+    const serverRss = peakRssMiB(serverProc.pid);
     repoServer.send('stop');
     const repoServerRss = (await nextMessage<{ maxRssKiB: number }>(repoServer)).maxRssKiB / 1024;
     agent.kill('SIGTERM');
@@ -317,6 +378,7 @@ async function main(): Promise<void> {
     const stepOrder = ['listHosts', 'locateVm', 'inspectVm', 'planBackup', 'createBackupCheckpoint', 'transferDisk', 'commitRecoveryPoint', 'releaseBackupCheckpoint', 'enforceRetention'];
     const stepNames = [...new Set([...stepOrder, ...ef.flatMap((r) => r.steps.map((s) => s.activity))])].filter((n) => ef.some((r) => r.steps.some((s) => s.activity === n)));
     const stepMs = (runs: BackupRun[], name: string) => median(runs.map((r) => r.steps.filter((s) => s.activity === name).reduce((a, s) => Math.max(a, s.ms), 0)));
+    const cpuMed = (runs: BackupRun[], p: keyof BackupRun['cpu']) => median(runs.map((r) => r.cpu[p])).toFixed(0);
     const row = (r: BackupRun) =>
       `| ${r.label} | ${r.kind} | **${sec(r.wallMs)}** | ${sec(r.historyMs)} | ${sec(r.transferActivityMs)} | ${sec(r.agentTransferMs)} | ${sec(r.outsideActivitiesMs)} | ${mib(r.bytesRead)} | ${mib(r.bytesSent)} | ${r.changedChunks} |`;
     const cpu = os.cpus()[0]?.model ?? 'unknown';
@@ -371,17 +433,29 @@ async function main(): Promise<void> {
       `| (outside activities) | ${median(ef.map((r) => r.outsideActivitiesMs)).toFixed(0)} | ${median(nc.map((r) => r.outsideActivitiesMs)).toFixed(0)} |`,
       `| **workflow (history)** | ${median(ef.map((r) => r.historyMs)).toFixed(0)} | ${median(nc.map((r) => r.historyMs)).toFixed(0)} |`,
       '',
+      '## CPU time per process (ms, median over rounds; user + system, from /proc)',
+      '',
+      'The machine has 2 cores and the data path keeps both busy: CPU time a path spends besides the data path is wall time.',
+      '',
+      '| process | express full | no-change backup | repository-only incremental |',
+      '| --- | ---: | ---: | ---: |',
+      `| Temporal dev server | ${cpuMed(ef, 'temporal')} | ${cpuMed(nc, 'temporal')} | – |`,
+      `| protection server (\`hvprotect server\`) / the repository-only storage API | ${cpuMed(ef, 'server')} | ${cpuMed(nc, 'server')} | ${median(rounds.map((r) => r.repoOnly.apiCpuMs)).toFixed(0)} |`,
+      `| agent (\`hvprotect agent\`) / the repository-only ingest process | ${cpuMed(ef, 'agent')} | ${cpuMed(nc, 'agent')} | ${median(rounds.map((r) => r.repoOnly.cpuMs)).toFixed(0)} |`,
+      `| **all** | ${median(ef.map((r) => r.cpu.temporal + r.cpu.server + r.cpu.agent)).toFixed(0)} | ${median(nc.map((r) => r.cpu.temporal + r.cpu.server + r.cpu.agent)).toFixed(0)} | ${median(rounds.map((r) => r.repoOnly.apiCpuMs + r.repoOnly.cpuMs)).toFixed(0)} |`,
+      '',
       'Notes:',
       `- Machine: ${os.cpus().length} cores (${cpu}), ${mib(os.totalmem())} MiB RAM, Node ${process.version}; **shared with other engineers working at the same time** ` +
         `(load average ${load(loadAtStart)} at the start, ${load(os.loadavg())} at the end), so wall times are noisy: compare medians and the per-round multiples.`,
-      `- Processes: a Temporal dev server (\`temporal server start-dev\`, SQLite, headless, its own port), the protection server in the benchmark process ` +
-        `(workflows, server activities, storage API, repository; peak RSS ${serverRss.toFixed(0)} MiB ${peakFromHere ? `from its start on; creating the lab VM before it peaked at ${labCreateRss.toFixed(0)} MiB` : 'including the lab VM\'s creation'}, and the lab's 1% writes each round), the agent of hv01 as its own process ` +
+      `- Processes: a Temporal dev server (\`temporal server start-dev\`, SQLite, headless, its own port), the protection server as its own process ` +
+        `(\`hvprotect server\`: workflows, server activities, storage API, repository; peak RSS ${serverRss.toFixed(0)} MiB), the agent of hv01 as its own process ` +
         `(\`hvprotect agent\`, peak RSS ${agentRss.toFixed(0)} MiB). Data goes agent → storage API over loopback HTTP.`,
       `- Repository-only path: \`ingestDisk\` (ingest/, the pipeline the transferDisk activity runs) in a child process reading the raw copy (page cache warm), talking to a storage API ` +
         `on a repository of its own in another process (bench/repository-ingest-child.ts server, peak RSS ${repoServerRss.toFixed(0)} MiB); timed from beginSession to ` +
         'the committed manifest, process start-up excluded. It reads only the chunks under the changed ranges, as the express full does from change tracking.',
       '- The express full does in addition: lease, locate the VM (the probe that finds it inspects it), plan and create the backup checkpoint (a real AVHDX) at once, read through the VHDX ' +
         'reader, commit, release (merge the AVHDX back) and retention at once — each an activity scheduled by a workflow task; the table above shows where the time goes.',
+      '- Before each measured backup and each repository-only ingest, `sync`: the harness\'s writes (the lab\'s 1% and the raw copy\'s, on the same file system as both repositories here, on other machines in a deployment) are not paid by whichever path runs first, in its commit\'s syncfs.',
       '- Temp data under /tmp, removed at the end.',
     ];
     const out = path.join(ROOT, 'bench', 'backup-e2e.md');
