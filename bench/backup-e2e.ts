@@ -15,11 +15,11 @@
 // Temp data lives under /tmp and is removed; every process started here is stopped.
 import { execFileSync, fork, spawn, type ChildProcess } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { promises as fs, openSync, readFileSync } from 'node:fs';
+import { promises as fs, openSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { median, prng, waitForPollers } from './support';
+import { cpuSeconds, median, prng, procStatus, waitForPollers } from './support';
 
 const args = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -87,30 +87,17 @@ function nextMessage<T>(proc: ChildProcess): Promise<T> {
 }
 
 /** sync(1): every dirty page of every file system written out (between measured backups). */
-async function flushAll(): Promise<void> {
+function flushAll(): void {
   execFileSync('sync');
 }
 
-/** CPU time (user + system) a process has used so far, in ms; NaN once it is gone. */
+/** CPU time a process has used so far, in ms, with the children it waited for (the server's `sync -f`); NaN once it is gone. */
 function cpuMsOf(pid: number | undefined): number {
-  if (!pid) return NaN;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(f[11]) + Number(f[12])) * 1000) / 100; // utime, stime in clock ticks (USER_HZ 100)
-  } catch {
-    return NaN;
-  }
+  return pid ? cpuSeconds(pid) * 1000 : NaN;
 }
 
 function peakRssMiB(pid: number | undefined): number {
-  if (!pid) return NaN;
-  try {
-    const m = /VmHWM:\s+(\d+) kB/.exec(execFileSync('cat', [`/proc/${pid}/status`]).toString());
-    return m ? Number(m[1]) / 1024 : NaN;
-  } catch {
-    return NaN;
-  }
+  return (pid && procStatus(pid)?.hwm) || NaN;
 }
 
 interface BackupRun {
@@ -283,8 +270,7 @@ async function main(): Promise<void> {
       const done = nextMessage<{ wallMs: number; cpuMs: number; pointId: string; bytesRead: number; bytesSent: number; chunkSize: number }>(c);
       const api0 = cpuMsOf(repoServer.pid);
       c.send('go');
-      const r = { ...(await done), apiCpuMs: NaN };
-      r.apiCpuMs = cpuMsOf(repoServer.pid) - api0;
+      const r = { ...(await done), apiCpuMs: cpuMsOf(repoServer.pid) - api0 };
       if (r.chunkSize !== chunkSize) throw new Error(`repository-only chunk size ${r.chunkSize} differs from ${chunkSize}`);
       console.log(`repository-only ${rangesFile === '-' ? 'full' : 'incremental'}: ${sec(r.wallMs)} s (read ${mib(r.bytesRead)} MiB, sent ${mib(r.bytesSent)} MiB)`);
       return r;
@@ -323,19 +309,19 @@ async function main(): Promise<void> {
       // machines in a deployment) are flushed first, so that whichever path runs first does not
       // pay for them in its commit's syncfs. What a path dirties itself it pays for.
       if (round % 2 === 0) {
-        await flushAll();
+        flushAll();
         express = await backup(`express-full-${round + 1}`);
-        await flushAll();
+        flushAll();
         repoOnly = await ingest(rangesFile, repoBase);
       } else {
-        await flushAll();
+        flushAll();
         repoOnly = await ingest(rangesFile, repoBase);
-        await flushAll();
+        flushAll();
         express = await backup(`express-full-${round + 1}`);
       }
       repoBase = repoOnly.pointId;
       if (express.kind !== 'express-full') throw new Error(`round ${round + 1}: expected an express full, got ${express.kind}`);
-      await flushAll();
+      flushAll();
       const noChange = await backup(`no-change-${round + 1}`);
       rounds.push({ writes: n, writeMs, express, repoOnly, noChange, order });
     }
@@ -433,7 +419,7 @@ async function main(): Promise<void> {
       `| (outside activities) | ${median(ef.map((r) => r.outsideActivitiesMs)).toFixed(0)} | ${median(nc.map((r) => r.outsideActivitiesMs)).toFixed(0)} |`,
       `| **workflow (history)** | ${median(ef.map((r) => r.historyMs)).toFixed(0)} | ${median(nc.map((r) => r.historyMs)).toFixed(0)} |`,
       '',
-      '## CPU time per process (ms, median over rounds; user + system, from /proc)',
+      '## CPU time per process (ms, median over rounds; user + system, with the children it waited for, from /proc)',
       '',
       'The machine has 2 cores and the data path keeps both busy: CPU time a path spends besides the data path is wall time.',
       '',

@@ -20,11 +20,11 @@
 // Writes bench/load.md (or --out). Temp data under /tmp, removed; every process started here is stopped.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
-import { existsSync, promises as fs, openSync, readFileSync } from 'node:fs';
+import { existsSync, promises as fs, openSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ScheduleOverlapPolicy, type WorkflowHandle } from '@temporalio/client';
-import { waitForPollers } from './support';
+import { cpuSeconds, procStatus, waitForPollers } from './support';
 import { startDevServer, freePort, type DevServer } from '../temporal/dev-server';
 import { connectClient, loadTemporalSettings } from '../temporal/connection';
 import { serverTaskQueue, hostTaskQueue, hostTransferQueue } from '../temporal/task-queues';
@@ -61,30 +61,6 @@ interface Proc {
   name: string;
   pid: number;
   samples: number[]; // RSS MiB, once a second
-}
-
-function procStatus(pid: number): { rss: number; hwm: number } | undefined {
-  try {
-    const s = readFileSync(`/proc/${pid}/status`, 'utf8');
-    const rss = /VmRSS:\s+(\d+) kB/.exec(s);
-    const hwm = /VmHWM:\s+(\d+) kB/.exec(s);
-    return { rss: rss ? Number(rss[1]) / 1024 : NaN, hwm: hwm ? Number(hwm[1]) / 1024 : NaN };
-  } catch {
-    return undefined;
-  }
-}
-
-/** CPU seconds (user + system) a process used so far, itself and its waited-for children. */
-function cpuSeconds(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
-    // fields 14..17 (1-based) = utime stime cutime cstime; rest[0] is field 3
-    const ticks = [11, 12, 13, 14].reduce((s, i) => s + Number(rest[i]), 0);
-    return ticks / 100;
-  } catch {
-    return NaN;
-  }
 }
 
 // ---- main --------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // Helpers the benchmarks share.
 import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import type { Client } from '@temporalio/client';
 import { temporal as proto } from '@temporalio/proto';
 
@@ -9,6 +10,31 @@ export { prng } from '../test/support/prng';
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** A process's resident and peak resident memory in MiB (Linux /proc), undefined once it is gone. */
+export function procStatus(pid: number): { rss: number; hwm: number } | undefined {
+  try {
+    const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const rss = /VmRSS:\s+(\d+) kB/.exec(s);
+    const hwm = /VmHWM:\s+(\d+) kB/.exec(s);
+    return { rss: rss ? Number(rss[1]) / 1024 : NaN, hwm: hwm ? Number(hwm[1]) / 1024 : NaN };
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU seconds (user + system) a process used so far, itself and its waited-for children. */
+export function cpuSeconds(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    // fields 14..17 (1-based) = utime stime cutime cstime; rest[0] is field 3
+    const ticks = [11, 12, 13, 14].reduce((s, i) => s + Number(rest[i]), 0);
+    return ticks / 100;
+  } catch {
+    return NaN;
+  }
 }
 
 /** Waits until a worker polls each task queue (workflow or activity side), or throws after timeoutMs. */

@@ -16,10 +16,8 @@ export const RETRY_AFTER_CLOSE = 'the connection was closed while a retry of thi
 
 /** A call that never reached a channel: it ends with CANCELLED as soon as it is started. */
 function closedCall(reason: string): InterceptingCallInterface {
-  let listener: Partial<InterceptingListener> | undefined;
   return {
-    start(_metadata: Metadata, l?: Partial<InterceptingListener>) {
-      listener = l;
+    start(_metadata: Metadata, listener?: Partial<InterceptingListener>) {
       const s: StatusObject = { code: grpcStatus.CANCELLED, details: `${RETRY_AFTER_CLOSE} (${reason})`, metadata: new Metadata() };
       setImmediate(() => listener?.onReceiveStatus?.(s));
     },
