@@ -13,17 +13,28 @@
 // The pool makes at most `maxPoolBytes` of such memory and never lets go of it: memory it let go
 // of would be freed only once a full GC had run on the main thread and on every worker it was
 // sent to, which allocate little and seldom run one (letting go over an idle limit instead put
-// 112 MiB on the server's RSS under 24 uploads at once). Past the budget a body gets plain memory.
+// 112 MiB on the server's RSS under 24 uploads at once).
+//
+// The budget is also the bound on upload bodies held at once: an upload that finds it spent
+// waits (`lend`), its body unread, so TCP holds the agent back, until a body is given back. Two
+// encoder threads store ~200 MB/s, so 48 MiB of bodies queued is ~¼ s of their work; an agent
+// sends 4 batches × 6 uploads of 4 MiB at once (ingest/pipeline.ts), and with plain memory past
+// the budget a single backup's uploads put ~90 MiB of bodies on the server's RSS (its peak
+// 336-343 MiB in bench/backup-e2e.ts). Other callers (`take`: restores' reads) get plain memory
+// past the budget rather than wait.
 
 export class BufferPool {
   private readonly free = new Map<number, SharedArrayBuffer[]>();
   private readonly ids = new WeakMap<SharedArrayBuffer, number>();
   private nextId = 1;
+  /** Lends waiting for memory, first come first served. */
+  private readonly waiting: Array<{ length: number; grant: (b: Buffer) => void; timer: NodeJS.Timeout }> = [];
   /** Bytes of the memory this pool made that is still alive (lent out or idle). */
   private madeBytes = 0;
   /** Memory lent and never given back (a request that failed) stops counting once collected. */
   private readonly collected = new FinalizationRegistry<number>((bytes) => {
     this.madeBytes -= bytes;
+    this.serveWaiting();
   });
 
   constructor(
@@ -31,21 +42,80 @@ export class BufferPool {
     private readonly classBytes = 1024 * 1024,
     /** Larger requests get a plain allocation. */
     private readonly maxCapacity = 32 * 1024 * 1024,
+    /** Pooled memory made in all (lent out and idle): the bound on bodies held (see above). */
+    private readonly maxPoolBytes = 48 * 1024 * 1024,
     /**
-     * Pooled memory made in all (lent out and idle): 24 uploads of 4 MiB at once (four agents at
-     * their defaults) and restores' reads fit.
+     * How long a lend waits for memory before it gets plain memory: memory lent to a request
+     * that never gave it back counts until a GC collects it, and must not stall uploads.
      */
-    private readonly maxPoolBytes = 128 * 1024 * 1024,
+    private readonly maxWaitMs = 2000,
   ) {}
 
   /** A Buffer of `length` bytes (contents undefined) over pooled memory when it fits. */
   take(length: number): Buffer {
-    const capacity = Math.max(1, Math.ceil(length / this.classBytes)) * this.classBytes;
+    return this.tryTake(length) ?? Buffer.allocUnsafeSlow(length);
+  }
+
+  /**
+   * Calls `grant` with a Buffer of `length` bytes, at once when `take` would give pooled memory
+   * or the request is not one the pool serves, else as soon as memory is given back (at most
+   * `maxWaitMs`, then plain memory). Returns a function that withdraws a lend not yet granted.
+   */
+  lend(length: number, grant: (b: Buffer) => void): () => void {
+    const now = this.waiting.length === 0 ? this.tryTake(length) : undefined;
+    if (now !== undefined || !this.pooled(length)) {
+      grant(now ?? Buffer.allocUnsafeSlow(length));
+      return () => undefined;
+    }
+    const entry = {
+      length,
+      grant,
+      timer: setTimeout(() => {
+        this.withdraw(entry);
+        grant(Buffer.allocUnsafeSlow(length));
+      }, this.maxWaitMs).unref(),
+    };
+    this.waiting.push(entry);
+    return () => {
+      if (this.withdraw(entry)) clearTimeout(entry.timer);
+    };
+  }
+
+  /** Lends waiting for memory. */
+  get waitingLends(): number {
+    return this.waiting.length;
+  }
+
+  private withdraw(entry: { length: number }): boolean {
+    const i = this.waiting.indexOf(entry as (typeof this.waiting)[number]);
+    if (i < 0) return false;
+    this.waiting.splice(i, 1);
+    return true;
+  }
+
+  private capacityOf(length: number): number {
+    return Math.max(1, Math.ceil(length / this.classBytes)) * this.classBytes;
+  }
+
+  /** Whether requests of this length are served from pooled memory. */
+  private pooled(length: number): boolean {
     // Small bodies (index patches, single digests) are not worth a class-sized buffer.
-    if (length < this.classBytes / 4 || capacity > this.maxCapacity) return Buffer.allocUnsafeSlow(length);
-    const sab = this.free.get(capacity)?.pop();
+    return length >= this.classBytes / 4 && this.capacityOf(length) <= this.maxCapacity;
+  }
+
+  /** Pooled memory for `length` bytes if there is some to lend now (idle, of its class or the next larger one that is idle, or new within the budget). */
+  private tryTake(length: number): Buffer | undefined {
+    if (!this.pooled(length)) return Buffer.allocUnsafeSlow(length);
+    const capacity = this.capacityOf(length);
+    let sab = this.free.get(capacity)?.pop();
+    if (!sab && this.madeBytes + capacity > this.maxPoolBytes) {
+      // Over the budget: the smallest idle memory that is large enough.
+      let best: number | undefined;
+      for (const [cap, list] of this.free) if (cap > capacity && list.length && (best === undefined || cap < best)) best = cap;
+      if (best !== undefined) sab = this.free.get(best)!.pop();
+    }
     if (sab) return Buffer.from(sab, 0, length);
-    if (this.madeBytes + capacity > this.maxPoolBytes) return Buffer.allocUnsafeSlow(length);
+    if (this.madeBytes + capacity > this.maxPoolBytes) return undefined;
     const fresh = new SharedArrayBuffer(capacity);
     this.madeBytes += capacity;
     this.collected.register(fresh, capacity);
@@ -70,6 +140,18 @@ export class BufferPool {
     if (list.includes(sab)) return;
     list.push(sab);
     this.free.set(sab.byteLength, list);
+    this.serveWaiting();
+  }
+
+  /** Grants waiting lends in order while there is memory for the first. */
+  private serveWaiting(): void {
+    while (this.waiting.length) {
+      const b = this.tryTake(this.waiting[0].length);
+      if (!b) break;
+      const w = this.waiting.shift()!;
+      clearTimeout(w.timer);
+      w.grant(b);
+    }
   }
 }
 

@@ -300,6 +300,22 @@ const MUTATIONS = [
     to: '      return nextCall(opts);\n',
     tests: ['test/temporal/grpc-retry.test.ts'],
   },
+  {
+    name: 'upload-body-never-waits',
+    why: 'an upload body is read into plain memory when the pool\'s budget is spent, instead of waiting unread: the server holds as many bodies as agents send at once',
+    file: 'storage-api/binary-body.ts',
+    from: '  withdraw = bodyPool.lend(announced, (b) => {\n',
+    to: '  withdraw = ((_n: number, g: (b: Buffer) => void) => (g(bodyPool.take(announced)), () => undefined))(announced, (b) => {\n',
+    tests: ['test/storage-api/upload-memory.test.ts'],
+  },
+  {
+    name: 'young-generation-undone-by-workers',
+    why: 'the semi-space growth factor is set once: the first worker thread\'s start puts V8\'s back, and the main thread\'s young generation grows to 32 MiB again',
+    file: 'workers/young-generation.ts',
+    from: "process.on('worker', (worker) => worker.once('online', () => v8.setFlagsFromString(NO_GROWTH)));\n",
+    to: '',
+    tests: ['test/workers/young-generation.test.ts'],
+  },
 ];
 
 function parseArgs(argv) {

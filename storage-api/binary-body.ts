@@ -1,7 +1,8 @@
 // Binary bodies (chunks, batches, slot patches, indexes) are read straight into one buffer of the
 // announced length, taken from a pool that the chunk encoder hands back to (no concatenation, no
 // fresh memory per upload); the route's bodyLimit and the content-length are enforced as
-// fastify's own parser does. A chunked body is collected and joined once.
+// fastify's own parser does. A chunked body is collected and joined once. A body waits unread
+// while the pool's budget is spent (buffer-pool.ts `lend`).
 import { errorCodes, type FastifyRequest } from 'fastify';
 import { bodyPool } from '../repository/buffer-pool';
 import { bodyBytesReceived } from './young-gc';
@@ -11,16 +12,19 @@ export function readBinaryBody(req: FastifyRequest, payload: NodeJS.ReadableStre
   const header = req.headers['content-length'];
   const announced = header === undefined ? NaN : Number(header);
   if (announced > limit) return done(new errorCodes.FST_ERR_CTP_BODY_TOO_LARGE());
-  const body = Number.isSafeInteger(announced) && announced >= 0 ? bodyPool.take(announced) : undefined;
+  let body: Buffer | undefined;
   const parts: Buffer[] = [];
   let received = 0;
   let finished = false;
+  let withdraw = () => undefined as void;
   const finish = (err: Error | null, value?: Buffer) => {
     if (finished) return;
     finished = true;
+    withdraw();
     payload.removeListener('data', onData);
     payload.removeListener('end', onEnd);
     payload.removeListener('error', onError);
+    payload.removeListener('close', onClose);
     if (err) {
       if (body) bodyPool.give(body.buffer);
       return done(err);
@@ -45,8 +49,21 @@ export function readBinaryBody(req: FastifyRequest, payload: NodeJS.ReadableStre
     if (!(typeof err.statusCode === 'number' && err.statusCode >= 400)) err.statusCode = 400;
     finish(err);
   };
-  payload.on('data', onData);
-  payload.on('end', onEnd);
+  const onClose = () => finish(Object.assign(new Error('the client closed the request before its body was read'), { statusCode: 400 }));
+  // An error or a close (the client went away) while the body waits for memory ends the wait.
   payload.on('error', onError);
-  payload.resume();
+  payload.on('close', onClose);
+  const read = () => {
+    payload.on('data', onData);
+    payload.on('end', onEnd);
+    payload.resume();
+  };
+  if (!(Number.isSafeInteger(announced) && announced >= 0)) return read();
+  // The body is read once the pool lends it memory: while the pool's budget is spent, it stays in
+  // the socket, and TCP holds the sender back (buffer-pool.ts).
+  withdraw = bodyPool.lend(announced, (b) => {
+    if (finished) return bodyPool.give(b.buffer);
+    body = b;
+    read();
+  });
 }

@@ -1,4 +1,5 @@
-// The upload body pool: memory is reused, and only memory the pool made is ever taken back.
+// The upload body pool: memory is reused, only memory the pool made is ever taken back, and a lend
+// past the budget waits for memory given back (the bound on upload bodies held at once).
 import { BufferPool } from '../../repository/buffer-pool';
 
 describe('BufferPool', () => {
@@ -55,5 +56,62 @@ describe('BufferPool', () => {
     const again = [pool.take(1024 * 1024), pool.take(1024 * 1024), pool.take(1024 * 1024)];
     expect(again.filter((b) => bufs.some((x) => x.buffer === b.buffer))).toHaveLength(2);
     expect(pool.idOf(again[2].buffer)).toBeUndefined();
+  });
+
+  describe('lend', () => {
+    const MiB = 1024 * 1024;
+    const lent = (pool: BufferPool, length: number) => {
+      const got: Buffer[] = [];
+      const withdraw = pool.lend(length, (b) => got.push(b));
+      return { got, withdraw };
+    };
+
+    it('grants at once within the budget, then makes the next wait until memory is given back, in order', () => {
+      const pool = new BufferPool(MiB, 8 * MiB, 8 * MiB, 60_000);
+      const a = lent(pool, 4 * MiB);
+      const b = lent(pool, 4 * MiB);
+      expect([a.got.length, b.got.length]).toEqual([1, 1]);
+      const c = lent(pool, 3 * MiB);
+      const d = lent(pool, 4 * MiB);
+      expect([c.got.length, d.got.length, pool.waitingLends]).toEqual([0, 0, 2]);
+      // A request that is not one the pool serves is not held back by the waiting ones.
+      const small = lent(pool, 1000);
+      expect(small.got).toHaveLength(1);
+      pool.give(a.got[0].buffer);
+      // The first waiter gets the 4 MiB given back though it asked for 3: the budget is spent.
+      expect(c.got).toHaveLength(1);
+      expect(c.got[0].buffer).toBe(a.got[0].buffer);
+      expect(c.got[0].length).toBe(3 * MiB);
+      expect(d.got).toHaveLength(0);
+      pool.give(b.got[0].buffer);
+      expect(d.got[0].buffer).toBe(b.got[0].buffer);
+      expect(pool.waitingLends).toBe(0);
+    });
+
+    it('forgets a withdrawn lend, and does not hand it memory given back later', () => {
+      const pool = new BufferPool(MiB, 8 * MiB, 4 * MiB, 60_000);
+      const a = lent(pool, 4 * MiB);
+      const b = lent(pool, 4 * MiB);
+      expect(pool.waitingLends).toBe(1);
+      b.withdraw();
+      expect(pool.waitingLends).toBe(0);
+      pool.give(a.got[0].buffer);
+      expect(b.got).toHaveLength(0);
+      expect(lent(pool, 4 * MiB).got[0].buffer).toBe(a.got[0].buffer);
+    });
+
+    it('gives plain memory to a lend that waited its longest (memory lent and never given back must not stall uploads)', async () => {
+      const pool = new BufferPool(MiB, 8 * MiB, 4 * MiB, 30);
+      const a = lent(pool, 4 * MiB);
+      const b = lent(pool, 2 * MiB);
+      expect(b.got).toHaveLength(0);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(b.got).toHaveLength(1);
+      expect(b.got[0].length).toBe(2 * MiB);
+      expect(pool.idOf(b.got[0].buffer)).toBeUndefined();
+      expect(pool.waitingLends).toBe(0);
+      pool.give(a.got[0].buffer); // no one waits: it stays idle for the next
+      expect(b.got).toHaveLength(1);
+    });
   });
 });

@@ -5,6 +5,7 @@
 import { PerformanceObserver, constants } from 'node:perf_hooks';
 import { createHash, randomBytes } from 'node:crypto';
 import { SWEEP_EVERY_BYTES, youngSweeps } from '../../storage-api/young-gc';
+import { bodyPool } from '../../repository/buffer-pool';
 import { startFixture } from './support';
 import type { Fixture } from './support';
 
@@ -48,5 +49,31 @@ describe('upload bodies', () => {
     obs.disconnect();
     expect(kinds.filter((k) => k === constants.NODE_PERFORMANCE_GC_MINOR).length).toBeGreaterThanOrEqual(2);
     for (const [digest, data] of sent) expect((await fx.repo.chunks.read(digest)).equals(data)).toBe(true);
+  });
+
+  it('wait unread while the pool is spent, then are read and stored once memory is given back', async () => {
+    const { agent } = await fx.backupJob('vm-upload-wait');
+    // Spend the pool's budget as uploads in flight would (whatever is idle or can still be made).
+    const held: Buffer[] = [];
+    for (;;) {
+      const b = bodyPool.take(4 * 1024 * 1024);
+      if (bodyPool.idOf(b.buffer) === undefined) break;
+      held.push(b);
+    }
+    expect(held.length).toBeGreaterThan(0);
+    const chunks = Array.from({ length: 16 }, () => {
+      const data = randomBytes(256 * 1024);
+      return { digest: createHash('sha256').update(data).digest('hex'), data };
+    });
+    let settled = false;
+    const upload = agent.putChunks(chunks).finally(() => (settled = true));
+    const deadline = Date.now() + 1500;
+    while (bodyPool.waitingLends === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    expect(bodyPool.waitingLends).toBe(1);
+    expect(settled).toBe(false);
+    for (const b of held) bodyPool.give(b.buffer);
+    expect(bodyPool.waitingLends).toBe(0);
+    expect((await upload).every((r) => r.written)).toBe(true);
+    for (const c of chunks) expect((await fx.repo.chunks.read(c.digest)).equals(c.data)).toBe(true);
   });
 });
