@@ -168,6 +168,26 @@ export class ChunkStore {
   }
 
   /**
+   * claim() for many chunks at once, without a promise per chunk when no unlink is in flight (the
+   * usual case; a batch of 16 chunks went through 16 awaits, which a sampling heap profile of the
+   * server showed among what its uploads promote). Chunks being unlinked are waited for one by
+   * one, as claim() does; the others are shielded from a running GC at once, with no await
+   * between the check and the shield. (Measured: no change in the server's full-GC count.)
+   */
+  private claimMany(digests: readonly string[]): Promise<void> | undefined {
+    let unlinking: string[] | undefined;
+    for (const d of digests) {
+      if (this.deleting.has(d)) (unlinking ??= []).push(d);
+      else this.protectedDuringGc?.add(d);
+    }
+    if (unlinking === undefined) return undefined;
+    const wait = unlinking;
+    return (async () => {
+      for (const d of wait) await this.claim(d);
+    })();
+  }
+
+  /**
    * Marks the chunk as in use now: waits for a GC unlink in flight, shields it from the running
    * GC, and bumps its mtime (GC spares chunks newer than its cutoff). Returns the stored size,
    * or undefined when the chunk is not there.
@@ -206,7 +226,8 @@ export class ChunkStore {
       }));
       return out;
     }
-    for (const d of unique) await this.claim(d);
+    const claiming = this.claimMany(unique);
+    if (claiming) await claiming;
     const sizes = await this.encoder.touchAll(this.dir, unique);
     unique.forEach((d, i) => {
       if (sizes[i] > 0) this.remember(d, sizes[i]);
@@ -264,7 +285,8 @@ export class ChunkStore {
       for (const e of encoded) out.push(await this.insertEncoded(e));
       return out;
     }
-    for (const it of items) await this.claim(it.digest);
+    const claiming = this.claimMany(items.map((it) => it.digest));
+    if (claiming) await claiming;
     const reply = await this.encoder.storeBatch(body, items, this.dir, `${process.pid.toString(36)}-${(this.batchCounter++).toString(36)}`);
     if ('mismatch' in reply) {
       const { digest, actual } = reply.mismatch;

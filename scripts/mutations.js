@@ -119,6 +119,15 @@ const MUTATIONS = [
     only: 'lab:checkpoint-quiesced',
   },
   {
+    name: 'batch-claim-skips-gc-shield',
+    why: 'a batch of chunks the storage API checks or stores is not shielded from a running GC (ChunkStore.claimMany), so GC may unlink a chunk just said present or just reused',
+    file: 'repository/chunk-store.ts',
+    from: '      else this.protectedDuringGc?.add(d);',
+    to: '      else void 0;',
+    tests: ['test/repository/gc.test.ts'],
+    only: 'encoder threads',
+  },
+  {
     name: 'chunk-read-skips-digest-check',
     why: 'the restore reader returns chunk bytes without comparing their SHA-256 with the chunk name',
     file: 'repository/chunk-store.ts',

@@ -112,4 +112,37 @@ describe('garbage collection', () => {
     expect(present).toBe(onDisk);
     expect(report.removedChunks + (onDisk ? 1 : 0)).toBe(1);
   });
+
+  it('with encoder threads (the storage API\'s path), "missing?" and a batch insert racing GC: the answer matches the disk, and the inserted chunk stays', async () => {
+    const threaded = await tempRepo({ encoderThreads: 1 });
+    const age = async (ms: number) => {
+      const t = new Date(Date.now() - ms);
+      for await (const ent of threaded.chunks.listPrefix(0, 65536)) await fs.utimes(ent.file, t, t);
+    };
+    try {
+      for (let round = 0; round < 8; round++) {
+        const chunk = randomDisk(CS, 20 + round);
+        const d = digestOf(chunk).toString('hex');
+        await threaded.chunks.insert(d, chunk);
+        await age(10 * 60_000);
+        const [report, missing] = await Promise.all([collectGarbage(threaded, { graceMs: 0 }), threaded.chunks.missing([d])]);
+        const onDisk = (await threaded.chunks.storedSize(d)) !== undefined;
+        // Said present only if it stayed; said missing only if GC took it.
+        expect(missing.includes(d)).toBe(!onDisk);
+        if (!onDisk) expect(report.removedChunks).toBeGreaterThanOrEqual(1);
+
+        await age(10 * 60_000);
+        const [, results] = await Promise.all([
+          collectGarbage(threaded, { graceMs: 0 }),
+          threaded.chunks.insertBatch(Buffer.from(chunk), [{ digest: d, offset: 0, length: chunk.length }]),
+        ]);
+        // However the two interleave, a chunk the insert reported stored is on disk afterwards.
+        expect(results[0].storedSize).toBeGreaterThan(0);
+        expect(await threaded.chunks.storedSize(d)).toBe(results[0].storedSize);
+      }
+    } finally {
+      await threaded.close();
+      await fs.rm(threaded.root, { recursive: true, force: true });
+    }
+  });
 });
