@@ -228,8 +228,7 @@ export class ChunkStore {
       }));
       return out;
     }
-    const claiming = this.claimMany(unique);
-    if (claiming) await claiming;
+    await this.claimMany(unique);
     const sizes = await this.encoder.touchAll(this.dir, unique);
     unique.forEach((d, i) => {
       if (sizes[i] > 0) this.remember(d, sizes[i]);
@@ -287,8 +286,7 @@ export class ChunkStore {
       for (const e of encoded) out.push(await this.insertEncoded(e));
       return out;
     }
-    const claiming = this.claimMany(items.map((it) => it.digest));
-    if (claiming) await claiming;
+    await this.claimMany(items.map((it) => it.digest));
     const reply = await this.encoder.storeBatch(body, items, this.dir, `${process.pid.toString(36)}-${(this.batchCounter++).toString(36)}`);
     if ('mismatch' in reply) {
       const { digest, actual } = reply.mismatch;

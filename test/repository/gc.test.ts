@@ -15,9 +15,9 @@ describe('garbage collection', () => {
     await fs.rm(repo.root, { recursive: true, force: true });
   });
 
-  async function ageAllChunks(ms: number): Promise<void> {
+  async function ageAllChunks(ms: number, of: Repository = repo): Promise<void> {
     const t = new Date(Date.now() - ms);
-    for await (const ent of repo.chunks.listPrefix(0, 65536)) await fs.utimes(ent.file, t, t);
+    for await (const ent of of.chunks.listPrefix(0, 65536)) await fs.utimes(ent.file, t, t);
   }
 
   it('removes chunks no point references once they are older than the cutoff, in several bounded passes', async () => {
@@ -135,23 +135,19 @@ describe('garbage collection', () => {
 
   it('with encoder threads (the storage API\'s path), "missing?" and a batch insert racing GC: the answer matches the disk, and the inserted chunk stays', async () => {
     const threaded = await tempRepo({ encoderThreads: 1 });
-    const age = async (ms: number) => {
-      const t = new Date(Date.now() - ms);
-      for await (const ent of threaded.chunks.listPrefix(0, 65536)) await fs.utimes(ent.file, t, t);
-    };
     try {
       for (let round = 0; round < 8; round++) {
         const chunk = randomDisk(CS, 20 + round);
         const d = digestOf(chunk).toString('hex');
         await threaded.chunks.insert(d, chunk);
-        await age(10 * 60_000);
+        await ageAllChunks(10 * 60_000, threaded);
         const [report, missing] = await Promise.all([collectGarbage(threaded, { graceMs: 0 }), threaded.chunks.missing([d])]);
         const onDisk = (await threaded.chunks.storedSize(d)) !== undefined;
         // Said present only if it stayed; said missing only if GC took it.
         expect(missing.includes(d)).toBe(!onDisk);
         if (!onDisk) expect(report.removedChunks).toBeGreaterThanOrEqual(1);
 
-        await age(10 * 60_000);
+        await ageAllChunks(10 * 60_000, threaded);
         const [, results] = await Promise.all([
           collectGarbage(threaded, { graceMs: 0 }),
           threaded.chunks.insertBatch(Buffer.from(chunk), [{ digest: d, offset: 0, length: chunk.length }]),
