@@ -1,7 +1,6 @@
 // Child processes of bench/repository-ingest: "server" runs the storage API on a repository,
 // "agent" ingests a raw image through it. Each reports its wall time and peak RSS as JSON.
 import '../workers/young-generation'; // as in `hvprotect server` and `agent` (client/cli.ts)
-import '../workers/old-generation';
 import { promises as fs } from 'node:fs';
 import * as path from 'node:path';
 // Each role loads only what it uses: an agent never loads fastify or zstd.

@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 // hvprotect: the command-line tool and the two processes (server, agent).
 import '../workers/young-generation'; // first: before any module allocates
-import '../workers/old-generation';
 import fs from 'node:fs';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import type { Client } from '@temporalio/client';
