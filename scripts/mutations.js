@@ -333,6 +333,14 @@ const MUTATIONS = [
     to: '.detail?.kind === perf.NODE_PERFORMANCE_GC_MINOR) fullCollectionSeen();',
     tests: ['test/storage-api/sweep-pace.test.ts'],
   },
+  {
+    name: 'syncfs-helper-never-replaced',
+    why: 'a syncfs helper that died (killed, out of memory) stays dead: every later commit fails until the server restarts',
+    file: 'repository/durable.ts',
+    from: 'if (!helper || helper.dead) helper = new SyncHelper();',
+    to: 'if (!helper) helper = new SyncHelper();',
+    tests: ['test/repository/syncfs.test.ts'],
+  },
 ];
 
 function parseArgs(argv) {
