@@ -21,6 +21,8 @@ export const INDEX_MAGIC = Buffer.from('HVPFIDX1', 'latin1');
 export const INDEX_HEADER_SIZE = 64;
 export const DIGEST_SIZE = 32;
 const READ_BLOCK_SLOTS = 32 * 1024; // 1 MiB of slots per read
+/** A patch's slots at most this far apart are read and written as one span (8 KiB of index). */
+const PATCH_GAP_SLOTS = 256;
 
 export interface FixedIndexHeader {
   chunkSize: number;
@@ -221,26 +223,31 @@ export class IndexBuilder {
     if (slots.length === 0) return previous;
     const fh = await fs.open(this.file, 'r+');
     try {
-      // Read the old digests of the span at once when it is dense, one by one when scattered.
-      // A loop, not Math.min(...slots): a patch may hold a million slots, too many for a spread.
-      let min = slots[0];
-      let max = slots[0];
-      for (const s of slots) {
-        if (s < min) min = s;
-        if (s > max) max = s;
-      }
-      if (max - min + 1 <= slots.length * 4) {
-        const span = Buffer.alloc((max - min + 1) * DIGEST_SIZE);
-        await fh.read(span, 0, span.length, INDEX_HEADER_SIZE + min * DIGEST_SIZE);
-        slots.forEach((s, i) => span.copy(previous, i * DIGEST_SIZE, (s - min) * DIGEST_SIZE, (s - min + 1) * DIGEST_SIZE));
-        slots.forEach((s, i) => digests.copy(span, (s - min) * DIGEST_SIZE, i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE));
-        await fh.write(span, 0, span.length, INDEX_HEADER_SIZE + min * DIGEST_SIZE);
-      } else {
-        for (let i = 0; i < slots.length; i++) {
-          const pos = INDEX_HEADER_SIZE + slots[i] * DIGEST_SIZE;
-          await fh.read(previous, i * DIGEST_SIZE, DIGEST_SIZE, pos);
-          await fh.write(digests, i * DIGEST_SIZE, DIGEST_SIZE, pos);
+      // Slots in order, cut into runs where two neighbours are at most PATCH_GAP_SLOTS apart: each
+      // run is read once, patched in memory and written once. An express full's batch of scattered
+      // 64 KiB writes (a slot every ~25) is then one read and one write, where a read and a write
+      // per slot cost the server's main thread ~30 ms per 1% of a 4 GiB disk (CPU profile, 2 Dec).
+      // Slots given twice: the old digest of both is the one before this patch, the last one wins.
+      const order = slots.map((_, i) => i).sort((a, b) => slots[a] - slots[b] || a - b);
+      let first = 0;
+      while (first < order.length) {
+        let last = first;
+        while (last + 1 < order.length && slots[order[last + 1]] - slots[order[last]] <= PATCH_GAP_SLOTS) last++;
+        const min = slots[order[first]];
+        const span = Buffer.alloc((slots[order[last]] - min + 1) * DIGEST_SIZE);
+        const at = INDEX_HEADER_SIZE + min * DIGEST_SIZE;
+        const { bytesRead } = await fh.read(span, 0, span.length, at);
+        if (bytesRead !== span.length) throw new RepositoryError('CORRUPT', `index ${this.file} is shorter than its ${this.count} slots`, 'run verify; restore the point from a replica');
+        for (let k = first; k <= last; k++) {
+          const i = order[k];
+          span.copy(previous, i * DIGEST_SIZE, (slots[i] - min) * DIGEST_SIZE, (slots[i] - min + 1) * DIGEST_SIZE);
         }
+        for (let k = first; k <= last; k++) {
+          const i = order[k];
+          digests.copy(span, (slots[i] - min) * DIGEST_SIZE, i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE);
+        }
+        await fh.write(span, 0, span.length, at);
+        first = last + 1;
       }
     } finally {
       await fh.close();

@@ -341,6 +341,14 @@ const MUTATIONS = [
     to: 'if (!helper) helper = new SyncHelper();',
     tests: ['test/repository/syncfs.test.ts'],
   },
+  {
+    name: 'index-patch-old-digests-after-writing',
+    why: 'a patch of a run of slots returns the digests it has just written as the old ones: the session counts no chunk as changed and the commit\'s added bytes are wrong',
+    file: 'repository/fixed-index.ts',
+    from: "        for (let k = first; k <= last; k++) {\n          const i = order[k];\n          span.copy(previous",
+    to: "        for (let k = first; k <= last; k++) {\n          const i = order[k];\n          digests.copy(span, (slots[i] - min) * DIGEST_SIZE, i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE);\n          span.copy(previous",
+    tests: ['test/repository/index-patch.test.ts'],
+  },
 ];
 
 function parseArgs(argv) {
