@@ -408,14 +408,39 @@ function specText(d: ScheduleDescription): string {
   return 'custom';
 }
 
+/**
+ * A schedule's description, undefined when it does not exist. Temporal answers a schedule's
+ * describe by querying the schedule's own workflow, a query that can fail for a moment (that
+ * workflow has not run its first task yet, or the query timed out on a busy server). Seen once
+ * (2 Dec, a CI run under load): `npm start` exited with "Failed to describe schedule", Temporal's
+ * reason not shown; quiet tries (30 schedules described right after creation, and right after a
+ * Temporal restart) did not reproduce it. So such failures are asked again for up to `waitMs`, and
+ * the error then says what Temporal answered.
+ */
+export async function describeScheduleWhenReady(
+  describe: () => Promise<ScheduleDescription>,
+  scheduleId: string,
+  waitMs = 20_000,
+  sleep: (ms: number) => Promise<void> = (ms) => new Promise((r) => setTimeout(r, ms)),
+): Promise<ScheduleDescription | undefined> {
+  const deadline = Date.now() + waitMs;
+  for (let delay = 100; ; delay = Math.min(2_000, delay * 2)) {
+    try {
+      return await describe();
+    } catch (err) {
+      if (err instanceof ScheduleNotFoundError) return undefined;
+      if (Date.now() + delay > deadline) {
+        throw new Error(`schedule ${scheduleId} did not answer within ${Math.round(waitMs / 1000)} s: ${innermostMessage(err)}; \`hvprotect doctor\` shows whether Temporal is up`, { cause: err });
+      }
+      await sleep(delay);
+    }
+  }
+}
+
 export async function describeProtection(client: Client, dataSource: string): Promise<ProtectionInfo> {
   const state = await protectionState(client, dataSource);
-  let d: ScheduleDescription | undefined;
-  try {
-    d = await client.schedule.getHandle(scheduleIdOf(dataSource)).describe();
-  } catch (err) {
-    if (!(err instanceof ScheduleNotFoundError)) throw err;
-  }
+  const handle = client.schedule.getHandle(scheduleIdOf(dataSource));
+  const d = await describeScheduleWhenReady(() => handle.describe(), scheduleIdOf(dataSource));
   return {
     dataSource,
     server: state.server,

@@ -349,6 +349,14 @@ const MUTATIONS = [
     to: "        for (let k = first; k <= last; k++) {\n          const i = order[k];\n          digests.copy(span, (slots[i] - min) * DIGEST_SIZE, i * DIGEST_SIZE, (i + 1) * DIGEST_SIZE);\n          span.copy(previous",
     tests: ['test/repository/index-patch.test.ts'],
   },
+  {
+    name: 'schedule-describe-not-asked-again',
+    why: 'a schedule whose own workflow has not run its first task (just created, Temporal just restarted) fails the describe at once: npm start, protect and list fail now and then',
+    file: 'client/protection.ts',
+    from: '      if (Date.now() + delay > deadline) {',
+    to: '      if (Date.now() + delay > deadline || delay > 0) {',
+    tests: ['test/protection/schedule-describe.test.ts'],
+  },
 ];
 
 function parseArgs(argv) {

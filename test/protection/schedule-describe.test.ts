@@ -1,0 +1,53 @@
+// describeScheduleWhenReady (client/protection.ts): Temporal refuses a schedule's describe while
+// the schedule's own workflow has not run its first task (just created, or the Temporal server
+// just restarted), which made `npm start` fail now and then. Such refusals are asked again for a
+// bounded time; a schedule that does not exist is said at once; one that never answers fails
+// naming what Temporal said.
+import { ScheduleNotFoundError, type ScheduleDescription } from '@temporalio/client';
+import { ServiceError } from '@temporalio/client';
+import { describeScheduleWhenReady } from '../../client/protection';
+
+const description = { scheduleId: 'protect/ds1' } as unknown as ScheduleDescription;
+const notReady = () => new ServiceError('Failed to describe schedule', { cause: new Error('9 FAILED_PRECONDITION: Workflow task is not completed yet.') });
+
+test('refusals while the schedule is not ready are asked again until it answers', async () => {
+  let calls = 0;
+  const waits: number[] = [];
+  const d = await describeScheduleWhenReady(
+    async () => {
+      if (++calls < 4) throw notReady();
+      return description;
+    },
+    'protect/ds1',
+    20_000,
+    async (ms) => void waits.push(ms),
+  );
+  expect(d).toBe(description);
+  expect(calls).toBe(4);
+  expect(waits).toEqual([100, 200, 400]);
+});
+
+test('a schedule that does not exist is said at once, not waited for', async () => {
+  let calls = 0;
+  const d = await describeScheduleWhenReady(
+    async () => {
+      calls++;
+      throw new ScheduleNotFoundError('no such schedule', 'protect/ds2');
+    },
+    'protect/ds2',
+    20_000,
+    async () => {
+      throw new Error('must not wait');
+    },
+  );
+  expect(d).toBeUndefined();
+  expect(calls).toBe(1);
+});
+
+test('a schedule that never answers fails within the bound, naming what Temporal said', async () => {
+  const started = Date.now();
+  await expect(describeScheduleWhenReady(async () => Promise.reject(notReady()), 'protect/ds3', 500)).rejects.toThrow(
+    /schedule protect\/ds3 did not answer within 1 s: .*Workflow task is not completed yet/,
+  );
+  expect(Date.now() - started).toBeLessThan(5_000);
+});
