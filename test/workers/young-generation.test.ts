@@ -39,3 +39,42 @@ describe('young generation', () => {
     expect(worker).toBeGreaterThanOrEqual(16);
   });
 });
+
+/**
+ * The main thread's new space (MiB) after it allocated hard while starting two worker threads,
+ * through workers/start-worker.ts or with a plain `new Worker`; the small young generation on.
+ */
+function mainNewSpaceStartingWorkers(how: 'startWorker' | 'new Worker'): number {
+  const script = `
+    require(${JSON.stringify(path.join(root, 'dist', 'workers', 'young-generation.js'))});
+    const { startWorker } = require(${JSON.stringify(path.join(root, 'dist', 'workers', 'start-worker.js'))});
+    const { Worker } = require('node:worker_threads');
+    const v8 = require('node:v8');
+    const size = () => v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space').space_size / 1048576;
+    const start = (src) => ${how === 'startWorker' ? 'startWorker(src)' : "new Worker(src, { eval: true })"};
+    const keep = [];
+    const t0 = Date.now();
+    let started = 0;
+    (function churn() {
+      for (let i = 0; i < 20000; i++) { const o = { a: i, b: [i, i + 1], c: 'x' + i }; if (i % 3 === 0) keep.push(o); }
+      if (keep.length > 200000) keep.length = 0;
+      if (started < 2 && Date.now() - t0 > 50) { start('setTimeout(() => {}, 300)'); started++; }
+      if (Date.now() - t0 < 700) setImmediate(churn); else { console.log(JSON.stringify({ main: size() })); process.exit(0); }
+    })();
+  `;
+  const r = spawnSync(process.execPath, ['-e', script], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+  if (r.status !== 0) throw new Error(`child failed (${r.status}): ${r.stderr}`);
+  return (JSON.parse(r.stdout.trim().split('\n').pop()!) as { main: number }).main;
+}
+
+describe('starting worker threads while the main thread allocates', () => {
+  it('through startWorker leaves the main thread at its starting size', () => {
+    // Three tries, each must hold: the race is a matter of timing.
+    for (let i = 0; i < 3; i++) expect(mainNewSpaceStartingWorkers('startWorker')).toBeLessThanOrEqual(2);
+  });
+
+  it('with a plain new Worker grows it (the control: the race is real here)', () => {
+    const sizes = [0, 1, 2].map(() => mainNewSpaceStartingWorkers('new Worker'));
+    expect(Math.max(...sizes)).toBeGreaterThan(2);
+  });
+});
