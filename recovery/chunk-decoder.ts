@@ -7,8 +7,7 @@
 // back: nothing is copied across. Plain JavaScript (eval), as repository/encoder.ts, so
 // it runs the same from dist/ and under jest.
 import { availableParallelism } from 'node:os';
-import type { Worker } from 'node:worker_threads';
-import { startWorker } from '../workers/start-worker';
+import { Worker } from 'node:worker_threads';
 import { RepositoryError } from '../repository/errors';
 import { MAX_CHUNK_SIZE } from '../repository/chunk-store';
 
@@ -76,7 +75,7 @@ class DecoderWorker {
   readonly worker: Worker;
   readonly jobs = new Map<number, Job>();
   constructor() {
-    this.worker = startWorker(WORKER_SOURCE, { workerData: { zstdBindingPath: require.resolve('zstd-napi/binding'), maxChunkSize: MAX_CHUNK_SIZE } });
+    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { zstdBindingPath: require.resolve('zstd-napi/binding'), maxChunkSize: MAX_CHUNK_SIZE } });
     this.worker.unref(); // referenced only while it has work (see run)
     this.worker.on('message', (m: { id: number; body?: ArrayBuffer; raws?: Array<ArrayBuffer | [number, number]>; error?: string }) => {
       const job = this.jobs.get(m.id);

@@ -5,8 +5,7 @@
 // given. The worker is plain JavaScript (eval) so it runs the same from dist/ and under jest;
 // it writes the chunk file format documented in chunk-store.ts.
 import { cpus } from 'node:os';
-import type { Worker } from 'node:worker_threads';
-import { startWorker } from '../workers/start-worker';
+import { Worker } from 'node:worker_threads';
 import { CODEC_NONE, CODEC_ZSTD, ENCRYPTED_FLAG, ZSTD_LEVEL, encodeChunkPayload } from './codec';
 import type { Codec } from './codec';
 import { createHash } from 'node:crypto';
@@ -264,7 +263,7 @@ export class ChunkEncoder {
     directWrites = true,
   ) {
     for (let i = 0; i < threads; i++) {
-      const w = startWorker(WORKER_SOURCE, { workerData: { directWrites, zstdPath: require.resolve('zstd-napi'), zstdBindingPath: require.resolve('zstd-napi/binding'), level: ZSTD_LEVEL, chunkKey: chunkKey ? new Uint8Array(chunkKey) : undefined } });
+      const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { directWrites, zstdPath: require.resolve('zstd-napi'), zstdBindingPath: require.resolve('zstd-napi/binding'), level: ZSTD_LEVEL, chunkKey: chunkKey ? new Uint8Array(chunkKey) : undefined } });
       w.unref();
       w.on('message', (m: { id: number; digest: string; allZero: boolean; codec: Codec; payload: Uint8Array | null; error?: string; code?: string; sizes?: number[] } & Partial<StoreReply>) => {
         const p = this.pending.get(m.id);

@@ -357,14 +357,6 @@ const MUTATIONS = [
     to: '      if (Date.now() + delay > deadline || delay > 0) {',
     tests: ['test/protection/schedule-describe.test.ts'],
   },
-  {
-    name: 'start-worker-does-not-wait-for-the-heap',
-    why: 'a worker started while the main thread allocates hard lets V8 grow the main thread\'s new space before the growth factor is set again (the server\'s main thread at 8 MiB instead of 2)',
-    file: 'workers/start-worker.ts',
-    from: '  Atomics.wait(new Int32Array(ready), 0, 0, READY_WAIT_MS);\n',
-    to: '',
-    tests: ['test/workers/young-generation.test.ts'],
-  },
 ];
 
 function parseArgs(argv) {

@@ -2,8 +2,7 @@
 // calling isolate for the life of the process: bundled on the server's main thread, a started
 // server held ~65 MiB more (RSS 154 against 105 MiB right after the bundle, V8's heap 42 against
 // 20 MiB in use). The thread ends with the bundle made, and its memory with it.
-import type { Worker } from 'node:worker_threads';
-import { startWorker } from './start-worker';
+import { Worker } from 'node:worker_threads';
 import type { Logger as SdkLogger } from '@temporalio/worker';
 
 const SOURCE = `
@@ -18,7 +17,7 @@ require(workerData.sdk)
 /** bundleWorkflowCode on a worker thread; its log lines go to `logger`. */
 export function bundleWorkflowsApart(o: { workflowsPath: string; workflowInterceptorModules: string[]; logger: SdkLogger }): Promise<{ code: string }> {
   return new Promise((resolve, reject) => {
-    const w = startWorker(SOURCE, { workerData: { sdk: require.resolve('@temporalio/worker'), workflowsPath: o.workflowsPath, workflowInterceptorModules: o.workflowInterceptorModules } });
+    const w = new Worker(SOURCE, { eval: true, workerData: { sdk: require.resolve('@temporalio/worker'), workflowsPath: o.workflowsPath, workflowInterceptorModules: o.workflowInterceptorModules } });
     let settled = false;
     const settle = (fn: () => void) => {
       if (settled) return;

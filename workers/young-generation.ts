@@ -15,15 +15,9 @@
 //   before any code ran. V8 raises a factor below 2 back to 2 whenever it makes a heap (seen
 //   here: a worker thread's start undid it), so it is set again once each worker has started.
 import v8 from 'node:v8';
-import { whenWorkerHeapMade } from './start-worker';
 
 const NO_GROWTH = '--semi-space-growth-factor=1';
 
 v8.setFlagsFromString('--max-semi-space-size=1');
 v8.setFlagsFromString(NO_GROWTH);
 process.on('worker', (worker) => worker.once('online', () => v8.setFlagsFromString(NO_GROWTH)));
-
-
-// A worker's start can still grow this thread's heap before 'online': workers/start-worker.ts waits
-// for each worker hvprotect makes and sets the factor again through this hook.
-whenWorkerHeapMade(() => v8.setFlagsFromString(NO_GROWTH));
