@@ -439,8 +439,9 @@ export async function describeScheduleWhenReady(
 
 export async function describeProtection(client: Client, dataSource: string): Promise<ProtectionInfo> {
   const state = await protectionState(client, dataSource);
-  const handle = client.schedule.getHandle(scheduleIdOf(dataSource));
-  const d = await describeScheduleWhenReady(() => handle.describe(), scheduleIdOf(dataSource));
+  const scheduleId = scheduleIdOf(dataSource);
+  const handle = client.schedule.getHandle(scheduleId);
+  const d = await describeScheduleWhenReady(() => handle.describe(), scheduleId);
   return {
     dataSource,
     server: state.server,
@@ -451,7 +452,7 @@ export async function describeProtection(client: Client, dataSource: string): Pr
     ...(state.group ? { group: state.group } : {}),
     vm: state.vm,
     vmId: state.vmId,
-    scheduleId: scheduleIdOf(dataSource),
+    scheduleId,
     paused: d?.state.paused ?? false,
     note: d?.state.note,
     spec: d ? specText(d) : 'no schedule',

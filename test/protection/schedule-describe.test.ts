@@ -1,8 +1,8 @@
-// describeScheduleWhenReady (client/protection.ts): Temporal refuses a schedule's describe while
-// the schedule's own workflow has not run its first task (just created, or the Temporal server
-// just restarted), which made `npm start` fail now and then. Such refusals are asked again for a
-// bounded time; a schedule that does not exist is said at once; one that never answers fails
-// naming what Temporal said.
+// describeScheduleWhenReady (client/protection.ts): Temporal answers a schedule's describe by
+// querying the schedule's own workflow, which can fail for a moment; one CI run's `npm start`
+// exited on such a failure (its reason was not shown, so the refusal below is an example, not the
+// recorded cause). Such failures are asked again for a bounded time; a schedule that does not
+// exist is said at once; one that never answers fails naming what Temporal said.
 import { ScheduleNotFoundError, type ScheduleDescription } from '@temporalio/client';
 import { ServiceError } from '@temporalio/client';
 import { describeScheduleWhenReady } from '../../client/protection';
