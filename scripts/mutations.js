@@ -357,6 +357,33 @@ const MUTATIONS = [
     to: '      if (Date.now() + delay > deadline || delay > 0) {',
     tests: ['test/protection/schedule-describe.test.ts'],
   },
+  {
+    name: 'locate-hint-ignored',
+    why: 'a backup does not ask the host its last backup found the VM on until the agent list is in: one step more before every backup',
+    file: 'workflows/locate.ts',
+    from: "const hint = round === 0 && o.hint && patched('locate-hint-first') ? o.hint : undefined;",
+    to: 'const hint = undefined as string | undefined;',
+    tests: ['test/backup/faults.temporal.test.ts'],
+    only: 'asked at once',
+  },
+  {
+    name: 'locate-hint-kept-when-unlisted',
+    why: 'a hint naming a host without an agent keeps its probe: a round that finds the VM nowhere waits out its locate timeout',
+    file: 'workflows/locate.ts',
+    from: '          if (!hosts.includes(hint)) hinted.cancel();\n',
+    to: '',
+    tests: ['test/backup/faults.temporal.test.ts'],
+    only: 'asked at once',
+  },
+  {
+    name: 'protection-forgets-last-host',
+    why: 'the protection does not remember where its last backup found the VM: no backup it starts has a hint',
+    file: 'workflows/protection.ts',
+    from: "if (job.kind !== 'restore' && host) state.lastHost = host;",
+    to: 'void host;',
+    tests: ['test/backup/backup.temporal.test.ts'],
+    only: 'asked again',
+  },
 ];
 
 function parseArgs(argv) {

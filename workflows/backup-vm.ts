@@ -50,6 +50,8 @@ export interface BackupVmInput {
   /** Which copy to protect when Hyper-V Replica keeps two: the replica is read on the replica server. */
   role?: 'primary' | 'replica';
   kind?: 'auto' | 'consistency-check';
+  /** The host the VM's previous backup found it on (its protection remembers it): probed first. */
+  lastHost?: string;
   policy?: BackupModePolicy & {
     /** How many times the backup may follow the VM to another host (default 5). */
     maxRelocations?: number;
@@ -122,6 +124,7 @@ export async function backupVm(input: BackupVmInput): Promise<BackupVmResult> {
     maxRelocations: input.policy?.maxRelocations ?? 5,
     locateTimeout: input.timing?.locateTimeout ?? '20 seconds',
     hostWaitTimeoutMs: msOf(input.policy?.hostWaitTimeout ?? '30 minutes'),
+    hint: input.lastHost,
     onStep: step,
     onFound: (found, relocations) => Object.assign(progress, { host: found.host, relocations }),
   });

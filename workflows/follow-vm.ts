@@ -15,6 +15,8 @@ export interface FollowOptions {
   maxRelocations: number;
   locateTimeout: string;
   hostWaitTimeoutMs: number;
+  /** Where the VM was last found: probed first on the first look (locate.ts). */
+  hint?: string;
   /** Reports what is being done (progress step). */
   onStep: (what: string) => void;
   /** Told every time the VM is found (first look and after moves). */
@@ -45,6 +47,8 @@ export function followVm(
       role: o.role,
       locateTimeout: o.locateTimeout,
       waitTimeoutMs: o.hostWaitTimeoutMs,
+      // A later look follows a move or a silent host: the last place is the wrong one to favour.
+      hint: owner ? undefined : o.hint,
       onRound: (round) => o.onStep(`locating VM (${reason}${round ? `, try ${round + 1}` : ''})`),
     });
     if (owner && owner.host !== found.host) log.info('VM moved', { from: owner.host, to: found.host });

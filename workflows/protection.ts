@@ -107,6 +107,8 @@ export interface ProtectionState {
   historyLimit?: number;
   /** The newest good recovery point, kept however many jobs came after it (protection/status.ts). */
   lastGood?: { pointId: string; at: string };
+  /** The host the last completed backup found the VM on: the next backup probes it first. */
+  lastHost?: string;
   /** Recovery point objective: older than this is WARNING, twice this CRITICAL (default 24 h). */
   rpoMs?: number;
   /** The protection group it belongs to, if any (workflows/protection-group.ts). */
@@ -267,10 +269,14 @@ export async function protection(initial: ProtectionState): Promise<void> {
           ? await startChild<(i: RestoreVmInput) => Promise<RestoreVmResult>>('restoreVm', { ...options, args: [{ ...req.restore!, dataSource: state.dataSource }] })
           : await startChild<(i: BackupVmInput) => Promise<BackupVmResult>>('backupVm', {
               ...options,
-              args: [{ ...state.backup, dataSource: state.dataSource, kind: req.kind === 'check' ? 'consistency-check' : 'auto', timing: req.timing ?? state.backup.timing }],
+              args: [{ ...state.backup, dataSource: state.dataSource, kind: req.kind === 'check' ? 'consistency-check' : 'auto', timing: req.timing ?? state.backup.timing, ...(state.lastHost ? { lastHost: state.lastHost } : {}) }],
             });
       child.result().then(
-        (r) => remember(job, 'completed', r.pointId, undefined, (r as Partial<BackupVmResult>).retentionWarning),
+        (r) => {
+          const host = (r as Partial<BackupVmResult>).host;
+          if (job.kind !== 'restore' && host) state.lastHost = host;
+          remember(job, 'completed', r.pointId, undefined, (r as Partial<BackupVmResult>).retentionWarning);
+        },
         (err) => remember(job, isCancellation(err) ? 'cancelled' : 'failed', undefined, innermostMessage(err)),
       );
     } catch (err) {

@@ -1,7 +1,7 @@
 // The backup procedure end to end on the real dev server, real lab hosts with real VHDX disks,
 // real HTTP to the storage API: every assertion is about bytes.
 import type { WorkflowHandle } from '@temporalio/client';
-import { startTestStack, restoredBytes as sharedRestoredBytes, startBackup as sharedStartBackup, type TestStack } from '../support/stack';
+import { locateProbes, startTestStack, restoredBytes as sharedRestoredBytes, startBackup as sharedStartBackup, type TestStack } from '../support/stack';
 import { expectedDiskContent, initialDiskContent } from '../../hypervisor/lab';
 import type { BackupVmInput, BackupVmResult } from '../../workflows/backup-vm';
 import { SA } from '../../temporal/search-attribute-keys';
@@ -10,6 +10,7 @@ import { connectClient } from '../../temporal/connection';
 import type { HypervisorAdapter } from '../../hypervisor/types';
 import { runCli } from '../support/cli';
 import { JobRefused, protectVm, removeProtection, startBackupNow } from '../../client/protection';
+import { protectionStateQuery, protectionWorkflowId } from '../../workflows/protection';
 
 const MiB = 1024 * 1024;
 const DISK = 24 * MiB;
@@ -207,8 +208,17 @@ test('asked again the moment a backup has ended, the protection runs it; removed
   const schedule = stack.client.schedule.getHandle('protect/again');
   // Each ask comes as the previous backup's result is out, before the protection has (most
   // often) recorded its end: each must run, not be refused naming the backup that has ended.
-  for (let round = 0; round < 5; round++) await (await startBackupNow(stack.client, { dataSource: 'again' }, 'auto', 'test')).result();
+  const jobs: WorkflowHandle[] = [];
+  for (let round = 0; round < 5; round++) {
+    jobs.push(await startBackupNow(stack.client, { dataSource: 'again' }, 'auto', 'test'));
+    await jobs[round].result();
+  }
   expect(await stack.server.repository.listPoints('again')).toHaveLength(5);
+  // The protection remembers where its last backup found the VM, and the next one asks that host
+  // at once, beside the agent list (the first had nothing to go by).
+  expect((await stack.client.workflow.getHandle(protectionWorkflowId('again')).query(protectionStateQuery)).lastHost).toBe('hv02');
+  expect((await locateProbes(jobs[0])).probedBeforeListed).toBe(false);
+  expect((await locateProbes(jobs[4])).probedBeforeListed).toBe(true);
 
   // Removing the protection while a backup runs is refused, naming it, and leaves the schedule.
   let release!: () => void;

@@ -1,9 +1,10 @@
 // Backups that finish by themselves: live migration mid-transfer, a kill -9 of the agent
 // mid-transfer, and a failure after the checkpoint that must leave no checkpoint behind.
 import type { WorkflowHandle } from '@temporalio/client';
-import { failureOf, startTestStack, restoredBytes as sharedRestoredBytes, startBackup as sharedStartBackup, waitForTransfer, type TestStack } from '../support/stack';
+import { failureOf, locateProbes, startTestStack, restoredBytes as sharedRestoredBytes, startBackup as sharedStartBackup, waitForTransfer, type TestStack } from '../support/stack';
 import { initialDiskContent } from '../../hypervisor/lab';
 import type { BackupVmInput, BackupVmResult } from '../../workflows/backup-vm';
+import { hostTaskQueue } from '../../temporal/task-queues';
 
 const MiB = 1024 * 1024;
 let stack: TestStack;
@@ -156,4 +157,40 @@ test('cancelling a backup mid-transfer releases its checkpoint', async () => {
   while ((await stack.lab.inspectVm('cancelme')).checkpoints.length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 200));
   expect((await stack.lab.inspectVm('cancelme')).checkpoints).toEqual([]);
   expect(await stack.server.repository.listPoints('cancelme')).toEqual([]);
+});
+
+test('the host the last backup found the VM on is asked at once; a wrong hint costs no relocation and no wait', async () => {
+  const content = { kind: 'random' as const, seed: 31, fill: 1 };
+  const facts = await stack.lab.createVm({ name: 'homebody', host: 'hv03', disks: [{ sizeBytes: 4 * MiB, content }] });
+  // Without a hint the probes wait for the agent list; with the right one, hv03 is asked beside it.
+  const plain = await startBackup({ dataSource: 'homebody', vm: facts.vmId });
+  expect(((await plain.result()) as BackupVmResult).host).toBe('hv03');
+  expect((await locateProbes(plain)).probedBeforeListed).toBe(false);
+  const hinted = await startBackup({ dataSource: 'homebody', vm: facts.vmId, lastHost: 'hv03' });
+  const r1 = (await hinted.result()) as BackupVmResult;
+  expect(r1).toMatchObject({ host: 'hv03', relocations: 0 });
+  const h1 = await locateProbes(hinted);
+  expect(h1.probedBeforeListed).toBe(true);
+  expect(h1.probes.filter((p) => p.queue === hostTaskQueue('hv03'))).toHaveLength(1);
+
+  // The VM moved since: the hint's probe says no, the round's others find it; not a relocation.
+  await stack.lab.migrateVm('homebody', 'hv01');
+  const moved = await startBackup({ dataSource: 'homebody', vm: facts.vmId, lastHost: 'hv03' });
+  expect((await moved.result()) as BackupVmResult).toMatchObject({ host: 'hv01', relocations: 0 });
+  expect((await locateProbes(moved)).probes.map((p) => p.queue).sort()).toEqual(['hv01', 'hv02', 'hv03'].map(hostTaskQueue));
+
+  // A hint naming a host without an agent (hv04) when the VM is nowhere to be found: the hint's
+  // probe is cancelled once the agent list shows no agent there, instead of holding the round
+  // for its 3-second locate timeout.
+  const stale = await startBackup({ dataSource: 'homebody', vm: facts.vmId, lastHost: 'hv04' });
+  const r3 = (await stale.result()) as BackupVmResult;
+  expect(r3).toMatchObject({ host: 'hv01', relocations: 0 });
+  const nowhere = await startBackup({ dataSource: 'ghost', vm: 'no-such-vm', lastHost: 'hv04', policy: { hostWaitTimeout: '1 second' } });
+  expect((await failureOf(nowhere.result())).types).toContain('VmUnreachable');
+  const h4 = await locateProbes(nowhere);
+  expect(h4.probes.find((p) => p.queue === hostTaskQueue('hv04'))?.ended).toBe('cancelled');
+  expect(h4.probes.some((p) => p.ended === 'timed-out')).toBe(false);
+  const after = await stack.lab.inspectVm('homebody');
+  expect(after.checkpoints).toEqual([]);
+  for (const r of [r1, r3]) expect((await restoredBytes('homebody', r.pointId, facts.disks[0].diskId)).equals(initialDiskContent(content, 4 * MiB))).toBe(true);
 });

@@ -75,6 +75,8 @@ suite('record replay histories', () => {
     await stack.lab.writeDisk('rec-web', facts.disks[0].diskId, MiB, Buffer.alloc(MiB, 0x5a));
     await backupRecorded('backup-express-full', { dataSource: 'rec-web', vm: facts.vmId });
     await backupRecorded('backup-consistency-check', { dataSource: 'rec-web', vm: facts.vmId, kind: 'consistency-check' });
+    // As the protection starts its backups: with the host the last one found the VM on.
+    await backupRecorded('backup-located-by-hint', { dataSource: 'rec-web', vm: facts.vmId, lastHost: 'hv01' });
     const linux = await stack.lab.createVm({
       name: 'rec-linux',
       host: 'hv02',

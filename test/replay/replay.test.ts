@@ -26,7 +26,7 @@ function recorded(): Recorded[] {
 
 test('the recorded histories cover the backup, restore and protection workflows', () => {
   const scenarios = recorded().map((r) => r.scenario);
-  for (const s of ['backup-initial-replica', 'backup-express-full', 'backup-migration-in-cluster', 'backup-cancelled', 'restore-export', 'protection-continue-as-new']) {
+  for (const s of ['backup-initial-replica', 'backup-express-full', 'backup-migration-in-cluster', 'backup-cancelled', 'backup-located-by-hint', 'restore-export', 'protection-continue-as-new']) {
     expect(scenarios).toContain(s);
   }
 });

@@ -210,3 +210,34 @@ export async function failureOf(result: Promise<unknown>): Promise<FailureChain>
   }
   throw new Error('expected a failure, it succeeded');
 }
+
+/** A backup's locate probes from its history: each probe's host queue and how it ended, and
+ *  whether the first probe was scheduled before the agent list (listHosts) had answered. */
+export async function locateProbes(handle: WorkflowHandle): Promise<{ probedBeforeListed: boolean; probes: Array<{ queue: string; ended: 'completed' | 'failed' | 'timed-out' | 'cancelled' | 'open' }> }> {
+  const { events } = await handle.fetchHistory();
+  const scheduled = new Map<string, { name: string; queue: string; at: number }>();
+  const ended = new Map<string, 'completed' | 'failed' | 'timed-out' | 'cancelled'>();
+  let listedAt = Infinity;
+  for (const e of events ?? []) {
+    const at = Number(e.eventId);
+    const s = e.activityTaskScheduledEventAttributes;
+    if (s) scheduled.set(String(at), { name: s.activityType?.name ?? '', queue: s.taskQueue?.name ?? '', at });
+    const end: Array<[{ scheduledEventId?: unknown } | null | undefined, 'completed' | 'failed' | 'timed-out' | 'cancelled']> = [
+      [e.activityTaskCompletedEventAttributes, 'completed'],
+      [e.activityTaskFailedEventAttributes, 'failed'],
+      [e.activityTaskTimedOutEventAttributes, 'timed-out'],
+      [e.activityTaskCanceledEventAttributes, 'cancelled'],
+    ];
+    for (const [attrs, how] of end) {
+      if (!attrs) continue;
+      const id = String(Number(attrs.scheduledEventId));
+      ended.set(id, how);
+      if (how === 'completed' && scheduled.get(id)?.name === 'listHosts') listedAt = Math.min(listedAt, at);
+    }
+  }
+  const probes = [...scheduled.entries()].filter(([, s]) => s.name === 'locateVm');
+  return {
+    probedBeforeListed: probes.length > 0 && probes[0][1].at < listedAt,
+    probes: probes.map(([id, s]) => ({ queue: s.queue, ended: ended.get(id) ?? 'open' })),
+  };
+}
