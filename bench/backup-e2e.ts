@@ -113,6 +113,8 @@ interface BackupRun {
   steps: Array<{ activity: string; ms: number; queuedMs: number }>;
   /** Time of the workflow not covered by any activity (workflow tasks, scheduling between steps). */
   outsideActivitiesMs: number;
+  /** Workflow tasks: how many, and their summed wait for a poll (scheduled → started) and work (started → completed). */
+  workflowTasks: { count: number; waitMs: number; workMs: number };
   /** CPU ms each process used from the start of the backup to its result. */
   cpu: { temporal: number; server: number; agent: number };
 }
@@ -245,6 +247,11 @@ async function main(): Promise<void> {
         changedChunks: result.disks.reduce((s, d) => s + d.changedChunks, 0),
         steps: acts.map((a) => ({ activity: a.activityType, ms: a.closedAt! - a.scheduledAt, queuedMs: (a.startedAt ?? a.scheduledAt) - a.scheduledAt })),
         outsideActivitiesMs: outsideActivitiesMs(run), // not covered by any activity's [scheduled, closed]
+        workflowTasks: {
+          count: run.workflowTasks.length,
+          waitMs: run.workflowTasks.reduce((t, w) => t + ((w.startedAt ?? w.scheduledAt) - w.scheduledAt), 0),
+          workMs: run.workflowTasks.reduce((t, w) => t + (w.completedAt !== undefined && w.startedAt !== undefined ? w.completedAt - w.startedAt : 0), 0),
+        },
         cpu,
         result,
       };
@@ -417,6 +424,7 @@ async function main(): Promise<void> {
       '| --- | ---: | ---: |',
       ...stepNames.map((n) => `| ${n} | ${stepMs(ef, n).toFixed(0)} | ${stepMs(nc, n).toFixed(0)} |`),
       `| (outside activities) | ${median(ef.map((r) => r.outsideActivitiesMs)).toFixed(0)} | ${median(nc.map((r) => r.outsideActivitiesMs)).toFixed(0)} |`,
+      `| (of all time: workflow tasks, count; summed wait for a poll; summed work in the worker) | ${median(ef.map((r) => r.workflowTasks.count)).toFixed(0)}; ${median(ef.map((r) => r.workflowTasks.waitMs)).toFixed(0)}; ${median(ef.map((r) => r.workflowTasks.workMs)).toFixed(0)} | ${median(nc.map((r) => r.workflowTasks.count)).toFixed(0)}; ${median(nc.map((r) => r.workflowTasks.waitMs)).toFixed(0)}; ${median(nc.map((r) => r.workflowTasks.workMs)).toFixed(0)} |`,
       `| **workflow (history)** | ${median(ef.map((r) => r.historyMs)).toFixed(0)} | ${median(nc.map((r) => r.historyMs)).toFixed(0)} |`,
       '',
       '## CPU time per process (ms, median over rounds; user + system, with the children it waited for, from /proc)',

@@ -415,8 +415,24 @@ function specText(d: ScheduleDescription): string {
  * (2 Dec, a CI run under load): `npm start` exited with "Failed to describe schedule", Temporal's
  * reason not shown; quiet tries (30 schedules described right after creation, and right after a
  * Temporal restart) did not reproduce it. So such failures are asked again for up to `waitMs`, and
- * the error then says what Temporal answered.
+ * the error then says what Temporal answered; refusals that cannot pass (FINAL_DESCRIBE_CODES)
+ * are said at once.
  */
+/**
+ * gRPC codes that asking again cannot change: a refusal of this caller (permissions, credentials,
+ * a malformed request, a server without the call) and UNAVAILABLE, which the connection's retry
+ * (temporal/grpc-retry.ts) has already retried before it reached here.
+ */
+const FINAL_DESCRIBE_CODES = new Set([3 /* INVALID_ARGUMENT */, 7 /* PERMISSION_DENIED */, 12 /* UNIMPLEMENTED */, 14 /* UNAVAILABLE */, 16 /* UNAUTHENTICATED */]);
+
+/** The gRPC status code somewhere in an error's cause chain. */
+function grpcCodeOf(err: unknown): number | undefined {
+  for (let e = err as { code?: unknown; cause?: unknown } | undefined, i = 0; e && i < 6; e = e.cause as typeof e, i++) {
+    if (typeof e.code === 'number') return e.code;
+  }
+  return undefined;
+}
+
 export async function describeScheduleWhenReady(
   describe: () => Promise<ScheduleDescription>,
   scheduleId: string,
@@ -429,6 +445,10 @@ export async function describeScheduleWhenReady(
       return await describe();
     } catch (err) {
       if (err instanceof ScheduleNotFoundError) return undefined;
+      const code = grpcCodeOf(err);
+      if (code !== undefined && FINAL_DESCRIBE_CODES.has(code)) {
+        throw new Error(`schedule ${scheduleId} could not be described: ${innermostMessage(err)}`, { cause: err });
+      }
       if (Date.now() + delay > deadline) {
         throw new Error(`schedule ${scheduleId} did not answer within ${Math.round(waitMs / 1000)} s: ${innermostMessage(err)}; \`hvprotect doctor\` shows whether Temporal is up`, { cause: err });
       }

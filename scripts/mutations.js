@@ -358,6 +358,14 @@ const MUTATIONS = [
     tests: ['test/protection/schedule-describe.test.ts'],
   },
   {
+    name: 'schedule-describe-retries-final-refusals',
+    why: 'a describe refused for good (permission denied, Temporal unreachable after the connection retries) is asked again for 20 s before the error',
+    file: 'client/protection.ts',
+    from: 'if (code !== undefined && FINAL_DESCRIBE_CODES.has(code)) {',
+    to: 'if (code !== undefined && FINAL_DESCRIBE_CODES.has(code) && Date.now() < 0) {',
+    tests: ['test/protection/schedule-describe.test.ts'],
+  },
+  {
     name: 'locate-hint-ignored',
     why: 'a backup does not ask the host its last backup found the VM on until the agent list is in: one step more before every backup',
     file: 'workflows/locate.ts',

@@ -28,6 +28,8 @@ export interface WorkflowRun {
   outcome: 'completed' | 'failed' | 'cancelled' | 'terminated' | 'timed-out' | 'continued' | 'open';
   failure?: string;
   activities: ActivityRun[];
+  /** Its workflow tasks: scheduled → started (waiting for a worker's poll) → completed (the worker's work). */
+  workflowTasks: Array<{ scheduledAt: number; startedAt?: number; completedAt?: number }>;
   /** The workflow's first argument and its result when it completed (JSON payloads only). */
   input?: unknown;
   result?: unknown;
@@ -52,7 +54,8 @@ function decodePayload(p: { data?: Uint8Array | null; metadata?: Record<string, 
 export async function readWorkflowRun(client: Client, workflowId: string, runId?: string): Promise<WorkflowRun> {
   const history = await client.workflow.getHandle(workflowId, runId).fetchHistory();
   const byScheduled = new Map<string, ActivityRun>();
-  const run: WorkflowRun = { workflowId, runId, startedAt: NaN, outcome: 'open', activities: [] };
+  const wfts = new Map<string, WorkflowRun['workflowTasks'][number]>();
+  const run: WorkflowRun = { workflowId, runId, startedAt: NaN, outcome: 'open', activities: [], workflowTasks: [] };
   for (const e of history.events ?? []) {
     const t = tsMs(e.eventTime as Ts);
     const id = String(e.eventId);
@@ -80,6 +83,15 @@ export async function readWorkflowRun(client: Client, workflowId: string, runId?
     } else if (e.workflowExecutionContinuedAsNewEventAttributes) {
       run.closedAt = t;
       run.outcome = 'continued';
+    } else if (e.workflowTaskScheduledEventAttributes) {
+      wfts.set(id, { scheduledAt: t });
+      run.workflowTasks.push(wfts.get(id)!);
+    } else if (e.workflowTaskStartedEventAttributes) {
+      const w = wfts.get(String(e.workflowTaskStartedEventAttributes.scheduledEventId));
+      if (w) w.startedAt = t;
+    } else if (e.workflowTaskCompletedEventAttributes) {
+      const w = wfts.get(String(e.workflowTaskCompletedEventAttributes.scheduledEventId));
+      if (w) w.completedAt = t;
     } else if (e.activityTaskScheduledEventAttributes) {
       const a = e.activityTaskScheduledEventAttributes;
       const act: ActivityRun = { activityType: a.activityType?.name ?? '?', taskQueue: a.taskQueue?.name ?? '?', scheduledAt: t, outcome: 'open' };

@@ -8,7 +8,7 @@ import { ServiceError } from '@temporalio/client';
 import { describeScheduleWhenReady } from '../../client/protection';
 
 const description = { scheduleId: 'protect/ds1' } as unknown as ScheduleDescription;
-const notReady = () => new ServiceError('Failed to describe schedule', { cause: new Error('9 FAILED_PRECONDITION: Workflow task is not completed yet.') });
+const notReady = () => new ServiceError('Failed to describe schedule', { cause: Object.assign(new Error('9 FAILED_PRECONDITION: Workflow task is not completed yet.'), { code: 9 }) });
 
 test('refusals while the schedule is not ready are asked again until it answers', async () => {
   let calls = 0;
@@ -50,4 +50,24 @@ test('a schedule that never answers fails within the bound, naming what Temporal
     /schedule protect\/ds3 did not answer within 1 s: .*Workflow task is not completed yet/,
   );
   expect(Date.now() - started).toBeLessThan(5_000);
+});
+
+test('a refusal that asking again cannot change (permission denied, Temporal unreachable after the connection\'s own retries) is said at once', async () => {
+  for (const [code, text] of [[7, '7 PERMISSION_DENIED: Request unauthorized.'], [14, '14 UNAVAILABLE: No connection established']] as const) {
+    let calls = 0;
+    await expect(
+      describeScheduleWhenReady(
+        async () => {
+          calls++;
+          throw new ServiceError('Failed to describe schedule', { cause: Object.assign(new Error(text), { code }) });
+        },
+        'protect/ds4',
+        20_000,
+        async () => {
+          throw new Error('must not wait');
+        },
+      ),
+    ).rejects.toThrow(new RegExp(`schedule protect/ds4 could not be described: ${text}`));
+    expect(calls).toBe(1);
+  }
 });
