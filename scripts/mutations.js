@@ -384,6 +384,15 @@ const MUTATIONS = [
     only: 'asked at once',
   },
   {
+    name: 'agents-listed-for-every-backup',
+    why: 'every backup asks for the agent list a second time, also without a disk on an SMB share: one step and one workflow task more',
+    file: 'workflows/backup-vm.ts',
+    from: "facts.disks.some((d) => d.storage === 'smb' && d.fileServer !== undefined)",
+    to: 'facts.disks.length > 0',
+    tests: ['test/backup/faults.temporal.test.ts'],
+    only: 'asked at once',
+  },
+  {
     name: 'protection-forgets-last-host',
     why: 'the protection does not remember where its last backup found the VM: no backup it starts has a hint',
     file: 'workflows/protection.ts',

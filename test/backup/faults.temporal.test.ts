@@ -172,6 +172,9 @@ test('the host the last backup found the VM on is asked at once; a wrong hint co
   const h1 = await locateProbes(hinted);
   expect(h1.probedBeforeListed).toBe(true);
   expect(h1.probes.filter((p) => p.queue === hostTaskQueue('hv03'))).toHaveLength(1);
+  // No disk on an SMB share: the agent list is asked for once, by the locate round, not again for
+  // choosing a file server's agent.
+  expect(h1.listings).toBe(1);
 
   // The VM moved since: the hint's probe says no, the round's others find it; not a relocation.
   await stack.lab.migrateVm('homebody', 'hv01');

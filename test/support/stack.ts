@@ -211,9 +211,10 @@ export async function failureOf(result: Promise<unknown>): Promise<FailureChain>
   throw new Error('expected a failure, it succeeded');
 }
 
-/** A backup's locate probes from its history: each probe's host queue and how it ended, and
- *  whether the first probe was scheduled before the agent list (listHosts) had answered. */
-export async function locateProbes(handle: WorkflowHandle): Promise<{ probedBeforeListed: boolean; probes: Array<{ queue: string; ended: 'completed' | 'failed' | 'timed-out' | 'cancelled' | 'open' }> }> {
+/** A backup's locate probes from its history: each probe's host queue and how it ended, whether
+ *  the first probe was scheduled before the agent list (listHosts) had answered, and how many
+ *  times the agent list was asked for. */
+export async function locateProbes(handle: WorkflowHandle): Promise<{ probedBeforeListed: boolean; listings: number; probes: Array<{ queue: string; ended: 'completed' | 'failed' | 'timed-out' | 'cancelled' | 'open' }> }> {
   const { events } = await handle.fetchHistory();
   const scheduled = new Map<string, { name: string; queue: string; at: number }>();
   const ended = new Map<string, 'completed' | 'failed' | 'timed-out' | 'cancelled'>();
@@ -238,6 +239,7 @@ export async function locateProbes(handle: WorkflowHandle): Promise<{ probedBefo
   const probes = [...scheduled.entries()].filter(([, s]) => s.name === 'locateVm');
   return {
     probedBeforeListed: probes.length > 0 && probes[0][1].at < listedAt,
+    listings: [...scheduled.values()].filter((s) => s.name === 'listHosts').length,
     probes: probes.map(([id, s]) => ({ queue: s.queue, ended: ended.get(id) ?? 'open' })),
   };
 }
