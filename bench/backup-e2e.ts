@@ -3,7 +3,8 @@
 // its own process reading a lab VM's VHDX — against the repository's own incremental ingest of
 // the same changed ranges (ingest/ `ingestDisk`, the transferDisk activity's own pipeline, without Temporal, VHDX or lab).
 //
-//   npx tsc -p . && node dist/bench/backup-e2e.js [--size-gib 4] [--rounds 3] [--fill 0.7] [--multi-disk-gib 1] [--multi-rounds 1] [--keep]
+//   npx tsc -p . && node dist/bench/backup-e2e.js [--size-gib 4] [--rounds 3] [--fill 0.7] [--multi-disk-gib 1] [--multi-rounds 1] [--keep] [--timeline]
+//   (--timeline prints every event of each backup's history, ms after its start)
 //   (HVP_AGENT_NODE_ARGS="--perf-basic-prof" runs the agent with those node flags, HVP_SERVER_NODE_ARGS the server, for profiling)
 //
 // Steps: a lab VM with one dynamic VHDX (1 MiB regions of random data, `fill` of them; the rest
@@ -74,6 +75,25 @@ async function ingestChild(url: string, tokens: string, image: string, rangesFil
 }
 
 // ---- helpers for the parent -----------------------------------------------------------------------
+
+/** --timeline: every event of one backup's history, ms after its start (where the time goes between steps). */
+async function printTimeline(client: import('@temporalio/client').Client, workflowId: string, label: string): Promise<void> {
+  const { tsMs } = await import('../test/load/history');
+  const { events } = await client.workflow.getHandle(workflowId).fetchHistory();
+  const names = new Map<string, string>();
+  let t0 = NaN;
+  const lines: string[] = [];
+  for (const e of events ?? []) {
+    const t = tsMs(e.eventTime as never);
+    if (Number.isNaN(t0)) t0 = t;
+    const kind = Object.keys(e).find((k) => k.endsWith('EventAttributes') && (e as Record<string, unknown>)[k]) ?? '?';
+    const attrs = (e as Record<string, { activityType?: { name?: string }; scheduledEventId?: unknown }>)[kind];
+    if (attrs?.activityType?.name) names.set(String(e.eventId), attrs.activityType.name);
+    const activity = attrs?.activityType?.name ?? (attrs?.scheduledEventId !== undefined ? names.get(String(Number(attrs.scheduledEventId))) : undefined);
+    lines.push(`${String(t - t0).padStart(6)} ms  ${kind.replace('EventAttributes', '')}${activity ? ` ${activity}` : ''}`);
+  }
+  console.log(`timeline of ${label} (${workflowId}):\n${lines.join('\n')}`);
+}
 
 function nextMessage<T>(proc: ChildProcess): Promise<T> {
   return new Promise<T>((resolve, reject) => {
@@ -232,6 +252,7 @@ async function main(): Promise<void> {
       const wallMs = performance.now() - t0;
       const cpu = { temporal: cpuMsOf(pids.temporal) - cpu0.temporal, server: cpuMsOf(pids.server) - cpu0.server, agent: cpuMsOf(pids.agent) - cpu0.agent };
       const run = await readWorkflowRun(client, workflowId);
+      if (args.includes('--timeline')) await printTimeline(client, workflowId, label);
       const acts = run.activities.filter((a) => a.closedAt !== undefined);
       const historyMs = run.closedAt! - run.startedAt;
       const transfer = acts.filter((a) => a.activityType === 'transferDisk');
