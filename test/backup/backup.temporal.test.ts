@@ -182,7 +182,15 @@ test('two clients ask for a backup of one VM in the same instant: one runs, the 
   const started: WorkflowHandle[] = [];
   try {
     for (let round = 0; round < 3; round++) {
-      const [a, b] = await Promise.allSettled([startBackupNow(stack.client, { dataSource: 'twins' }, 'auto', 'client A'), startBackupNow(second, { dataSource: 'twins' }, 'auto', 'client B')]);
+      // The backup that runs is held at its checkpoint until both asks are answered: a 4 MiB backup
+      // can otherwise end before the other client's ask arrives, and then both rightly run.
+      let release!: () => void;
+      holdCheckpoint.set(facts.vmId, new Promise<void>((r) => (release = r)));
+      const asks = Promise.allSettled([startBackupNow(stack.client, { dataSource: 'twins' }, 'auto', 'client A'), startBackupNow(second, { dataSource: 'twins' }, 'auto', 'client B')]);
+      const [a, b] = await asks.finally(() => {
+        release();
+        holdCheckpoint.delete(facts.vmId);
+      });
       for (const s of [a, b]) if (s.status === 'fulfilled') started.push(s.value);
       expect([a.status, b.status].sort()).toEqual(['fulfilled', 'rejected']);
       const refused = (a.status === 'rejected' ? a : (b as PromiseRejectedResult)).reason as Error;
