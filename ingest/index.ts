@@ -4,3 +4,4 @@ export type { IngestOptions, IngestPosition, IngestTuning } from './pipeline';
 export { allSlots, mergeSlots, nonZeroSlots, slotCount, slotsOfRanges } from './geometry';
 export type { ByteRange } from './geometry';
 export { bufferDiskReader, openRawFileReader } from './raw-file-reader';
+export { BatchMemory, batchMemory } from './batch-memory';

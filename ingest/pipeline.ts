@@ -12,6 +12,7 @@
 // consistency check repairs chunks that verify quarantined or that went missing. With `baseSlots`
 // (a consistency check) only slots whose digest differs from the base are written to the index.
 import { createHash } from 'node:crypto';
+import { BatchMemory, batchMemory } from './batch-memory';
 import type { DiskReader } from '../hypervisor/types';
 import { ZERO_DIGEST, isAllZero } from '../repository/zero';
 import type { StorageClient } from '../storage-api/client';
@@ -72,6 +73,8 @@ export interface IngestOptions {
    */
   onProgress?: (position: IngestPosition, diskOffset: number) => Promise<void> | void;
   signal?: AbortSignal;
+  /** Where batch buffers come from and go back to; default the process's (batch-memory.ts). */
+  batchMemory?: BatchMemory;
 }
 
 interface ReadChunk {
@@ -147,10 +150,12 @@ export async function ingestDisk(o: IngestOptions): Promise<IngestPosition> {
   };
 
   // Batch memory is reused (readers with readInto): batchesInFlight + 1 buffers for the whole
-  // disk instead of a fresh one per read. A buffer goes back once its batch is settled (uploads
-  // done or failed), when no chunk of it is referenced any more.
-  const freeBuffers: Buffer[] = [];
-  const takeBuffer = () => freeBuffers.pop() ?? Buffer.allocUnsafeSlow(perBatch * chunkSize);
+  // disk instead of a fresh one per read, kept for the next transfer too (batch-memory.ts). A buffer
+  // goes back once its batch is settled (uploads done or failed), when no chunk of it is referenced
+  // any more.
+  const memoryPool = o.batchMemory ?? batchMemory;
+  const takeBuffer = () => memoryPool.take(perBatch * chunkSize);
+  const giveBuffer = (b: Buffer) => memoryPool.give(b);
   const readBatch = async (slots: number[], memory: Buffer | undefined): Promise<{ chunks: ReadChunk[]; bytes: number }> => {
     const runs: Array<{ first: number; index: number; n: number }> = [];
     slots.forEach((slot, i) => {
@@ -229,7 +234,7 @@ export async function ingestDisk(o: IngestOptions): Promise<IngestPosition> {
       try {
         read = await readBatch(slots, memory);
       } catch (err) {
-        if (memory) freeBuffers.push(memory);
+        if (memory) giveBuffer(memory); // readBatch returns only once none of its reads is still writing
         throw err;
       }
       const { chunks, bytes } = read;
@@ -241,7 +246,7 @@ export async function ingestDisk(o: IngestOptions): Promise<IngestPosition> {
       pos.bytesRead += bytes;
       const sent = sendBatch(chunks);
       sent.catch(() => undefined); // awaited in order by settleOldest
-      if (memory) void sent.then(() => freeBuffers.push(memory), () => freeBuffers.push(memory));
+      if (memory) void sent.then(() => giveBuffer(memory), () => giveBuffer(memory));
       running.push({ sent, slots: slots.length, endOffset: Math.min(virtualSize, (slots[slots.length - 1] + 1) * chunkSize) });
       while (running.length >= Math.max(1, t.batchesInFlight)) await settleOldest();
     }

@@ -2,7 +2,7 @@
 // ranges, resumed after a failure from its reported position, and a consistency check against a
 // base index; every point restores bit for bit.
 import { verifyRepository } from '../../repository';
-import { allSlots, bufferDiskReader, ingestDisk, pool, slotsOfRanges, type IngestPosition } from '../../ingest';
+import { BatchMemory, allSlots, bufferDiskReader, ingestDisk, pool, slotsOfRanges, type IngestPosition } from '../../ingest';
 import type { DiskReader } from '../../hypervisor/types';
 import { makeDisk, readAll, startFixture, type Fixture } from '../storage-api/support';
 
@@ -77,6 +77,62 @@ describe('ingestDisk through the storage API', () => {
     expect(memories.size).toBeLessThanOrEqual(3);
     const m = await f.admin.commitPoint(s.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'disk0', fileName: 'reuse.vhdx', virtualSize: size }] });
     expect((await readAll(await f.admin.openDiskStream(m, 'disk0'))).equals(disk)).toBe(true);
+  });
+
+  it('keeps batch memory for the next transfer, never lends a buffer to two at once, and lets it go when idle', async () => {
+    // A long-lived agent: fresh batch buffers per transfer were new external memory each time (and
+    // set off full collections). Two transfers at once, then a third: the third makes no buffer,
+    // the two at once never share one, and every point restores bit for bit.
+    // Lent buffers are tracked: one handed out while lent (to this transfer or another) is a failure.
+    const lent = new Set<ArrayBufferLike>();
+    const memory = new (class extends BatchMemory {
+      override take(size: number): Buffer {
+        const b = super.take(size);
+        if (lent.has(b.buffer)) throw new Error('a buffer still lent was handed out again');
+        lent.add(b.buffer);
+        return b;
+      }
+      override give(b: Buffer): void {
+        lent.delete(b.buffer);
+        super.give(b);
+      }
+    })(64 * CHUNK, 60_000);
+    const sizes = [48 * CHUNK + 5, 40 * CHUNK];
+    const disks = sizes.map((size, i) => makeDisk(size, 31 + i));
+    const tuning = { batchBytes: 4 * CHUNK, batchesInFlight: 2, uploadBytes: CHUNK, uploadConcurrency: 2 };
+    const run = async (name: string, disk: Buffer) => {
+      const { session: s, agent } = await f.backupJob(`vm-${name}`, { chunkSize: CHUNK });
+      const reader: DiskReader = {
+        ...bufferDiskReader(disk),
+        readInto: async (target, offset) => {
+          await new Promise((r) => setTimeout(r, 1));
+          disk.copy(target, 0, offset, offset + target.length);
+        },
+      };
+      await ingestDisk({ reader, storage: agent, sessionId: s.sessionId, diskId: 'disk0', chunkSize: CHUNK, slots: allSlots(disk.length, CHUNK), tuning, batchMemory: memory });
+      const m = await f.admin.commitPoint(s.sessionId, { kind: 'initial-replica', mode: 'online', disks: [{ diskId: 'disk0', fileName: `${name}.vhdx`, virtualSize: disk.length }] });
+      expect((await readAll(await f.admin.openDiskStream(m, 'disk0'))).equals(disk)).toBe(true);
+    };
+    await Promise.all([run('first', disks[0]), run('second', disks[1])]);
+    expect(lent.size).toBe(0); // every buffer given back once its transfer returned
+    const made = memory.made;
+    expect(made).toBeGreaterThan(0);
+    expect(made).toBeLessThanOrEqual(2 * (tuning.batchesInFlight + 1));
+    expect(memory.held).toBeGreaterThan(0);
+    await run('third', makeDisk(36 * CHUNK, 33));
+    expect(memory.made).toBe(made); // the third transfer made none
+    expect(memory.reused).toBeGreaterThan(0);
+    expect(memory.held).toBeLessThanOrEqual(64 * CHUNK);
+    memory.drop();
+    // Idle for its idleMs, a pool lets its buffers go; beyond its cap it keeps none.
+    const short = new BatchMemory(2 * CHUNK, 50);
+    short.give(short.take(CHUNK));
+    short.give(short.take(CHUNK));
+    short.give(Buffer.allocUnsafeSlow(CHUNK));
+    short.give(Buffer.allocUnsafeSlow(CHUNK)); // past the cap of 2 chunks: not kept
+    expect(short.held).toBe(2 * CHUNK);
+    await new Promise((r) => setTimeout(r, 150));
+    expect(short.held).toBe(0);
   });
 
   it('resumes an interrupted ingest from its last reported position', async () => {
