@@ -150,12 +150,16 @@ export async function ingestDisk(o: IngestOptions): Promise<IngestPosition> {
   };
 
   // Batch memory is reused (readers with readInto): batchesInFlight + 1 buffers for the whole
-  // disk instead of a fresh one per read, kept for the next transfer too (batch-memory.ts). A buffer
-  // goes back once its batch is settled (uploads done or failed), when no chunk of it is referenced
-  // any more.
+  // disk instead of a fresh one per read. A buffer goes back to this transfer's own free list once
+  // its batch is settled (uploads done or failed), when no chunk of it is referenced any more; the
+  // transfer's buffers go to the process's batch memory when it ends, for the next transfer
+  // (batch-memory.ts). Kept per transfer while it runs: transfers at once handing buffers through
+  // the shared one, past its cap, let buffers go and made new ones all through (4 disks at once
+  // 11-20% slower, 2 pairs).
   const memoryPool = o.batchMemory ?? batchMemory;
-  const takeBuffer = () => memoryPool.take(perBatch * chunkSize);
-  const giveBuffer = (b: Buffer) => memoryPool.give(b);
+  const freeBuffers: Buffer[] = [];
+  const takeBuffer = () => freeBuffers.pop() ?? memoryPool.take(perBatch * chunkSize);
+  const giveBuffer = (b: Buffer) => void freeBuffers.push(b);
   const readBatch = async (slots: number[], memory: Buffer | undefined): Promise<{ chunks: ReadChunk[]; bytes: number }> => {
     const runs: Array<{ first: number; index: number; n: number }> = [];
     slots.forEach((slot, i) => {
@@ -225,36 +229,41 @@ export async function ingestDisk(o: IngestOptions): Promise<IngestPosition> {
   const throttleStart = Date.now();
   let throttled = 0;
   try {
-    for (;;) {
-      o.signal?.throwIfAborted();
-      const slots = nextBatch();
-      if (slots.length === 0) break;
-      const memory = reader.readInto ? takeBuffer() : undefined;
-      let read: Awaited<ReturnType<typeof readBatch>>;
-      try {
-        read = await readBatch(slots, memory);
-      } catch (err) {
-        if (memory) giveBuffer(memory); // readBatch returns only once none of its reads is still writing
-        throw err;
+    try {
+      for (;;) {
+        o.signal?.throwIfAborted();
+        const slots = nextBatch();
+        if (slots.length === 0) break;
+        const memory = reader.readInto ? takeBuffer() : undefined;
+        let read: Awaited<ReturnType<typeof readBatch>>;
+        try {
+          read = await readBatch(slots, memory);
+        } catch (err) {
+          if (memory) giveBuffer(memory); // readBatch returns only once none of its reads is still writing
+          throw err;
+        }
+        const { chunks, bytes } = read;
+        if (o.throttleBytesPerSecond) {
+          throttled += bytes;
+          const due = throttleStart + (1000 * throttled) / o.throttleBytesPerSecond;
+          if (due > Date.now()) await abortableSleep(due - Date.now(), o.signal);
+        }
+        pos.bytesRead += bytes;
+        const sent = sendBatch(chunks);
+        sent.catch(() => undefined); // awaited in order by settleOldest
+        if (memory) void sent.then(() => giveBuffer(memory), () => giveBuffer(memory));
+        running.push({ sent, slots: slots.length, endOffset: Math.min(virtualSize, (slots[slots.length - 1] + 1) * chunkSize) });
+        while (running.length >= Math.max(1, t.batchesInFlight)) await settleOldest();
       }
-      const { chunks, bytes } = read;
-      if (o.throttleBytesPerSecond) {
-        throttled += bytes;
-        const due = throttleStart + (1000 * throttled) / o.throttleBytesPerSecond;
-        if (due > Date.now()) await abortableSleep(due - Date.now(), o.signal);
-      }
-      pos.bytesRead += bytes;
-      const sent = sendBatch(chunks);
-      sent.catch(() => undefined); // awaited in order by settleOldest
-      if (memory) void sent.then(() => giveBuffer(memory), () => giveBuffer(memory));
-      running.push({ sent, slots: slots.length, endOffset: Math.min(virtualSize, (slots[slots.length - 1] + 1) * chunkSize) });
-      while (running.length >= Math.max(1, t.batchesInFlight)) await settleOldest();
+      while (running.length) await settleOldest();
+    } catch (err) {
+      // Stopped (cancelled, the VM moved, a failure): return only once nothing of ours is in flight.
+      await Promise.allSettled(running.map((r) => r.sent));
+      throw err;
     }
-    while (running.length) await settleOldest();
-  } catch (err) {
-    // Stopped (cancelled, the VM moved, a failure): return only once nothing of ours is in flight.
-    await Promise.allSettled(running.map((r) => r.sent));
-    throw err;
+  } finally {
+    // Nothing of this transfer is in flight now, so every buffer it took is back in its free list.
+    for (const b of freeBuffers.splice(0)) memoryPool.give(b);
   }
   if (!indexWritten && pos.changedChunks === 0) {
     // Nothing written (no change, an empty disk, or all resumed): the disk's staged index must exist.
