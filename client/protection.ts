@@ -409,16 +409,6 @@ function specText(d: ScheduleDescription): string {
 }
 
 /**
- * A schedule's description, undefined when it does not exist. Temporal answers a schedule's
- * describe by querying the schedule's own workflow, a query that can fail for a moment (that
- * workflow has not run its first task yet, or the query timed out on a busy server). Seen once
- * (2 Dec, a CI run under load): `npm start` exited with "Failed to describe schedule", Temporal's
- * reason not shown; quiet tries (30 schedules described right after creation, and right after a
- * Temporal restart) did not reproduce it. So such failures are asked again for up to `waitMs`, and
- * the error then says what Temporal answered; refusals that cannot pass (FINAL_DESCRIBE_CODES)
- * are said at once.
- */
-/**
  * gRPC codes that asking again cannot change: a refusal of this caller (permissions, credentials,
  * a malformed request, a server without the call) and UNAVAILABLE, which the connection's retry
  * (temporal/grpc-retry.ts) has already retried before it reached here.
@@ -433,6 +423,16 @@ function grpcCodeOf(err: unknown): number | undefined {
   return undefined;
 }
 
+/**
+ * A schedule's description, undefined when it does not exist. Temporal answers a schedule's
+ * describe by querying the schedule's own workflow, a query that can fail for a moment (that
+ * workflow has not run its first task yet, or the query timed out on a busy server). Seen once
+ * (2 Dec, a CI run under load): `npm start` exited with "Failed to describe schedule", Temporal's
+ * reason not shown; quiet tries (30 schedules described right after creation, and right after a
+ * Temporal restart) did not reproduce it. So such failures are asked again for up to `waitMs`, and
+ * the error then says what Temporal answered; refusals that cannot pass (FINAL_DESCRIBE_CODES)
+ * are said at once.
+ */
 export async function describeScheduleWhenReady(
   describe: () => Promise<ScheduleDescription>,
   scheduleId: string,

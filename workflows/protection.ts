@@ -273,9 +273,9 @@ export async function protection(initial: ProtectionState): Promise<void> {
             });
       child.result().then(
         (r) => {
-          const host = (r as Partial<BackupVmResult>).host;
-          if (job.kind !== 'restore' && host) state.lastHost = host;
-          remember(job, 'completed', r.pointId, undefined, (r as Partial<BackupVmResult>).retentionWarning);
+          const backup = r as Partial<BackupVmResult>;
+          if (job.kind !== 'restore' && backup.host) state.lastHost = backup.host;
+          remember(job, 'completed', r.pointId, undefined, backup.retentionWarning);
         },
         (err) => remember(job, isCancellation(err) ? 'cancelled' : 'failed', undefined, innermostMessage(err)),
       );

@@ -225,8 +225,8 @@ test('asked again the moment a backup has ended, the protection runs it; removed
   // The protection remembers where its last backup found the VM, and the next one asks that host
   // at once, beside the agent list (the first had nothing to go by).
   expect((await stack.client.workflow.getHandle(protectionWorkflowId('again')).query(protectionStateQuery)).lastHost).toBe('hv02');
-  expect((await locateProbes(jobs[0])).probedBeforeListed).toBe(false);
-  expect((await locateProbes(jobs[4])).probedBeforeListed).toBe(true);
+  expect((await locateProbes(stack.client, jobs[0])).probedBeforeListed).toBe(false);
+  expect((await locateProbes(stack.client, jobs[4])).probedBeforeListed).toBe(true);
 
   // Removing the protection while a backup runs is refused, naming it, and leaves the schedule.
   let release!: () => void;

@@ -165,11 +165,11 @@ test('the host the last backup found the VM on is asked at once; a wrong hint co
   // Without a hint the probes wait for the agent list; with the right one, hv03 is asked beside it.
   const plain = await startBackup({ dataSource: 'homebody', vm: facts.vmId });
   expect(((await plain.result()) as BackupVmResult).host).toBe('hv03');
-  expect((await locateProbes(plain)).probedBeforeListed).toBe(false);
+  expect((await locateProbes(stack.client, plain)).probedBeforeListed).toBe(false);
   const hinted = await startBackup({ dataSource: 'homebody', vm: facts.vmId, lastHost: 'hv03' });
   const r1 = (await hinted.result()) as BackupVmResult;
   expect(r1).toMatchObject({ host: 'hv03', relocations: 0 });
-  const h1 = await locateProbes(hinted);
+  const h1 = await locateProbes(stack.client, hinted);
   expect(h1.probedBeforeListed).toBe(true);
   expect(h1.probes.filter((p) => p.queue === hostTaskQueue('hv03'))).toHaveLength(1);
   // No disk on an SMB share: the agent list is asked for once, by the locate round, not again for
@@ -180,7 +180,7 @@ test('the host the last backup found the VM on is asked at once; a wrong hint co
   await stack.lab.migrateVm('homebody', 'hv01');
   const moved = await startBackup({ dataSource: 'homebody', vm: facts.vmId, lastHost: 'hv03' });
   expect((await moved.result()) as BackupVmResult).toMatchObject({ host: 'hv01', relocations: 0 });
-  const h2 = (await locateProbes(moved)).probes.map((p) => p.queue);
+  const h2 = (await locateProbes(stack.client, moved)).probes.map((p) => p.queue);
   expect(h2).toEqual(expect.arrayContaining(['hv01', 'hv03'].map(hostTaskQueue)));
   expect(h2.filter((q) => q === hostTaskQueue('hv03'))).toHaveLength(1); // the hinted host is not asked twice
 
@@ -192,7 +192,7 @@ test('the host the last backup found the VM on is asked at once; a wrong hint co
   expect(r3).toMatchObject({ host: 'hv01', relocations: 0 });
   const nowhere = await startBackup({ dataSource: 'ghost', vm: 'no-such-vm', lastHost: 'hv09', policy: { hostWaitTimeout: '1 second' } });
   expect((await failureOf(nowhere.result())).types).toContain('VmUnreachable');
-  const h4 = await locateProbes(nowhere);
+  const h4 = await locateProbes(stack.client, nowhere);
   expect(h4.probes.find((p) => p.queue === hostTaskQueue('hv09'))?.ended).toBe('cancelled');
   const after = await stack.lab.inspectVm('homebody');
   expect(after.checkpoints).toEqual([]);

@@ -12,6 +12,9 @@ export interface ActivityRun {
   activityType: string;
   taskQueue: string;
   scheduledAt: number;
+  /** History order (event ids) of its scheduling and its end: exact where times tie at 1 ms. */
+  scheduledEventId: number;
+  closedEventId?: number;
   startedAt?: number;
   closedAt?: number;
   /** Attempt of the run the history shows (the last one). */
@@ -94,7 +97,7 @@ export async function readWorkflowRun(client: Client, workflowId: string, runId?
       if (w) w.completedAt = t;
     } else if (e.activityTaskScheduledEventAttributes) {
       const a = e.activityTaskScheduledEventAttributes;
-      const act: ActivityRun = { activityType: a.activityType?.name ?? '?', taskQueue: a.taskQueue?.name ?? '?', scheduledAt: t, outcome: 'open' };
+      const act: ActivityRun = { activityType: a.activityType?.name ?? '?', taskQueue: a.taskQueue?.name ?? '?', scheduledAt: t, scheduledEventId: Number(e.eventId), outcome: 'open' };
       byScheduled.set(id, act);
       run.activities.push(act);
     } else if (e.activityTaskStartedEventAttributes) {
@@ -115,6 +118,7 @@ export async function readWorkflowRun(client: Client, workflowId: string, runId?
         const act = byScheduled.get(String(attrs.scheduledEventId));
         if (act) {
           act.closedAt = t;
+          act.closedEventId = Number(e.eventId);
           act.outcome = outcome;
           const f = (attrs as { failure?: { message?: string | null; cause?: { message?: string | null } | null } | null }).failure;
           if (f) act.failure = [f.message, f.cause?.message].filter(Boolean).join(': ');

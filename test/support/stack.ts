@@ -10,6 +10,7 @@ import type { Client, WorkflowHandle } from '@temporalio/client';
 import { openDiskStream } from '../../recovery';
 import type { BackupVmInput } from '../../workflows/backup-vm';
 import { readBackupProgress } from '../../client/backup-progress';
+import { readWorkflowRun, type ActivityRun } from '../load/history';
 import { createLogger } from '../../log/logger';
 import { loadTemporalSettings, type TemporalSettings } from '../../temporal/connection';
 import { PayloadKeyring } from '../../temporal/payload-codec';
@@ -214,32 +215,14 @@ export async function failureOf(result: Promise<unknown>): Promise<FailureChain>
 /** A backup's locate probes from its history: each probe's host queue and how it ended, whether
  *  the first probe was scheduled before the agent list (listHosts) had answered, and how many
  *  times the agent list was asked for. */
-export async function locateProbes(handle: WorkflowHandle): Promise<{ probedBeforeListed: boolean; listings: number; probes: Array<{ queue: string; ended: 'completed' | 'failed' | 'timed-out' | 'cancelled' | 'open' }> }> {
-  const { events } = await handle.fetchHistory();
-  const scheduled = new Map<string, { name: string; queue: string; at: number }>();
-  const ended = new Map<string, 'completed' | 'failed' | 'timed-out' | 'cancelled'>();
-  let listedAt = Infinity;
-  for (const e of events ?? []) {
-    const at = Number(e.eventId);
-    const s = e.activityTaskScheduledEventAttributes;
-    if (s) scheduled.set(String(at), { name: s.activityType?.name ?? '', queue: s.taskQueue?.name ?? '', at });
-    const end: Array<[{ scheduledEventId?: unknown } | null | undefined, 'completed' | 'failed' | 'timed-out' | 'cancelled']> = [
-      [e.activityTaskCompletedEventAttributes, 'completed'],
-      [e.activityTaskFailedEventAttributes, 'failed'],
-      [e.activityTaskTimedOutEventAttributes, 'timed-out'],
-      [e.activityTaskCanceledEventAttributes, 'cancelled'],
-    ];
-    for (const [attrs, how] of end) {
-      if (!attrs) continue;
-      const id = String(Number(attrs.scheduledEventId));
-      ended.set(id, how);
-      if (how === 'completed' && scheduled.get(id)?.name === 'listHosts') listedAt = Math.min(listedAt, at);
-    }
-  }
-  const probes = [...scheduled.entries()].filter(([, s]) => s.name === 'locateVm');
+export async function locateProbes(client: Client, handle: WorkflowHandle): Promise<{ probedBeforeListed: boolean; listings: number; probes: Array<{ queue: string; ended: ActivityRun['outcome'] }> }> {
+  const { activities } = await readWorkflowRun(client, handle.workflowId);
+  const listings = activities.filter((a) => a.activityType === 'listHosts');
+  const listedAt = Math.min(Infinity, ...listings.filter((a) => a.outcome === 'completed').map((a) => a.closedEventId!));
+  const probes = activities.filter((a) => a.activityType === 'locateVm');
   return {
-    probedBeforeListed: probes.length > 0 && probes[0][1].at < listedAt,
-    listings: [...scheduled.values()].filter((s) => s.name === 'listHosts').length,
-    probes: probes.map(([id, s]) => ({ queue: s.queue, ended: ended.get(id) ?? 'open' })),
+    probedBeforeListed: probes.length > 0 && probes[0].scheduledEventId < listedAt,
+    listings: listings.length,
+    probes: probes.map((a) => ({ queue: a.taskQueue, ended: a.outcome })),
   };
 }
